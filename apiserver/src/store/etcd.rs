@@ -1,0 +1,442 @@
+//! The etcd store: etcd v3 through etcd-client; the etcd revision is the resourceVersion.
+//!
+//! Keys live under a prefix (`/loom/` by default), so the object key
+//! `loom.dev/tasks/default/web-0` is stored at `/loom/loom.dev/tasks/default/web-0`.
+//! Conditional writes are single etcd transactions comparing the key's
+//! `create_revision` (create) or `mod_revision` (update, delete), so several API
+//! servers may share one etcd cluster.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use etcd_client::{
+    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType,
+    GetOptions, KvClient, PutOptions, Txn, TxnOp, TxnOpResponse, WatchClient, WatchOptions,
+};
+use futures::StreamExt;
+
+use super::{
+    Deleted, Error, Event, KeyValue, ListOptions, ListPlan, ListResult, MAX_VALUE_BYTES, Result,
+    Revision, Store, WatchStream, check_value_size, prefix_end,
+};
+
+/// Responses can hold a whole list; lift tonic's 4 MiB default.
+const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// How to reach etcd.
+#[derive(Clone, Debug)]
+pub struct EtcdOptions {
+    /// Client URLs, e.g. `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Every key is stored under this prefix.
+    pub prefix: String,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+}
+
+impl EtcdOptions {
+    /// The default prefix `/loom/` at these endpoints.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        EtcdOptions {
+            endpoints,
+            prefix: "/loom/".to_owned(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The etcd-backed store.
+#[derive(Clone)]
+pub struct EtcdStore {
+    kv: KvClient,
+    watch: WatchClient,
+    prefix: String,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn etcd(error: etcd_client::Error) -> Error {
+    Error::Backend(format!("etcd: {error}"))
+}
+
+impl EtcdStore {
+    /// Connects and checks that etcd answers.
+    pub async fn connect(options: EtcdOptions) -> Result<Self> {
+        let connect = ConnectOptions::new()
+            .with_connect_timeout(options.connect_timeout)
+            .with_timeout(Duration::from_secs(30))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let client = Client::connect(&options.endpoints, Some(connect))
+            .await
+            .map_err(|e| {
+                Error::Backend(format!(
+                    "cannot connect to etcd at {}: {e}",
+                    options.endpoints.join(",")
+                ))
+            })?;
+        let store = EtcdStore {
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_VALUE_BYTES * 2),
+            watch: client
+                .watch_client()
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            prefix: options.prefix,
+        };
+        // A connection is lazy: ask for something so an unreachable etcd fails here.
+        let probe = tokio::time::timeout(options.connect_timeout, store.current_revision()).await;
+        match probe {
+            Ok(Ok(_)) => Ok(store),
+            Ok(Err(error)) => Err(Error::Backend(format!(
+                "etcd at {} does not answer: {error}",
+                options.endpoints.join(",")
+            ))),
+            Err(_) => Err(Error::Backend(format!(
+                "etcd at {} did not answer within {:?}",
+                options.endpoints.join(","),
+                options.connect_timeout
+            ))),
+        }
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn to_kv(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
+        let key = kv
+            .key_str()
+            .map_err(etcd)?
+            .strip_prefix(&self.prefix)
+            .ok_or_else(|| Error::Backend("etcd returned a key outside the prefix".to_owned()))?;
+        Ok(KeyValue {
+            key: key.to_owned(),
+            value: Bytes::copy_from_slice(kv.value()),
+            create_revision: kv.create_revision(),
+            mod_revision: kv.mod_revision(),
+        })
+    }
+
+    /// The key as read inside a failed transaction's else branch.
+    fn read_back(&self, responses: Vec<TxnOpResponse>) -> Result<Option<KeyValue>> {
+        for response in responses {
+            if let TxnOpResponse::Get(get) = response {
+                return get.kvs().first().map(|kv| self.to_kv(kv)).transpose();
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn revision_error(error: etcd_client::Error, requested: Revision) -> Error {
+    if let etcd_client::Error::GRpcStatus(status) = &error {
+        let message = status.message();
+        if message.contains("required revision has been compacted") {
+            return Error::Compacted {
+                requested,
+                compacted: requested + 1,
+            };
+        }
+        if message.contains("required revision is a future revision") {
+            return Error::FutureRevision {
+                requested,
+                current: requested - 1,
+            };
+        }
+    }
+    etcd(error)
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let mut kv = self.kv.clone();
+        let response = kv.get(self.full_key(key), None).await.map_err(etcd)?;
+        response.kvs().first().map(|kv| self.to_kv(kv)).transpose()
+    }
+
+    async fn list(&self, prefix: &str, options: ListOptions) -> Result<ListResult> {
+        let plan = ListPlan::new(prefix, options)?;
+        let full_prefix = self.full_key(prefix);
+        let start = match &plan.after_key {
+            // The first key after `after` is `after` followed by a zero byte.
+            Some(after) => format!("{}{after}\0", self.prefix),
+            None => full_prefix.clone(),
+        };
+        let mut get = GetOptions::new().with_range(prefix_end(&full_prefix));
+        if let Some(revision) = plan.revision {
+            get = get.with_revision(revision);
+        }
+        if let Some(limit) = plan.limit {
+            get = get.with_limit(i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1);
+        }
+        let mut kv = self.kv.clone();
+        let response = kv
+            .get(start, Some(get))
+            .await
+            .map_err(|e| revision_error(e, plan.revision.unwrap_or(0)))?;
+        let revision = match plan.revision {
+            Some(revision) => revision,
+            None => response
+                .header()
+                .map(|h| h.revision())
+                .ok_or_else(|| Error::Backend("etcd response without a header".to_owned()))?,
+        };
+        let items = response
+            .kvs()
+            .iter()
+            .map(|kv| self.to_kv(kv))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(plan.page(items, revision))
+    }
+
+    async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue> {
+        check_value_size(key, &value)?;
+        let full = self.full_key(key);
+        let txn = Txn::new()
+            .when([Compare::create_revision(full.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(full, value.to_vec(), None)]);
+        let mut kv = self.kv.clone();
+        let response = kv.txn(txn).await.map_err(etcd)?;
+        if !response.succeeded() {
+            return Err(Error::AlreadyExists {
+                key: key.to_owned(),
+            });
+        }
+        let revision = response
+            .header()
+            .map(|h| h.revision())
+            .ok_or_else(|| Error::Backend("etcd response without a header".to_owned()))?;
+        Ok(KeyValue {
+            key: key.to_owned(),
+            value,
+            create_revision: revision,
+            mod_revision: revision,
+        })
+    }
+
+    async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<KeyValue> {
+        check_value_size(key, &value)?;
+        let full = self.full_key(key);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                full.clone(),
+                CompareOp::Equal,
+                expected,
+            )])
+            .and_then([TxnOp::put(
+                full.clone(),
+                value.to_vec(),
+                Some(PutOptions::new().with_prev_key()),
+            )])
+            .or_else([TxnOp::get(full, None)]);
+        let mut kv = self.kv.clone();
+        let response = kv.txn(txn).await.map_err(etcd)?;
+        let revision = response
+            .header()
+            .map(|h| h.revision())
+            .ok_or_else(|| Error::Backend("etcd response without a header".to_owned()))?;
+        if !response.succeeded() {
+            return match self.read_back(response.op_responses())? {
+                Some(current) => Err(Error::Conflict {
+                    key: key.to_owned(),
+                    expected,
+                    current: Box::new(current),
+                }),
+                None => Err(Error::NotFound {
+                    key: key.to_owned(),
+                }),
+            };
+        }
+        let mut create_revision = revision;
+        for op in response.op_responses() {
+            if let TxnOpResponse::Put(put) = op
+                && let Some(prev) = put.prev_key()
+            {
+                create_revision = prev.create_revision();
+            }
+        }
+        Ok(KeyValue {
+            key: key.to_owned(),
+            value,
+            create_revision,
+            mod_revision: revision,
+        })
+    }
+
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Deleted> {
+        let full = self.full_key(key);
+        let compare = match expected {
+            Some(expected) => Compare::mod_revision(full.clone(), CompareOp::Equal, expected),
+            None => Compare::create_revision(full.clone(), CompareOp::Greater, 0),
+        };
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::delete(
+                full.clone(),
+                Some(DeleteOptions::new().with_prev_key()),
+            )])
+            .or_else([TxnOp::get(full, None)]);
+        let mut kv = self.kv.clone();
+        let response = kv.txn(txn).await.map_err(etcd)?;
+        let revision = response
+            .header()
+            .map(|h| h.revision())
+            .ok_or_else(|| Error::Backend("etcd response without a header".to_owned()))?;
+        if !response.succeeded() {
+            return match (self.read_back(response.op_responses())?, expected) {
+                (Some(current), Some(expected)) => Err(Error::Conflict {
+                    key: key.to_owned(),
+                    expected,
+                    current: Box::new(current),
+                }),
+                _ => Err(Error::NotFound {
+                    key: key.to_owned(),
+                }),
+            };
+        }
+        for op in response.op_responses() {
+            if let TxnOpResponse::Delete(delete) = op
+                && let Some(prev) = delete.prev_kvs().first()
+            {
+                return Ok(Deleted {
+                    revision,
+                    prev: self.to_kv(prev)?,
+                });
+            }
+        }
+        Err(Error::NotFound {
+            key: key.to_owned(),
+        })
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
+        let full_prefix = self.full_key(prefix);
+        let options = WatchOptions::new()
+            .with_range(prefix_end(&full_prefix))
+            // Start at `after` itself, not after it: etcd then reports a compacted
+            // `after`, whose state the previous values of later events depend on.
+            // The events at `after` are dropped below.
+            .with_start_revision(after.max(1))
+            .with_prev_key();
+        let mut client = self.watch.clone();
+        let stream = client
+            .watch(full_prefix, Some(options))
+            .await
+            .map_err(etcd)?;
+        let store = self.clone();
+        // Yield each response's events; end after the first error.
+        let events = futures::stream::unfold(Some(stream), move |state| {
+            let store = store.clone();
+            async move {
+                let mut stream = state?;
+                loop {
+                    let response = match stream.message().await {
+                        Ok(Some(response)) => response,
+                        Ok(None) => {
+                            let error = Error::Backend("etcd closed the watch".to_owned());
+                            return Some((vec![Err(error)], None));
+                        }
+                        Err(error) => return Some((vec![Err(etcd(error))], None)),
+                    };
+                    if response.compact_revision() > 0 {
+                        let error = Error::Compacted {
+                            requested: after,
+                            compacted: response.compact_revision(),
+                        };
+                        return Some((vec![Err(error)], None));
+                    }
+                    if response.canceled() {
+                        let error = Error::Backend(format!(
+                            "etcd cancelled the watch: {}",
+                            response.cancel_reason()
+                        ));
+                        return Some((vec![Err(error)], None));
+                    }
+                    if response.events().is_empty() {
+                        continue;
+                    }
+                    let events = response
+                        .events()
+                        .iter()
+                        .filter(|event| event.kv().is_none_or(|kv| kv.mod_revision() > after))
+                        .map(|event| store.to_event(event))
+                        .collect::<Vec<_>>();
+                    if events.is_empty() {
+                        continue;
+                    }
+                    let failed = events.iter().any(Result::is_err);
+                    return Some((events, (!failed).then_some(stream)));
+                }
+            }
+        })
+        .flat_map(futures::stream::iter);
+        Ok(Box::pin(events))
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        let mut kv = self.kv.clone();
+        match kv
+            .compact(revision, Some(CompactionOptions::new().with_physical()))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Compacting to a revision already compacted is done already.
+            Err(error) => match revision_error(error, revision) {
+                Error::Compacted { .. } => Ok(()),
+                error => Err(error),
+            },
+        }
+    }
+
+    async fn current_revision(&self) -> Result<Revision> {
+        let mut kv = self.kv.clone();
+        let response = kv
+            .get(
+                self.prefix.clone(),
+                Some(GetOptions::new().with_count_only()),
+            )
+            .await
+            .map_err(etcd)?;
+        response
+            .header()
+            .map(|h| h.revision())
+            .ok_or_else(|| Error::Backend("etcd response without a header".to_owned()))
+    }
+}
+
+impl EtcdStore {
+    fn to_event(&self, event: &etcd_client::Event) -> Result<Event> {
+        let kv = event
+            .kv()
+            .ok_or_else(|| Error::Backend("etcd watch event without a key".to_owned()))?;
+        let kv = self.to_kv(kv)?;
+        let prev = event.prev_kv().map(|prev| self.to_kv(prev)).transpose()?;
+        match (event.event_type(), prev) {
+            (EventType::Put, None) if kv.create_revision == kv.mod_revision => {
+                Ok(Event::Created(kv))
+            }
+            (EventType::Put, None) => Err(Error::Backend(format!(
+                "etcd lost the previous value of {} written at revision {}",
+                kv.key, kv.mod_revision
+            ))),
+            (EventType::Put, Some(prev)) => Ok(Event::Updated { kv, prev }),
+            (EventType::Delete, Some(prev)) => Ok(Event::Deleted {
+                revision: kv.mod_revision,
+                prev,
+            }),
+            (EventType::Delete, None) => Err(Error::Backend(format!(
+                "etcd lost the value of {} deleted at revision {}",
+                kv.key, kv.mod_revision
+            ))),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Built-in reconcilers (Job, Service, garbage collector, node lifecycle) and the controller-manager that runs them.

@@ -1,0 +1,1 @@
+//! loomctl, the command-line interface to a Loom cluster.

@@ -1,0 +1,1 @@
+//! The scheduler: filter, score and bind pending tasks to nodes, with preemption.
