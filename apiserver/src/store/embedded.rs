@@ -80,6 +80,23 @@ pub struct EmbeddedStore {
     _lock: File,
 }
 
+/// A summary of the embedded store's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// The revision of the last write.
+    pub revision: Revision,
+    /// History before this revision is gone.
+    pub compacted: Revision,
+    /// Keys that exist now.
+    pub keys: i64,
+    /// Rows of history kept (one per write not yet compacted away).
+    pub history_rows: i64,
+    /// The database file's size.
+    pub file_bytes: u64,
+    /// The write-ahead log's size.
+    pub wal_bytes: u64,
+}
+
 /// What readers, watchers and the writer share.
 #[derive(Debug)]
 struct Shared {
@@ -192,6 +209,35 @@ impl EmbeddedStore {
     /// The revision before which history is gone.
     pub fn compacted_revision(&self) -> Revision {
         self.shared.compacted.load(Ordering::Acquire)
+    }
+
+    /// How the store is doing: its revisions, key count and file sizes.
+    pub async fn health(&self) -> Result<Health> {
+        let path = self.shared.path.clone();
+        let (keys, rows) = self
+            .read(|conn| {
+                let keys = conn
+                    .query_row("SELECT COUNT(*) FROM current", [], |row| row.get(0))
+                    .map_err(sqlite)?;
+                let rows = conn
+                    .query_row("SELECT COUNT(*) FROM log", [], |row| row.get(0))
+                    .map_err(sqlite)?;
+                Ok((keys, rows))
+            })
+            .await?;
+        let size = |suffix: &str| {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0)
+        };
+        Ok(Health {
+            revision: self.shared.revision.load(Ordering::Acquire),
+            compacted: self.compacted_revision(),
+            keys,
+            history_rows: rows,
+            file_bytes: size(""),
+            wal_bytes: size("-wal"),
+        })
     }
 
     /// Stops the writer after it has committed every queued write, and waits for it.
@@ -753,10 +799,10 @@ impl Writer {
             return;
         }
         let target = self.next - self.options.history;
-        if target > self.shared.compacted.load(Ordering::Acquire) {
-            if let Err(error) = self.start_compaction(target) {
-                warn!(%error, target, "automatic compaction failed");
-            }
+        if target > self.shared.compacted.load(Ordering::Acquire)
+            && let Err(error) = self.start_compaction(target)
+        {
+            warn!(%error, target, "automatic compaction failed");
         }
     }
 

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 
-pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use embedded::{EmbeddedOptions, EmbeddedStore, Health};
 pub use etcd::{EtcdOptions, EtcdStore};
 
 /// A position in the store's history: the number of the write that made it.
