@@ -1,0 +1,44 @@
+//! Loom's built-in kinds, one module each, and the list of them all.
+
+pub mod event;
+pub mod job;
+pub mod lease;
+pub mod namespace;
+pub mod node;
+pub mod resource_definition;
+pub mod service;
+pub mod task;
+
+pub use event::{Event, EventSource, EventType};
+pub use job::{Indexes, IndexesError, Job, JobInput, JobPhase, JobSpec, JobStatus, TaskOverride};
+pub use lease::{Lease, LeaseSpec};
+pub use namespace::{
+    DEFAULT_NAMESPACE, Namespace, NamespacePhase, NamespaceSpec, NamespaceStatus, SYSTEM_NAMESPACE,
+};
+pub use node::{Node, NodeAddress, NodeInfo, NodeSpec, NodeStatus, Taint, TaintEffect};
+pub use resource_definition::{
+    ResourceDefinition, ResourceDefinitionSpec, ResourceDefinitionStatus, ResourceNames,
+    ResourceScope, ResourceSubresources, ResourceValidation, ResourceVersionDefinition,
+    StatusSubresource,
+};
+pub use service::{Service, ServiceSpec, ServiceStatus, ServiceStrategy};
+pub use task::{
+    Driver, EnvVar, Mount, ResourceUsage, RestartPolicy, Task, TaskPhase, TaskResources, TaskSpec,
+    TaskStatus, TaskTemplate, TemplateMeta, Toleration, TolerationOperator,
+};
+
+use crate::resource::{Resource, ResourceInfo};
+
+/// The run-time description of every built-in kind.
+pub fn builtin_kinds() -> Vec<ResourceInfo> {
+    vec![
+        Task::info(),
+        Job::info(),
+        Service::info(),
+        Node::info(),
+        Namespace::info(),
+        Event::info(),
+        Lease::info(),
+        ResourceDefinition::info(),
+    ]
+}

@@ -1,0 +1,566 @@
+//! The Task kind: one container (or host process) on one node, with its spec, status and template.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::kinds::node::{Taint, TaintEffect};
+use crate::meta::{Condition, ObjectMeta, is_default};
+use crate::quantity::Quantity;
+use crate::resource::{impl_resource, impl_spec_kind};
+use crate::selector::Requirement;
+
+/// The condition type set once the scheduler has bound the task to a node.
+pub const TASK_CONDITION_SCHEDULED: &str = "Scheduled";
+/// The condition type set while the task runs and is healthy.
+pub const TASK_CONDITION_READY: &str = "Ready";
+
+/// A Task: the unit that runs, one container on one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(deny_unknown_fields)]
+pub struct Task {
+    /// `loom.dev/v1`.
+    pub api_version: String,
+    /// `Task`.
+    pub kind: String,
+    /// Name, namespace, labels…
+    pub metadata: ObjectMeta,
+    /// What to run and what it needs.
+    #[serde(skip_serializing_if = "is_default")]
+    pub spec: TaskSpec,
+    /// What happened to it, written by the nodelet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<TaskStatus>,
+}
+
+impl_resource!(
+    Task,
+    kind: "Task",
+    plural: "tasks",
+    singular: "task",
+    short_names: ["t"],
+    namespaced: true,
+    has_status: true,
+);
+impl_spec_kind!(Task, TaskSpec);
+
+impl Task {
+    /// The phase, `Pending` when there is no status yet.
+    pub fn phase(&self) -> TaskPhase {
+        self.status.as_ref().map(|s| s.phase).unwrap_or_default()
+    }
+
+    /// Whether the task reached a phase it never leaves.
+    pub fn is_terminal(&self) -> bool {
+        self.phase().is_terminal()
+    }
+}
+
+/// How a task is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// A container through libcontainer: its own namespaces, cgroup and root filesystem.
+    #[default]
+    Container,
+    /// A host process in its own cgroup.
+    Exec,
+}
+
+/// When a task's process is started again after it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+pub enum RestartPolicy {
+    /// Never: the exit decides the phase.
+    #[default]
+    Never,
+    /// After a non-zero exit, with backoff.
+    OnFailure,
+    /// After any exit, with backoff (services).
+    Always,
+}
+
+impl RestartPolicy {
+    /// The policy's name as written in JSON.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RestartPolicy::Never => "Never",
+            RestartPolicy::OnFailure => "OnFailure",
+            RestartPolicy::Always => "Always",
+        }
+    }
+}
+
+/// An environment variable.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(deny_unknown_fields)]
+pub struct EnvVar {
+    /// The name, a C identifier.
+    pub name: String,
+    /// The value.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub value: String,
+}
+
+impl EnvVar {
+    /// `name=value`.
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> EnvVar {
+        EnvVar {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// What a task reserves on its node and its cgroup enforces (requests = limits).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(deny_unknown_fields)]
+pub struct TaskResources {
+    /// CPU, in cores (`500m`, `2`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    /// Memory, in bytes (`256Mi`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// Scratch disk, in bytes (`1Gi`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<Quantity>,
+    /// Host ports the task needs free (1–65535).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<i32>,
+    /// Other countable resources by name (`loom.dev/gpu: 1`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub extended: BTreeMap<String, Quantity>,
+}
+
+/// `Equal` (key and value match) or `Exists` (key matches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+pub enum TolerationOperator {
+    /// The taint's key and value must equal the toleration's.
+    #[default]
+    Equal,
+    /// The taint's key must equal the toleration's (any key if empty).
+    Exists,
+}
+
+/// Lets a task run on (or stay on) a node with a matching taint.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(deny_unknown_fields)]
+pub struct Toleration {
+    /// The taint key; empty with `Exists` tolerates every taint.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    /// `Equal` (default) or `Exists`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator: Option<TolerationOperator>,
+    /// The taint value, for `Equal`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub value: String,
+    /// The effect tolerated; every effect when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effect: Option<TaintEffect>,
+    /// For `NoExecute`: how long the task may stay after the taint appears; forever when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub toleration_seconds: Option<i64>,
+}
+
+impl Toleration {
+    /// Whether this toleration tolerates the taint (Kubernetes' `ToleratesTaint`).
+    pub fn tolerates(&self, taint: &Taint) -> bool {
+        if let Some(effect) = self.effect
+            && taint.effect != Some(effect)
+        {
+            return false;
+        }
+        if !self.key.is_empty() && self.key != taint.key {
+            return false;
+        }
+        match self.operator.unwrap_or_default() {
+            TolerationOperator::Equal => self.value == taint.value,
+            TolerationOperator::Exists => true,
+        }
+    }
+}
+
+/// A host file or directory made visible inside the task.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(deny_unknown_fields)]
+pub struct Mount {
+    /// The absolute host path.
+    pub source: String,
+    /// The absolute path inside the task.
+    pub target: String,
+    /// Read-only unless set to `false`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+}
+
+impl Mount {
+    /// Whether the mount is read-only (the default).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.unwrap_or(true)
+    }
+}
+
+/// What a task runs and what it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// `container` (default) or `exec`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<Driver>,
+    /// The OCI image (container driver).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub image: String,
+    /// The executable and its first arguments (replaces the image's entrypoint).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Further arguments.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// The working directory.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub working_dir: String,
+    /// CPU, memory, disk, ports and extended resources.
+    #[serde(skip_serializing_if = "is_default")]
+    pub resources: TaskResources,
+    /// Requirements on node labels: `In`, `NotIn`, `Exists`, `DoesNotExist`, `Gt`, `Lt`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Requirement>,
+    /// Taints the task tolerates.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Higher runs first and may preempt lower.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// `Never` (default), `OnFailure` or `Always`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+    /// Killed (reason `TimeLimitExceeded`) after running this long.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_limit_seconds: Option<i64>,
+    /// Between SIGTERM and SIGKILL when the task is stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<i64>,
+    /// Host files and directories to mount.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+    /// Where the node keeps the log (defaulted by the node).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub log_path: String,
+    /// The node it is bound to (set by the scheduler).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node_name: String,
+    /// Its index in its Job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<i32>,
+}
+
+/// The default grace period between SIGTERM and SIGKILL.
+pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
+
+impl TaskSpec {
+    /// The driver, `container` by default.
+    pub fn driver(&self) -> Driver {
+        self.driver.unwrap_or_default()
+    }
+
+    /// The restart policy, `Never` by default.
+    pub fn restart_policy(&self) -> RestartPolicy {
+        self.restart_policy.unwrap_or_default()
+    }
+
+    /// The priority, 0 by default.
+    pub fn priority(&self) -> i32 {
+        self.priority.unwrap_or_default()
+    }
+
+    /// The grace period, 30 seconds by default.
+    pub fn termination_grace_period_seconds(&self) -> i64 {
+        self.termination_grace_period_seconds
+            .unwrap_or(DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS)
+    }
+
+    /// Lays a partial spec (a Job override) over this one: every field the partial sets
+    /// replaces this one's, except `env` and `resources.extended`, which are merged by name
+    /// (the partial's entries win). Lists such as `args` are replaced whole.
+    pub fn overlay(&mut self, partial: &TaskSpec) {
+        fn set<T: Clone>(target: &mut Option<T>, source: &Option<T>) {
+            if source.is_some() {
+                target.clone_from(source);
+            }
+        }
+        fn set_str(target: &mut String, source: &str) {
+            if !source.is_empty() {
+                *target = source.to_string();
+            }
+        }
+        fn set_vec<T: Clone>(target: &mut Vec<T>, source: &[T]) {
+            if !source.is_empty() {
+                *target = source.to_vec();
+            }
+        }
+        set(&mut self.driver, &partial.driver);
+        set_str(&mut self.image, &partial.image);
+        set_vec(&mut self.command, &partial.command);
+        set_vec(&mut self.args, &partial.args);
+        merge_env(&mut self.env, &partial.env);
+        set_str(&mut self.working_dir, &partial.working_dir);
+        set(&mut self.resources.cpu, &partial.resources.cpu);
+        set(&mut self.resources.memory, &partial.resources.memory);
+        set(&mut self.resources.disk, &partial.resources.disk);
+        set_vec(&mut self.resources.ports, &partial.resources.ports);
+        for (name, q) in &partial.resources.extended {
+            self.resources.extended.insert(name.clone(), *q);
+        }
+        set_vec(&mut self.constraints, &partial.constraints);
+        set_vec(&mut self.tolerations, &partial.tolerations);
+        set(&mut self.priority, &partial.priority);
+        set(&mut self.restart_policy, &partial.restart_policy);
+        set(&mut self.time_limit_seconds, &partial.time_limit_seconds);
+        set(
+            &mut self.termination_grace_period_seconds,
+            &partial.termination_grace_period_seconds,
+        );
+        set_vec(&mut self.mounts, &partial.mounts);
+        set_str(&mut self.log_path, &partial.log_path);
+        set_str(&mut self.node_name, &partial.node_name);
+        set(&mut self.index, &partial.index);
+    }
+}
+
+/// Adds `extra` to `env`, replacing variables of the same name in place.
+pub fn merge_env(env: &mut Vec<EnvVar>, extra: &[EnvVar]) {
+    for var in extra {
+        match env.iter_mut().find(|e| e.name == var.name) {
+            Some(existing) => existing.value.clone_from(&var.value),
+            None => env.push(var.clone()),
+        }
+    }
+}
+
+/// The labels and annotations given to the tasks made from a template.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(deny_unknown_fields)]
+pub struct TemplateMeta {
+    /// Labels for every task.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations for every task.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The template a Job or Service makes its tasks from.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(deny_unknown_fields)]
+pub struct TaskTemplate {
+    /// Labels and annotations.
+    #[serde(skip_serializing_if = "is_default")]
+    pub metadata: TemplateMeta,
+    /// The tasks' spec; `{{index}}`, `{{replicas}}` and `{{job}}` are replaced in command,
+    /// args and env values.
+    pub spec: TaskSpec,
+}
+
+/// Where a task is in its life.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+pub enum TaskPhase {
+    /// Accepted, not started yet.
+    #[default]
+    Pending,
+    /// Its node started it.
+    Running,
+    /// It exited 0.
+    Completed,
+    /// It exited non-zero or could not start.
+    Failed,
+    /// Stopped by a user, a time limit or preemption.
+    Killed,
+    /// Its node stopped answering.
+    Lost,
+}
+
+impl TaskPhase {
+    /// Whether the phase never changes again (`Completed`, `Failed`, `Killed`, `Lost`).
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            TaskPhase::Completed | TaskPhase::Failed | TaskPhase::Killed | TaskPhase::Lost
+        )
+    }
+
+    /// The phase's name as written in JSON.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TaskPhase::Pending => "Pending",
+            TaskPhase::Running => "Running",
+            TaskPhase::Completed => "Completed",
+            TaskPhase::Failed => "Failed",
+            TaskPhase::Killed => "Killed",
+            TaskPhase::Lost => "Lost",
+        }
+    }
+}
+
+impl fmt::Display for TaskPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Sampled resource use.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(deny_unknown_fields)]
+pub struct ResourceUsage {
+    /// CPU in cores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    /// Memory in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+}
+
+/// What happened to a task.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(deny_unknown_fields)]
+pub struct TaskStatus {
+    /// Where it is in its life.
+    pub phase: TaskPhase,
+    /// Why it is there, in CamelCase (`ImagePullFailed`, `Preempted`, `TimeLimitExceeded`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Details for people.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The process's exit code, once it exited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The node that ran it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node_name: String,
+    /// When it started running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<DateTime<Utc>>,
+    /// When it reached a terminal phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<DateTime<Utc>>,
+    /// How many times it was restarted under its restart policy.
+    #[serde(skip_serializing_if = "is_default")]
+    pub restart_count: i32,
+    /// `Scheduled`, `Ready`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Where its log is kept on the node.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub log_path: String,
+    /// Sampled CPU and memory use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<ResourceUsage>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_replaces_set_fields_and_merges_env() {
+        let mut base = TaskSpec {
+            image: "busybox".into(),
+            args: vec!["--a".into()],
+            env: vec![EnvVar::new("A", "1"), EnvVar::new("B", "2")],
+            priority: Some(1),
+            ..TaskSpec::default()
+        };
+        let partial = TaskSpec {
+            args: vec!["--leader".into()],
+            env: vec![EnvVar::new("B", "3"), EnvVar::new("C", "4")],
+            ..TaskSpec::default()
+        };
+        base.overlay(&partial);
+        assert_eq!(base.image, "busybox");
+        assert_eq!(base.args, vec!["--leader"]);
+        assert_eq!(
+            base.env,
+            vec![
+                EnvVar::new("A", "1"),
+                EnvVar::new("B", "3"),
+                EnvVar::new("C", "4")
+            ]
+        );
+        assert_eq!(base.priority, Some(1));
+    }
+
+    #[test]
+    fn tolerations() {
+        let taint = Taint {
+            key: "dedicated".into(),
+            value: "gpu".into(),
+            effect: Some(TaintEffect::NoSchedule),
+        };
+        let equal = Toleration {
+            key: "dedicated".into(),
+            value: "gpu".into(),
+            ..Toleration::default()
+        };
+        assert!(equal.tolerates(&taint));
+        let wrong_value = Toleration {
+            value: "cpu".into(),
+            ..equal.clone()
+        };
+        assert!(!wrong_value.tolerates(&taint));
+        let exists_all = Toleration {
+            operator: Some(TolerationOperator::Exists),
+            ..Toleration::default()
+        };
+        assert!(exists_all.tolerates(&taint));
+        let other_effect = Toleration {
+            effect: Some(TaintEffect::NoExecute),
+            ..equal
+        };
+        assert!(!other_effect.tolerates(&taint));
+    }
+
+    #[test]
+    fn defaults() {
+        let task = Task::default();
+        assert_eq!(task.api_version, "loom.dev/v1");
+        assert_eq!(task.kind, "Task");
+        assert_eq!(task.phase(), TaskPhase::Pending);
+        assert!(!task.is_terminal());
+        assert_eq!(task.spec.driver(), Driver::Container);
+        assert_eq!(task.spec.restart_policy(), RestartPolicy::Never);
+        assert!(Mount::default().is_read_only());
+        assert!(TaskPhase::Lost.is_terminal());
+        assert!(!TaskPhase::Running.is_terminal());
+    }
+}

@@ -1,0 +1,2074 @@
+//! Pure validation of every kind: `FieldError`, the `Validate` trait, and the rules, returning all problems at once.
+//!
+//! Messages follow Kubernetes' `field.Error` (`spec.replicas: Invalid value: -1: must be
+//! greater than or equal to 0`), so a user sees the field, the value and the rule.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::kinds::job::Indexes;
+use crate::kinds::{
+    Driver, EnvVar, Event, Job, JobInput, JobSpec, Lease, Namespace, Node, ResourceDefinition,
+    RestartPolicy, Service, ServiceStrategy, Task, TaskPhase, TaskSpec, TaskTemplate, TemplateMeta,
+    TolerationOperator,
+};
+use crate::meta::ObjectMeta;
+use crate::names;
+use crate::quantity::{IntOrString, Quantity};
+use crate::resource::Resource;
+use crate::selector::{Operator, Requirement};
+
+/// The most bytes all annotations of an object may take together (keys plus values).
+pub const TOTAL_ANNOTATION_SIZE_LIMIT: usize = 256 * 1024;
+/// The longest an event's reason may be.
+pub const EVENT_REASON_MAX_LENGTH: usize = 128;
+
+/// What kind of problem a [`FieldError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FieldErrorKind {
+    /// A required field is missing.
+    Required,
+    /// The value breaks a rule.
+    Invalid,
+    /// The value is not one of the supported ones.
+    NotSupported,
+    /// The value appears twice where it must be unique.
+    Duplicate,
+    /// The value is too long.
+    TooLong,
+    /// The field may not be set (here, or now).
+    Forbidden,
+}
+
+impl FieldErrorKind {
+    /// The words Kubernetes uses for it in messages (`Invalid value`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FieldErrorKind::Required => "Required value",
+            FieldErrorKind::Invalid => "Invalid value",
+            FieldErrorKind::NotSupported => "Unsupported value",
+            FieldErrorKind::Duplicate => "Duplicate value",
+            FieldErrorKind::TooLong => "Too long",
+            FieldErrorKind::Forbidden => "Forbidden",
+        }
+    }
+
+    /// The `reason` of the matching `Status` cause (`FieldValueInvalid`).
+    pub fn cause_reason(&self) -> &'static str {
+        match self {
+            FieldErrorKind::Required => "FieldValueRequired",
+            FieldErrorKind::Invalid => "FieldValueInvalid",
+            FieldErrorKind::NotSupported => "FieldValueNotSupported",
+            FieldErrorKind::Duplicate => "FieldValueDuplicate",
+            FieldErrorKind::TooLong => "FieldValueTooLong",
+            FieldErrorKind::Forbidden => "FieldValueForbidden",
+        }
+    }
+}
+
+/// A value as it appears in a message: strings quoted, numbers bare.
+pub trait FieldValue {
+    /// The value rendered for a message.
+    fn render(&self) -> String;
+}
+
+impl FieldValue for str {
+    fn render(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+impl FieldValue for String {
+    fn render(&self) -> String {
+        self.as_str().render()
+    }
+}
+
+impl FieldValue for Quantity {
+    fn render(&self) -> String {
+        self.to_string().render()
+    }
+}
+
+impl FieldValue for IntOrString {
+    fn render(&self) -> String {
+        match self {
+            IntOrString::Int(v) => v.to_string(),
+            IntOrString::String(s) => s.render(),
+        }
+    }
+}
+
+macro_rules! bare_field_value {
+    ($($t:ty),*) => {
+        $(impl FieldValue for $t {
+            fn render(&self) -> String {
+                self.to_string()
+            }
+        })*
+    };
+}
+bare_field_value!(i32, i64, u32, u64, usize, bool);
+
+impl<T: FieldValue + ?Sized> FieldValue for &T {
+    fn render(&self) -> String {
+        (**self).render()
+    }
+}
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
+#[error("{field}: {}", self.body())]
+pub struct FieldError {
+    /// The field's path, e.g. `spec.template.spec.env[2].name`.
+    pub field: String,
+    /// What kind of problem.
+    pub kind: FieldErrorKind,
+    /// The offending value as shown in messages (strings quoted), when it helps.
+    pub value: Option<String>,
+    /// The rule broken, or other detail.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A required field is missing.
+    pub fn required(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::Required,
+            value: None,
+            message: message.into(),
+        }
+    }
+
+    /// The value breaks the rule in `message`.
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl FieldValue,
+        message: impl Into<String>,
+    ) -> FieldError {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::Invalid,
+            value: Some(value.render()),
+            message: message.into(),
+        }
+    }
+
+    /// The value is not one of `supported`.
+    pub fn not_supported(
+        field: impl Into<String>,
+        value: impl FieldValue,
+        supported: &[&str],
+    ) -> FieldError {
+        let list: Vec<String> = supported.iter().map(|s| s.render()).collect();
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::NotSupported,
+            value: Some(value.render()),
+            message: format!("supported values: {}", list.join(", ")),
+        }
+    }
+
+    /// The value appears twice.
+    pub fn duplicate(field: impl Into<String>, value: impl FieldValue) -> FieldError {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::Duplicate,
+            value: Some(value.render()),
+            message: String::new(),
+        }
+    }
+
+    /// The value is longer than `max_bytes`.
+    pub fn too_long(field: impl Into<String>, max_bytes: usize) -> FieldError {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::TooLong,
+            value: None,
+            message: format!("may not be more than {max_bytes} bytes"),
+        }
+    }
+
+    /// The field may not be set.
+    pub fn forbidden(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::Forbidden,
+            value: None,
+            message: message.into(),
+        }
+    }
+
+    /// The message without the field (Kubernetes' `ErrorBody`), as in `Status` causes:
+    /// `Invalid value: -1: must be greater than or equal to 0`.
+    pub fn body(&self) -> String {
+        let mut s = self.kind.as_str().to_string();
+        let shows_value = matches!(
+            self.kind,
+            FieldErrorKind::Invalid | FieldErrorKind::NotSupported | FieldErrorKind::Duplicate
+        );
+        if shows_value && let Some(value) = &self.value {
+            s.push_str(": ");
+            s.push_str(value);
+        }
+        if !self.message.is_empty() {
+            s.push_str(": ");
+            s.push_str(&self.message);
+        }
+        s
+    }
+}
+
+/// Renders several field errors on one line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldErrors<'a>(pub &'a [FieldError]);
+
+impl fmt::Display for FieldErrors<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Validation of a whole object, returning every problem found.
+pub trait Validate {
+    /// Every problem with the object as a new object; empty when it is valid.
+    fn validate(&self) -> Vec<FieldError>;
+
+    /// Every problem with the object as a replacement for `old`: its own problems, and
+    /// changes that are not allowed (immutable fields, phases that never change again).
+    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+        let _ = old;
+        self.validate()
+    }
+}
+
+// ---- paths ----
+
+fn child(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+fn index(path: &str, i: usize) -> String {
+    format!("{path}[{i}]")
+}
+
+fn key(path: &str, k: &str) -> String {
+    format!("{path}[{k}]")
+}
+
+// ---- small rules ----
+
+fn each_message(errs: &mut Vec<FieldError>, field: &str, value: &str, messages: Vec<String>) {
+    errs.extend(
+        messages
+            .into_iter()
+            .map(|m| FieldError::invalid(field, value, m)),
+    );
+}
+
+fn non_negative_i64(errs: &mut Vec<FieldError>, field: &str, value: Option<i64>) {
+    if let Some(v) = value
+        && v < 0
+    {
+        errs.push(FieldError::invalid(
+            field,
+            v,
+            "must be greater than or equal to 0",
+        ));
+    }
+}
+
+fn non_negative(errs: &mut Vec<FieldError>, field: &str, value: Option<i32>) {
+    non_negative_i64(errs, field, value.map(i64::from));
+}
+
+fn positive_i64(errs: &mut Vec<FieldError>, field: &str, value: Option<i64>) {
+    if let Some(v) = value
+        && v <= 0
+    {
+        errs.push(FieldError::invalid(field, v, "must be greater than 0"));
+    }
+}
+
+fn non_negative_quantity(errs: &mut Vec<FieldError>, field: &str, value: Option<&Quantity>) {
+    if let Some(q) = value
+        && q.is_negative()
+    {
+        errs.push(FieldError::invalid(
+            field,
+            q,
+            "must be greater than or equal to 0",
+        ));
+    }
+}
+
+fn absolute_path(errs: &mut Vec<FieldError>, field: &str, value: &str, required: bool) {
+    if value.is_empty() {
+        if required {
+            errs.push(FieldError::required(field, ""));
+        }
+    } else if !value.starts_with('/') {
+        errs.push(FieldError::invalid(
+            field,
+            value,
+            "must be an absolute path",
+        ));
+    }
+}
+
+fn qualified_name(errs: &mut Vec<FieldError>, field: &str, value: &str) {
+    each_message(errs, field, value, names::is_qualified_name(value));
+}
+
+/// Checks label keys and values (both reported at `path`, as Kubernetes does).
+pub fn validate_labels(labels: &BTreeMap<String, String>, path: &str) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    for (k, v) in labels {
+        each_message(&mut errs, path, k, names::is_label_key(k));
+        each_message(&mut errs, path, v, names::is_label_value(v));
+    }
+    errs
+}
+
+/// Checks annotation keys and their total size (at most 256 KiB).
+pub fn validate_annotations(annotations: &BTreeMap<String, String>, path: &str) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let mut total = 0usize;
+    for (k, v) in annotations {
+        each_message(
+            &mut errs,
+            path,
+            k,
+            names::is_qualified_name(&k.to_ascii_lowercase()),
+        );
+        total = total.saturating_add(k.len()).saturating_add(v.len());
+    }
+    if total > TOTAL_ANNOTATION_SIZE_LIMIT {
+        errs.push(FieldError::too_long(path, TOTAL_ANNOTATION_SIZE_LIMIT));
+    }
+    errs
+}
+
+/// How an object's name is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// A DNS-1123 subdomain (most kinds).
+    Subdomain,
+    /// A DNS-1123 label (namespaces).
+    Label,
+}
+
+fn check_name(rule: NameRule, name: &str, prefix: bool) -> Vec<String> {
+    match rule {
+        NameRule::Subdomain => names::name_is_dns1123_subdomain(name, prefix),
+        NameRule::Label => names::name_is_dns1123_label(name, prefix),
+    }
+}
+
+/// Checks `metadata`: a name (or generateName) following `rule`, a namespace iff
+/// `namespaced`, labels, annotations, finalizers and owner references.
+pub fn validate_object_meta(
+    meta: &ObjectMeta,
+    namespaced: bool,
+    rule: NameRule,
+) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let path = "metadata";
+    if meta.name.is_empty() {
+        if meta.generate_name.is_empty() {
+            errs.push(FieldError::required(
+                child(path, "name"),
+                "name or generateName is required",
+            ));
+        }
+    } else {
+        each_message(
+            &mut errs,
+            &child(path, "name"),
+            &meta.name,
+            check_name(rule, &meta.name, false),
+        );
+    }
+    if !meta.generate_name.is_empty() {
+        each_message(
+            &mut errs,
+            &child(path, "generateName"),
+            &meta.generate_name,
+            check_name(rule, &meta.generate_name, true),
+        );
+    }
+    let ns_path = child(path, "namespace");
+    if namespaced {
+        if meta.namespace.is_empty() {
+            errs.push(FieldError::required(ns_path, ""));
+        } else {
+            each_message(
+                &mut errs,
+                &ns_path,
+                &meta.namespace,
+                names::is_dns1123_label(&meta.namespace),
+            );
+        }
+    } else if !meta.namespace.is_empty() {
+        errs.push(FieldError::forbidden(ns_path, "not allowed on this type"));
+    }
+    non_negative_i64(&mut errs, &child(path, "generation"), Some(meta.generation));
+    non_negative_i64(
+        &mut errs,
+        &child(path, "deletionGracePeriodSeconds"),
+        meta.deletion_grace_period_seconds,
+    );
+    errs.extend(validate_labels(&meta.labels, &child(path, "labels")));
+    errs.extend(validate_annotations(
+        &meta.annotations,
+        &child(path, "annotations"),
+    ));
+    let fin_path = child(path, "finalizers");
+    for (i, f) in meta.finalizers.iter().enumerate() {
+        qualified_name(&mut errs, &index(&fin_path, i), f);
+    }
+    let owners_path = child(path, "ownerReferences");
+    let mut controllers = 0;
+    for (i, r) in meta.owner_references.iter().enumerate() {
+        let p = index(&owners_path, i);
+        for (name, value) in [
+            ("apiVersion", &r.api_version),
+            ("kind", &r.kind),
+            ("name", &r.name),
+            ("uid", &r.uid),
+        ] {
+            if value.is_empty() {
+                errs.push(FieldError::required(child(&p, name), ""));
+            }
+        }
+        if r.controller == Some(true) {
+            controllers += 1;
+        }
+    }
+    if controllers > 1 {
+        errs.push(FieldError::invalid(
+            owners_path,
+            controllers,
+            "only one reference can have controller set to true",
+        ));
+    }
+    errs
+}
+
+/// Checks `metadata` for kind `K`, with the name rule of its kind.
+pub fn validate_object_meta_for<K: Resource>(meta: &ObjectMeta) -> Vec<FieldError> {
+    let rule = if K::KIND == Namespace::KIND {
+        NameRule::Label
+    } else {
+        NameRule::Subdomain
+    };
+    validate_object_meta(meta, K::NAMESPACED, rule)
+}
+
+/// Checks that the fields of `metadata` that never change did not (name, namespace, uid,
+/// creationTimestamp).
+pub fn validate_object_meta_update(new: &ObjectMeta, old: &ObjectMeta) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let immutable = "field is immutable";
+    if new.name != old.name {
+        errs.push(FieldError::invalid("metadata.name", &new.name, immutable));
+    }
+    if new.namespace != old.namespace {
+        errs.push(FieldError::invalid(
+            "metadata.namespace",
+            &new.namespace,
+            immutable,
+        ));
+    }
+    if !old.uid.is_empty() && new.uid != old.uid {
+        errs.push(FieldError::invalid("metadata.uid", &new.uid, immutable));
+    }
+    if old.creation_timestamp.is_some() && new.creation_timestamp != old.creation_timestamp {
+        errs.push(FieldError::invalid(
+            "metadata.creationTimestamp",
+            new.creation_timestamp
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+            immutable,
+        ));
+    }
+    errs
+}
+
+fn validate_type_meta<K: Resource>(api_version: &str, kind: &str) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let expected_version = K::api_version();
+    if api_version != expected_version {
+        errs.push(FieldError::not_supported(
+            "apiVersion",
+            api_version,
+            &[expected_version.as_str()],
+        ));
+    }
+    if kind != K::KIND {
+        errs.push(FieldError::not_supported("kind", kind, &[K::KIND]));
+    }
+    errs
+}
+
+fn validate_common<K: Resource>(
+    api_version: &str,
+    kind: &str,
+    meta: &ObjectMeta,
+) -> Vec<FieldError> {
+    let mut errs = validate_type_meta::<K>(api_version, kind);
+    errs.extend(validate_object_meta_for::<K>(meta));
+    errs
+}
+
+/// Checks environment variables: names are unique C identifiers.
+pub fn validate_env(env: &[EnvVar], path: &str) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, var) in env.iter().enumerate() {
+        let p = child(&index(path, i), "name");
+        if var.name.is_empty() {
+            errs.push(FieldError::required(p, ""));
+            continue;
+        }
+        each_message(&mut errs, &p, &var.name, names::is_c_identifier(&var.name));
+        if !seen.insert(var.name.as_str()) {
+            errs.push(FieldError::duplicate(p, &var.name));
+        }
+    }
+    errs
+}
+
+const CONSTRAINT_OPERATORS: &[&str] = &["DoesNotExist", "Exists", "Gt", "In", "Lt", "NotIn"];
+
+/// Checks task constraints: label keys, supported operators, and the number and shape of
+/// values each operator needs.
+pub fn validate_constraints(constraints: &[Requirement], path: &str) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    for (i, c) in constraints.iter().enumerate() {
+        let p = index(path, i);
+        let key_path = child(&p, "key");
+        if c.key.is_empty() {
+            errs.push(FieldError::required(key_path, ""));
+        } else {
+            each_message(&mut errs, &key_path, &c.key, names::is_label_key(&c.key));
+        }
+        let values_path = child(&p, "values");
+        match c.operator {
+            Operator::In | Operator::NotIn => {
+                if c.values.is_empty() {
+                    errs.push(FieldError::required(
+                        values_path,
+                        "must be specified when `operator` is 'In' or 'NotIn'",
+                    ));
+                } else {
+                    for (j, v) in c.values.iter().enumerate() {
+                        each_message(
+                            &mut errs,
+                            &index(&values_path, j),
+                            v,
+                            names::is_label_value(v),
+                        );
+                    }
+                }
+            }
+            Operator::Exists | Operator::DoesNotExist => {
+                if !c.values.is_empty() {
+                    errs.push(FieldError::forbidden(
+                        values_path,
+                        "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+                    ));
+                }
+            }
+            Operator::Gt | Operator::Lt => {
+                if c.values.len() != 1 {
+                    errs.push(FieldError::required(
+                        values_path,
+                        "must be specified single value when `operator` is 'Lt' or 'Gt'",
+                    ));
+                } else if c.values[0].parse::<i64>().is_err() {
+                    errs.push(FieldError::invalid(
+                        index(&values_path, 0),
+                        &c.values[0],
+                        "must be an integer",
+                    ));
+                }
+            }
+            Operator::Equals | Operator::NotEquals => {
+                errs.push(FieldError::not_supported(
+                    child(&p, "operator"),
+                    c.operator.as_str(),
+                    CONSTRAINT_OPERATORS,
+                ));
+            }
+        }
+    }
+    errs
+}
+
+/// Whether a Task spec is checked whole, as a template, or as a partial override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskSpecContext {
+    /// A Task's own spec: everything required must be there.
+    Task,
+    /// A Job's or Service's template: as a Task, but `nodeName` and `index` are set later.
+    Template,
+    /// A Job override: only the fields present are checked.
+    Partial,
+}
+
+/// Checks a Task spec at `path`.
+pub fn validate_task_spec(
+    spec: &TaskSpec,
+    path: &str,
+    context: TaskSpecContext,
+) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let partial = context == TaskSpecContext::Partial;
+    if !partial {
+        match spec.driver() {
+            Driver::Container => {
+                if spec.image.is_empty() {
+                    errs.push(FieldError::required(
+                        child(path, "image"),
+                        "required for the container driver",
+                    ));
+                }
+            }
+            Driver::Exec => {
+                if spec.command.is_empty() {
+                    errs.push(FieldError::required(
+                        child(path, "command"),
+                        "required for the exec driver",
+                    ));
+                }
+            }
+        }
+    }
+    errs.extend(validate_env(&spec.env, &child(path, "env")));
+
+    let res = child(path, "resources");
+    non_negative_quantity(&mut errs, &child(&res, "cpu"), spec.resources.cpu.as_ref());
+    non_negative_quantity(
+        &mut errs,
+        &child(&res, "memory"),
+        spec.resources.memory.as_ref(),
+    );
+    non_negative_quantity(
+        &mut errs,
+        &child(&res, "disk"),
+        spec.resources.disk.as_ref(),
+    );
+    let ports = child(&res, "ports");
+    let mut seen_ports = BTreeSet::new();
+    for (i, &port) in spec.resources.ports.iter().enumerate() {
+        let p = index(&ports, i);
+        if !(1..=65535).contains(&port) {
+            errs.push(FieldError::invalid(
+                p,
+                port,
+                "must be between 1 and 65535, inclusive",
+            ));
+        } else if !seen_ports.insert(port) {
+            errs.push(FieldError::duplicate(p, port));
+        }
+    }
+    let extended = child(&res, "extended");
+    for (name, q) in &spec.resources.extended {
+        let p = key(&extended, name);
+        qualified_name(&mut errs, &p, name);
+        non_negative_quantity(&mut errs, &p, Some(q));
+    }
+
+    errs.extend(validate_constraints(
+        &spec.constraints,
+        &child(path, "constraints"),
+    ));
+
+    let tolerations = child(path, "tolerations");
+    for (i, t) in spec.tolerations.iter().enumerate() {
+        let p = index(&tolerations, i);
+        let operator = t.operator.unwrap_or_default();
+        if t.key.is_empty() {
+            if operator != TolerationOperator::Exists {
+                errs.push(FieldError::invalid(
+                    child(&p, "operator"),
+                    "Equal",
+                    "operator must be Exists when `key` is empty, which means \"match all values and all keys\"",
+                ));
+            }
+        } else {
+            qualified_name(&mut errs, &child(&p, "key"), &t.key);
+        }
+        match operator {
+            TolerationOperator::Exists => {
+                if !t.value.is_empty() {
+                    errs.push(FieldError::invalid(
+                        child(&p, "operator"),
+                        &t.value,
+                        "value must be empty when `operator` is 'Exists'",
+                    ));
+                }
+            }
+            TolerationOperator::Equal => {
+                each_message(
+                    &mut errs,
+                    &child(&p, "value"),
+                    &t.value,
+                    names::is_label_value(&t.value),
+                );
+            }
+        }
+        if t.toleration_seconds.is_some() && t.effect != Some(crate::kinds::TaintEffect::NoExecute)
+        {
+            errs.push(FieldError::invalid(
+                child(&p, "effect"),
+                t.effect.map(|e| e.as_str()).unwrap_or(""),
+                "effect must be 'NoExecute' when `tolerationSeconds` is set",
+            ));
+        }
+    }
+
+    positive_i64(
+        &mut errs,
+        &child(path, "timeLimitSeconds"),
+        spec.time_limit_seconds,
+    );
+    non_negative_i64(
+        &mut errs,
+        &child(path, "terminationGracePeriodSeconds"),
+        spec.termination_grace_period_seconds,
+    );
+
+    let mounts = child(path, "mounts");
+    let mut targets = BTreeSet::new();
+    for (i, m) in spec.mounts.iter().enumerate() {
+        let p = index(&mounts, i);
+        absolute_path(&mut errs, &child(&p, "source"), &m.source, true);
+        absolute_path(&mut errs, &child(&p, "target"), &m.target, true);
+        if !m.target.is_empty() && !targets.insert(m.target.as_str()) {
+            errs.push(FieldError::duplicate(child(&p, "target"), &m.target));
+        }
+    }
+
+    absolute_path(&mut errs, &child(path, "logPath"), &spec.log_path, false);
+
+    let node_path = child(path, "nodeName");
+    let index_path = child(path, "index");
+    match context {
+        TaskSpecContext::Task => {
+            if !spec.node_name.is_empty() {
+                each_message(
+                    &mut errs,
+                    &node_path,
+                    &spec.node_name,
+                    names::is_dns1123_subdomain(&spec.node_name),
+                );
+            }
+            non_negative(&mut errs, &index_path, spec.index);
+        }
+        TaskSpecContext::Template => {
+            if !spec.node_name.is_empty() {
+                errs.push(FieldError::forbidden(
+                    node_path,
+                    "may not be set in a template; the scheduler sets it on each task",
+                ));
+            }
+            if spec.index.is_some() {
+                errs.push(FieldError::forbidden(
+                    index_path,
+                    "may not be set in a template; the job controller sets it on each task",
+                ));
+            }
+        }
+        // An override's nodeName and index are reported by the Job's own checks.
+        TaskSpecContext::Partial => {}
+    }
+    errs
+}
+
+fn validate_template_meta(meta: &TemplateMeta, path: &str) -> Vec<FieldError> {
+    let mut errs = validate_labels(&meta.labels, &child(path, "labels"));
+    errs.extend(validate_annotations(
+        &meta.annotations,
+        &child(path, "annotations"),
+    ));
+    errs
+}
+
+fn validate_template(template: &TaskTemplate, path: &str) -> Vec<FieldError> {
+    let mut errs = validate_template_meta(&template.metadata, &child(path, "metadata"));
+    errs.extend(validate_task_spec(
+        &template.spec,
+        &child(path, "spec"),
+        TaskSpecContext::Template,
+    ));
+    errs
+}
+
+fn terminal_phase_unchanged<P: PartialEq + fmt::Display + Copy>(
+    old: Option<P>,
+    new: Option<P>,
+    is_terminal: impl Fn(&P) -> bool,
+) -> Option<FieldError> {
+    let old = old?;
+    if is_terminal(&old) && new != Some(old) {
+        let shown = new.map(|p| p.to_string()).unwrap_or_default();
+        return Some(FieldError::invalid(
+            "status.phase",
+            shown,
+            format!("may not change once it is {old}, a terminal phase"),
+        ));
+    }
+    None
+}
+
+// ---- Task ----
+
+impl Validate for Task {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errs = validate_common::<Task>(&self.api_version, &self.kind, &self.metadata);
+        errs.extend(validate_task_spec(
+            &self.spec,
+            "spec",
+            TaskSpecContext::Task,
+        ));
+        if let Some(status) = &self.status {
+            non_negative(&mut errs, "status.restartCount", Some(status.restart_count));
+        }
+        errs
+    }
+
+    /// Besides `validate`: the spec is immutable, except that `nodeName` (binding) and
+    /// `logPath` (the node's default) may each be set once; a terminal phase never changes.
+    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+        let mut errs = self.validate();
+        errs.extend(validate_object_meta_update(&self.metadata, &old.metadata));
+        if !old.spec.node_name.is_empty() && self.spec.node_name != old.spec.node_name {
+            errs.push(FieldError::invalid(
+                "spec.nodeName",
+                &self.spec.node_name,
+                "may not change once set",
+            ));
+        }
+        if !old.spec.log_path.is_empty() && self.spec.log_path != old.spec.log_path {
+            errs.push(FieldError::invalid(
+                "spec.logPath",
+                &self.spec.log_path,
+                "may not change once set",
+            ));
+        }
+        let mut comparable = self.spec.clone();
+        comparable.node_name.clone_from(&old.spec.node_name);
+        comparable.log_path.clone_from(&old.spec.log_path);
+        if comparable != old.spec {
+            errs.push(FieldError::forbidden(
+                "spec",
+                "a task's spec may not change after creation, except to set spec.nodeName and spec.logPath once",
+            ));
+        }
+        let phase = |t: &Task| t.status.as_ref().map(|s| s.phase);
+        errs.extend(terminal_phase_unchanged(
+            phase(old),
+            phase(self),
+            TaskPhase::is_terminal,
+        ));
+        errs
+    }
+}
+
+// ---- Job ----
+
+/// Checks a Job spec; `job_name` is used to reject a dependency on itself.
+pub fn validate_job_spec(spec: &JobSpec, job_name: &str) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    non_negative(&mut errs, "spec.replicas", spec.replicas);
+    if let Some(p) = spec.parallelism
+        && p < 1
+    {
+        errs.push(FieldError::invalid(
+            "spec.parallelism",
+            p,
+            "must be greater than or equal to 1",
+        ));
+    }
+    non_negative(&mut errs, "spec.maxRetries", spec.max_retries);
+    positive_i64(&mut errs, "spec.timeLimitSeconds", spec.time_limit_seconds);
+    errs.extend(validate_template(&spec.template, "spec.template"));
+
+    let replicas = spec.replicas.filter(|r| *r >= 0).unwrap_or(1);
+    for (i, o) in spec.overrides.iter().enumerate() {
+        let p = index("spec.overrides", i);
+        let indexes_path = child(&p, "indexes");
+        if o.indexes.trim().is_empty() {
+            errs.push(FieldError::required(indexes_path, "e.g. \"0,3-5\""));
+        } else if let Err(e) = Indexes::parse(&o.indexes, Some(replicas)) {
+            errs.push(FieldError::invalid(indexes_path, &o.indexes, e.to_string()));
+        }
+        errs.extend(validate_task_spec(
+            &o.spec,
+            &child(&p, "spec"),
+            TaskSpecContext::Partial,
+        ));
+        if !o.spec.node_name.is_empty() {
+            errs.push(FieldError::forbidden(
+                child(&p, "spec.nodeName"),
+                "may not be set in an override; the scheduler sets it on each task",
+            ));
+        }
+        if o.spec.index.is_some() {
+            errs.push(FieldError::forbidden(
+                child(&p, "spec.index"),
+                "may not be set in an override; the job controller sets it on each task",
+            ));
+        }
+    }
+
+    let mut targets = BTreeSet::new();
+    for (i, JobInput { source, target }) in spec.inputs.iter().enumerate() {
+        let p = index("spec.inputs", i);
+        absolute_path(&mut errs, &child(&p, "source"), source, true);
+        absolute_path(&mut errs, &child(&p, "target"), target, true);
+        if !target.is_empty() && !targets.insert(target.as_str()) {
+            errs.push(FieldError::duplicate(child(&p, "target"), target));
+        }
+    }
+    absolute_path(&mut errs, "spec.outputDir", &spec.output_dir, false);
+    absolute_path(&mut errs, "spec.logDir", &spec.log_dir, false);
+    errs.extend(validate_env(&spec.env, "spec.env"));
+
+    let mut seen = BTreeSet::new();
+    for (i, dep) in spec.depends_on.iter().enumerate() {
+        let p = index("spec.dependsOn", i);
+        if dep.is_empty() {
+            errs.push(FieldError::required(p, ""));
+            continue;
+        }
+        each_message(&mut errs, &p, dep, names::is_dns1123_subdomain(dep));
+        if !job_name.is_empty() && dep == job_name {
+            errs.push(FieldError::invalid(
+                p.clone(),
+                dep,
+                "a job may not depend on itself",
+            ));
+        }
+        if !seen.insert(dep.as_str()) {
+            errs.push(FieldError::duplicate(p, dep));
+        }
+    }
+    errs
+}
+
+impl Validate for Job {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errs = validate_common::<Job>(&self.api_version, &self.kind, &self.metadata);
+        errs.extend(validate_job_spec(&self.spec, &self.metadata.name));
+        if let Some(status) = &self.status {
+            for (name, count) in [
+                ("pending", status.pending),
+                ("running", status.running),
+                ("completed", status.completed),
+                ("failed", status.failed),
+                ("killed", status.killed),
+                ("lost", status.lost),
+            ] {
+                non_negative(&mut errs, &child("status", name), Some(count));
+            }
+        }
+        errs
+    }
+
+    /// Besides `validate`: a terminal phase never changes.
+    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+        let mut errs = self.validate();
+        errs.extend(validate_object_meta_update(&self.metadata, &old.metadata));
+        let phase = |j: &Job| j.status.as_ref().map(|s| s.phase);
+        errs.extend(terminal_phase_unchanged(
+            phase(old),
+            phase(self),
+            crate::kinds::JobPhase::is_terminal,
+        ));
+        errs
+    }
+}
+
+// ---- Service ----
+
+fn int_or_percent(errs: &mut Vec<FieldError>, field: &str, value: &IntOrString) {
+    match value {
+        IntOrString::Int(v) => {
+            if *v < 0 {
+                errs.push(FieldError::invalid(
+                    field,
+                    *v,
+                    "must be greater than or equal to 0",
+                ));
+            }
+        }
+        IntOrString::String(s) => match value.percentage() {
+            Some(p) if p >= 0 => {}
+            Some(_) => errs.push(FieldError::invalid(
+                field,
+                s,
+                "must be greater than or equal to 0",
+            )),
+            None => errs.push(FieldError::invalid(
+                field,
+                s,
+                "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')",
+            )),
+        },
+    }
+}
+
+fn is_zero(value: &IntOrString) -> bool {
+    match value {
+        IntOrString::Int(v) => *v == 0,
+        IntOrString::String(_) => value.percentage() == Some(0),
+    }
+}
+
+fn validate_strategy(strategy: &ServiceStrategy, path: &str) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let surge = strategy.max_surge();
+    let unavailable = strategy.max_unavailable();
+    let surge_path = child(path, "maxSurge");
+    let unavailable_path = child(path, "maxUnavailable");
+    int_or_percent(&mut errs, &surge_path, &surge);
+    int_or_percent(&mut errs, &unavailable_path, &unavailable);
+    if is_zero(&surge) && is_zero(&unavailable) {
+        errs.push(FieldError::invalid(
+            unavailable_path.clone(),
+            &unavailable,
+            "may not be 0 when `maxSurge` is 0",
+        ));
+    }
+    if unavailable.percentage().is_some_and(|p| p > 100) {
+        errs.push(FieldError::invalid(
+            unavailable_path,
+            &unavailable,
+            "must not be greater than 100%",
+        ));
+    }
+    errs
+}
+
+impl Validate for Service {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errs = validate_common::<Service>(&self.api_version, &self.kind, &self.metadata);
+        non_negative(&mut errs, "spec.replicas", self.spec.replicas);
+        errs.extend(validate_template(&self.spec.template, "spec.template"));
+        if let Some(policy) = self.spec.template.spec.restart_policy
+            && policy != RestartPolicy::Always
+        {
+            errs.push(FieldError::not_supported(
+                "spec.template.spec.restartPolicy",
+                policy.as_str(),
+                &["Always"],
+            ));
+        }
+        if let Some(strategy) = &self.spec.strategy {
+            errs.extend(validate_strategy(strategy, "spec.strategy"));
+        }
+        errs
+    }
+
+    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+        let mut errs = self.validate();
+        errs.extend(validate_object_meta_update(&self.metadata, &old.metadata));
+        errs
+    }
+}
+
+// ---- Node ----
+
+impl Validate for Node {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errs = validate_common::<Node>(&self.api_version, &self.kind, &self.metadata);
+        let mut seen = BTreeSet::new();
+        for (i, taint) in self.spec.taints.iter().enumerate() {
+            let p = index("spec.taints", i);
+            if taint.key.is_empty() {
+                errs.push(FieldError::required(child(&p, "key"), ""));
+            } else {
+                qualified_name(&mut errs, &child(&p, "key"), &taint.key);
+            }
+            each_message(
+                &mut errs,
+                &child(&p, "value"),
+                &taint.value,
+                names::is_label_value(&taint.value),
+            );
+            match taint.effect {
+                None => errs.push(FieldError::required(
+                    child(&p, "effect"),
+                    "one of NoSchedule, PreferNoSchedule, NoExecute",
+                )),
+                Some(effect) => {
+                    if !seen.insert((taint.key.as_str(), effect.as_str())) {
+                        errs.push(FieldError::duplicate(
+                            p,
+                            format!("{}:{}", taint.key, effect.as_str()),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(status) = &self.status {
+            for (field, map) in [
+                ("status.capacity", &status.capacity),
+                ("status.allocatable", &status.allocatable),
+            ] {
+                for (name, q) in map {
+                    let p = key(field, name);
+                    qualified_name(&mut errs, &p, name);
+                    non_negative_quantity(&mut errs, &p, Some(q));
+                }
+            }
+        }
+        errs
+    }
+
+    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+        let mut errs = self.validate();
+        errs.extend(validate_object_meta_update(&self.metadata, &old.metadata));
+        errs
+    }
+}
+
+// ---- Namespace ----
+
+impl Validate for Namespace {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errs = validate_common::<Namespace>(&self.api_version, &self.kind, &self.metadata);
+        for (i, f) in self.spec.finalizers.iter().enumerate() {
+            qualified_name(&mut errs, &index("spec.finalizers", i), f);
+        }
+        errs
+    }
+
+    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+        let mut errs = self.validate();
+        errs.extend(validate_object_meta_update(&self.metadata, &old.metadata));
+        errs
+    }
+}
+
+// ---- Event ----
+
+impl Validate for Event {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errs = validate_common::<Event>(&self.api_version, &self.kind, &self.metadata);
+        let involved = &self.involved_object;
+        if involved.kind.is_empty() {
+            errs.push(FieldError::required("involvedObject.kind", ""));
+        }
+        if involved.name.is_empty() {
+            errs.push(FieldError::required("involvedObject.name", ""));
+        }
+        if !involved.namespace.is_empty() && involved.namespace != self.metadata.namespace {
+            errs.push(FieldError::invalid(
+                "involvedObject.namespace",
+                &involved.namespace,
+                "does not match event.namespace",
+            ));
+        }
+        if self.reason.len() > EVENT_REASON_MAX_LENGTH {
+            errs.push(FieldError::too_long("reason", EVENT_REASON_MAX_LENGTH));
+        }
+        non_negative(&mut errs, "count", self.count);
+        errs
+    }
+}
+
+// ---- Lease ----
+
+impl Validate for Lease {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errs = validate_common::<Lease>(&self.api_version, &self.kind, &self.metadata);
+        if let Some(d) = self.spec.lease_duration_seconds
+            && d <= 0
+        {
+            errs.push(FieldError::invalid(
+                "spec.leaseDurationSeconds",
+                d,
+                "must be greater than 0",
+            ));
+        }
+        non_negative(
+            &mut errs,
+            "spec.leaseTransitions",
+            self.spec.lease_transitions,
+        );
+        errs
+    }
+}
+
+// ---- ResourceDefinition ----
+
+impl Validate for ResourceDefinition {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errs =
+            validate_common::<ResourceDefinition>(&self.api_version, &self.kind, &self.metadata);
+        let spec = &self.spec;
+        let names_spec = &spec.names;
+        let expected_name = format!("{}.{}", names_spec.plural, spec.group);
+        if !self.metadata.name.is_empty() && self.metadata.name != expected_name {
+            errs.push(FieldError::invalid(
+                "metadata.name",
+                &self.metadata.name,
+                "must be spec.names.plural+\".\"+spec.group",
+            ));
+        }
+        if spec.group.is_empty() {
+            errs.push(FieldError::required("spec.group", ""));
+        } else {
+            each_message(
+                &mut errs,
+                "spec.group",
+                &spec.group,
+                names::is_dns1123_subdomain(&spec.group),
+            );
+            if !spec.group.contains('.') {
+                errs.push(FieldError::invalid(
+                    "spec.group",
+                    &spec.group,
+                    "should be a domain with at least one dot",
+                ));
+            }
+        }
+        let label = |errs: &mut Vec<FieldError>, field: &str, value: &str, required: bool| {
+            if value.is_empty() {
+                if required {
+                    errs.push(FieldError::required(field, ""));
+                }
+            } else {
+                each_message(errs, field, value, names::is_dns1123_label(value));
+            }
+        };
+        label(&mut errs, "spec.names.plural", &names_spec.plural, true);
+        label(
+            &mut errs,
+            "spec.names.singular",
+            &names_spec.singular,
+            false,
+        );
+        let mut short = BTreeSet::new();
+        for (i, s) in names_spec.short_names.iter().enumerate() {
+            let p = index("spec.names.shortNames", i);
+            label(&mut errs, &p, s, true);
+            if !short.insert(s.as_str()) {
+                errs.push(FieldError::duplicate(p, s));
+            }
+        }
+        if names_spec.kind.is_empty() {
+            errs.push(FieldError::required("spec.names.kind", ""));
+        } else {
+            each_message(
+                &mut errs,
+                "spec.names.kind",
+                &names_spec.kind,
+                names::is_camel_case_kind(&names_spec.kind),
+            );
+        }
+        if !names_spec.list_kind.is_empty() {
+            each_message(
+                &mut errs,
+                "spec.names.listKind",
+                &names_spec.list_kind,
+                names::is_camel_case_kind(&names_spec.list_kind),
+            );
+            if names_spec.list_kind == names_spec.kind {
+                errs.push(FieldError::invalid(
+                    "spec.names.listKind",
+                    &names_spec.list_kind,
+                    "kind and listKind may not be the same",
+                ));
+            }
+        }
+        if spec.versions.is_empty() {
+            errs.push(FieldError::required(
+                "spec.versions",
+                "must have at least one version",
+            ));
+        } else {
+            let storage = spec.versions.iter().filter(|v| v.storage).count();
+            if storage != 1 {
+                errs.push(FieldError::invalid(
+                    "spec.versions",
+                    storage,
+                    "must have exactly one version marked as storage version",
+                ));
+            }
+        }
+        let mut versions = BTreeSet::new();
+        for (i, v) in spec.versions.iter().enumerate() {
+            let p = index("spec.versions", i);
+            let name_path = child(&p, "name");
+            label(&mut errs, &name_path, &v.name, true);
+            if !v.name.is_empty() && !versions.insert(v.name.as_str()) {
+                errs.push(FieldError::duplicate(name_path, &v.name));
+            }
+            let schema_path = child(&p, "schema.openAPIV3Schema");
+            match &v.schema {
+                None => errs.push(FieldError::required(schema_path, "schemas are required")),
+                Some(s) if s.open_api_v3_schema.is_null() => {
+                    errs.push(FieldError::required(schema_path, "schemas are required"));
+                }
+                Some(s) if !s.open_api_v3_schema.is_object() => {
+                    errs.push(FieldError::invalid(
+                        schema_path,
+                        s.open_api_v3_schema.to_string(),
+                        "must be a JSON schema object",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        errs
+    }
+
+    /// Besides `validate`: the scope may not change.
+    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+        let mut errs = self.validate();
+        errs.extend(validate_object_meta_update(&self.metadata, &old.metadata));
+        if self.spec.scope != old.spec.scope {
+            errs.push(FieldError::invalid(
+                "spec.scope",
+                format!("{:?}", self.spec.scope),
+                "field is immutable",
+            ));
+        }
+        errs
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::kinds::*;
+    use crate::meta::{ObjectReference, OwnerReference};
+    use crate::quantity::Quantity;
+
+    fn fields(errs: &[FieldError]) -> Vec<String> {
+        errs.iter().map(|e| e.to_string()).collect()
+    }
+
+    fn has(errs: &[FieldError], text: &str) -> bool {
+        errs.iter().any(|e| e.to_string() == text)
+    }
+
+    fn assert_has(errs: &[FieldError], text: &str) {
+        assert!(has(errs, text), "missing {text:?} in {:#?}", fields(errs));
+    }
+
+    fn valid_task() -> Task {
+        let mut task = Task::new(
+            "t",
+            TaskSpec {
+                image: "busybox".into(),
+                ..TaskSpec::default()
+            },
+        );
+        task.metadata.namespace = "default".into();
+        task
+    }
+
+    fn valid_job() -> Job {
+        let mut job = Job::new(
+            "j",
+            JobSpec {
+                replicas: Some(3),
+                template: TaskTemplate {
+                    spec: TaskSpec {
+                        image: "busybox".into(),
+                        ..TaskSpec::default()
+                    },
+                    ..TaskTemplate::default()
+                },
+                ..JobSpec::default()
+            },
+        );
+        job.metadata.namespace = "default".into();
+        job
+    }
+
+    #[test]
+    fn field_error_display_matches_kubernetes() {
+        assert_eq!(
+            FieldError::invalid("spec.replicas", -1, "must be greater than or equal to 0")
+                .to_string(),
+            "spec.replicas: Invalid value: -1: must be greater than or equal to 0"
+        );
+        assert_eq!(
+            FieldError::invalid("metadata.name", "A", "bad").to_string(),
+            "metadata.name: Invalid value: \"A\": bad"
+        );
+        assert_eq!(
+            FieldError::required("spec.image", "").to_string(),
+            "spec.image: Required value"
+        );
+        assert_eq!(
+            FieldError::not_supported("spec.x", "b", &["a", "c"]).to_string(),
+            "spec.x: Unsupported value: \"b\": supported values: \"a\", \"c\""
+        );
+        assert_eq!(
+            FieldError::duplicate("spec.p[1]", 80).to_string(),
+            "spec.p[1]: Duplicate value: 80"
+        );
+        assert_eq!(
+            FieldError::too_long("metadata.annotations", 262144).to_string(),
+            "metadata.annotations: Too long: may not be more than 262144 bytes"
+        );
+        assert_eq!(
+            FieldError::forbidden("metadata.namespace", "not allowed on this type").to_string(),
+            "metadata.namespace: Forbidden: not allowed on this type"
+        );
+        let errs = [FieldError::required("a", ""), FieldError::required("b", "")];
+        assert_eq!(
+            FieldErrors(&errs).to_string(),
+            "a: Required value\nb: Required value"
+        );
+    }
+
+    #[test]
+    fn valid_objects_have_no_errors() {
+        assert_eq!(fields(&valid_task().validate()), Vec::<String>::new());
+        assert_eq!(fields(&valid_job().validate()), Vec::<String>::new());
+        let ns = Namespace::new("team-a", NamespaceSpec::default());
+        assert_eq!(fields(&ns.validate()), Vec::<String>::new());
+        let node = Node::new("node-1.example", NodeSpec::default());
+        assert_eq!(fields(&node.validate()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn metadata_rules() {
+        let mut task = valid_task();
+        task.metadata.name = String::new();
+        task.metadata.namespace = String::new();
+        task.metadata.labels.insert("bad key".into(), "-".into());
+        task.metadata
+            .annotations
+            .insert("big".into(), "x".repeat(TOTAL_ANNOTATION_SIZE_LIMIT));
+        task.metadata.finalizers.push("a/b/c".into());
+        task.metadata.owner_references = vec![
+            OwnerReference {
+                controller: Some(true),
+                ..OwnerReference::default()
+            },
+            OwnerReference {
+                api_version: "v".into(),
+                kind: "k".into(),
+                name: "n".into(),
+                uid: "u".into(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            },
+        ];
+        let errs = task.validate();
+        assert_has(
+            &errs,
+            "metadata.name: Required value: name or generateName is required",
+        );
+        assert_has(&errs, "metadata.namespace: Required value");
+        assert!(has(
+            &errs,
+            "metadata.labels: Invalid value: \"bad key\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
+        ));
+        assert!(
+            errs.iter()
+                .any(|e| e.field == "metadata.labels" && e.value.as_deref() == Some("\"-\""))
+        );
+        assert_has(
+            &errs,
+            "metadata.annotations: Too long: may not be more than 262144 bytes",
+        );
+        assert!(errs.iter().any(|e| e.field == "metadata.finalizers[0]"));
+        assert_has(
+            &errs,
+            "metadata.ownerReferences[0].apiVersion: Required value",
+        );
+        assert_has(&errs, "metadata.ownerReferences[0].uid: Required value");
+        assert_has(
+            &errs,
+            "metadata.ownerReferences: Invalid value: 2: only one reference can have controller set to true",
+        );
+
+        let mut task = valid_task();
+        task.metadata.name = "Bad_Name".into();
+        let errs = task.validate();
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].to_string().starts_with("metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters"));
+
+        let mut task = valid_task();
+        task.metadata.name = String::new();
+        task.metadata.generate_name = "web-".into();
+        assert!(task.validate().is_empty());
+
+        let mut node = Node::new("n", NodeSpec::default());
+        node.metadata.namespace = "default".into();
+        assert_eq!(
+            fields(&node.validate()),
+            vec!["metadata.namespace: Forbidden: not allowed on this type"]
+        );
+
+        let ns = Namespace::new("a.b", NamespaceSpec::default());
+        assert!(ns.validate()[0].to_string().contains("RFC 1123 label"));
+
+        let mut task = valid_task();
+        task.kind = "Job".into();
+        assert_eq!(
+            fields(&task.validate()),
+            vec!["kind: Unsupported value: \"Job\": supported values: \"Task\""]
+        );
+    }
+
+    #[test]
+    fn job_rules() {
+        let mut job = valid_job();
+        job.spec.replicas = Some(-1);
+        job.spec.parallelism = Some(0);
+        job.spec.max_retries = Some(-2);
+        job.spec.time_limit_seconds = Some(0);
+        job.spec.depends_on = vec!["j".into(), "prep".into(), "prep".into(), "Bad".into()];
+        job.spec.output_dir = "out".into();
+        job.spec.inputs = vec![JobInput {
+            source: "/data".into(),
+            target: "data".into(),
+        }];
+        job.spec.env = vec![
+            EnvVar::new("1X", "a"),
+            EnvVar::new("A", "b"),
+            EnvVar::new("A", "c"),
+        ];
+        let errs = job.validate();
+        assert_has(
+            &errs,
+            "spec.replicas: Invalid value: -1: must be greater than or equal to 0",
+        );
+        assert_has(
+            &errs,
+            "spec.parallelism: Invalid value: 0: must be greater than or equal to 1",
+        );
+        assert_has(
+            &errs,
+            "spec.maxRetries: Invalid value: -2: must be greater than or equal to 0",
+        );
+        assert_has(
+            &errs,
+            "spec.timeLimitSeconds: Invalid value: 0: must be greater than 0",
+        );
+        assert_has(
+            &errs,
+            "spec.dependsOn[0]: Invalid value: \"j\": a job may not depend on itself",
+        );
+        assert_has(&errs, "spec.dependsOn[2]: Duplicate value: \"prep\"");
+        assert!(errs.iter().any(|e| e.field == "spec.dependsOn[3]" && e.message.contains("RFC 1123 subdomain")));
+        assert_has(
+            &errs,
+            "spec.outputDir: Invalid value: \"out\": must be an absolute path",
+        );
+        assert_has(
+            &errs,
+            "spec.inputs[0].target: Invalid value: \"data\": must be an absolute path",
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.field == "spec.env[0].name" && e.message.contains("C identifier"))
+        );
+        assert_has(&errs, "spec.env[2].name: Duplicate value: \"A\"");
+    }
+
+    #[test]
+    fn job_overrides() {
+        let mut job = valid_job();
+        job.spec.overrides = vec![
+            TaskOverride {
+                indexes: "0,3-5".into(),
+                spec: TaskSpec::default(),
+            },
+            TaskOverride {
+                indexes: "5-3".into(),
+                spec: TaskSpec::default(),
+            },
+            TaskOverride {
+                indexes: "x".into(),
+                spec: TaskSpec::default(),
+            },
+            TaskOverride {
+                indexes: "".into(),
+                spec: TaskSpec {
+                    node_name: "n".into(),
+                    ..TaskSpec::default()
+                },
+            },
+            TaskOverride {
+                indexes: "1".into(),
+                spec: TaskSpec {
+                    args: vec!["--leader".into()],
+                    ..TaskSpec::default()
+                },
+            },
+        ];
+        let errs = job.validate();
+        assert_has(
+            &errs,
+            "spec.overrides[0].indexes: Invalid value: \"0,3-5\": index 3 is out of range: the job has 3 replicas, so indexes run from 0 to 2",
+        );
+        assert_has(
+            &errs,
+            "spec.overrides[1].indexes: Invalid value: \"5-3\": range \"5-3\" is reversed: its start must not be greater than its end",
+        );
+        assert_has(
+            &errs,
+            "spec.overrides[2].indexes: Invalid value: \"x\": \"x\" is not an index: expected a non-negative integer or a range such as \"3-5\"",
+        );
+        assert_has(
+            &errs,
+            "spec.overrides[3].indexes: Required value: e.g. \"0,3-5\"",
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.field == "spec.overrides[3].spec.nodeName"
+                    && e.kind == FieldErrorKind::Forbidden)
+        );
+        assert!(
+            !errs
+                .iter()
+                .any(|e| e.field.starts_with("spec.overrides[4]"))
+        );
+        assert!(
+            !errs.iter().any(|e| e.field.contains("image")),
+            "partial specs need no image"
+        );
+    }
+
+    #[test]
+    fn task_spec_rules() {
+        let spec = TaskSpec {
+            driver: Some(Driver::Container),
+            resources: TaskResources {
+                cpu: Some(Quantity::parse("-1").unwrap()),
+                ports: vec![0, 80, 80, 70000],
+                extended: [("bad key".to_string(), Quantity::parse("1").unwrap())].into(),
+                ..TaskResources::default()
+            },
+            constraints: vec![
+                Requirement {
+                    key: "a".into(),
+                    operator: Operator::In,
+                    values: vec![],
+                },
+                Requirement {
+                    key: "b".into(),
+                    operator: Operator::Exists,
+                    values: vec!["x".into()],
+                },
+                Requirement {
+                    key: "c".into(),
+                    operator: Operator::Gt,
+                    values: vec!["1".into(), "2".into()],
+                },
+                Requirement {
+                    key: "d".into(),
+                    operator: Operator::Lt,
+                    values: vec!["x".into()],
+                },
+                Requirement {
+                    key: "e".into(),
+                    operator: Operator::Equals,
+                    values: vec!["x".into()],
+                },
+                Requirement {
+                    key: "f".into(),
+                    operator: Operator::Gt,
+                    values: vec!["10".into()],
+                },
+            ],
+            tolerations: vec![
+                Toleration {
+                    value: "x".into(),
+                    ..Toleration::default()
+                },
+                Toleration {
+                    key: "k".into(),
+                    operator: Some(TolerationOperator::Exists),
+                    value: "v".into(),
+                    ..Toleration::default()
+                },
+            ],
+            time_limit_seconds: Some(-5),
+            termination_grace_period_seconds: Some(-1),
+            mounts: vec![
+                Mount {
+                    source: "rel".into(),
+                    target: "/in".into(),
+                    read_only: None,
+                },
+                Mount {
+                    source: "/a".into(),
+                    target: "/in".into(),
+                    read_only: Some(false),
+                },
+                Mount::default(),
+            ],
+            log_path: "log.txt".into(),
+            index: Some(-1),
+            ..TaskSpec::default()
+        };
+        let errs = validate_task_spec(&spec, "spec", TaskSpecContext::Task);
+        for expected in [
+            "spec.image: Required value: required for the container driver",
+            "spec.resources.cpu: Invalid value: \"-1\": must be greater than or equal to 0",
+            "spec.resources.ports[0]: Invalid value: 0: must be between 1 and 65535, inclusive",
+            "spec.resources.ports[2]: Duplicate value: 80",
+            "spec.resources.ports[3]: Invalid value: 70000: must be between 1 and 65535, inclusive",
+            "spec.constraints[0].values: Required value: must be specified when `operator` is 'In' or 'NotIn'",
+            "spec.constraints[1].values: Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+            "spec.constraints[2].values: Required value: must be specified single value when `operator` is 'Lt' or 'Gt'",
+            "spec.constraints[3].values[0]: Invalid value: \"x\": must be an integer",
+            "spec.constraints[4].operator: Unsupported value: \"Equals\": supported values: \"DoesNotExist\", \"Exists\", \"Gt\", \"In\", \"Lt\", \"NotIn\"",
+            "spec.tolerations[0].operator: Invalid value: \"Equal\": operator must be Exists when `key` is empty, which means \"match all values and all keys\"",
+            "spec.tolerations[1].operator: Invalid value: \"v\": value must be empty when `operator` is 'Exists'",
+            "spec.timeLimitSeconds: Invalid value: -5: must be greater than 0",
+            "spec.terminationGracePeriodSeconds: Invalid value: -1: must be greater than or equal to 0",
+            "spec.mounts[0].source: Invalid value: \"rel\": must be an absolute path",
+            "spec.mounts[1].target: Duplicate value: \"/in\"",
+            "spec.mounts[2].source: Required value",
+            "spec.mounts[2].target: Required value",
+            "spec.logPath: Invalid value: \"log.txt\": must be an absolute path",
+            "spec.index: Invalid value: -1: must be greater than or equal to 0",
+        ] {
+            assert_has(&errs, expected);
+        }
+        assert!(
+            errs.iter()
+                .any(|e| e.field == "spec.resources.extended[bad key]")
+        );
+        assert!(
+            !errs
+                .iter()
+                .any(|e| e.field.starts_with("spec.constraints[5]"))
+        );
+
+        let exec = TaskSpec {
+            driver: Some(Driver::Exec),
+            ..TaskSpec::default()
+        };
+        assert_eq!(
+            fields(&validate_task_spec(&exec, "spec", TaskSpecContext::Task)),
+            vec!["spec.command: Required value: required for the exec driver"]
+        );
+        let templated = TaskSpec {
+            image: "x".into(),
+            node_name: "n".into(),
+            index: Some(1),
+            ..TaskSpec::default()
+        };
+        let errs = validate_task_spec(&templated, "spec.template.spec", TaskSpecContext::Template);
+        assert_eq!(errs.len(), 2);
+        assert!(errs.iter().all(|e| e.kind == FieldErrorKind::Forbidden));
+    }
+
+    #[test]
+    fn task_updates() {
+        let old = valid_task();
+        let mut bound = old.clone();
+        bound.spec.node_name = "node-1".into();
+        bound.spec.log_path = "/var/log/loom/t.log".into();
+        assert!(bound.validate_update(&old).is_empty());
+        let mut moved = bound.clone();
+        moved.spec.log_path = "/elsewhere".into();
+        assert_has(
+            &moved.validate_update(&bound),
+            "spec.logPath: Invalid value: \"/elsewhere\": may not change once set",
+        );
+        let mut rebound = bound.clone();
+        rebound.spec.node_name = "node-2".into();
+        assert_has(
+            &rebound.validate_update(&bound),
+            "spec.nodeName: Invalid value: \"node-2\": may not change once set",
+        );
+        let mut changed = old.clone();
+        changed.spec.image = "other".into();
+        assert!(
+            changed
+                .validate_update(&old)
+                .iter()
+                .any(|e| e.field == "spec" && e.kind == FieldErrorKind::Forbidden)
+        );
+        let mut renamed = old.clone();
+        renamed.metadata.name = "u".into();
+        assert_has(
+            &renamed.validate_update(&old),
+            "metadata.name: Invalid value: \"u\": field is immutable",
+        );
+        let mut done = old.clone();
+        done.status = Some(TaskStatus {
+            phase: TaskPhase::Completed,
+            ..TaskStatus::default()
+        });
+        let mut revived = done.clone();
+        revived.status = Some(TaskStatus {
+            phase: TaskPhase::Running,
+            ..TaskStatus::default()
+        });
+        assert_has(
+            &revived.validate_update(&done),
+            "status.phase: Invalid value: \"Running\": may not change once it is Completed, a terminal phase",
+        );
+        let mut job = valid_job();
+        job.status = Some(JobStatus {
+            phase: JobPhase::Failed,
+            ..JobStatus::default()
+        });
+        let mut job2 = job.clone();
+        job2.status = Some(JobStatus {
+            phase: JobPhase::Running,
+            ..JobStatus::default()
+        });
+        assert_eq!(job2.validate_update(&job).len(), 1);
+    }
+
+    #[test]
+    fn service_rules() {
+        let mut svc = Service::new(
+            "web",
+            ServiceSpec {
+                replicas: Some(-1),
+                template: TaskTemplate {
+                    spec: TaskSpec {
+                        image: "nginx".into(),
+                        restart_policy: Some(RestartPolicy::Never),
+                        ..TaskSpec::default()
+                    },
+                    ..TaskTemplate::default()
+                },
+                strategy: Some(ServiceStrategy {
+                    max_surge: Some(IntOrString::Int(0)),
+                    max_unavailable: Some("0%".into()),
+                }),
+            },
+        );
+        svc.metadata.namespace = "default".into();
+        let errs = svc.validate();
+        assert_has(
+            &errs,
+            "spec.replicas: Invalid value: -1: must be greater than or equal to 0",
+        );
+        assert_has(
+            &errs,
+            "spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\"",
+        );
+        assert_has(
+            &errs,
+            "spec.strategy.maxUnavailable: Invalid value: \"0%\": may not be 0 when `maxSurge` is 0",
+        );
+        svc.spec.replicas = Some(2);
+        svc.spec.template.spec.restart_policy = None;
+        svc.spec.strategy = Some(ServiceStrategy {
+            max_surge: Some("x".into()),
+            max_unavailable: Some("150%".into()),
+        });
+        let errs = svc.validate();
+        assert!(errs.iter().any(|e| e.field == "spec.strategy.maxSurge"
+            && e.message.starts_with("a valid percent string")));
+        assert_has(
+            &errs,
+            "spec.strategy.maxUnavailable: Invalid value: \"150%\": must not be greater than 100%",
+        );
+        svc.spec.strategy = Some(ServiceStrategy {
+            max_surge: Some(IntOrString::Int(-1)),
+            max_unavailable: None,
+        });
+        assert_has(
+            &svc.validate(),
+            "spec.strategy.maxSurge: Invalid value: -1: must be greater than or equal to 0",
+        );
+        svc.spec.strategy = None;
+        assert!(svc.validate().is_empty());
+    }
+
+    #[test]
+    fn node_rules() {
+        let mut node = Node::new(
+            "n1",
+            NodeSpec {
+                unschedulable: true,
+                taints: vec![
+                    Taint {
+                        key: "".into(),
+                        value: "x y".into(),
+                        effect: None,
+                    },
+                    Taint {
+                        key: "gpu".into(),
+                        value: "".into(),
+                        effect: Some(TaintEffect::NoSchedule),
+                    },
+                    Taint {
+                        key: "gpu".into(),
+                        value: "a".into(),
+                        effect: Some(TaintEffect::NoSchedule),
+                    },
+                ],
+            },
+        );
+        node.status = Some(NodeStatus {
+            capacity: [("cpu".to_string(), Quantity::parse("-1").unwrap())].into(),
+            ..NodeStatus::default()
+        });
+        let errs = node.validate();
+        assert_has(&errs, "spec.taints[0].key: Required value");
+        assert_has(
+            &errs,
+            "spec.taints[0].effect: Required value: one of NoSchedule, PreferNoSchedule, NoExecute",
+        );
+        assert!(errs.iter().any(|e| e.field == "spec.taints[0].value"));
+        assert_has(&errs, "spec.taints[2]: Duplicate value: \"gpu:NoSchedule\"");
+        assert_has(
+            &errs,
+            "status.capacity[cpu]: Invalid value: \"-1\": must be greater than or equal to 0",
+        );
+    }
+
+    #[test]
+    fn event_and_lease_rules() {
+        let mut ev = Event::new(
+            "e",
+            ObjectReference {
+                namespace: "other".into(),
+                ..ObjectReference::default()
+            },
+        );
+        ev.metadata.namespace = "default".into();
+        ev.reason = "R".repeat(200);
+        ev.count = Some(-1);
+        let errs = ev.validate();
+        assert_has(&errs, "involvedObject.kind: Required value");
+        assert_has(&errs, "involvedObject.name: Required value");
+        assert_has(
+            &errs,
+            "involvedObject.namespace: Invalid value: \"other\": does not match event.namespace",
+        );
+        assert_has(&errs, "reason: Too long: may not be more than 128 bytes");
+        assert_has(
+            &errs,
+            "count: Invalid value: -1: must be greater than or equal to 0",
+        );
+
+        let mut lease = Lease::new(
+            "l",
+            LeaseSpec {
+                lease_duration_seconds: Some(0),
+                lease_transitions: Some(-1),
+                ..LeaseSpec::default()
+            },
+        );
+        lease.metadata.namespace = "loom-system".into();
+        let errs = lease.validate();
+        assert_eq!(
+            fields(&errs),
+            vec![
+                "spec.leaseDurationSeconds: Invalid value: 0: must be greater than 0",
+                "spec.leaseTransitions: Invalid value: -1: must be greater than or equal to 0"
+            ]
+        );
+    }
+
+    fn valid_rd() -> ResourceDefinition {
+        ResourceDefinition::new(
+            "pipelines.example.com",
+            ResourceDefinitionSpec {
+                group: "example.com".into(),
+                names: ResourceNames {
+                    kind: "Pipeline".into(),
+                    plural: "pipelines".into(),
+                    ..ResourceNames::default()
+                },
+                scope: ResourceScope::Namespaced,
+                versions: vec![ResourceVersionDefinition {
+                    name: "v1".into(),
+                    served: true,
+                    storage: true,
+                    schema: Some(ResourceValidation {
+                        open_api_v3_schema: serde_json::json!({"type": "object"}),
+                    }),
+                    subresources: None,
+                }],
+            },
+        )
+    }
+
+    #[test]
+    fn resource_definition_rules() {
+        assert_eq!(fields(&valid_rd().validate()), Vec::<String>::new());
+        let mut rd = valid_rd();
+        rd.metadata.name = "pipes.example.com".into();
+        rd.spec.group = "example".into();
+        rd.spec.names.kind = "pipeline".into();
+        rd.spec.names.plural = "Pipelines".into();
+        rd.spec.names.list_kind = "pipeline".into();
+        rd.spec.names.short_names = vec!["p".into(), "p".into()];
+        rd.spec.versions.push(ResourceVersionDefinition {
+            name: "v1".into(),
+            storage: true,
+            ..ResourceVersionDefinition::default()
+        });
+        let errs = rd.validate();
+        assert_has(
+            &errs,
+            "metadata.name: Invalid value: \"pipes.example.com\": must be spec.names.plural+\".\"+spec.group",
+        );
+        assert_has(
+            &errs,
+            "spec.group: Invalid value: \"example\": should be a domain with at least one dot",
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.field == "spec.names.kind" && e.message.contains("CamelCase"))
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.field == "spec.names.plural" && e.message.contains("RFC 1123 label"))
+        );
+        assert_has(
+            &errs,
+            "spec.names.listKind: Invalid value: \"pipeline\": kind and listKind may not be the same",
+        );
+        assert_has(&errs, "spec.names.shortNames[1]: Duplicate value: \"p\"");
+        assert_has(
+            &errs,
+            "spec.versions: Invalid value: 2: must have exactly one version marked as storage version",
+        );
+        assert_has(&errs, "spec.versions[1].name: Duplicate value: \"v1\"");
+        assert_has(
+            &errs,
+            "spec.versions[1].schema.openAPIV3Schema: Required value: schemas are required",
+        );
+        let mut empty = valid_rd();
+        empty.spec.versions.clear();
+        assert_has(
+            &empty.validate(),
+            "spec.versions: Required value: must have at least one version",
+        );
+        let mut cluster = valid_rd();
+        cluster.spec.scope = ResourceScope::Cluster;
+        assert_has(
+            &cluster.validate_update(&valid_rd()),
+            "spec.scope: Invalid value: \"Cluster\": field is immutable",
+        );
+    }
+}
