@@ -1,4 +1,7 @@
-//! Loom's API server: the storage backends every object lives in (the HTTP API builds on them).
+//! Loom's API server: the HTTP API over a versioned store, with a watch cache per resource.
 
+pub mod error;
+pub mod object;
+pub mod schema;
 pub mod store;
 pub mod testing;

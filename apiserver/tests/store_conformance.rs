@@ -45,12 +45,22 @@ fn bytes(s: impl Into<String>) -> Bytes {
     Bytes::from(s.into())
 }
 
-/// The next item of a watch, within a deadline.
-async fn next_event(stream: &mut WatchStream) -> Result<Event, Error> {
+/// The next item of a watch, progress included, within a deadline.
+async fn next_item(stream: &mut WatchStream) -> Result<Event, Error> {
     match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
         Ok(Some(item)) => item,
         Ok(None) => panic!("the watch ended"),
         Err(_) => panic!("no watch event within 10 s"),
+    }
+}
+
+/// The next change of a watch (progress skipped), within a deadline.
+async fn next_event(stream: &mut WatchStream) -> Result<Event, Error> {
+    loop {
+        match next_item(stream).await {
+            Ok(Event::Progress { .. }) => continue,
+            other => return other,
+        }
     }
 }
 
@@ -287,6 +297,33 @@ mod suite {
             next_event(&mut stream).await.unwrap(),
             Event::Updated { kv: d2, prev: d }
         );
+    }
+
+    /// A watch on a quiet prefix learns how far the store has got.
+    pub async fn watch_reports_progress(store: Arc<dyn Store>) {
+        let start = store.current_revision().await.unwrap();
+        let mut quiet = store.watch("quiet/", start).await.unwrap();
+        let busy = store.create("busy/a", bytes("a")).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match next_item(&mut quiet).await.unwrap() {
+                Event::Progress { revision } if revision >= busy.mod_revision => break,
+                Event::Progress { .. } => {}
+                other => panic!("a quiet prefix got {other:?}"),
+            }
+            assert!(Instant::now() < deadline, "no progress within 10 s");
+        }
+        // Progress never runs ahead of an event under the prefix.
+        let mine = store.create("quiet/x", bytes("x")).await.unwrap();
+        loop {
+            match next_item(&mut quiet).await.unwrap() {
+                Event::Progress { revision } => assert!(revision < mine.mod_revision),
+                event => {
+                    assert_eq!(event, Event::Created(mine));
+                    break;
+                }
+            }
+        }
     }
 
     /// Concurrent writers: a watcher sees every write once, in revision order.
@@ -657,6 +694,7 @@ macro_rules! conformance {
             conformance!(@case $backend, racing_conditional_updates);
             conformance!(@case $backend, watch_replays_history);
             conformance!(@case $backend, watch_sees_concurrent_writes_in_order);
+            conformance!(@case $backend, watch_reports_progress);
             conformance!(@case $backend, compaction);
             conformance!(@case $backend, list_at_revision_is_a_snapshot);
             conformance!(@case $backend, pagination_under_concurrent_writes);

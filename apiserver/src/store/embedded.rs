@@ -635,10 +635,20 @@ async fn run_watch(
             let owned_prefix = prefix.to_owned();
             let (events, up_to, head) =
                 read(shared, move |conn| read_events(conn, &owned_prefix, last)).await?;
+            let quiet = events.is_empty();
             for event in events {
                 if tx.send(Ok(event)).await.is_err() {
                     return Ok(());
                 }
+            }
+            if quiet
+                && up_to > last
+                && tx
+                    .send(Ok(Event::Progress { revision: up_to }))
+                    .await
+                    .is_err()
+            {
+                return Ok(());
             }
             last = last.max(up_to);
             if up_to >= head {
@@ -653,17 +663,28 @@ async fn run_watch(
             };
             match batch {
                 Ok(batch) => {
+                    let mut sent = false;
                     for event in batch.iter() {
-                        if event.revision() > last
-                            && event.key().starts_with(prefix)
-                            && tx.send(Ok(event.clone())).await.is_err()
-                        {
-                            return Ok(());
+                        if event.revision() > last && event.key().starts_with(prefix) {
+                            sent = true;
+                            if tx.send(Ok(event.clone())).await.is_err() {
+                                return Ok(());
+                            }
                         }
                     }
-                    if let Some(event) = batch.last() {
-                        last = last.max(event.revision());
+                    let Some(newest) = batch.last().map(Event::revision) else {
+                        continue;
+                    };
+                    if !sent
+                        && newest > last
+                        && tx
+                            .send(Ok(Event::Progress { revision: newest }))
+                            .await
+                            .is_err()
+                    {
+                        return Ok(());
                     }
+                    last = last.max(newest);
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Skip the backlog: re-subscribe first, then read it from the log.

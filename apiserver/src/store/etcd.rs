@@ -14,12 +14,16 @@ use etcd_client::{
     Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType,
     GetOptions, KvClient, PutOptions, Txn, TxnOp, TxnOpResponse, WatchClient, WatchOptions,
 };
-use futures::StreamExt;
 
 use super::{
     Deleted, Error, Event, KeyValue, ListOptions, ListPlan, ListResult, MAX_VALUE_BYTES, Result,
     Revision, Store, WatchStream, check_value_size, prefix_end,
 };
+
+/// Events buffered for one watcher.
+const WATCH_BUFFER: usize = 1_024;
+/// How often a watch asks etcd how far it has got while its prefix is quiet.
+const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Responses can hold a whole list; lift tonic's 4 MiB default.
 const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
@@ -332,54 +336,14 @@ impl Store for EtcdStore {
             .watch(full_prefix, Some(options))
             .await
             .map_err(etcd)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         let store = self.clone();
-        // Yield each response's events; end after the first error.
-        let events = futures::stream::unfold(Some(stream), move |state| {
-            let store = store.clone();
-            async move {
-                let mut stream = state?;
-                loop {
-                    let response = match stream.message().await {
-                        Ok(Some(response)) => response,
-                        Ok(None) => {
-                            let error = Error::Backend("etcd closed the watch".to_owned());
-                            return Some((vec![Err(error)], None));
-                        }
-                        Err(error) => return Some((vec![Err(etcd(error))], None)),
-                    };
-                    if response.compact_revision() > 0 {
-                        let error = Error::Compacted {
-                            requested: after,
-                            compacted: response.compact_revision(),
-                        };
-                        return Some((vec![Err(error)], None));
-                    }
-                    if response.canceled() {
-                        let error = Error::Backend(format!(
-                            "etcd cancelled the watch: {}",
-                            response.cancel_reason()
-                        ));
-                        return Some((vec![Err(error)], None));
-                    }
-                    if response.events().is_empty() {
-                        continue;
-                    }
-                    let events = response
-                        .events()
-                        .iter()
-                        .filter(|event| event.kv().is_none_or(|kv| kv.mod_revision() > after))
-                        .map(|event| store.to_event(event))
-                        .collect::<Vec<_>>();
-                    if events.is_empty() {
-                        continue;
-                    }
-                    let failed = events.iter().any(Result::is_err);
-                    return Some((events, (!failed).then_some(stream)));
-                }
+        tokio::spawn(async move {
+            if let Err(error) = store.run_watch(stream, after, &tx).await {
+                let _ = tx.send(Err(error)).await;
             }
-        })
-        .flat_map(futures::stream::iter);
-        Ok(Box::pin(events))
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {
@@ -414,6 +378,71 @@ impl Store for EtcdStore {
 }
 
 impl EtcdStore {
+    /// Forwards one etcd watch, asking etcd for progress while the prefix is quiet.
+    async fn run_watch(
+        &self,
+        stream: etcd_client::WatchStream,
+        after: Revision,
+        tx: &tokio::sync::mpsc::Sender<Result<Event>>,
+    ) -> Result<()> {
+        let (mut requests, mut responses) = stream.split();
+        let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = after;
+        loop {
+            let response = tokio::select! {
+                _ = tx.closed() => return Ok(()),
+                _ = progress.tick() => {
+                    requests.request_progress().await.map_err(etcd)?;
+                    continue;
+                }
+                response = responses.message() => response,
+            };
+            let response = match response {
+                Ok(Some(response)) => response,
+                Ok(None) => return Err(Error::Backend("etcd closed the watch".to_owned())),
+                Err(error) => return Err(etcd(error)),
+            };
+            if response.compact_revision() > 0 {
+                return Err(Error::Compacted {
+                    requested: after,
+                    compacted: response.compact_revision(),
+                });
+            }
+            if response.canceled() {
+                return Err(Error::Backend(format!(
+                    "etcd cancelled the watch: {}",
+                    response.cancel_reason()
+                )));
+            }
+            if response.created() {
+                continue;
+            }
+            if response.events().is_empty() {
+                // A progress notification: every event up to its revision was sent.
+                let revision = response.header().map_or(0, |h| h.revision());
+                if revision > last {
+                    last = revision;
+                    if tx.send(Ok(Event::Progress { revision })).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+            for event in response.events() {
+                // The watch starts at `after` itself; its events were seen already.
+                if event.kv().is_some_and(|kv| kv.mod_revision() <= after) {
+                    continue;
+                }
+                let event = self.to_event(event)?;
+                last = last.max(event.revision());
+                if tx.send(Ok(event)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
     fn to_event(&self, event: &etcd_client::Event) -> Result<Event> {
         let kv = event
             .kv()

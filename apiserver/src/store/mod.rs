@@ -122,6 +122,12 @@ pub enum Event {
         /// The key's last value before the delete.
         prev: KeyValue,
     },
+    /// Nothing under the watched prefix changed up to `revision`: every event up to
+    /// it has been delivered. Sent while the prefix is quiet and the store is not.
+    Progress {
+        /// The store's revision the watch has caught up with.
+        revision: Revision,
+    },
 }
 
 impl Event {
@@ -129,15 +135,16 @@ impl Event {
     pub fn revision(&self) -> Revision {
         match self {
             Event::Created(kv) | Event::Updated { kv, .. } => kv.mod_revision,
-            Event::Deleted { revision, .. } => *revision,
+            Event::Deleted { revision, .. } | Event::Progress { revision } => *revision,
         }
     }
 
-    /// The key the event is about.
+    /// The key the event is about (empty for progress).
     pub fn key(&self) -> &str {
         match self {
             Event::Created(kv) | Event::Updated { kv, .. } => &kv.key,
             Event::Deleted { prev, .. } => &prev.key,
+            Event::Progress { .. } => "",
         }
     }
 }

@@ -1,0 +1,86 @@
+//! The API's one error type: a Kubernetes `Status` body with its HTTP code, mapped in one place.
+
+use api_types::{GroupResource, Status};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::store;
+
+/// An error answer: the `Status` the client receives.
+#[derive(Debug, Clone)]
+pub struct ApiError(pub Box<Status>);
+
+/// The result type of API operations.
+pub type ApiResult<T> = std::result::Result<T, ApiError>;
+
+impl ApiError {
+    /// 400 Bad Request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError(Box::new(Status::bad_request(message)))
+    }
+
+    /// 500 Internal Error.
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        ApiError(Box::new(Status::internal_error(&message.to_string())))
+    }
+
+    /// 404 for a path that names no resource.
+    pub fn no_route(path: &str) -> Self {
+        let mut status = Status::not_found(&GroupResource::new("", ""), "");
+        status.message = format!("the server could not find the requested resource ({path})");
+        status.details = None;
+        ApiError(Box::new(status))
+    }
+
+    /// Maps a store error on the object `name` of `resource`.
+    pub fn from_store(error: store::Error, resource: &GroupResource, name: &str) -> Self {
+        let status = match error {
+            store::Error::NotFound { .. } => Status::not_found(resource, name),
+            store::Error::AlreadyExists { .. } => Status::already_exists(resource, name),
+            store::Error::Conflict { .. } => Status::conflict_modified(resource, name),
+            store::Error::Compacted {
+                requested,
+                compacted,
+            } => Status::too_old_resource_version(requested, compacted),
+            store::Error::FutureRevision { requested, current } => {
+                let mut status = Status::timeout(format!(
+                    "Too large resource version: {requested}, current: {current}"
+                ));
+                status.code = 504;
+                status
+            }
+            store::Error::ValueTooLarge { size, limit, .. } => Status::request_entity_too_large(
+                &format!("the object is {size} bytes once stored, over the limit of {limit} bytes"),
+            ),
+            store::Error::InvalidContinue(why) => {
+                Status::bad_request(format!("invalid continue token: {why}"))
+            }
+            store::Error::Backend(why) => Status::internal_error(&format!("storage: {why}")),
+        };
+        ApiError(Box::new(status))
+    }
+
+    /// The HTTP code.
+    pub fn code(&self) -> u16 {
+        u16::try_from(self.0.code).unwrap_or(500)
+    }
+}
+
+impl From<Status> for ApiError {
+    fn from(status: Status) -> Self {
+        ApiError(Box::new(status))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&*self.0).unwrap_or_default();
+        let mut response = (code, body).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
