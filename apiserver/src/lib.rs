@@ -1,7 +1,18 @@
 //! Loom's API server: the HTTP API over a versioned store, with a watch cache per resource.
 
+pub mod apply;
+pub mod catalog;
+pub mod discovery;
 pub mod error;
+pub mod handlers;
+pub mod http;
+pub mod metrics;
 pub mod object;
+pub mod registry;
 pub mod schema;
+pub mod server;
 pub mod store;
 pub mod testing;
+pub mod watch_cache;
+
+pub use server::{Config, StoreUrl, open_store, run};

@@ -1,4 +1,4 @@
-//! Fixtures for tests and benchmarks: a private etcd server on free loopback ports.
+//! Fixtures for tests and benchmarks: a private etcd on free loopback ports, an API server on one.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -150,4 +150,109 @@ pub fn temp_dir() -> Result<(tempfile::TempDir, PathBuf), String> {
         .map_err(|e| format!("cannot create a temp dir: {e}"))?;
     let path = dir.path().join("loom.db");
     Ok((dir, path))
+}
+
+/// An API server on a free loopback port over a store, stopped on drop.
+#[derive(Debug)]
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The store it serves (to check it directly).
+    pub store: std::sync::Arc<dyn crate::store::Store>,
+    shutdown: tokio_util::sync::CancellationToken,
+    _etcd: Option<EtcdServer>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// Over a fresh embedded store in a temp dir.
+    pub async fn embedded(config: crate::Config) -> Result<Self, String> {
+        let (dir, path) = temp_dir()?;
+        let store = crate::store::EmbeddedStore::open(crate::store::EmbeddedOptions::new(path))
+            .map_err(|e| e.to_string())?;
+        Self::start(std::sync::Arc::new(store), config, None, Some(dir)).await
+    }
+
+    /// Over a private etcd.
+    pub async fn etcd(config: crate::Config) -> Result<Self, String> {
+        let etcd = EtcdServer::start().await?;
+        let store = etcd.store("/loom/").await?;
+        Self::start(std::sync::Arc::new(store), config, Some(etcd), None).await
+    }
+
+    /// Over a given store (e.g. a second server sharing one etcd).
+    pub async fn over(
+        store: std::sync::Arc<dyn crate::store::Store>,
+        config: crate::Config,
+    ) -> Result<Self, String> {
+        Self::start(store, config, None, None).await
+    }
+
+    async fn start(
+        store: std::sync::Arc<dyn crate::store::Store>,
+        config: crate::Config,
+        etcd: Option<EtcdServer>,
+        dir: Option<tempfile::TempDir>,
+    ) -> Result<Self, String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("cannot bind: {e}"))?;
+        let url = format!(
+            "http://{}",
+            listener.local_addr().map_err(|e| e.to_string())?
+        );
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let server = crate::run(store.clone(), listener, config, shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(error) = server.await {
+                tracing::error!(%error, "test API server failed");
+            }
+        });
+        let server = TestServer {
+            url,
+            store,
+            shutdown,
+            _etcd: etcd,
+            _dir: dir,
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&self) -> Result<(), String> {
+        let address = self.url.trim_start_matches("http://").to_owned();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Ok(true)) =
+                tokio::time::timeout(Duration::from_secs(2), readyz(&address)).await
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err("the API server did not become ready within 20 s".to_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A minimal `GET /readyz` (the library has no HTTP client of its own).
+async fn readyz(address: &str) -> std::io::Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    stream
+        .write_all(
+            format!("GET /readyz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    Ok(response.starts_with(b"HTTP/1.1 200"))
 }

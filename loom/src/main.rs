@@ -1,15 +1,20 @@
 //! The all-in-one `loom` binary.
 //!
-//! `loom up` opens the embedded store in its data directory and keeps it open
-//! (compacting history) until Ctrl-C or SIGTERM; the API server, controllers,
-//! scheduler and nodelet join it as they are built.
+//! `loom up` serves the API over the embedded store in its data directory until
+//! Ctrl-C or SIGTERM; the controllers, scheduler and nodelet join it as they are
+//! built. `loom apiserver` runs the API server alone, over SQLite or etcd.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use anyhow::Context as _;
-use apiserver::store::{EmbeddedOptions, EmbeddedStore};
+use apiserver::StoreUrl;
+use apiserver::store::{EmbeddedOptions, EmbeddedStore, Store};
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +31,25 @@ struct Cli {
 enum Command {
     /// Run a single-node Loom on the embedded store.
     Up(UpArgs),
+    /// Run the API server.
+    Apiserver(ApiserverArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ApiserverArgs {
+    /// Address to serve the API on.
+    #[arg(long, env = "LOOM_LISTEN", default_value = "127.0.0.1:7443")]
+    listen: SocketAddr,
+    /// The store: sqlite:PATH or etcd://HOST:PORT[,HOST:PORT].
+    #[arg(
+        long,
+        env = "LOOM_STORE",
+        default_value = "sqlite:/var/lib/loom/loom.db"
+    )]
+    store: StoreUrl,
+    /// Key prefix in etcd.
+    #[arg(long, env = "LOOM_STORE_PREFIX", default_value = "/loom/")]
+    store_prefix: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -33,6 +57,9 @@ struct UpArgs {
     /// Where Loom keeps its state.
     #[arg(long, env = "LOOM_DATA_DIR", default_value = "/var/lib/loom")]
     data_dir: PathBuf,
+    /// Address to serve the API on.
+    #[arg(long, env = "LOOM_LISTEN", default_value = "127.0.0.1:7443")]
+    listen: SocketAddr,
     /// Report the store's health and exit instead of running.
     #[arg(long)]
     check: bool,
@@ -57,6 +84,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Up(args) => up(args).await,
+            Command::Apiserver(args) => apiserver_command(args).await,
         }
     });
     match result {
@@ -82,12 +110,42 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         health.compacted,
         (health.file_bytes + health.wal_bytes) / 1024
     );
-    if !args.check {
-        tracing::info!(data_dir = %args.data_dir.display(), "loom is up; Ctrl-C stops it");
-        shutdown_signal().await?;
-        tracing::info!("shutting down");
+    if args.check {
+        store.close().await;
+        return Ok(());
     }
-    store.close().await;
+    let store: Arc<dyn Store> = Arc::new(store);
+    serve(store, args.listen).await
+}
+
+async fn apiserver_command(args: ApiserverArgs) -> anyhow::Result<()> {
+    let store = apiserver::open_store(&args.store, &args.store_prefix)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("cannot open the store")?;
+    serve(store, args.listen).await
+}
+
+/// Serves the API until Ctrl-C or SIGTERM.
+async fn serve(store: Arc<dyn Store>, listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    println!("Loom API server at http://{}", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(apiserver::run(
+        store,
+        listener,
+        apiserver::Config::default(),
+        shutdown.clone(),
+    ));
+    shutdown_signal().await?;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    server
+        .await
+        .context("the API server panicked")?
+        .context("the API server failed")?;
     Ok(())
 }
 

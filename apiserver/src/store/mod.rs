@@ -187,7 +187,7 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Event>> + Send>>;
 ///
 /// Keys are `/`-separated strings; a prefix selects every key that starts with it.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The key's latest value, if it exists.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
 

@@ -1,0 +1,236 @@
+//! Discovery and API documents: `/api`, `/apis`, group and version resource lists
+//! (legacy and aggregated), and the OpenAPI v3 documents of every kind.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+use serde_json::{Map, Value, json};
+
+use crate::catalog::{Catalog, ServedResource};
+
+/// Content type of aggregated discovery, which kubectl asks for first.
+pub const AGGREGATED_CONTENT_TYPE: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+const VERBS: [&str; 8] = [
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+const SUB_VERBS: [&str; 3] = ["get", "patch", "update"];
+
+/// `GET /api`: Loom serves no core (`v1`) group.
+pub fn core_versions() -> Value {
+    json!({"kind": "APIVersions", "versions": [], "serverAddressByClientCIDRs": []})
+}
+
+fn group_json(group: &str, versions: &[String]) -> Value {
+    let versions: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
+    json!({
+        "name": group,
+        "versions": versions,
+        "preferredVersion": versions.first().cloned().unwrap_or(Value::Null),
+    })
+}
+
+/// `GET /apis`, legacy form.
+pub fn group_list(catalog: &Catalog) -> Value {
+    let groups: Vec<Value> = catalog
+        .groups()
+        .iter()
+        .map(|(group, versions)| group_json(group, versions))
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// `GET /apis/{group}`.
+pub fn group(catalog: &Catalog, group: &str) -> Option<Value> {
+    let groups = catalog.groups();
+    let versions = groups.get(group)?;
+    let mut doc = group_json(group, versions);
+    doc["kind"] = json!("APIGroup");
+    doc["apiVersion"] = json!("v1");
+    Some(doc)
+}
+
+fn in_version<'a>(
+    resources: &'a [std::sync::Arc<ServedResource>],
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'a std::sync::Arc<ServedResource>> + 'a {
+    resources
+        .iter()
+        .filter(move |r| r.info.group == group && r.info.version == version)
+}
+
+/// `GET /apis/{group}/{version}`: the APIResourceList.
+pub fn resource_list(catalog: &Catalog, group: &str, version: &str) -> Option<Value> {
+    let all = catalog.resources();
+    let mut resources = Vec::new();
+    for r in in_version(&all, group, version) {
+        resources.push(json!({
+            "name": r.info.plural,
+            "singularName": r.info.singular,
+            "namespaced": r.info.namespaced,
+            "kind": r.info.kind,
+            "verbs": VERBS,
+            "shortNames": r.info.short_names,
+        }));
+        if r.info.has_status {
+            resources.push(json!({
+                "name": format!("{}/status", r.info.plural),
+                "singularName": "",
+                "namespaced": r.info.namespaced,
+                "kind": r.info.kind,
+                "verbs": SUB_VERBS,
+            }));
+        }
+    }
+    if resources.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": format!("{group}/{version}"),
+        "resources": resources,
+    }))
+}
+
+/// `GET /apis` as an aggregated `APIGroupDiscoveryList`.
+pub fn aggregated(catalog: &Catalog) -> Value {
+    let all = catalog.resources();
+    let items: Vec<Value> = catalog
+        .groups()
+        .iter()
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|version| {
+                    let resources: Vec<Value> = in_version(&all, group, version)
+                        .map(|r| {
+                            let kind = json!({"group": r.info.group, "version": r.info.version, "kind": r.info.kind});
+                            let mut doc = json!({
+                                "resource": r.info.plural,
+                                "responseKind": kind,
+                                "scope": if r.info.namespaced { "Namespaced" } else { "Cluster" },
+                                "singularResource": r.info.singular,
+                                "verbs": VERBS,
+                                "shortNames": r.info.short_names,
+                            });
+                            if r.info.has_status {
+                                doc["subresources"] = json!([{
+                                    "subresource": "status",
+                                    "responseKind": kind,
+                                    "verbs": SUB_VERBS,
+                                }]);
+                            }
+                            doc
+                        })
+                        .collect();
+                    json!({"version": version, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": group}, "versions": versions})
+        })
+        .collect();
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {},
+        "items": items,
+    })
+}
+
+/// `GET /openapi/v3`: one entry per group version, with a hash of its document.
+pub fn openapi_root(catalog: &Catalog) -> Value {
+    let mut paths = Map::new();
+    for (group, versions) in catalog.groups() {
+        for version in versions {
+            let doc = openapi_document(catalog, &group, &version).unwrap_or(Value::Null);
+            let mut hasher = DefaultHasher::new();
+            doc.to_string().hash(&mut hasher);
+            paths.insert(
+                format!("apis/{group}/{version}"),
+                json!({"serverRelativeURL": format!("/openapi/v3/apis/{group}/{version}?hash={:016X}", hasher.finish())}),
+            );
+        }
+    }
+    json!({"paths": paths})
+}
+
+fn schema_key(group: &str, version: &str, kind: &str) -> String {
+    api_types::schema::openapi_schema_key(group, version, kind)
+}
+
+/// `GET /openapi/v3/apis/{group}/{version}`: schemas and paths of each kind.
+pub fn openapi_document(catalog: &Catalog, group: &str, version: &str) -> Option<Value> {
+    let all = catalog.resources();
+    let mut schemas = Map::new();
+    let mut paths = Map::new();
+    for r in in_version(&all, group, version) {
+        let key = schema_key(group, version, &r.info.kind);
+        schemas.insert(key.clone(), r.openapi.clone());
+        let gvk = json!({"group": group, "version": version, "kind": r.info.kind});
+        let reference = json!({"$ref": format!("#/components/schemas/{key}")});
+        let body = json!({"content": {"application/json": {"schema": reference}}});
+        let field_validation = json!({
+            "name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true},
+            "description": "Strict (default), Warn or Ignore: what to do with fields the schema does not declare"
+        });
+        let dry_run = json!({"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}});
+        let field_manager = json!({"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}});
+        let op = |action: &str, with_body: bool| {
+            let mut op = json!({
+                "operationId": format!("{action}{}", r.info.kind),
+                "x-kubernetes-action": action,
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": [field_validation, dry_run, field_manager],
+                "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": reference}}}},
+            });
+            if with_body {
+                op["requestBody"] = body.clone();
+            }
+            op
+        };
+        let base = if r.info.namespaced {
+            format!(
+                "/apis/{group}/{version}/namespaces/{{namespace}}/{}",
+                r.info.plural
+            )
+        } else {
+            format!("/apis/{group}/{version}/{}", r.info.plural)
+        };
+        paths.insert(
+            base.clone(),
+            json!({"post": op("post", true), "get": op("list", false)}),
+        );
+        paths.insert(
+            format!("{base}/{{name}}"),
+            json!({"get": op("get", false), "put": op("put", true), "patch": op("patch", true), "delete": op("delete", false)}),
+        );
+        if r.info.has_status {
+            paths.insert(
+                format!("{base}/{{name}}/status"),
+                json!({"get": op("get", false), "put": op("put", true), "patch": op("patch", true)}),
+            );
+        }
+    }
+    if paths.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Loom", "version": version},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }))
+}

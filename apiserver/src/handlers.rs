@@ -1,0 +1,1284 @@
+//! The verbs, generic over every resource: get, list, create, update, patch,
+//! delete, deletecollection, with admission (schema, strategy, namespaces),
+//! status/spec separation, generation, finalizers and field ownership.
+
+use std::sync::Arc;
+
+use api_types::{FieldError, FieldValidation, Namespace, ResourceDefinition, Status};
+use bytes::Bytes;
+use chrono::{SecondsFormat, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::apply;
+use crate::catalog::{Catalog, ServedResource};
+use crate::error::{ApiError, ApiResult};
+use crate::object;
+use crate::registry::namespace::BUILT_IN;
+use crate::store::{self, ContinueToken, KeyValue, ListOptions, Revision, Store};
+use crate::watch_cache::{CachedObject, Filter};
+
+/// How many times a write retries after losing a race it did not ask to lose.
+const RETRIES: usize = 16;
+
+/// What a write may do.
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    /// Check everything, write nothing (`dryRun=All`).
+    pub dry_run: bool,
+    /// Who makes the change (`fieldManager`).
+    pub field_manager: String,
+    /// What to do with unknown fields.
+    pub field_validation: FieldValidation,
+    /// Server-side apply: take over conflicting fields.
+    pub force: bool,
+}
+
+/// Which part of an object a write is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// The main resource: everything but status.
+    Main,
+    /// The status subresource: only status.
+    Status,
+}
+
+/// A write's outcome.
+#[derive(Debug)]
+pub struct Written {
+    /// The object as stored (or as it would be, for a dry run).
+    pub object: Value,
+    /// Warnings for the client (`Warning` headers).
+    pub warnings: Vec<String>,
+    /// Whether the write created the object.
+    pub created: bool,
+}
+
+/// A patch's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchKind {
+    /// RFC 7386 (`application/merge-patch+json`).
+    Merge,
+    /// RFC 6902 (`application/json-patch+json`).
+    Json,
+    /// Server-side apply (`application/apply-patch+yaml`).
+    Apply,
+}
+
+/// `DeleteOptions`, from the body or the query.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeleteOptions {
+    /// `Foreground`, `Background` or `Orphan`.
+    pub propagation_policy: Option<String>,
+    /// Only delete this exact object.
+    pub preconditions: Option<Preconditions>,
+    /// `["All"]` for a dry run.
+    pub dry_run: Vec<String>,
+    /// Accepted and ignored: deletion is immediate unless finalizers hold it.
+    pub grace_period_seconds: Option<i64>,
+    /// Kubernetes' older form of `propagationPolicy`.
+    pub orphan_dependents: Option<bool>,
+}
+
+/// Conditions a delete must meet.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Preconditions {
+    /// The object's uid.
+    pub uid: Option<String>,
+    /// The object's resourceVersion.
+    pub resource_version: Option<String>,
+}
+
+/// A page of a list.
+#[derive(Debug)]
+pub struct ListPage {
+    /// The objects, as JSON with their resourceVersion.
+    pub items: Vec<Arc<CachedObject>>,
+    /// The list's resourceVersion.
+    pub revision: Revision,
+    /// The token for the next page.
+    pub continue_token: Option<String>,
+}
+
+/// What a list asks for.
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    /// Namespace, labels and fields.
+    pub filter: Filter,
+    /// `resourceVersion`.
+    pub resource_version: Option<String>,
+    /// `resourceVersionMatch`.
+    pub resource_version_match: Option<String>,
+    /// `limit`.
+    pub limit: Option<usize>,
+    /// `continue`.
+    pub continue_token: Option<String>,
+}
+
+/// The verbs over a store and a catalog.
+pub struct Api {
+    /// Where objects live.
+    pub store: Arc<dyn Store>,
+    /// What is served.
+    pub catalog: Arc<Catalog>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").finish_non_exhaustive()
+    }
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn invalid(res: &ServedResource, name: &str, errors: &[FieldError]) -> ApiError {
+    ApiError::from(Status::invalid(&res.info.group_kind(), name, errors))
+}
+
+fn parse_revision(text: &str, field: &str) -> ApiResult<Revision> {
+    text.parse::<Revision>()
+        .ok()
+        .filter(|r| *r >= 0)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("{field} {text:?} is not a valid resource version"))
+        })
+}
+
+/// Five characters for `generateName`, from Kubernetes' alphabet (no vowels, no look-alikes).
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    bytes[..5]
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+impl Api {
+    /// Checks an object's apiVersion, kind, namespace and name against the request.
+    pub fn check_identity(
+        &self,
+        res: &ServedResource,
+        namespace: Option<&str>,
+        name: Option<&str>,
+        object: &mut Value,
+    ) -> ApiResult<()> {
+        if !object.is_object() {
+            return Err(ApiError::bad_request(
+                "the body must be a JSON or YAML object",
+            ));
+        }
+        let api_version = res.info.api_version();
+        match object.get("apiVersion").and_then(Value::as_str) {
+            None | Some("") => object["apiVersion"] = json!(api_version),
+            Some(v) if v == api_version => {}
+            Some(v) => {
+                return Err(ApiError::bad_request(format!(
+                    "the API version in the data ({v}) does not match the expected API version ({api_version})"
+                )));
+            }
+        }
+        match object.get("kind").and_then(Value::as_str) {
+            None | Some("") => object["kind"] = json!(res.info.kind),
+            Some(k) if k == res.info.kind => {}
+            Some(k) => {
+                return Err(ApiError::bad_request(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({}) of {}",
+                    res.info.kind,
+                    res.group_resource()
+                )));
+            }
+        }
+        let in_body = object::namespace(object).to_owned();
+        if res.info.namespaced {
+            let namespace = namespace.unwrap_or_default();
+            if in_body.is_empty() {
+                object::set_meta(object, "namespace", json!(namespace));
+            } else if in_body != namespace {
+                return Err(ApiError::bad_request(format!(
+                    "the namespace of the provided object ({in_body}) does not match the namespace sent on the request ({namespace})"
+                )));
+            }
+        } else if !in_body.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "{} is cluster-scoped: metadata.namespace must be empty, not {in_body:?}",
+                res.group_resource()
+            )));
+        }
+        if let Some(name) = name {
+            let in_body = object::name(object);
+            if in_body.is_empty() {
+                object::set_meta(object, "name", json!(name));
+            } else if in_body != name {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({in_body}) does not match the name on the URL ({name})"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Schema checks (unknown fields per `fieldValidation`, every violation) and
+    /// the kind's normalization. Returns the warnings.
+    fn check_schema(
+        &self,
+        res: &ServedResource,
+        object: &mut Value,
+        mode: FieldValidation,
+    ) -> ApiResult<Vec<String>> {
+        if object::depth(object) > crate::schema::MAX_DEPTH {
+            return Err(ApiError::bad_request(format!(
+                "the object is nested deeper than {} levels",
+                crate::schema::MAX_DEPTH
+            )));
+        }
+        let name = object::name(object).to_owned();
+        let unknown = res
+            .schema
+            .unknown_fields(object, mode != FieldValidation::Strict);
+        let mut errors: Vec<FieldError> = Vec::new();
+        let mut warnings = Vec::new();
+        match mode {
+            FieldValidation::Strict => {
+                errors.extend(unknown.iter().map(|path| {
+                    FieldError::forbidden(path.clone(), "field not declared in schema")
+                }));
+                // Check the rest without the unknown fields, so each problem shows once.
+                let mut pruned = object.clone();
+                res.schema.unknown_fields(&mut pruned, true);
+                errors.extend(res.schema.violations(&pruned));
+            }
+            FieldValidation::Warn | FieldValidation::Ignore => {
+                if mode == FieldValidation::Warn {
+                    warnings.extend(unknown.iter().map(|p| format!("unknown field \"{p}\"")));
+                }
+                errors.extend(res.schema.violations(object));
+            }
+        }
+        if !errors.is_empty() {
+            // Report the kind's own rules too, on the object without the bad fields,
+            // so one answer lists every problem.
+            let mut rest = object.clone();
+            for error in &errors {
+                remove_path(&mut rest, &error.field);
+            }
+            res.schema.unknown_fields(&mut rest, true);
+            if let Ok(rest) = res.strategy.normalize(rest) {
+                for error in res.strategy.validate(&rest) {
+                    if !errors.iter().any(|e| e.field == error.field) {
+                        errors.push(error);
+                    }
+                }
+            }
+            return Err(invalid(res, &name, &errors));
+        }
+        let normalized = res
+            .strategy
+            .normalize(std::mem::take(object))
+            .map_err(|errors| invalid(res, &name, &errors))?;
+        *object = normalized;
+        Ok(warnings)
+    }
+
+    async fn namespace_usable(&self, res: &ServedResource, namespace: &str) -> ApiResult<()> {
+        if !res.info.namespaced {
+            return Ok(());
+        }
+        let namespaces = self.catalog.builtin_resource::<Namespace>();
+        let key = namespaces.key("", namespace);
+        let found = match namespaces.cache.get(&key) {
+            Some(cached) => Some(cached.value()),
+            None => match self.store.get(&key).await {
+                Ok(Some(kv)) => object::from_stored(&kv.value, kv.mod_revision).ok(),
+                Ok(None) => None,
+                Err(error) => {
+                    return Err(ApiError::from_store(
+                        error,
+                        &namespaces.group_resource(),
+                        namespace,
+                    ));
+                }
+            },
+        };
+        match found {
+            None => Err(ApiError::from(Status::not_found(
+                &namespaces.group_resource(),
+                namespace,
+            ))),
+            Some(ns) if object::meta_str(&ns, "deletionTimestamp").is_some() => {
+                Err(ApiError::from(Status::forbidden(
+                    &res.group_resource(),
+                    "",
+                    &format!(
+                        "unable to create new content in namespace {namespace} because it is being terminated"
+                    ),
+                )))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Reads one object.
+    pub async fn get(&self, res: &ServedResource, namespace: &str, name: &str) -> ApiResult<Value> {
+        let kv = self.load(res, namespace, name).await?;
+        object::from_stored(&kv.value, kv.mod_revision).map_err(ApiError::internal)
+    }
+
+    async fn load(&self, res: &ServedResource, namespace: &str, name: &str) -> ApiResult<KeyValue> {
+        match self.store.get(&res.key(namespace, name)).await {
+            Ok(Some(kv)) => Ok(kv),
+            Ok(None) => Err(ApiError::from(Status::not_found(
+                &res.group_resource(),
+                name,
+            ))),
+            Err(error) => Err(ApiError::from_store(error, &res.group_resource(), name)),
+        }
+    }
+
+    /// Creates an object.
+    pub async fn create(
+        &self,
+        res: &ServedResource,
+        namespace: Option<&str>,
+        mut object: Value,
+        options: &WriteOptions,
+    ) -> ApiResult<Written> {
+        self.check_identity(res, namespace, None, &mut object)?;
+        let namespace = object::namespace(&object).to_owned();
+        let generate = object::meta_str(&object, "generateName").map(str::to_owned);
+        if object::name(&object).is_empty()
+            && let Some(prefix) = &generate
+        {
+            object::set_meta(
+                &mut object,
+                "name",
+                json!(format!("{prefix}{}", random_suffix())),
+            );
+        }
+        let mut warnings = self.check_schema(res, &mut object, options.field_validation)?;
+        // What the server owns.
+        for field in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
+            object::set_meta(&mut object, field, Value::Null);
+        }
+        object::set_meta(&mut object, "uid", json!(uuid::Uuid::new_v4().to_string()));
+        object::set_meta(&mut object, "creationTimestamp", json!(now()));
+        object::set_meta(&mut object, "generation", json!(1));
+        if res.info.has_status
+            && !res.strategy.status_on_create()
+            && let Some(map) = object.as_object_mut()
+        {
+            map.remove("status");
+        }
+        let errors = res.strategy.validate(&object);
+        if !errors.is_empty() {
+            return Err(invalid(res, object::name(&object), &errors));
+        }
+        self.check_definition(res, &object)?;
+        self.namespace_usable(res, &namespace).await?;
+        if object
+            .get("metadata")
+            .and_then(|m| m.get("managedFields"))
+            .is_some()
+        {
+            object::set_meta(&mut object, "managedFields", Value::Null);
+        }
+        apply::record_update(
+            None,
+            &mut object,
+            &options.field_manager,
+            &res.info.api_version(),
+            false,
+        );
+        if options.dry_run {
+            return Ok(Written {
+                object,
+                warnings,
+                created: true,
+            });
+        }
+        for attempt in 0.. {
+            let name = object::name(&object).to_owned();
+            match self
+                .store
+                .create(&res.key(&namespace, &name), object::to_stored(&object))
+                .await
+            {
+                Ok(kv) => {
+                    let stored = object::from_stored(&kv.value, kv.mod_revision)
+                        .map_err(ApiError::internal)?;
+                    self.after_write(res, &stored);
+                    warnings.shrink_to_fit();
+                    return Ok(Written {
+                        object: stored,
+                        warnings,
+                        created: true,
+                    });
+                }
+                Err(store::Error::AlreadyExists { .. }) if generate.is_some() && attempt < 8 => {
+                    let prefix = generate.clone().unwrap_or_default();
+                    object::set_meta(
+                        &mut object,
+                        "name",
+                        json!(format!("{prefix}{}", random_suffix())),
+                    );
+                }
+                Err(error) => {
+                    return Err(ApiError::from_store(error, &res.group_resource(), &name));
+                }
+            }
+        }
+        Err(ApiError::internal("unreachable"))
+    }
+
+    /// Extra rules for ResourceDefinitions: the schema must compile, built-in groups are taken.
+    fn check_definition(&self, res: &ServedResource, object: &Value) -> ApiResult<()> {
+        if res.definition.is_some() || res.info.kind != "ResourceDefinition" {
+            return Ok(());
+        }
+        let definition: ResourceDefinition =
+            serde_json::from_value(object.clone()).map_err(ApiError::internal)?;
+        let name = definition.metadata.name.clone();
+        let mut errors = Vec::new();
+        if definition.spec.group == api_types::resource::GROUP {
+            errors.push(FieldError::invalid(
+                "spec.group",
+                definition.spec.group.as_str(),
+                "the loom.dev group is reserved for built-in kinds",
+            ));
+        }
+        for (i, version) in definition.spec.versions.iter().enumerate() {
+            if let Some(schema) = &version.schema
+                && let Err(error) = crate::schema::SchemaValidator::new(
+                    schema.open_api_v3_schema.clone(),
+                    crate::schema::Dialect::OpenApiV3,
+                )
+            {
+                errors.push(FieldError::invalid(
+                    format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                    "",
+                    error,
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(invalid(res, &name, &errors))
+        }
+    }
+
+    /// Keeps in-process state in step with a write (custom kinds served at once).
+    fn after_write(&self, res: &ServedResource, object: &Value) {
+        if res.definition.is_none() && res.info.kind == "ResourceDefinition" {
+            match serde_json::from_value::<ResourceDefinition>(object.clone()) {
+                Ok(definition) => {
+                    if let Err(error) = self.catalog.apply_definition(&definition) {
+                        tracing::warn!(%error, "cannot serve resource definition");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "unreadable resource definition"),
+            }
+        }
+    }
+
+    /// Replaces an object (PUT), or its status.
+    pub async fn update(
+        &self,
+        res: &ServedResource,
+        namespace: &str,
+        name: &str,
+        mut object: Value,
+        part: Part,
+        options: &WriteOptions,
+    ) -> ApiResult<Written> {
+        self.check_identity(res, Some(namespace), Some(name), &mut object)?;
+        let precondition = match object::meta_str(&object, "resourceVersion") {
+            Some(rv) if !rv.is_empty() => Some(parse_revision(rv, "metadata.resourceVersion")?),
+            _ => None,
+        };
+        self.guaranteed_update(res, namespace, name, precondition, part, options, |_| {
+            Ok(object.clone())
+        })
+        .await
+    }
+
+    /// Patches an object; a server-side apply of a missing object creates it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch(
+        &self,
+        res: &ServedResource,
+        namespace: &str,
+        name: &str,
+        kind: PatchKind,
+        body: &Bytes,
+        part: Part,
+        options: &WriteOptions,
+    ) -> ApiResult<Written> {
+        match kind {
+            PatchKind::Merge => {
+                let patch: Value = serde_json::from_slice(body).map_err(|e| {
+                    ApiError::bad_request(format!("the merge patch is not JSON: {e}"))
+                })?;
+                if !patch.is_object() {
+                    return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+                }
+                let precondition = match object::meta_str(&patch, "resourceVersion") {
+                    Some(rv) if !rv.is_empty() => {
+                        Some(parse_revision(rv, "metadata.resourceVersion")?)
+                    }
+                    _ => None,
+                };
+                self.guaranteed_update(
+                    res,
+                    namespace,
+                    name,
+                    precondition,
+                    part,
+                    options,
+                    |current| {
+                        let mut patched = current.clone();
+                        json_patch::merge(&mut patched, &patch);
+                        Ok(patched)
+                    },
+                )
+                .await
+            }
+            PatchKind::Json => {
+                let patch: json_patch::Patch = serde_json::from_slice(body).map_err(|e| {
+                    ApiError::bad_request(format!("the JSON patch is not valid: {e}"))
+                })?;
+                self.guaranteed_update(res, namespace, name, None, part, options, |current| {
+                    let mut patched = current.clone();
+                    json_patch::patch(&mut patched, &patch).map_err(|e| {
+                        ApiError::from(Status::invalid(
+                            &res.info.group_kind(),
+                            name,
+                            &[FieldError::invalid(
+                                "",
+                                "",
+                                format!("the JSON patch cannot be applied: {e}"),
+                            )],
+                        ))
+                    })?;
+                    Ok(patched)
+                })
+                .await
+            }
+            PatchKind::Apply => self.apply(res, namespace, name, body, part, options).await,
+        }
+    }
+
+    async fn apply(
+        &self,
+        res: &ServedResource,
+        namespace: &str,
+        name: &str,
+        body: &Bytes,
+        part: Part,
+        options: &WriteOptions,
+    ) -> ApiResult<Written> {
+        if part == Part::Status {
+            return Err(ApiError::bad_request(
+                "server-side apply to the status subresource is not supported; use a merge patch",
+            ));
+        }
+        if options.field_manager.is_empty() {
+            return Err(ApiError::bad_request(
+                "server-side apply requires the fieldManager query parameter",
+            ));
+        }
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ApiError::bad_request("the applied configuration is not UTF-8"))?;
+        let mut applied: Value = api_types::decode::yaml_str_to_value(text).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the applied configuration is not valid YAML or JSON: {e}"
+            ))
+        })?;
+        self.check_identity(res, Some(namespace), Some(name), &mut applied)?;
+        let api_version = res.info.api_version();
+        let conflict = |conflicts: Vec<apply::Conflict>| {
+            let mut status = Status::conflict(
+                &res.group_resource(),
+                name,
+                &format!(
+                    "Apply failed with {} conflict{}: {}",
+                    conflicts.len(),
+                    if conflicts.len() == 1 { "" } else { "s" },
+                    conflicts
+                        .iter()
+                        .map(|c| format!("conflict with \"{}\": .{}", c.manager, c.field))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ),
+            );
+            if let Some(details) = status.details.as_mut() {
+                details.causes = conflicts
+                    .iter()
+                    .map(|c| api_types::status::StatusCause {
+                        reason: "FieldManagerConflict".to_owned(),
+                        message: format!("conflict with \"{}\"", c.manager),
+                        field: format!(".{}", c.field),
+                    })
+                    .collect();
+            }
+            ApiError::from(status)
+        };
+        match self.store.get(&res.key(namespace, name)).await {
+            Ok(None) => {
+                let object = apply::apply(
+                    None,
+                    &applied,
+                    &options.field_manager,
+                    &api_version,
+                    options.force,
+                )
+                .map_err(conflict)?;
+                let managed = object
+                    .get("metadata")
+                    .and_then(|m| m.get("managedFields"))
+                    .cloned();
+                let mut written = self.create(res, Some(namespace), object, options).await?;
+                // Keep the Apply ownership rather than the create's Update entry.
+                if let Some(managed) = managed
+                    && !options.dry_run
+                {
+                    let rv = object::meta_str(&written.object, "resourceVersion")
+                        .unwrap_or("")
+                        .to_owned();
+                    let precondition = parse_revision(&rv, "resourceVersion").ok();
+                    written = self
+                        .guaranteed_update(
+                            res,
+                            namespace,
+                            name,
+                            precondition,
+                            Part::Main,
+                            &WriteOptions {
+                                field_manager: String::new(),
+                                ..options.clone()
+                            },
+                            |current| {
+                                let mut next = current.clone();
+                                object::set_meta(&mut next, "managedFields", managed.clone());
+                                Ok(next)
+                            },
+                        )
+                        .await
+                        .map(|mut w| {
+                            w.created = true;
+                            w
+                        })?;
+                }
+                Ok(written)
+            }
+            Ok(Some(_)) => {
+                self.guaranteed_update(res, namespace, name, None, Part::Main, options, |current| {
+                    apply::apply(
+                        Some(current),
+                        &applied,
+                        &options.field_manager,
+                        &api_version,
+                        options.force,
+                    )
+                    .map_err(conflict)
+                })
+                .await
+            }
+            Err(error) => Err(ApiError::from_store(error, &res.group_resource(), name)),
+        }
+    }
+
+    /// Reads, transforms and writes an object conditionally, retrying lost races
+    /// unless the caller pinned a resourceVersion.
+    #[allow(clippy::too_many_arguments)]
+    async fn guaranteed_update(
+        &self,
+        res: &ServedResource,
+        namespace: &str,
+        name: &str,
+        precondition: Option<Revision>,
+        part: Part,
+        options: &WriteOptions,
+        transform: impl Fn(&Value) -> ApiResult<Value>,
+    ) -> ApiResult<Written> {
+        if part == Part::Status && !res.info.has_status {
+            return Err(ApiError::no_route(&format!("{}/status", res.info.plural)));
+        }
+        for _ in 0..RETRIES {
+            let kv = self.load(res, namespace, name).await?;
+            if let Some(expected) = precondition
+                && expected != kv.mod_revision
+            {
+                return Err(ApiError::from(Status::conflict_modified(
+                    &res.group_resource(),
+                    name,
+                )));
+            }
+            let current =
+                object::from_stored(&kv.value, kv.mod_revision).map_err(ApiError::internal)?;
+            let mut new = transform(&current)?;
+            self.check_identity(res, Some(namespace), Some(name), &mut new)?;
+            let mut warnings = self.check_schema(res, &mut new, options.field_validation)?;
+            // The part not written keeps its stored value.
+            if res.info.has_status {
+                let keep_from_current = match part {
+                    Part::Main => {
+                        set_status(&mut new, current.get("status").cloned());
+                        None
+                    }
+                    Part::Status => Some(new.get("status").cloned()),
+                };
+                if let Some(status) = keep_from_current {
+                    let labels = new.get("metadata").cloned();
+                    new = current.clone();
+                    set_status(&mut new, status);
+                    // A status write may still move labels and annotations, as Kubernetes allows.
+                    if let Some(meta) = labels {
+                        for key in ["labels", "annotations"] {
+                            object::set_meta(
+                                &mut new,
+                                key,
+                                meta.get(key).cloned().unwrap_or(Value::Null),
+                            );
+                        }
+                    }
+                }
+            }
+            // What the server owns comes from the stored object.
+            for field in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+            ] {
+                let value = current
+                    .get("metadata")
+                    .and_then(|m| m.get(field))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                object::set_meta(&mut new, field, value);
+            }
+            object::set_meta(&mut new, "resourceVersion", Value::Null);
+            let mut errors = res.strategy.validate_update(&new, &current);
+            if object::meta_str(&current, "deletionTimestamp").is_some() {
+                let before = object::finalizers(&current);
+                for added in object::finalizers(&new)
+                    .iter()
+                    .filter(|f| !before.contains(f))
+                {
+                    errors.push(FieldError::forbidden(
+                        "metadata.finalizers",
+                        format!("no new finalizers can be added if the object is being deleted, found new finalizer {added:?}"),
+                    ));
+                }
+            }
+            if !errors.is_empty() {
+                return Err(invalid(res, name, &errors));
+            }
+            self.check_definition(res, &new)?;
+            let mut generation = current
+                .get("metadata")
+                .and_then(|m| m.get("generation"))
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            if object::spec_fields(&new) != object::spec_fields(&current) {
+                generation += 1;
+            }
+            object::set_meta(&mut new, "generation", json!(generation));
+            if !options.field_manager.is_empty() {
+                apply::record_update(
+                    Some(&current),
+                    &mut new,
+                    &options.field_manager,
+                    &res.info.api_version(),
+                    part == Part::Status,
+                );
+            } else if new
+                .get("metadata")
+                .and_then(|m| m.get("managedFields"))
+                .is_none()
+            {
+                let managed = current
+                    .get("metadata")
+                    .and_then(|m| m.get("managedFields"))
+                    .cloned();
+                object::set_meta(&mut new, "managedFields", managed.unwrap_or(Value::Null));
+            }
+            let mut unchanged = current.clone();
+            object::set_meta(&mut unchanged, "resourceVersion", Value::Null);
+            if new == unchanged {
+                return Ok(Written {
+                    object: current,
+                    warnings,
+                    created: false,
+                });
+            }
+            if options.dry_run {
+                return Ok(Written {
+                    object: new,
+                    warnings,
+                    created: false,
+                });
+            }
+            let key = res.key(namespace, name);
+            let finished = object::meta_str(&new, "deletionTimestamp").is_some()
+                && object::finalizers(&new).is_empty();
+            let result = if finished {
+                // The last finalizer is gone: the delete that was waiting for it happens now.
+                self.store
+                    .delete(&key, Some(kv.mod_revision))
+                    .await
+                    .map(|deleted| {
+                        let mut gone = new.clone();
+                        object::set_meta(
+                            &mut gone,
+                            "resourceVersion",
+                            json!(deleted.revision.to_string()),
+                        );
+                        gone
+                    })
+            } else {
+                match self
+                    .store
+                    .update(&key, object::to_stored(&new), kv.mod_revision)
+                    .await
+                {
+                    Ok(kv) => object::from_stored(&kv.value, kv.mod_revision)
+                        .map_err(|e| store::Error::Backend(e.to_string())),
+                    Err(error) => Err(error),
+                }
+            };
+            match result {
+                Ok(object) => {
+                    self.after_write(res, &object);
+                    warnings.shrink_to_fit();
+                    return Ok(Written {
+                        object,
+                        warnings,
+                        created: false,
+                    });
+                }
+                Err(store::Error::Conflict { .. }) if precondition.is_none() => continue,
+                Err(store::Error::Conflict { .. }) => {
+                    return Err(ApiError::from(Status::conflict_modified(
+                        &res.group_resource(),
+                        name,
+                    )));
+                }
+                Err(error) => return Err(ApiError::from_store(error, &res.group_resource(), name)),
+            }
+        }
+        Err(ApiError::from(Status::conflict(
+            &res.group_resource(),
+            name,
+            "too many concurrent writes; try again",
+        )))
+    }
+
+    /// Deletes an object; with finalizers (or a Foreground/Orphan policy) it is
+    /// only marked, and goes when its last finalizer does.
+    pub async fn delete(
+        &self,
+        res: &ServedResource,
+        namespace: &str,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> ApiResult<Value> {
+        if res.info.kind == "Namespace" && res.definition.is_none() && BUILT_IN.contains(&name) {
+            return Err(ApiError::from(Status::forbidden(
+                &res.group_resource(),
+                name,
+                "this namespace may not be deleted",
+            )));
+        }
+        let policy = match (&options.propagation_policy, options.orphan_dependents) {
+            (Some(p), _) => match p.as_str() {
+                "Foreground" | "Background" | "Orphan" => Some(p.clone()),
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "propagationPolicy {other:?} is not supported: use Foreground, Background or Orphan"
+                    )));
+                }
+            },
+            (None, Some(true)) => Some("Orphan".to_owned()),
+            _ => None,
+        };
+        let dry_run = options.dry_run.iter().any(|d| d == "All");
+        let precondition_rv = match options
+            .preconditions
+            .as_ref()
+            .and_then(|p| p.resource_version.as_deref())
+        {
+            Some(rv) if !rv.is_empty() => {
+                Some(parse_revision(rv, "preconditions.resourceVersion")?)
+            }
+            _ => None,
+        };
+        for _ in 0..RETRIES {
+            let kv = self.load(res, namespace, name).await?;
+            let current =
+                object::from_stored(&kv.value, kv.mod_revision).map_err(ApiError::internal)?;
+            if let Some(uid) = options
+                .preconditions
+                .as_ref()
+                .and_then(|p| p.uid.as_deref())
+                && object::meta_str(&current, "uid") != Some(uid)
+            {
+                return Err(ApiError::from(Status::conflict(
+                    &res.group_resource(),
+                    name,
+                    &format!(
+                        "the UID in the precondition ({uid}) does not match the UID in record ({}). The object might have been deleted and then recreated",
+                        object::meta_str(&current, "uid").unwrap_or("")
+                    ),
+                )));
+            }
+            if let Some(rv) = precondition_rv
+                && rv != kv.mod_revision
+            {
+                return Err(ApiError::from(Status::conflict(
+                    &res.group_resource(),
+                    name,
+                    &format!(
+                        "the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record ({}). The object might have been modified",
+                        kv.mod_revision
+                    ),
+                )));
+            }
+            let mut finalizers = object::finalizers(&current);
+            let policy_finalizer = match policy.as_deref() {
+                Some("Foreground") => Some("foregroundDeletion"),
+                Some("Orphan") => Some("orphan"),
+                _ => None,
+            };
+            if let Some(f) = policy_finalizer
+                && !finalizers.iter().any(|x| x == f)
+                && object::meta_str(&current, "deletionTimestamp").is_none()
+            {
+                finalizers.push(f.to_owned());
+            }
+            let key = res.key(namespace, name);
+            if !finalizers.is_empty() {
+                if object::meta_str(&current, "deletionTimestamp").is_some()
+                    && finalizers == object::finalizers(&current)
+                {
+                    return Ok(current);
+                }
+                let mut marked = current.clone();
+                object::set_meta(&mut marked, "deletionTimestamp", json!(now()));
+                object::set_meta(&mut marked, "deletionGracePeriodSeconds", json!(0));
+                object::set_meta(&mut marked, "finalizers", json!(finalizers));
+                if dry_run {
+                    return Ok(marked);
+                }
+                match self
+                    .store
+                    .update(&key, object::to_stored(&marked), kv.mod_revision)
+                    .await
+                {
+                    Ok(kv) => {
+                        return object::from_stored(&kv.value, kv.mod_revision)
+                            .map_err(ApiError::internal);
+                    }
+                    Err(store::Error::Conflict { .. }) => continue,
+                    Err(error) => {
+                        return Err(ApiError::from_store(error, &res.group_resource(), name));
+                    }
+                }
+            }
+            if dry_run {
+                return Ok(current);
+            }
+            if res.info.kind == "Namespace" && res.definition.is_none() {
+                self.delete_namespace_contents(name).await?;
+            }
+            match self.store.delete(&key, Some(kv.mod_revision)).await {
+                Ok(deleted) => {
+                    let mut gone = current;
+                    object::set_meta(
+                        &mut gone,
+                        "resourceVersion",
+                        json!(deleted.revision.to_string()),
+                    );
+                    if res.definition.is_none() && res.info.kind == "ResourceDefinition" {
+                        self.catalog.remove_definition(name);
+                        self.delete_custom_objects(&gone).await;
+                    }
+                    return Ok(gone);
+                }
+                Err(store::Error::Conflict { .. }) => continue,
+                Err(error) => return Err(ApiError::from_store(error, &res.group_resource(), name)),
+            }
+        }
+        Err(ApiError::from(Status::conflict(
+            &res.group_resource(),
+            name,
+            "too many concurrent writes; try again",
+        )))
+    }
+
+    /// Deletes every object in a namespace that is going away.
+    async fn delete_namespace_contents(&self, namespace: &str) -> ApiResult<()> {
+        let mut prefixes: Vec<String> = self
+            .catalog
+            .resources()
+            .iter()
+            .filter(|r| r.info.namespaced)
+            .map(|r| r.prefix(Some(namespace)))
+            .collect();
+        prefixes.sort();
+        prefixes.dedup();
+        for prefix in prefixes {
+            self.delete_prefix(&prefix).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> ApiResult<()> {
+        loop {
+            let page = self
+                .store
+                .list(
+                    prefix,
+                    ListOptions {
+                        limit: Some(500),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| {
+                    ApiError::from_store(e, &api_types::GroupResource::new("", prefix), "")
+                })?;
+            if page.items.is_empty() {
+                return Ok(());
+            }
+            for kv in page.items {
+                match self.store.delete(&kv.key, None).await {
+                    Ok(_) | Err(store::Error::NotFound { .. }) => {}
+                    Err(error) => {
+                        return Err(ApiError::from_store(
+                            error,
+                            &api_types::GroupResource::new("", prefix),
+                            &kv.key,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The objects of a deleted custom kind go with it.
+    async fn delete_custom_objects(&self, definition: &Value) {
+        let group = api_types::selector::json_field(definition, "spec.group").unwrap_or_default();
+        let plural =
+            api_types::selector::json_field(definition, "spec.names.plural").unwrap_or_default();
+        if group.is_empty() || plural.is_empty() {
+            return;
+        }
+        if let Err(error) = self.delete_prefix(&format!("{group}/{plural}/")).await {
+            tracing::warn!(error = %error.0.message, "cannot delete the objects of a removed custom kind");
+        }
+    }
+
+    /// Deletes every object a list query selects.
+    pub async fn delete_collection(
+        &self,
+        res: &ServedResource,
+        query: ListQuery,
+        options: &DeleteOptions,
+    ) -> ApiResult<Vec<Value>> {
+        let page = self
+            .list(
+                res,
+                ListQuery {
+                    limit: None,
+                    continue_token: None,
+                    ..query
+                },
+            )
+            .await?;
+        let mut deleted = Vec::new();
+        for item in page.items {
+            match self.delete(res, &item.namespace, &item.name, options).await {
+                Ok(object) => deleted.push(object),
+                Err(error) if error.code() == 404 => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Lists objects: from the watch cache when the request allows any recent
+    /// state (`resourceVersion=0` or `NotOlderThan`), else from the store, exactly
+    /// at the revision asked or the latest.
+    pub async fn list(&self, res: &ServedResource, query: ListQuery) -> ApiResult<ListPage> {
+        let rv = query.resource_version.as_deref().filter(|v| !v.is_empty());
+        let from_cache = query.continue_token.is_none()
+            && matches!(
+                (rv, query.resource_version_match.as_deref()),
+                (Some("0"), _) | (Some(_), Some("NotOlderThan"))
+            );
+        if from_cache {
+            let wanted = parse_revision(rv.unwrap_or("0"), "resourceVersion")?;
+            if !res
+                .cache
+                .wait_for(wanted, std::time::Duration::from_secs(3))
+                .await
+            {
+                return Err(ApiError::from_store(
+                    store::Error::FutureRevision {
+                        requested: wanted,
+                        current: res.cache.revision(),
+                    },
+                    &res.group_resource(),
+                    "",
+                ));
+            }
+            let (items, revision) = res.cache.list(&query.filter);
+            return Ok(ListPage {
+                items,
+                revision,
+                continue_token: None,
+            });
+        }
+        let exact = match (rv, query.resource_version_match.as_deref()) {
+            (Some(rv), Some("Exact")) => Some(parse_revision(rv, "resourceVersion")?),
+            (Some(rv), None) if query.continue_token.is_none() => {
+                Some(parse_revision(rv, "resourceVersion")?)
+            }
+            (Some(_), Some(other)) if other != "Exact" && other != "NotOlderThan" => {
+                return Err(ApiError::bad_request(format!(
+                    "resourceVersionMatch {other:?} is not supported: use Exact or NotOlderThan"
+                )));
+            }
+            _ => None,
+        };
+        let prefix = res.prefix(query.filter.namespace.as_deref());
+        let selectable = res.selectable_fields();
+        let mut items = Vec::new();
+        let mut token = query.continue_token.clone();
+        let mut revision = exact;
+        let wanted = query.limit.filter(|l| *l > 0);
+        loop {
+            let page_size = wanted
+                .map(|w| (w - items.len()).clamp(50, 10_000))
+                .or(Some(10_000));
+            let page = self
+                .store
+                .list(&prefix, ListOptions { revision, limit: page_size, continue_token: token.take() })
+                .await
+                .map_err(|e| match e {
+                    store::Error::Compacted { requested, compacted } if query.continue_token.is_some() => {
+                        ApiError::from(Status::gone(format!(
+                            "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results ({requested} < {compacted})"
+                        )))
+                    }
+                    e => ApiError::from_store(e, &res.group_resource(), ""),
+                })?;
+            revision = Some(page.revision);
+            let count = page.items.len();
+            for (i, kv) in page.items.iter().enumerate() {
+                let Some(cached) = CachedObject::from_kv(kv, kv.mod_revision, &selectable) else {
+                    continue;
+                };
+                if !query.filter.matches(&cached) {
+                    continue;
+                }
+                items.push(Arc::new(cached));
+                if let Some(wanted) = wanted
+                    && items.len() >= wanted
+                {
+                    let more = i + 1 < count || page.continue_token.is_some();
+                    let continue_token = more.then(|| {
+                        ContinueToken {
+                            revision: page.revision,
+                            last_key: kv.key.clone(),
+                        }
+                        .encode()
+                    });
+                    return Ok(ListPage {
+                        items,
+                        revision: page.revision,
+                        continue_token,
+                    });
+                }
+            }
+            match page.continue_token {
+                Some(next) => token = Some(next),
+                None => {
+                    return Ok(ListPage {
+                        items,
+                        revision: page.revision,
+                        continue_token: None,
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn set_status(object: &mut Value, status: Option<Value>) {
+    if let Some(map) = object.as_object_mut() {
+        match status {
+            Some(status) if !status.is_null() => {
+                map.insert("status".to_owned(), status);
+            }
+            _ => {
+                map.remove("status");
+            }
+        }
+    }
+}
+
+/// Removes the field at a dotted path (`spec.env[0].name`), if present.
+fn remove_path(object: &mut Value, path: &str) {
+    let mut segments = Vec::new();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let mut rest = part;
+        if let Some(open) = rest.find('[') {
+            segments.push(rest[..open].to_owned());
+            rest = &rest[open..];
+            while let Some(close) = rest.find(']') {
+                segments.push(rest[1..close].to_owned());
+                rest = &rest[close + 1..];
+            }
+        } else {
+            segments.push(rest.to_owned());
+        }
+    }
+    let Some((last, parents)) = segments.split_last() else {
+        return;
+    };
+    let mut current = object;
+    for key in parents {
+        let next = match current {
+            Value::Object(map) => map.get_mut(key),
+            Value::Array(items) => key.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
+            _ => None,
+        };
+        match next {
+            Some(next) => current = next,
+            None => return,
+        }
+    }
+    match current {
+        Value::Object(map) => {
+            map.remove(last);
+        }
+        Value::Array(items) => {
+            if let Some(i) = last.parse::<usize>().ok().filter(|i| *i < items.len()) {
+                items[i] = Value::Null;
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,796 @@
+//! The HTTP surface: paths parsed the Kubernetes way, content negotiation (JSON,
+//! YAML, Tables), watch streams, and every error as a `Status`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api_types::{FieldSelector, FieldValidation, Selector};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::catalog::{Catalog, ServedResource};
+use crate::discovery;
+use crate::error::{ApiError, ApiResult};
+use crate::handlers::{Api, DeleteOptions, ListQuery, Part, PatchKind, WriteOptions};
+use crate::metrics::{Metrics, ResourceLabels};
+use crate::registry::Column;
+use crate::watch_cache::{CachedObject, EventType, Filter, WatchError, WatchItem};
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// What every request handler shares.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The verbs.
+    pub api: Arc<Api>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The router of the whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/version", get(version))
+        .route("/healthz", get(healthy))
+        .route("/livez", get(healthy))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route(
+            "/api",
+            get(|| async { json_response(StatusCode::OK, &discovery::core_versions()) }),
+        )
+        .route("/apis", get(apis))
+        .route("/apis/", get(apis))
+        .route("/apis/{*rest}", any(resource_request))
+        .route("/openapi/v3", get(openapi_root))
+        .route("/openapi/v3/apis/{group}/{version}", get(openapi_document))
+        .fallback(|method: Method, uri: axum::http::Uri| async move {
+            let _ = method;
+            ApiError::no_route(uri.path())
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+fn json_response(code: StatusCode, value: &Value) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    bytes_response(code, "application/json", body.into())
+}
+
+fn bytes_response(code: StatusCode, content_type: &'static str, body: Bytes) -> Response {
+    let mut response = (code, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+async fn version() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "major": "1",
+            "minor": "32",
+            "gitVersion": format!("v1.32.0-loom.{}", env!("CARGO_PKG_VERSION")),
+            "gitCommit": "",
+            "gitTreeState": "clean",
+            "buildDate": "",
+            "goVersion": "",
+            "compiler": "rustc",
+            "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+        }),
+    )
+}
+
+async fn healthy() -> &'static str {
+    "ok"
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let unready: Vec<String> = state
+        .api
+        .catalog
+        .resources()
+        .iter()
+        .filter(|r| !r.cache.is_ready())
+        .map(|r| r.group_resource().to_string())
+        .collect();
+    if unready.is_empty() {
+        "ok".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("watch caches not ready: {}", unready.join(", ")),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = state.metrics.render(&state.api.catalog).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+async fn apis(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("as=APIGroupDiscoveryList") {
+        let body =
+            serde_json::to_vec(&discovery::aggregated(&state.api.catalog)).unwrap_or_default();
+        return bytes_response(
+            StatusCode::OK,
+            discovery::AGGREGATED_CONTENT_TYPE,
+            body.into(),
+        );
+    }
+    json_response(StatusCode::OK, &discovery::group_list(&state.api.catalog))
+}
+
+async fn openapi_root(State(state): State<AppState>) -> Response {
+    json_response(StatusCode::OK, &discovery::openapi_root(&state.api.catalog))
+}
+
+async fn openapi_document(
+    State(state): State<AppState>,
+    Path((group, version)): Path<(String, String)>,
+) -> Response {
+    match discovery::openapi_document(&state.api.catalog, &group, &version) {
+        Some(doc) => json_response(StatusCode::OK, &doc),
+        None => ApiError::no_route(&format!("/openapi/v3/apis/{group}/{version}")).into_response(),
+    }
+}
+
+/// A resource request, parsed from its path.
+#[derive(Debug)]
+struct Target {
+    resource: Arc<ServedResource>,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+/// Parses `/apis/{group}/{version}/[namespaces/{ns}/]{plural}[/{name}[/{sub}]]`
+/// the way Kubernetes does (`namespaces/{name}/status` is the namespace's status).
+fn parse_target(catalog: &Catalog, parts: &[&str]) -> Result<Target, String> {
+    let (group, version, mut rest) = match parts {
+        [group, version, rest @ ..] if !rest.is_empty() => (*group, *version, rest),
+        _ => return Err("no resource in the path".to_owned()),
+    };
+    let mut namespace = None;
+    if rest[0] == "namespaces" && rest.len() > 1 {
+        namespace = Some(rest[1].to_owned());
+        if rest.len() > 2 && !matches!(rest[2], "status" | "finalize") {
+            rest = &rest[2..];
+        }
+    }
+    let (plural, name, subresource) = match rest {
+        [plural] => (*plural, None, None),
+        [plural, name] => (*plural, Some(*name), None),
+        [plural, name, sub] => (*plural, Some(*name), Some(*sub)),
+        _ => return Err("too many path segments".to_owned()),
+    };
+    let resource = catalog.lookup(group, version, plural).ok_or_else(|| {
+        format!("the server could not find the requested resource {plural}.{group}/{version}")
+    })?;
+    if resource.info.plural == "namespaces" && resource.definition.is_none() {
+        // `namespaces/{name}` names the namespace itself.
+        namespace = None;
+    }
+    if namespace.is_some() && !resource.info.namespaced {
+        return Err(format!(
+            "{} is cluster-scoped and has no namespaced path",
+            resource.group_resource()
+        ));
+    }
+    if namespace.is_none() && resource.info.namespaced && name.is_some() {
+        return Err(format!(
+            "{} is namespaced: name it under /namespaces/{{namespace}}/",
+            resource.group_resource()
+        ));
+    }
+    Ok(Target {
+        resource,
+        namespace,
+        name: name.map(str::to_owned),
+        subresource: subresource.map(str::to_owned),
+    })
+}
+
+fn query_flag(query: &HashMap<String, String>, key: &str) -> bool {
+    matches!(query.get(key).map(String::as_str), Some("true" | "1"))
+}
+
+fn write_options(
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    default_manager: &str,
+) -> ApiResult<WriteOptions> {
+    let field_validation = match query.get("fieldValidation") {
+        None => FieldValidation::Strict,
+        Some(v) => FieldValidation::parse(v).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "fieldValidation {v:?} is not supported: use Strict, Warn or Ignore"
+            ))
+        })?,
+    };
+    let dry_run = match query.get("dryRun").map(String::as_str) {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "dryRun {other:?} is not supported: use All"
+            )));
+        }
+    };
+    let field_manager = match query.get("fieldManager") {
+        Some(m) if m.len() > 128 => {
+            return Err(ApiError::bad_request(
+                "fieldManager may not be longer than 128 characters",
+            ));
+        }
+        Some(m) if !m.is_empty() => m.clone(),
+        _ => {
+            let agent = headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|a| a.split('/').next())
+                .filter(|a| !a.is_empty());
+            agent.unwrap_or(default_manager).to_owned()
+        }
+    };
+    Ok(WriteOptions {
+        dry_run,
+        field_manager,
+        field_validation,
+        force: query_flag(query, "force"),
+    })
+}
+
+fn list_query(target: &Target, query: &HashMap<String, String>) -> ApiResult<ListQuery> {
+    let labels = match query.get("labelSelector").filter(|s| !s.is_empty()) {
+        Some(s) => Some(
+            Selector::parse(s)
+                .map_err(|e| ApiError::bad_request(format!("invalid labelSelector: {e}")))?,
+        ),
+        None => None,
+    };
+    let fields = match query.get("fieldSelector").filter(|s| !s.is_empty()) {
+        Some(s) => {
+            let allowed = target.resource.selectable_fields();
+            let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+            Some(
+                FieldSelector::parse_allowed(s, &allowed)
+                    .map_err(|e| ApiError::bad_request(format!("invalid fieldSelector: {e}")))?,
+            )
+        }
+        None => None,
+    };
+    let limit = match query.get("limit").filter(|s| !s.is_empty()) {
+        Some(l) => Some(
+            l.parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("limit {l:?} is not a number")))?,
+        ),
+        None => None,
+    };
+    Ok(ListQuery {
+        filter: Filter {
+            namespace: target.namespace.clone(),
+            labels,
+            fields,
+        },
+        resource_version: query.get("resourceVersion").cloned(),
+        resource_version_match: query
+            .get("resourceVersionMatch")
+            .cloned()
+            .filter(|s| !s.is_empty()),
+        limit: limit.filter(|l| *l > 0),
+        continue_token: query.get("continue").cloned().filter(|s| !s.is_empty()),
+    })
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| {
+            a.split(',')
+                .next()
+                .is_some_and(|first| first.contains("as=Table"))
+        })
+}
+
+/// Parses a request body as JSON or YAML (by content type).
+fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request has no body"));
+    }
+    let value = if content_type.contains("yaml") {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
+        api_types::decode::yaml_str_to_value(text)
+            .map_err(|e| ApiError::bad_request(format!("the body is not valid YAML: {e}")))?
+    } else if content_type.contains("json") {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?
+    } else {
+        return Err(ApiError::from(api_types::Status::unsupported_media_type(
+            &["application/json", "application/yaml"],
+        )));
+    };
+    Ok(value)
+}
+
+fn verb_of(method: &Method, target: &Target, query: &HashMap<String, String>) -> &'static str {
+    match (method.as_str(), target.name.is_some()) {
+        ("GET", false) if query_flag(query, "watch") => "watch",
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", false) => "deletecollection",
+        ("DELETE", true) => "delete",
+        _ => "unknown",
+    }
+}
+
+async fn resource_request(
+    State(state): State<AppState>,
+    method: Method,
+    Path(rest): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    match parts.as_slice() {
+        [group] if method == Method::GET => {
+            return match discovery::group(&state.api.catalog, group) {
+                Some(doc) => json_response(StatusCode::OK, &doc),
+                None => ApiError::no_route(&format!("/apis/{group}")).into_response(),
+            };
+        }
+        [group, version] if method == Method::GET => {
+            return match discovery::resource_list(&state.api.catalog, group, version) {
+                Some(doc) => json_response(StatusCode::OK, &doc),
+                None => ApiError::no_route(&format!("/apis/{group}/{version}")).into_response(),
+            };
+        }
+        _ => {}
+    }
+    let target = match parse_target(&state.api.catalog, &parts) {
+        Ok(target) => target,
+        Err(why) => {
+            let mut error = ApiError::no_route(&format!("/apis/{rest}"));
+            error.0.message = why;
+            return error.into_response();
+        }
+    };
+    let verb = verb_of(&method, &target, &query);
+    let resource_label = match &target.subresource {
+        Some(sub) => format!("{}/{sub}", target.resource.info.plural),
+        None => target.resource.info.plural.clone(),
+    };
+    let response = match body {
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::from(api_types::Status::request_entity_too_large(&format!(
+                "the request body is larger than {MAX_BODY_BYTES} bytes"
+            )))
+            .into_response()
+        }
+        Err(rejection) => {
+            ApiError::bad_request(format!("cannot read the request body: {rejection}"))
+                .into_response()
+        }
+        Ok(body) => match serve(&state, &method, &target, &query, &headers, body).await {
+            Ok(response) => response,
+            Err(error) => error.into_response(),
+        },
+    };
+    state.metrics.request(
+        verb,
+        &resource_label,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+async fn serve(
+    state: &AppState,
+    method: &Method,
+    target: &Target,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let api = &state.api;
+    let res = &*target.resource;
+    let namespace = target.namespace.as_deref().unwrap_or("");
+    let part = match target.subresource.as_deref() {
+        None => Part::Main,
+        Some("status") if res.info.has_status => Part::Status,
+        Some(sub) => {
+            return Err(ApiError::no_route(&format!("{}/{sub}", res.info.plural)));
+        }
+    };
+    match (method.as_str(), target.name.as_deref()) {
+        ("GET", None) => {
+            let list = list_query(target, query)?;
+            if query_flag(query, "watch") {
+                return watch(state, target, query, headers, list).await;
+            }
+            let page = api.list(res, list).await?;
+            Ok(list_response(res, page, wants_table(headers)))
+        }
+        ("GET", Some(name)) => {
+            let object = api.get(res, namespace, name).await?;
+            if wants_table(headers) {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &table(res, &[object], None, None),
+                ));
+            }
+            Ok(json_response(StatusCode::OK, &object))
+        }
+        ("POST", None) => {
+            if res.info.namespaced && target.namespace.is_none() {
+                return Err(ApiError::bad_request(format!(
+                    "{} is namespaced: create it under /namespaces/{{namespace}}/",
+                    res.group_resource()
+                )));
+            }
+            let options = write_options(query, headers, "loom")?;
+            let object = parse_body(headers, &body)?;
+            let written = api
+                .create(res, target.namespace.as_deref(), object, &options)
+                .await?;
+            Ok(written_response(
+                StatusCode::CREATED,
+                written.object,
+                &written.warnings,
+            ))
+        }
+        ("PUT", Some(name)) => {
+            let options = write_options(query, headers, "loom")?;
+            let object = parse_body(headers, &body)?;
+            let written = api
+                .update(res, namespace, name, object, part, &options)
+                .await?;
+            Ok(written_response(
+                StatusCode::OK,
+                written.object,
+                &written.warnings,
+            ))
+        }
+        ("PATCH", Some(name)) => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let kind = if content_type.starts_with("application/merge-patch+json") {
+                PatchKind::Merge
+            } else if content_type.starts_with("application/json-patch+json") {
+                PatchKind::Json
+            } else if content_type.starts_with("application/apply-patch+yaml") {
+                PatchKind::Apply
+            } else {
+                return Err(ApiError::from(api_types::Status::unsupported_media_type(
+                    &[
+                        "application/merge-patch+json",
+                        "application/json-patch+json",
+                        "application/apply-patch+yaml",
+                    ],
+                )));
+            };
+            let manager = if kind == PatchKind::Apply { "" } else { "loom" };
+            let options = write_options(query, headers, manager)?;
+            let options = if kind == PatchKind::Apply {
+                WriteOptions {
+                    field_manager: query.get("fieldManager").cloned().unwrap_or_default(),
+                    ..options
+                }
+            } else {
+                options
+            };
+            let written = api
+                .patch(res, namespace, name, kind, &body, part, &options)
+                .await?;
+            let code = if written.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(written_response(code, written.object, &written.warnings))
+        }
+        ("DELETE", name) => {
+            let mut options: DeleteOptions = if body.is_empty() {
+                DeleteOptions::default()
+            } else {
+                serde_json::from_slice(&body).map_err(|e| {
+                    ApiError::bad_request(format!("the body is not valid DeleteOptions: {e}"))
+                })?
+            };
+            if let Some(policy) = query.get("propagationPolicy") {
+                options.propagation_policy = Some(policy.clone());
+            }
+            if query.get("dryRun").map(String::as_str) == Some("All") {
+                options.dry_run = vec!["All".to_owned()];
+            }
+            match name {
+                Some(name) => {
+                    let object = api.delete(res, namespace, name, &options).await?;
+                    Ok(json_response(StatusCode::OK, &object))
+                }
+                None => {
+                    let list = list_query(target, query)?;
+                    let deleted = api.delete_collection(res, list, &options).await?;
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &json!({
+                            "apiVersion": res.info.api_version(),
+                            "kind": res.info.list_kind,
+                            "metadata": {},
+                            "items": deleted,
+                        }),
+                    ))
+                }
+            }
+        }
+        (other, _) => Err(ApiError::from(api_types::Status::method_not_allowed(
+            &res.group_resource(),
+            &other.to_lowercase(),
+        ))),
+    }
+}
+
+fn written_response(code: StatusCode, object: Value, warnings: &[String]) -> Response {
+    let mut response = json_response(code, &object);
+    for warning in warnings {
+        let text = format!("299 - {:?}", warning.replace('"', "'"));
+        if let Ok(value) = HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
+}
+
+/// A list as JSON, assembled from the objects' bytes without parsing them again.
+fn list_response(
+    res: &ServedResource,
+    page: crate::handlers::ListPage,
+    as_table: bool,
+) -> Response {
+    if as_table {
+        let objects: Vec<Value> = page.items.iter().map(|o| o.value()).collect();
+        return json_response(
+            StatusCode::OK,
+            &table(
+                res,
+                &objects,
+                Some(page.revision),
+                page.continue_token.as_deref(),
+            ),
+        );
+    }
+    let mut meta = json!({"resourceVersion": page.revision.to_string()});
+    if let Some(token) = &page.continue_token {
+        meta["continue"] = json!(token);
+    }
+    let head = format!(
+        "{{\"apiVersion\":{},\"kind\":{},\"metadata\":{},\"items\":[",
+        json!(res.info.api_version()),
+        json!(res.info.list_kind),
+        meta
+    );
+    let size = head.len() + page.items.iter().map(|o| o.json.len() + 1).sum::<usize>() + 2;
+    let mut body = Vec::with_capacity(size);
+    body.extend_from_slice(head.as_bytes());
+    for (i, item) in page.items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&item.json);
+    }
+    body.extend_from_slice(b"]}");
+    bytes_response(StatusCode::OK, "application/json", body.into())
+}
+
+/// A server-side Table (`kubectl get` columns) of objects.
+fn table(
+    res: &ServedResource,
+    objects: &[Value],
+    revision: Option<i64>,
+    continue_token: Option<&str>,
+) -> Value {
+    let columns: Vec<Column> = res.strategy.columns();
+    let definitions: Vec<Value> = columns
+        .iter()
+        .map(|c| {
+            let mut d = json!({"name": c.name, "type": c.kind, "format": "", "description": c.description, "priority": c.priority});
+            if c.name == "Name" {
+                d["format"] = json!("name");
+            }
+            d
+        })
+        .collect();
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            let cells: Vec<Value> = columns.iter().map(|c| (c.cell)(o)).collect();
+            json!({"cells": cells, "object": o})
+        })
+        .collect();
+    let mut meta = json!({});
+    if let Some(revision) = revision {
+        meta["resourceVersion"] = json!(revision.to_string());
+    }
+    if let Some(token) = continue_token {
+        meta["continue"] = json!(token);
+    }
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": meta,
+        "columnDefinitions": definitions,
+        "rows": rows,
+    })
+}
+
+/// Decrements the watcher gauge when a watch stream ends.
+struct WatcherGuard {
+    metrics: Arc<Metrics>,
+    labels: ResourceLabels,
+}
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.metrics.watchers.get_or_create(&self.labels).dec();
+    }
+}
+
+async fn watch(
+    state: &AppState,
+    target: &Target,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    list: ListQuery,
+) -> ApiResult<Response> {
+    let res = target.resource.clone();
+    let from = match list.resource_version.as_deref() {
+        None | Some("") | Some("0") => None,
+        Some(rv) => Some(rv.parse::<i64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "resourceVersion {rv:?} is not a valid resource version"
+            ))
+        })?),
+    };
+    let bookmarks = query_flag(query, "allowWatchBookmarks");
+    let as_table = wants_table(headers);
+    let timeout = match query.get("timeoutSeconds").filter(|s| !s.is_empty()) {
+        Some(t) => Some(Duration::from_secs(t.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!("timeoutSeconds {t:?} is not a number"))
+        })?)),
+        None => None,
+    };
+    let started = res.cache.watch(from, list.filter).await;
+    let watch = match started {
+        Ok(watch) => watch,
+        Err(error) => {
+            let status = match &error {
+                WatchError::Gone { requested, oldest } => {
+                    api_types::Status::too_old_resource_version(*requested, *oldest)
+                }
+                WatchError::TooLarge { .. } => {
+                    let mut status = api_types::Status::timeout(error.to_string());
+                    status.code = 504;
+                    status
+                }
+                WatchError::Stopped => api_types::Status::internal_error(&error.to_string()),
+            };
+            // Kubernetes reports a watch that cannot start as an ERROR event in a 200 stream.
+            let line = format!("{}\n", json!({"type": "ERROR", "object": status}));
+            return Ok(bytes_response(
+                StatusCode::OK,
+                "application/json",
+                line.into(),
+            ));
+        }
+    };
+    let labels = ResourceLabels {
+        resource: res.group_resource().to_string(),
+    };
+    state.metrics.watchers.get_or_create(&labels).inc();
+    let guard = WatcherGuard {
+        metrics: state.metrics.clone(),
+        labels,
+    };
+    let items = futures::stream::iter(watch.initial)
+        .chain(tokio_stream::wrappers::ReceiverStream::new(watch.live));
+    let res_for_lines = res.clone();
+    let lines = items.filter_map(move |item| {
+        let line = watch_line(&res_for_lines, &item, bookmarks, as_table);
+        let _keep = &guard;
+        async move { line.map(Ok::<Bytes, Infallible>) }
+    });
+    let body = match timeout {
+        Some(timeout) => Body::from_stream(lines.take_until(tokio::time::sleep(timeout))),
+        None => Body::from_stream(lines),
+    };
+    let mut response = Response::new(body);
+    let content_type = if as_table {
+        "application/json;as=Table;v=v1;g=meta.k8s.io"
+    } else {
+        "application/json"
+    };
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+    Ok(response)
+}
+
+fn watch_line(
+    res: &ServedResource,
+    item: &WatchItem,
+    bookmarks: bool,
+    as_table: bool,
+) -> Option<Bytes> {
+    match item {
+        WatchItem::Bookmark(revision) => {
+            if !bookmarks {
+                return None;
+            }
+            let object = json!({
+                "kind": res.info.kind,
+                "apiVersion": res.info.api_version(),
+                "metadata": {"resourceVersion": revision.to_string()},
+            });
+            Some(format!("{}\n", json!({"type": "BOOKMARK", "object": object})).into())
+        }
+        WatchItem::Event(kind, object) => Some(event_line(res, *kind, object, as_table)),
+    }
+}
+
+fn event_line(
+    res: &ServedResource,
+    kind: EventType,
+    object: &CachedObject,
+    as_table: bool,
+) -> Bytes {
+    if as_table {
+        let value = object.value();
+        let table = table(res, &[value], Some(object.revision), None);
+        return format!("{}\n", json!({"type": kind.as_str(), "object": table})).into();
+    }
+    let mut line = Vec::with_capacity(object.json.len() + 40);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_str().as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(&object.json);
+    line.extend_from_slice(b"}\n");
+    line.into()
+}

@@ -1,0 +1,201 @@
+//! One strategy per resource: how its objects are checked, normalized and shown.
+//!
+//! The generic machinery (storage, watch, patches, deletion) lives in `handlers`;
+//! a strategy only says what is special about its kind, as Kubernetes'
+//! `pkg/registry/<group>/<resource>/strategy.go` do.
+
+pub mod custom;
+pub mod event;
+pub mod job;
+pub mod lease;
+pub mod namespace;
+pub mod node;
+pub mod resource_definition;
+pub mod service;
+pub mod task;
+
+use std::marker::PhantomData;
+
+use api_types::{FieldError, FieldValidation, Resource, Validate};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+/// A column of the server-side table (`kubectl get`).
+#[derive(Clone, Copy, Debug)]
+pub struct Column {
+    /// The header.
+    pub name: &'static str,
+    /// `string`, `integer`, `date`.
+    pub kind: &'static str,
+    /// What the column shows.
+    pub description: &'static str,
+    /// 0 for every view, 1 for `-o wide` only.
+    pub priority: u8,
+    /// The cell of an object.
+    pub cell: fn(&Value) -> Value,
+}
+
+/// The NAME column every table starts with.
+pub const NAME: Column = Column {
+    name: "Name",
+    kind: "string",
+    description: "The object's name",
+    priority: 0,
+    cell: |o| json!(crate::object::name(o)),
+};
+
+/// The AGE column every table ends with.
+pub const AGE: Column = Column {
+    name: "Age",
+    kind: "string",
+    description: "Time since the object was created",
+    priority: 0,
+    cell: |o| json!(age(crate::object::meta_str(o, "creationTimestamp"))),
+};
+
+/// A short age like kubectl's: `45s`, `12m`, `3h`, `5d`.
+pub fn age(timestamp: Option<&str>) -> String {
+    let Some(created) = timestamp.and_then(|t| DateTime::parse_from_rfc3339(t).ok()) else {
+        return "<unknown>".to_owned();
+    };
+    let seconds = (Utc::now() - created.with_timezone(&Utc))
+        .num_seconds()
+        .max(0);
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 3600 * 2 => format!("{}m", s / 60),
+        s if s < 86400 * 2 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// A string field of an object by dotted path, or "".
+pub fn field(object: &Value, path: &str) -> Value {
+    json!(api_types::selector::json_field(object, path).unwrap_or_default())
+}
+
+/// What is special about one kind.
+pub trait Strategy: Send + Sync + 'static {
+    /// Decodes the object into its type and back: defaults filled, quantities
+    /// normalized, type errors reported with their fields.
+    fn normalize(&self, object: Value) -> Result<Value, Vec<FieldError>>;
+
+    /// Every problem with a new object.
+    fn validate(&self, object: &Value) -> Vec<FieldError>;
+
+    /// Every problem with `new` replacing `old`.
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError>;
+
+    /// Whether a create may set `status` (nodes register with theirs).
+    fn status_on_create(&self) -> bool {
+        false
+    }
+
+    /// Fields a field selector may use beyond `metadata.name` and `metadata.namespace`.
+    fn selectable_fields(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The table columns.
+    fn columns(&self) -> Vec<Column> {
+        vec![NAME, AGE]
+    }
+}
+
+/// The strategy of a built-in kind: its Rust type decodes, normalizes and validates.
+pub struct Typed<K> {
+    columns: Vec<Column>,
+    selectable: Vec<&'static str>,
+    status_on_create: bool,
+    _kind: PhantomData<fn() -> K>,
+}
+
+impl<K> std::fmt::Debug for Typed<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Typed")
+            .field("selectable", &self.selectable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K> Typed<K> {
+    /// A strategy with these table columns (NAME and AGE added around them).
+    pub fn new(columns: Vec<Column>) -> Self {
+        let mut all = vec![NAME];
+        all.extend(columns);
+        all.push(AGE);
+        Typed {
+            columns: all,
+            selectable: Vec::new(),
+            status_on_create: false,
+            _kind: PhantomData,
+        }
+    }
+
+    /// Adds fields field selectors may use.
+    pub fn selectable(mut self, fields: &[&'static str]) -> Self {
+        self.selectable.extend_from_slice(fields);
+        self
+    }
+
+    /// Lets a create set `status`.
+    pub fn status_on_create(mut self) -> Self {
+        self.status_on_create = true;
+        self
+    }
+}
+
+fn decode<K: Resource>(object: &Value) -> Result<K, Vec<FieldError>> {
+    api_types::decode::decode_value::<K>(object.clone(), FieldValidation::Ignore)
+        .map(|decoded| decoded.object)
+        .map_err(|error| {
+            let problems = error.problems();
+            if problems.is_empty() {
+                return vec![FieldError::invalid("", "", error.to_string())];
+            }
+            problems
+                .iter()
+                .map(|p| FieldError {
+                    field: p.path.clone(),
+                    kind: api_types::validation::FieldErrorKind::Invalid,
+                    value: None,
+                    message: p.message.clone(),
+                })
+                .collect()
+        })
+}
+
+impl<K: Resource + Validate> Strategy for Typed<K> {
+    fn normalize(&self, object: Value) -> Result<Value, Vec<FieldError>> {
+        let typed: K = decode(&object)?;
+        serde_json::to_value(&typed)
+            .map_err(|e| vec![FieldError::invalid("", "", format!("cannot encode: {e}"))])
+    }
+
+    fn validate(&self, object: &Value) -> Vec<FieldError> {
+        match decode::<K>(object) {
+            Ok(typed) => typed.validate(),
+            Err(errors) => errors,
+        }
+    }
+
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
+        match (decode::<K>(new), decode::<K>(old)) {
+            (Ok(new), Ok(old)) => new.validate_update(&old),
+            (Err(errors), _) => errors,
+            (Ok(new), Err(_)) => new.validate(),
+        }
+    }
+
+    fn status_on_create(&self) -> bool {
+        self.status_on_create
+    }
+
+    fn selectable_fields(&self) -> Vec<String> {
+        self.selectable.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        self.columns.clone()
+    }
+}
