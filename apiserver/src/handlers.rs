@@ -376,6 +376,9 @@ impl Api {
             && let Some(map) = object.as_object_mut()
         {
             map.remove("status");
+            if let Some(status) = res.strategy.initial_status() {
+                map.insert("status".to_owned(), status);
+            }
         }
         let errors = res.strategy.validate(&object);
         if !errors.is_empty() {
@@ -680,16 +683,29 @@ impl Api {
                 Ok(written)
             }
             Ok(Some(_)) => {
-                self.guaranteed_update(res, namespace, name, None, Part::Main, options, |current| {
-                    apply::apply(
-                        Some(current),
-                        &applied,
-                        &options.field_manager,
-                        &api_version,
-                        options.force,
-                    )
-                    .map_err(conflict)
-                })
+                // apply() computes the ownership itself; an empty manager keeps it as is.
+                let keep_ownership = WriteOptions {
+                    field_manager: String::new(),
+                    ..options.clone()
+                };
+                self.guaranteed_update(
+                    res,
+                    namespace,
+                    name,
+                    None,
+                    Part::Main,
+                    &keep_ownership,
+                    |current| {
+                        apply::apply(
+                            Some(current),
+                            &applied,
+                            &options.field_manager,
+                            &api_version,
+                            options.force,
+                        )
+                        .map_err(conflict)
+                    },
+                )
                 .await
             }
             Err(error) => Err(ApiError::from_store(error, &res.group_resource(), name)),

@@ -411,9 +411,10 @@ mod cases {
         let mut object = job("s", 1);
         object["status"] = json!({"phase": "Running"});
         let (_, created) = c.post(JOBS, &object).await;
-        assert!(
-            created.get("status").is_none(),
-            "create ignores status: {created}"
+        assert_eq!(
+            created["status"],
+            json!({"phase": "Pending"}),
+            "a create's status is the kind's initial one, not the one sent: {created}"
         );
 
         let mut status_write = created.clone();

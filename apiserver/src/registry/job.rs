@@ -34,6 +34,7 @@ pub fn strategy() -> Typed<Job> {
         },
     ])
     .selectable(&["status.phase"])
+    .initial_status(json!({"phase": "Pending"}))
 }
 
 fn tasks(object: &Value) -> Value {

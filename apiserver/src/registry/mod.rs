@@ -91,6 +91,11 @@ pub trait Strategy: Send + Sync + 'static {
         false
     }
 
+    /// The status a new object starts with (the status a create sends is ignored).
+    fn initial_status(&self) -> Option<Value> {
+        None
+    }
+
     /// Fields a field selector may use beyond `metadata.name` and `metadata.namespace`.
     fn selectable_fields(&self) -> Vec<String> {
         Vec::new()
@@ -105,6 +110,7 @@ pub trait Strategy: Send + Sync + 'static {
 /// The strategy of a built-in kind: its Rust type decodes, normalizes and validates.
 pub struct Typed<K> {
     columns: Vec<Column>,
+    initial_status: Option<Value>,
     selectable: Vec<&'static str>,
     status_on_create: bool,
     _kind: PhantomData<fn() -> K>,
@@ -126,6 +132,7 @@ impl<K> Typed<K> {
         all.push(AGE);
         Typed {
             columns: all,
+            initial_status: None,
             selectable: Vec::new(),
             status_on_create: false,
             _kind: PhantomData,
@@ -135,6 +142,12 @@ impl<K> Typed<K> {
     /// Adds fields field selectors may use.
     pub fn selectable(mut self, fields: &[&'static str]) -> Self {
         self.selectable.extend_from_slice(fields);
+        self
+    }
+
+    /// The status every new object starts with.
+    pub fn initial_status(mut self, status: Value) -> Self {
+        self.initial_status = Some(status);
         self
     }
 
@@ -189,6 +202,10 @@ impl<K: Resource + Validate> Strategy for Typed<K> {
 
     fn status_on_create(&self) -> bool {
         self.status_on_create
+    }
+
+    fn initial_status(&self) -> Option<Value> {
+        self.initial_status.clone()
     }
 
     fn selectable_fields(&self) -> Vec<String> {

@@ -21,4 +21,5 @@ pub fn strategy() -> Typed<Namespace> {
         },
     }])
     .selectable(&["status.phase"])
+    .initial_status(json!({"phase": "Active"}))
 }

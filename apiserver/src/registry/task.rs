@@ -38,6 +38,7 @@ pub fn strategy() -> Typed<Task> {
         },
     ])
     .selectable(&["spec.nodeName", "status.phase"])
+    .initial_status(json!({"phase": "Pending"}))
 }
 
 fn phase(object: &Value) -> Value {

@@ -1,38 +1,16 @@
-//! `loom-bench`: Loom's benchmarks, each reported beside the raw baseline measured in the same run.
+//! `loom-bench store`: the store backends' create throughput and latency.
 
-use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use apiserver::store::{EmbeddedOptions, EmbeddedStore, EtcdOptions, EtcdStore, Store};
 use apiserver::testing::{EtcdServer, temp_dir};
-use clap::{Parser, Subcommand, ValueEnum};
-use hdrhistogram::Histogram;
 
-#[derive(Debug, Parser)]
-#[command(name = "loom-bench", about = "Loom's benchmarks")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Creates per second and latency of the store backends, beside raw etcd puts.
-    Store(StoreArgs),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Backend {
-    Embedded,
-    Etcd,
-    All,
-}
+use crate::Backend;
+use crate::measure::{Measurement, header, measure, report};
 
 #[derive(Debug, clap::Args)]
-struct StoreArgs {
+pub struct StoreArgs {
     /// Which backends to measure.
     #[arg(long, value_enum, default_value = "all")]
     backend: Backend,
@@ -53,110 +31,9 @@ struct StoreArgs {
     etcd_endpoint: Option<String>,
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("loom-bench: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Store(args) => store_bench(args).await,
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("loom-bench: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Throughput and latency of one run.
-#[derive(Debug)]
-struct Measurement {
-    ops: usize,
-    elapsed: Duration,
-    latency: Histogram<u64>,
-}
-
-impl Measurement {
-    fn per_second(&self) -> f64 {
-        self.ops as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn ms(&self, quantile: f64) -> f64 {
-        self.latency.value_at_quantile(quantile) as f64 / 1000.0
-    }
-}
-
-/// Runs `count` operations from `concurrency` workers; `op(i)` does the i-th.
-async fn measure<F, Fut>(count: usize, concurrency: usize, op: F) -> anyhow::Result<Measurement>
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = anyhow::Result<()>> + Send,
-{
-    let op = Arc::new(op);
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut workers = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
-        let op = op.clone();
-        let next = next.clone();
-        workers.push(tokio::spawn(async move {
-            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
-                    return anyhow::Ok(latency);
-                }
-                let began = Instant::now();
-                op(i).await?;
-                latency.saturating_record(began.elapsed().as_micros() as u64);
-            }
-        }));
-    }
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for worker in workers {
-        latency.add(worker.await??)?;
-    }
-    Ok(Measurement {
-        ops: count,
-        elapsed: start.elapsed(),
-        latency,
-    })
-}
-
-fn report(name: &str, concurrency: usize, m: &Measurement, baseline: Option<&Measurement>) {
-    let ratio = baseline.map_or(String::new(), |b| {
-        format!("  {:.2}x raw", m.per_second() / b.per_second())
-    });
-    println!(
-        "{name:<22} {concurrency:>5} {:>8} {:>10.0} {:>8.2} {:>8.2}{ratio}",
-        m.ops,
-        m.per_second(),
-        m.ms(0.5),
-        m.ms(0.99),
-    );
-}
-
-async fn store_bench(args: StoreArgs) -> anyhow::Result<()> {
+pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     let value = bytes::Bytes::from(vec![b'x'; args.value_bytes]);
-    println!(
-        "{:<22} {:>5} {:>8} {:>10} {:>8} {:>8}",
-        "backend", "conc", "creates", "per sec", "p50 ms", "p99 ms"
-    );
+    header("creates");
     let count_for = |concurrency: usize| {
         if concurrency <= 1 {
             args.sequential_count
@@ -276,7 +153,7 @@ async fn store_bench(args: StoreArgs) -> anyhow::Result<()> {
 }
 
 /// Plain puts through etcd-client of the same keys and values: the baseline.
-async fn raw_puts(
+pub async fn raw_puts(
     raw: &etcd_client::Client,
     prefix: &str,
     count: usize,

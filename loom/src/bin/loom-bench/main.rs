@@ -1,0 +1,72 @@
+//! `loom-bench`: Loom's benchmarks, each reported beside the raw baseline measured in the same run.
+
+mod api;
+mod measure;
+mod store;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "loom-bench", about = "Loom's benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Creates per second and latency of the store backends, beside raw etcd puts.
+    Store(store::StoreArgs),
+    /// Creates over HTTP through a real API server, beside raw etcd puts.
+    Api(api::ApiArgs),
+    /// Watch fan-out: many watchers while tasks are created; lag and server memory.
+    Watch(api::WatchArgs),
+    /// The API server's memory with many stored tasks, listed once.
+    Memory(api::MemoryArgs),
+}
+
+/// Which store backend to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// The embedded SQLite store.
+    Embedded,
+    /// etcd.
+    Etcd,
+    /// Both.
+    All,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("loom-bench: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Store(args) => store::run(args).await,
+            Command::Api(args) => api::run_api(args).await,
+            Command::Watch(args) => api::run_watch(args).await,
+            Command::Memory(args) => api::run_memory(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("loom-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
