@@ -222,12 +222,14 @@ impl Api {
         Ok(())
     }
 
-    /// Schema checks (unknown fields per `fieldValidation`, every violation) and
-    /// the kind's normalization. Returns the warnings.
-    fn check_schema(
+    /// Admission of a write: schema checks (unknown fields per `fieldValidation`,
+    /// every violation), then the kind's own decoding, rules and normalization,
+    /// with every problem in one answer. Returns the warnings.
+    fn admit(
         &self,
         res: &ServedResource,
         object: &mut Value,
+        old: Option<&Value>,
         mode: FieldValidation,
     ) -> ApiResult<Vec<String>> {
         if object::depth(object) > crate::schema::MAX_DEPTH {
@@ -243,7 +245,7 @@ impl Api {
         let mut errors: Vec<FieldError> = Vec::new();
         let mut warnings = Vec::new();
         match mode {
-            FieldValidation::Strict => {
+            FieldValidation::Strict if !unknown.is_empty() => {
                 errors.extend(unknown.iter().map(|path| {
                     FieldError::forbidden(path.clone(), "field not declared in schema")
                 }));
@@ -252,6 +254,7 @@ impl Api {
                 res.schema.unknown_fields(&mut pruned, true);
                 errors.extend(res.schema.violations(&pruned));
             }
+            FieldValidation::Strict => errors.extend(res.schema.violations(object)),
             FieldValidation::Warn | FieldValidation::Ignore => {
                 if mode == FieldValidation::Warn {
                     warnings.extend(unknown.iter().map(|p| format!("unknown field \"{p}\"")));
@@ -267,8 +270,8 @@ impl Api {
                 remove_path(&mut rest, &error.field);
             }
             res.schema.unknown_fields(&mut rest, true);
-            if let Ok(rest) = res.strategy.normalize(rest) {
-                for error in res.strategy.validate(&rest) {
+            if let Err(more) = res.strategy.admit(rest, old) {
+                for error in more {
                     if !errors.iter().any(|e| e.field == error.field) {
                         errors.push(error);
                     }
@@ -276,11 +279,10 @@ impl Api {
             }
             return Err(invalid(res, &name, &errors));
         }
-        let normalized = res
+        *object = res
             .strategy
-            .normalize(std::mem::take(object))
+            .admit(std::mem::take(object), old)
             .map_err(|errors| invalid(res, &name, &errors))?;
-        *object = normalized;
         Ok(warnings)
     }
 
@@ -359,7 +361,6 @@ impl Api {
                 json!(format!("{prefix}{}", random_suffix())),
             );
         }
-        let mut warnings = self.check_schema(res, &mut object, options.field_validation)?;
         // What the server owns.
         for field in [
             "resourceVersion",
@@ -380,10 +381,7 @@ impl Api {
                 map.insert("status".to_owned(), status);
             }
         }
-        let errors = res.strategy.validate(&object);
-        if !errors.is_empty() {
-            return Err(invalid(res, object::name(&object), &errors));
-        }
+        let mut warnings = self.admit(res, &mut object, None, options.field_validation)?;
         self.check_definition(res, &object)?;
         self.namespace_usable(res, &namespace).await?;
         if object
@@ -415,8 +413,12 @@ impl Api {
                 .await
             {
                 Ok(kv) => {
-                    let stored = object::from_stored(&kv.value, kv.mod_revision)
-                        .map_err(ApiError::internal)?;
+                    let mut stored = object;
+                    object::set_meta(
+                        &mut stored,
+                        "resourceVersion",
+                        json!(kv.mod_revision.to_string()),
+                    );
                     self.after_write(res, &stored);
                     warnings.shrink_to_fit();
                     return Ok(Written {
@@ -742,7 +744,6 @@ impl Api {
                 object::from_stored(&kv.value, kv.mod_revision).map_err(ApiError::internal)?;
             let mut new = transform(&current)?;
             self.check_identity(res, Some(namespace), Some(name), &mut new)?;
-            let mut warnings = self.check_schema(res, &mut new, options.field_validation)?;
             // The part not written keeps its stored value.
             if res.info.has_status {
                 let keep_from_current = match part {
@@ -784,7 +785,7 @@ impl Api {
                 object::set_meta(&mut new, field, value);
             }
             object::set_meta(&mut new, "resourceVersion", Value::Null);
-            let mut errors = res.strategy.validate_update(&new, &current);
+            let mut errors = Vec::new();
             if object::meta_str(&current, "deletionTimestamp").is_some() {
                 let before = object::finalizers(&current);
                 for added in object::finalizers(&new)
@@ -800,6 +801,8 @@ impl Api {
             if !errors.is_empty() {
                 return Err(invalid(res, name, &errors));
             }
+            let mut warnings =
+                self.admit(res, &mut new, Some(&current), options.field_validation)?;
             self.check_definition(res, &new)?;
             let mut generation = current
                 .get("metadata")

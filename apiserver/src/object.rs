@@ -95,6 +95,9 @@ pub fn spec_fields(object: &Value) -> BTreeMap<&str, &Value> {
 
 /// Serializes an object for the store: without its resourceVersion.
 pub fn to_stored(object: &Value) -> Bytes {
+    if meta_str(object, "resourceVersion").is_none() {
+        return Bytes::from(serde_json::to_vec(object).unwrap_or_default());
+    }
     let mut object = object.clone();
     set_meta(&mut object, "resourceVersion", Value::Null);
     Bytes::from(serde_json::to_vec(&object).unwrap_or_default())

@@ -61,6 +61,9 @@ impl SchemaValidator {
 
     /// Every violation of the schema, each naming its field.
     pub fn violations(&self, value: &Value) -> Vec<FieldError> {
+        if self.validator.is_valid(value) {
+            return Vec::new();
+        }
         let mut errors = Vec::new();
         for error in self.validator.iter_errors(value) {
             flatten(&error, &mut errors);
@@ -246,9 +249,8 @@ fn walk(
                             unknown.push(child_path);
                             drop.push(key.clone());
                         }
-                        Some(Value::Object(extra)) => {
-                            let extra = Value::Object(extra.clone());
-                            walk(root, &extra, child, &child_path, prune, unknown, depth + 1);
+                        Some(extra @ Value::Object(_)) => {
+                            walk(root, extra, child, &child_path, prune, unknown, depth + 1);
                         }
                         Some(_) => {}
                         None if preserves_unknown(schema) => {}

@@ -26,24 +26,17 @@ fn metadata(object: &Value) -> Result<ObjectMeta, Vec<FieldError>> {
 }
 
 impl Strategy for Custom {
-    fn normalize(&self, object: Value) -> Result<Value, Vec<FieldError>> {
-        // The schema has checked the shape; metadata must still decode.
-        metadata(&object)?;
-        Ok(object)
-    }
-
-    fn validate(&self, object: &Value) -> Vec<FieldError> {
-        match metadata(object) {
-            Ok(meta) => validate_object_meta(&meta, self.namespaced, NameRule::Subdomain),
-            Err(errors) => errors,
+    fn admit(&self, object: Value, old: Option<&Value>) -> Result<Value, Vec<FieldError>> {
+        // The schema has checked the shape; metadata must still decode and follow the rules.
+        let meta = metadata(&object)?;
+        let mut errors = validate_object_meta(&meta, self.namespaced, NameRule::Subdomain);
+        if let Some(Ok(old)) = old.map(metadata) {
+            errors.extend(validate_object_meta_update(&meta, &old));
         }
-    }
-
-    fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
-        let mut errors = self.validate(new);
-        if let (Ok(new), Ok(old)) = (metadata(new), metadata(old)) {
-            errors.extend(validate_object_meta_update(&new, &old));
+        if errors.is_empty() {
+            Ok(object)
+        } else {
+            Err(errors)
         }
-        errors
     }
 }

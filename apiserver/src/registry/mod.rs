@@ -76,15 +76,10 @@ pub fn field(object: &Value, path: &str) -> Value {
 
 /// What is special about one kind.
 pub trait Strategy: Send + Sync + 'static {
-    /// Decodes the object into its type and back: defaults filled, quantities
-    /// normalized, type errors reported with their fields.
-    fn normalize(&self, object: Value) -> Result<Value, Vec<FieldError>>;
-
-    /// Every problem with a new object.
-    fn validate(&self, object: &Value) -> Vec<FieldError>;
-
-    /// Every problem with `new` replacing `old`.
-    fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError>;
+    /// Admits a write: decodes the object into its type (type errors name their
+    /// fields), checks the kind's rules (as a replacement for `old`, if given), and
+    /// returns it normalized (defaults filled, quantities canonical).
+    fn admit(&self, object: Value, old: Option<&Value>) -> Result<Value, Vec<FieldError>>;
 
     /// Whether a create may set `status` (nodes register with theirs).
     fn status_on_create(&self) -> bool {
@@ -158,7 +153,11 @@ impl<K> Typed<K> {
     }
 }
 
+/// Decodes a kind, fast; on failure again, slowly, to name every bad field.
 fn decode<K: Resource>(object: &Value) -> Result<K, Vec<FieldError>> {
+    if let Ok(typed) = K::deserialize(object) {
+        return Ok(typed);
+    }
     api_types::decode::decode_value::<K>(object.clone(), FieldValidation::Ignore)
         .map(|decoded| decoded.object)
         .map_err(|error| {
@@ -179,25 +178,17 @@ fn decode<K: Resource>(object: &Value) -> Result<K, Vec<FieldError>> {
 }
 
 impl<K: Resource + Validate> Strategy for Typed<K> {
-    fn normalize(&self, object: Value) -> Result<Value, Vec<FieldError>> {
+    fn admit(&self, object: Value, old: Option<&Value>) -> Result<Value, Vec<FieldError>> {
         let typed: K = decode(&object)?;
+        let errors = match old.map(|old| K::deserialize(old)) {
+            Some(Ok(old)) => typed.validate_update(&old),
+            _ => typed.validate(),
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         serde_json::to_value(&typed)
             .map_err(|e| vec![FieldError::invalid("", "", format!("cannot encode: {e}"))])
-    }
-
-    fn validate(&self, object: &Value) -> Vec<FieldError> {
-        match decode::<K>(object) {
-            Ok(typed) => typed.validate(),
-            Err(errors) => errors,
-        }
-    }
-
-    fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
-        match (decode::<K>(new), decode::<K>(old)) {
-            (Ok(new), Ok(old)) => new.validate_update(&old),
-            (Err(errors), _) => errors,
-            (Ok(new), Err(_)) => new.validate(),
-        }
     }
 
     fn status_on_create(&self) -> bool {
