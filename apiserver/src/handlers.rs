@@ -95,7 +95,7 @@ pub struct Preconditions {
 #[derive(Debug)]
 pub struct ListPage {
     /// The objects, as JSON with their resourceVersion.
-    pub items: Vec<Arc<CachedObject>>,
+    pub items: Vec<Bytes>,
     /// The list's resourceVersion.
     pub revision: Revision,
     /// The token for the next page.
@@ -1127,7 +1127,11 @@ impl Api {
             .await?;
         let mut deleted = Vec::new();
         for item in page.items {
-            match self.delete(res, &item.namespace, &item.name, options).await {
+            let item: Value = serde_json::from_slice(&item).map_err(ApiError::internal)?;
+            match self
+                .delete(res, object::namespace(&item), object::name(&item), options)
+                .await
+            {
                 Ok(object) => deleted.push(object),
                 Err(error) if error.code() == 404 => {}
                 Err(error) => return Err(error),
@@ -1164,7 +1168,7 @@ impl Api {
             }
             let (items, revision) = res.cache.list(&query.filter);
             return Ok(ListPage {
-                items,
+                items: items.iter().map(|o| o.json.clone()).collect(),
                 revision,
                 continue_token: None,
             });
@@ -1183,6 +1187,7 @@ impl Api {
         };
         let prefix = res.prefix(query.filter.namespace.as_deref());
         let selectable = res.selectable_fields();
+        let filtered = query.filter.labels.is_some() || query.filter.fields.is_some();
         let mut items = Vec::new();
         let mut token = query.continue_token.clone();
         let mut revision = exact;
@@ -1206,13 +1211,20 @@ impl Api {
             revision = Some(page.revision);
             let count = page.items.len();
             for (i, kv) in page.items.iter().enumerate() {
-                let Some(cached) = CachedObject::from_kv(kv, kv.mod_revision, &selectable) else {
-                    continue;
+                // Parse an object only when a selector has to look inside it.
+                let json = if filtered {
+                    let Some(cached) = CachedObject::from_kv(kv, kv.mod_revision, &selectable)
+                    else {
+                        continue;
+                    };
+                    if !query.filter.matches(&cached) {
+                        continue;
+                    }
+                    cached.json
+                } else {
+                    object::with_resource_version(&kv.value, kv.mod_revision)
                 };
-                if !query.filter.matches(&cached) {
-                    continue;
-                }
-                items.push(Arc::new(cached));
+                items.push(json);
                 if let Some(wanted) = wanted
                     && items.len() >= wanted
                 {

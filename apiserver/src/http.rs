@@ -26,6 +26,10 @@ use crate::watch_cache::{CachedObject, EventType, Filter, WatchError, WatchItem}
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+/// Objects a list response writes at a time.
+const LIST_BATCH: usize = 512;
+/// At most this many queued watch events are written as one chunk.
+const WATCH_BATCH: usize = 256;
 
 /// What every request handler shares.
 #[derive(Clone, Debug)]
@@ -582,7 +586,11 @@ fn list_response(
     as_table: bool,
 ) -> Response {
     if as_table {
-        let objects: Vec<Value> = page.items.iter().map(|o| o.value()).collect();
+        let objects: Vec<Value> = page
+            .items
+            .iter()
+            .filter_map(|o| serde_json::from_slice(o).ok())
+            .collect();
         return json_response(
             StatusCode::OK,
             &table(
@@ -603,17 +611,33 @@ fn list_response(
         json!(res.info.list_kind),
         meta
     );
-    let size = head.len() + page.items.iter().map(|o| o.json.len() + 1).sum::<usize>() + 2;
-    let mut body = Vec::with_capacity(size);
-    body.extend_from_slice(head.as_bytes());
-    for (i, item) in page.items.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(&item.json);
-    }
-    body.extend_from_slice(b"]}");
-    bytes_response(StatusCode::OK, "application/json", body.into())
+    // Streamed a few hundred objects at a time: a list of 100,000 objects is not
+    // copied into one more buffer of its own size.
+    let mut first = true;
+    let batches = futures::stream::iter(page.items)
+        .chunks(LIST_BATCH)
+        .map(move |batch| {
+            let mut chunk = Vec::with_capacity(batch.iter().map(|o| o.len() + 1).sum());
+            for item in batch {
+                if !first {
+                    chunk.push(b',');
+                }
+                first = false;
+                chunk.extend_from_slice(&item);
+            }
+            Ok::<Bytes, Infallible>(Bytes::from(chunk))
+        });
+    let body = futures::stream::once(async move { Ok(Bytes::from(head)) })
+        .chain(batches)
+        .chain(futures::stream::once(async {
+            Ok(Bytes::from_static(b"]}"))
+        }));
+    let mut response = Response::new(Body::from_stream(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// A server-side Table (`kubectl get` columns) of objects.
@@ -728,10 +752,19 @@ async fn watch(
     let items = futures::stream::iter(watch.initial)
         .chain(tokio_stream::wrappers::ReceiverStream::new(watch.live));
     let res_for_lines = res.clone();
-    let lines = items.filter_map(move |item| {
-        let line = watch_line(&res_for_lines, &item, bookmarks, as_table);
+    // Events already queued go out together: one chunk, one write.
+    let lines = items.ready_chunks(WATCH_BATCH).filter_map(move |batch| {
         let _keep = &guard;
-        async move { line.map(Ok::<Bytes, Infallible>) }
+        let lines: Vec<Bytes> = batch
+            .iter()
+            .filter_map(|item| watch_line(&res_for_lines, item, bookmarks, as_table))
+            .collect();
+        let chunk = match lines.len() {
+            0 => None,
+            1 => lines.into_iter().next(),
+            _ => Some(Bytes::from(lines.concat())),
+        };
+        async move { chunk.map(Ok::<Bytes, Infallible>) }
     });
     let body = match timeout {
         Some(timeout) => Body::from_stream(lines.take_until(tokio::time::sleep(timeout))),
@@ -786,11 +819,5 @@ fn event_line(
         let table = table(res, &[value], Some(object.revision), None);
         return format!("{}\n", json!({"type": kind.as_str(), "object": table})).into();
     }
-    let mut line = Vec::with_capacity(object.json.len() + 40);
-    line.extend_from_slice(b"{\"type\":\"");
-    line.extend_from_slice(kind.as_str().as_bytes());
-    line.extend_from_slice(b"\",\"object\":");
-    line.extend_from_slice(&object.json);
-    line.extend_from_slice(b"}\n");
-    line.into()
+    object.event_line(kind)
 }

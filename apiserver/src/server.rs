@@ -54,19 +54,26 @@ impl std::str::FromStr for StoreUrl {
     }
 }
 
+fn why(error: crate::store::Error) -> String {
+    match error {
+        crate::store::Error::Backend(why) => why,
+        other => other.to_string(),
+    }
+}
+
 /// Opens the store a URL names.
 pub async fn open_store(url: &StoreUrl, prefix: &str) -> Result<Arc<dyn Store>, String> {
     match url {
         StoreUrl::Sqlite(path) => EmbeddedStore::open(EmbeddedOptions::new(path))
             .map(|s| Arc::new(s) as Arc<dyn Store>)
-            .map_err(|e| e.to_string()),
+            .map_err(why),
         StoreUrl::Etcd(endpoints) => {
             let mut options = EtcdOptions::new(endpoints.clone());
             options.prefix = prefix.to_owned();
             EtcdStore::connect(options)
                 .await
                 .map(|s| Arc::new(s) as Arc<dyn Store>)
-                .map_err(|e| e.to_string())
+                .map_err(why)
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use api_types::{FieldSelector, Selector};
@@ -45,6 +45,8 @@ pub struct CachedObject {
     pub labels: BTreeMap<String, String>,
     /// The values of the resource's selectable fields.
     pub fields: BTreeMap<String, String>,
+    /// The watch event line for each event type, built once for every watcher.
+    lines: [OnceLock<Bytes>; 3],
 }
 
 impl CachedObject {
@@ -63,7 +65,23 @@ impl CachedObject {
             name: object::name(&value).to_owned(),
             labels: object::labels(&value),
             fields,
+            lines: Default::default(),
         })
+    }
+
+    /// `{"type":"…","object":…}` and a newline: one watch event as sent.
+    pub fn event_line(&self, kind: EventType) -> Bytes {
+        self.lines[kind as usize]
+            .get_or_init(|| {
+                let mut line = Vec::with_capacity(self.json.len() + 32);
+                line.extend_from_slice(b"{\"type\":\"");
+                line.extend_from_slice(kind.as_str().as_bytes());
+                line.extend_from_slice(b"\",\"object\":");
+                line.extend_from_slice(&self.json);
+                line.extend_from_slice(b"}\n");
+                Bytes::from(line)
+            })
+            .clone()
     }
 
     /// The object parsed.

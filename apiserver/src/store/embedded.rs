@@ -376,7 +376,7 @@ fn open_writer(path: &Path) -> Result<Connection> {
          PRAGMA synchronous = FULL;
          PRAGMA busy_timeout = 10000;
          PRAGMA journal_size_limit = {WAL_LIMIT_BYTES};
-         PRAGMA cache_size = -65536;
+         PRAGMA cache_size = -16384;
          PRAGMA temp_store = MEMORY;"
     ))
     .map_err(sqlite)?;
@@ -399,7 +399,7 @@ fn open_reader(path: &Path) -> Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| Error::Backend(format!("cannot open the store {}: {e}", path.display())))?;
-    conn.execute_batch("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -32768;")
+    conn.execute_batch("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -8192;")
         .map_err(sqlite)?;
     Ok(conn)
 }

@@ -67,7 +67,13 @@ impl std::fmt::Debug for EtcdStore {
 }
 
 fn etcd(error: etcd_client::Error) -> Error {
-    Error::Backend(format!("etcd: {error}"))
+    match error {
+        // tonic's Display repeats the whole source chain; its message is the point.
+        etcd_client::Error::GRpcStatus(status) => {
+            Error::Backend(format!("etcd: {} ({:?})", status.message(), status.code()))
+        }
+        error => Error::Backend(format!("etcd: {error}")),
+    }
 }
 
 impl EtcdStore {
@@ -99,10 +105,16 @@ impl EtcdStore {
         let probe = tokio::time::timeout(options.connect_timeout, store.current_revision()).await;
         match probe {
             Ok(Ok(_)) => Ok(store),
-            Ok(Err(error)) => Err(Error::Backend(format!(
-                "etcd at {} does not answer: {error}",
-                options.endpoints.join(",")
-            ))),
+            Ok(Err(error)) => {
+                let why = match error {
+                    Error::Backend(why) => why,
+                    other => other.to_string(),
+                };
+                Err(Error::Backend(format!(
+                    "etcd at {} does not answer: {why}",
+                    options.endpoints.join(",")
+                )))
+            }
             Err(_) => Err(Error::Backend(format!(
                 "etcd at {} did not answer within {:?}",
                 options.endpoints.join(","),

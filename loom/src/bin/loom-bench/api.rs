@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use crate::Backend;
-use crate::measure::{header, measure, report};
+use crate::measure::{header, measure_paced, report};
 use crate::store::raw_puts;
 
 const TASKS: &str = "/apis/loom.dev/v1/namespaces/default/tasks";
@@ -44,6 +44,9 @@ pub struct WatchArgs {
     /// Concurrent writers.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Creates per second (0: as fast as the writers go).
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
 }
 
 /// `loom-bench memory`.
@@ -162,11 +165,23 @@ async fn create_tasks(
     acked: Option<Arc<Vec<AtomicU64>>>,
     epoch: Instant,
 ) -> anyhow::Result<crate::measure::Measurement> {
+    create_tasks_at(url, count, concurrency, 0, acked, epoch).await
+}
+
+/// Creates `count` tasks, at most `rate` a second (0: no limit).
+async fn create_tasks_at(
+    url: &str,
+    count: usize,
+    concurrency: usize,
+    rate: u64,
+    acked: Option<Arc<Vec<AtomicU64>>>,
+    epoch: Instant,
+) -> anyhow::Result<crate::measure::Measurement> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()?;
     let endpoint = format!("{url}{TASKS}");
-    measure(count, concurrency, move |i| {
+    measure_paced(count, concurrency, rate, move |i| {
         let client = client.clone();
         let endpoint = endpoint.clone();
         let acked = acked.clone();
@@ -252,9 +267,8 @@ pub async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
 }
 
 /// Finds `bench-N` in a watch event line without parsing it.
-fn bench_index(line: &[u8]) -> Option<usize> {
-    const NEEDLE: &[u8] = b"\"name\":\"bench-";
-    let at = line.windows(NEEDLE.len()).position(|w| w == NEEDLE)? + NEEDLE.len();
+fn bench_index(finder: &memchr::memmem::Finder<'_>, line: &[u8]) -> Option<usize> {
+    let at = finder.find(line)? + finder.needle().len();
     let digits = line[at..].iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&line[at..at + digits])
         .ok()?
@@ -298,16 +312,21 @@ pub async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
         watchers.push(tokio::spawn(async move {
             let mut lag = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
             let mut stream = response.bytes_stream();
-            let mut buffer = Vec::new();
+            let mut buffer = bytes::BytesMut::new();
+            let finder = memchr::memmem::Finder::new(b"\"name\":\"bench-");
+            let mut cut_off = false;
             while counts[w].load(Ordering::Relaxed) < expected {
                 let Some(chunk) = stream.next().await else {
+                    cut_off = true;
                     break;
                 };
                 buffer.extend_from_slice(&chunk?);
                 let now = epoch.elapsed().as_micros() as u64;
-                while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buffer.drain(..=end).collect();
-                    if let Some(i) = bench_index(&line)
+                let mut start = 0;
+                while let Some(end) = memchr::memchr(b'\n', &buffer[start..]) {
+                    let line = &buffer[start..start + end];
+                    start += end + 1;
+                    if let Some(i) = bench_index(&finder, line)
                         && i < acked.len()
                     {
                         let at = acked[i].load(Ordering::Acquire);
@@ -320,15 +339,17 @@ pub async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
                         counts[w].fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                let _ = buffer.split_to(start);
             }
-            anyhow::Ok(lag)
+            anyhow::Ok((lag, cut_off))
         }));
     }
     let rss_before = server.rss_bytes();
-    let m = create_tasks(
+    let m = create_tasks_at(
         &server.url,
         args.creates,
         args.concurrency,
+        args.rate,
         Some(acked.clone()),
         epoch,
     )
@@ -348,9 +369,12 @@ pub async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
         .filter(|c| c.load(Ordering::Relaxed) >= args.creates)
         .count();
     let mut lag = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut cut_off = 0;
     for watcher in watchers {
         if watcher.is_finished() {
-            lag.add(watcher.await??)?;
+            let (watcher_lag, was_cut_off) = watcher.await??;
+            lag.add(watcher_lag)?;
+            cut_off += usize::from(was_cut_off);
         } else {
             watcher.abort();
         }
@@ -358,10 +382,11 @@ pub async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
     header("creates");
     report("HTTP create (watched)", args.concurrency, &m, None);
     println!(
-        "watchers: {} of {} received all {} events ({} events delivered in {:.1} s)",
+        "watchers: {} of {} received all {} events, {} cut off by the server ({} events delivered in {:.1} s)",
         complete,
         args.watchers,
         args.creates,
+        cut_off,
         counts
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
@@ -397,6 +422,7 @@ pub async fn run_memory(args: MemoryArgs) -> anyhow::Result<()> {
     .await?;
     header("creates");
     report("HTTP create (embedded)", args.concurrency, &m, None);
+    let stored = server.rss_bytes();
     let started = Instant::now();
     let list: Value = reqwest::Client::new()
         .get(format!("{}{TASKS}", server.url))
@@ -408,11 +434,12 @@ pub async fn run_memory(args: MemoryArgs) -> anyhow::Result<()> {
     let list_time = started.elapsed();
     let rss = server.rss_bytes();
     println!(
-        "listed {listed} tasks in {:.2} s; apiserver RSS {} MiB idle, {} MiB with {} tasks stored and listed once",
+        "listed {listed} tasks in {:.2} s; apiserver RSS {} MiB idle, {} MiB with {} tasks stored, {} MiB after listing them once",
         list_time.as_secs_f64(),
         idle / (1 << 20),
-        rss / (1 << 20),
-        args.objects
+        stored / (1 << 20),
+        args.objects,
+        rss / (1 << 20)
     );
     if listed != args.objects {
         bail!("the list returned {listed} tasks, not {}", args.objects);

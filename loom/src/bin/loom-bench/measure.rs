@@ -30,9 +30,25 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
+    measure_paced(count, concurrency, 0, op).await
+}
+
+/// As [`measure`], starting the i-th operation no sooner than `i / rate` seconds
+/// in (0: no pacing); latency counts from when an operation starts.
+pub async fn measure_paced<F, Fut>(
+    count: usize,
+    concurrency: usize,
+    rate: u64,
+    op: F,
+) -> anyhow::Result<Measurement>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
     let op = Arc::new(op);
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
+    let paced_from = tokio::time::Instant::now();
     let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
         let op = op.clone();
@@ -43,6 +59,10 @@ where
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= count {
                     return anyhow::Ok(latency);
+                }
+                if rate > 0 {
+                    let due = paced_from + Duration::from_secs_f64(i as f64 / rate as f64);
+                    tokio::time::sleep_until(due).await;
                 }
                 let began = Instant::now();
                 op(i).await?;
