@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::Backend;
 use crate::measure::{header, measure_paced, report};
-use crate::store::raw_puts;
+use crate::store::{raw_creates, raw_puts};
 
 const TASKS: &str = "/apis/loom.dev/v1/namespaces/default/tasks";
 
@@ -256,12 +256,24 @@ pub async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         )
         .await?;
         report("etcd-client put (raw)", args.concurrency, &after, None);
+        let txn = raw_creates(&raw, "/bench-txn/", args.creates, args.concurrency, &value).await?;
+        report("etcd-client txn (raw)", args.concurrency, &txn, None);
         let baseline = if before.per_second() >= after.per_second() {
             before
         } else {
             after
         };
         report("HTTP create (etcd)", args.concurrency, &m, Some(&baseline));
+        println!(
+            "{:<22} {:>5} {:>8} {:>10} {:>8} {:>8}  {:.2}x raw txn",
+            "",
+            args.concurrency,
+            "",
+            "",
+            "",
+            "",
+            m.per_second() / txn.per_second()
+        );
     }
     Ok(())
 }

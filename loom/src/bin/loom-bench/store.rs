@@ -176,7 +176,7 @@ pub async fn raw_puts(
 }
 
 /// Create-if-absent transactions through etcd-client, as the store's create sends them.
-async fn raw_creates(
+pub async fn raw_creates(
     raw: &etcd_client::Client,
     prefix: &str,
     count: usize,
