@@ -1,1 +1,19 @@
-//! Typed API client, watcher, reflector cache and controller runtime: the library every Loom component and user controller talks to the API with.
+//! Typed API client, watcher, reflector and controller runtime: the library every Loom
+//! component, and every user's own controller, talks to the API with.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod error;
+
+pub use api::{
+    Api, DeleteParams, DynamicObject, ListParams, Object, ObjectList, Patch, PatchParams,
+    PostParams, WatchParams, discover,
+};
+pub use client::Client;
+pub use config::Config;
+pub use error::{Error, Result};
+pub mod reflector;
+pub mod watcher;
+
+pub use reflector::{Informer, ObjectKey, Store, StoreBuilder};
