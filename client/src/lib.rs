@@ -17,3 +17,9 @@ pub mod reflector;
 pub mod watcher;
 
 pub use reflector::{Informer, ObjectKey, Store, StoreBuilder};
+pub mod controller;
+
+pub use controller::{Action, Controller};
+pub mod leader;
+
+pub use leader::{ApiLease, ElectionConfig, LeaderElector, Leadership};
