@@ -266,13 +266,15 @@ impl<B: LeaseBackend, C: Clock> LeaderElector<B, C> {
         let now = self.clock.now();
         match self.backend.get().await? {
             None => {
-                let mut lease = Lease::default();
-                lease.metadata = ObjectMeta {
-                    name: self.lease_name.clone(),
-                    namespace: self.namespace.clone(),
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: self.lease_name.clone(),
+                        namespace: self.namespace.clone(),
+                        ..Default::default()
+                    },
+                    spec: self.spec(now, None),
                     ..Default::default()
                 };
-                lease.spec = self.spec(now, None);
                 match self.backend.create(&lease).await {
                     Ok(_) => Ok(true),
                     Err(error) if error.is_conflict() => Ok(false),
