@@ -201,13 +201,7 @@ impl TestServer {
             "http://{}",
             listener.local_addr().map_err(|e| e.to_string())?
         );
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let server = crate::run(store.clone(), listener, config, shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(error) = server.await {
-                tracing::error!(%error, "test API server failed");
-            }
-        });
+        let shutdown = serve(store.clone(), listener, config);
         let server = TestServer {
             url,
             store,
@@ -217,6 +211,25 @@ impl TestServer {
         };
         server.wait_ready().await?;
         Ok(server)
+    }
+
+    /// Stops the server (cutting every watch) and starts a new one on the same
+    /// address over the same store, as an API server restart.
+    pub async fn restart(&mut self, config: crate::Config) -> Result<(), String> {
+        self.shutdown.cancel();
+        let address = self.url.trim_start_matches("http://").to_owned();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(&address).await {
+                Ok(listener) => break listener,
+                Err(error) if Instant::now() > deadline => {
+                    return Err(format!("cannot bind {address} again: {error}"));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        self.shutdown = serve(self.store.clone(), listener, config);
+        self.wait_ready().await
     }
 
     async fn wait_ready(&self) -> Result<(), String> {
@@ -240,6 +253,21 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+fn serve(
+    store: std::sync::Arc<dyn crate::store::Store>,
+    listener: tokio::net::TcpListener,
+    config: crate::Config,
+) -> tokio_util::sync::CancellationToken {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = crate::run(store, listener, config, shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(error) = server.await {
+            tracing::error!(%error, "test API server failed");
+        }
+    });
+    shutdown
 }
 
 /// A minimal `GET /readyz` (the library has no HTTP client of its own).

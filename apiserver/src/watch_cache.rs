@@ -383,6 +383,12 @@ impl WatchCache {
     }
 
     async fn run(self: Arc<Self>, bookmark_interval: Duration) {
+        self.follow(bookmark_interval).await;
+        // Stopped: end every client watch, so their connections close.
+        self.lock().watchers.clear();
+    }
+
+    async fn follow(&self, bookmark_interval: Duration) {
         let mut backoff = Duration::from_millis(100);
         while !self.cancel.is_cancelled() {
             match self.sync(bookmark_interval).await {

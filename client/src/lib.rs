@@ -23,3 +23,8 @@ pub use controller::{Action, Controller};
 pub mod leader;
 
 pub use leader::{ApiLease, ElectionConfig, LeaderElector, Leadership};
+pub mod events;
+pub mod finalizer;
+
+pub use events::Recorder;
+pub use finalizer::{FinalizerEvent, finalizer};
