@@ -33,7 +33,7 @@ impl SchemaValidator {
     pub fn new(schema: Value, dialect: Dialect) -> Result<Self, String> {
         let validator = match dialect {
             Dialect::Draft2020 => jsonschema::draft202012::new(&schema),
-            Dialect::OpenApiV3 => jsonschema::draft4::new(&schema),
+            Dialect::OpenApiV3 => jsonschema::draft4::new(&with_nullable_types(&schema)),
         }
         .map_err(|e| format!("invalid schema: {e}"))?;
         Ok(SchemaValidator { schema, validator })
@@ -108,6 +108,41 @@ fn flatten(error: &jsonschema::ValidationError<'_>, out: &mut Vec<FieldError>) {
         Raw(compact(error.instance().as_ref())),
         message,
     ));
+}
+
+/// OpenAPI v3's `nullable: true`, which JSON schema validators do not know, as
+/// the JSON schema it means: `null` is also allowed.
+fn with_nullable_types(schema: &Value) -> Value {
+    match schema {
+        Value::Object(map) => {
+            let mut out: Map<String, Value> = map
+                .iter()
+                .map(|(k, v)| (k.clone(), with_nullable_types(v)))
+                .collect();
+            if out.get("nullable").and_then(Value::as_bool) == Some(true) {
+                out.remove("nullable");
+                match out.get("type").cloned() {
+                    Some(Value::String(t)) => {
+                        out.insert(
+                            "type".to_owned(),
+                            Value::Array(vec![Value::String(t), Value::String("null".to_owned())]),
+                        );
+                        if let Some(Value::Array(values)) = out.get_mut("enum") {
+                            values.push(Value::Null);
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        let inner = Value::Object(out);
+                        return serde_json::json!({"anyOf": [inner, {"type": "null"}]});
+                    }
+                }
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(with_nullable_types).collect()),
+        other => other.clone(),
+    }
 }
 
 /// A rendered value shown as is.
@@ -348,6 +383,22 @@ mod tests {
         assert!(fields.contains(&"spec.replicas"), "{errors:?}");
         assert!(fields.contains(&"spec.env[0].name"), "{errors:?}");
         assert!(fields.contains(&"labels.a"), "{errors:?}");
+    }
+
+    #[test]
+    fn nullable_fields_accept_null() {
+        let schema = SchemaValidator::new(
+            json!({"type": "object", "properties": {
+                "a": {"type": "string", "nullable": true},
+                "b": {"nullable": true, "allOf": [{"type": "integer"}]},
+                "c": {"type": "string"}
+            }}),
+            Dialect::OpenApiV3,
+        )
+        .unwrap();
+        assert!(schema.violations(&json!({"a": null, "b": null})).is_empty());
+        assert!(!schema.violations(&json!({"c": null})).is_empty());
+        assert!(!schema.violations(&json!({"b": "x"})).is_empty());
     }
 
     #[test]

@@ -61,14 +61,14 @@ pub struct MemoryArgs {
 }
 
 /// A `loom apiserver` child process, killed on drop.
-struct ServerProcess {
+pub struct ServerProcess {
     child: Child,
-    url: String,
+    pub url: String,
     _dir: tempfile::TempDir,
 }
 
 impl ServerProcess {
-    async fn start(store: Option<&str>) -> anyhow::Result<Self> {
+    pub async fn start(store: Option<&str>) -> anyhow::Result<Self> {
         let loom = loom_binary()?;
         let dir = tempfile::Builder::new().prefix("loom-bench-").tempdir()?;
         let port = free_port().map_err(anyhow::Error::msg)?;
@@ -111,7 +111,7 @@ impl ServerProcess {
     }
 
     /// The process's resident memory.
-    fn rss_bytes(&self) -> u64 {
+    pub fn rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         status
@@ -158,7 +158,7 @@ fn task(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn create_tasks(
+pub async fn create_tasks(
     url: &str,
     count: usize,
     concurrency: usize,

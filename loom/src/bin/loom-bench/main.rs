@@ -2,6 +2,7 @@
 
 mod api;
 mod measure;
+mod runtime;
 mod store;
 
 use std::process::ExitCode;
@@ -28,6 +29,10 @@ enum Command {
     Watch(api::WatchArgs),
     /// The API server's memory with many stored tasks, listed once.
     Memory(api::MemoryArgs),
+    /// The client's reflector: memory and CPU per cached object and per event.
+    Reflector(runtime::RuntimeArgs),
+    /// The client's controller runtime: reconciles per second of a no-op controller.
+    Controller(runtime::RuntimeArgs),
 }
 
 /// Which store backend to measure.
@@ -64,6 +69,8 @@ fn main() -> ExitCode {
             Command::Api(args) => api::run_api(args).await,
             Command::Watch(args) => api::run_watch(args).await,
             Command::Memory(args) => api::run_memory(args).await,
+            Command::Reflector(args) => runtime::run_reflector(args).await,
+            Command::Controller(args) => runtime::run_controller(args).await,
         }
     });
     match result {

@@ -1,0 +1,9 @@
+use loom_derive::Resource;
+
+#[derive(Resource)]
+#[resource(group = "example.com", version = "v1", kind = "Backup")]
+pub struct BackupSpec<T> {
+    pub target: T,
+}
+
+fn main() {}

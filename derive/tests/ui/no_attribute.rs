@@ -1,0 +1,8 @@
+use loom_derive::Resource;
+
+#[derive(Resource)]
+pub struct BackupSpec {
+    pub schedule: String,
+}
+
+fn main() {}
