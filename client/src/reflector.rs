@@ -62,6 +62,7 @@ struct State<K> {
 struct Inner<K> {
     state: RwLock<State<K>>,
     indexers: Vec<(String, IndexFn<K>)>,
+    keep_managed_fields: bool,
     ready: watch::Sender<bool>,
 }
 
@@ -87,6 +88,7 @@ impl<K> fmt::Debug for Store<K> {
 /// Builds a store with indexes.
 pub struct StoreBuilder<K> {
     indexers: Vec<(String, IndexFn<K>)>,
+    keep_managed_fields: bool,
 }
 
 impl<K> fmt::Debug for StoreBuilder<K> {
@@ -99,6 +101,7 @@ impl<K: Object> Default for StoreBuilder<K> {
     fn default() -> Self {
         StoreBuilder {
             indexers: Vec::new(),
+            keep_managed_fields: false,
         }
     }
 }
@@ -114,6 +117,13 @@ impl<K: Object> StoreBuilder<K> {
         self
     }
 
+    /// Keeps `metadata.managedFields` in cached objects (dropped by default: they
+    /// are often most of an object's memory, and controllers rarely read them).
+    pub fn keep_managed_fields(mut self) -> Self {
+        self.keep_managed_fields = true;
+        self
+    }
+
     /// The store and the writer that feeds it.
     pub fn build(self) -> (Store<K>, Writer<K>) {
         let (ready, _) = watch::channel(false);
@@ -125,6 +135,7 @@ impl<K: Object> StoreBuilder<K> {
                     relisting: None,
                 }),
                 indexers: self.indexers,
+                keep_managed_fields: self.keep_managed_fields,
                 ready,
             }),
         };
@@ -220,6 +231,14 @@ impl<K: Object> Writer<K> {
         self.store.clone()
     }
 
+    fn cached(&self, object: &K) -> Arc<K> {
+        let mut object = object.clone();
+        if !self.store.inner.keep_managed_fields {
+            object.meta_mut().managed_fields = Vec::new();
+        }
+        Arc::new(object)
+    }
+
     /// Applies one event; returns the changes it made, for subscribers.
     pub fn apply(&self, event: &Event<K>) -> Vec<Change<K>> {
         let indexers = &self.store.inner.indexers;
@@ -231,10 +250,10 @@ impl<K: Object> Writer<K> {
                 let key = ObjectKey::of(object);
                 match state.relisting.as_mut() {
                     Some(buffer) => {
-                        buffer.insert(key, Arc::new(object.clone()));
+                        buffer.insert(key, self.cached(object));
                     }
                     None => {
-                        let object = Arc::new(object.clone());
+                        let object = self.cached(object);
                         insert(&mut state, indexers, key, object.clone());
                         changes.push(Change::Applied(object));
                     }
@@ -261,7 +280,7 @@ impl<K: Object> Writer<K> {
                 return changes;
             }
             Event::Apply(object) => {
-                let object = Arc::new(object.clone());
+                let object = self.cached(object);
                 insert(
                     &mut state,
                     indexers,

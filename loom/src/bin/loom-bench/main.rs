@@ -33,6 +33,9 @@ enum Command {
     Reflector(runtime::RuntimeArgs),
     /// The client's controller runtime: reconciles per second of a no-op controller.
     Controller(runtime::RuntimeArgs),
+    /// Labels every bench task once (run as a child of `reflector`, so its CPU is not counted).
+    #[command(hide = true)]
+    TouchTasks(runtime::TouchArgs),
 }
 
 /// Which store backend to measure.
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
             Command::Memory(args) => api::run_memory(args).await,
             Command::Reflector(args) => runtime::run_reflector(args).await,
             Command::Controller(args) => runtime::run_controller(args).await,
+            Command::TouchTasks(args) => runtime::touch_tasks(args).await,
         }
     });
     match result {
