@@ -54,17 +54,23 @@ where
             .await
             .map_err(FinalizerError::Apply),
         (false, None) => {
-            // Conditional on the resourceVersion: a stale view must not add it twice.
+            // Conditional on the resourceVersion: a stale view must not overwrite the
+            // finalizers another writer just changed.
             let mut finalizers = meta.finalizers.clone();
             finalizers.push(name.to_owned());
-            let patch = json_patch::Patch(serde_json::from_value(json!([
-                {"op": "test", "path": "/metadata/resourceVersion", "value": meta.resource_version},
-                {"op": "add", "path": "/metadata/finalizers", "value": finalizers},
-            ])).map_err(|e| FinalizerError::Client(crate::Error::Decode(e.to_string())))?);
-            api.patch::<()>(&meta.name, &PatchParams::default(), &Patch::Json(patch))
+            let patch = json!({"metadata": {
+                "resourceVersion": meta.resource_version,
+                "finalizers": finalizers,
+            }});
+            match api
+                .patch(&meta.name, &PatchParams::default(), &Patch::Merge(patch))
                 .await
-                .map_err(FinalizerError::Client)?;
-            Ok(Action::await_change())
+            {
+                // Either way the change (ours or theirs) brings the object back.
+                Ok(_) => Ok(Action::await_change()),
+                Err(error) if error.is_conflict() => Ok(Action::await_change()),
+                Err(error) => Err(FinalizerError::Client(error)),
+            }
         }
         (true, Some(index)) => {
             let name_for_patch = meta.name.clone();

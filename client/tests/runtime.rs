@@ -325,3 +325,65 @@ async fn two_replicas_with_leader_election_never_both_reconcile() {
         "two replicas reconciled at once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_kinds_through_discovery_and_dynamic_objects() {
+    use client::DynamicObject;
+    let server = TestServer::embedded(server_config()).await.unwrap();
+    let client = Client::for_server(&server.url).unwrap();
+    let definitions: Api<api_types::ResourceDefinition> = Api::all(client.clone());
+    let definition: api_types::ResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "loom.dev/v1", "kind": "ResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "names": {"kind": "Widget", "plural": "widgets", "shortNames": ["wd"]},
+                 "scope": "Namespaced",
+                 "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                               "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                                   "spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}}}}]}
+    }))
+    .unwrap();
+    definitions
+        .create(&PostParams::default(), &definition)
+        .await
+        .unwrap();
+    let resource = client::discover(&client, "example.com", "v1", "wd")
+        .await
+        .unwrap();
+    assert_eq!(
+        (resource.kind.as_str(), resource.plural.as_str()),
+        ("Widget", "widgets")
+    );
+    assert!(resource.namespaced && resource.has_status);
+    let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource);
+    let widget: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}
+    }))
+    .unwrap();
+    widgets
+        .create(&PostParams::default(), &widget)
+        .await
+        .unwrap();
+    let patch = Patch::Merge(json!({"spec": {"size": 4}}));
+    let patched = widgets
+        .patch("w", &PatchParams::default(), &patch)
+        .await
+        .unwrap();
+    assert_eq!(patched.data["spec"]["size"], 4);
+    let bad = Patch::Merge(json!({"spec": {"size": "big"}}));
+    let error = widgets
+        .patch("w", &PatchParams::default(), &bad)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(422), "{error}");
+    // The informer and the store work on dynamic objects too.
+    let informer = Informer::start(widgets.clone(), fast_watcher());
+    informer.store().wait_ready().await;
+    assert_eq!(informer.store().len(), 1);
+    informer.stop();
+    assert!(
+        client::discover(&client, "example.com", "v1", "gadgets")
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+}
