@@ -24,6 +24,9 @@ struct Entry {
     operation: String,
     api_version: String,
     subresource: String,
+    /// When the manager last changed its fields (kept when they did not change,
+    /// so a repeated identical write changes nothing).
+    time: String,
     fields: BTreeSet<Path>,
 }
 
@@ -173,14 +176,18 @@ fn read_entries(object: &Value) -> Vec<Entry> {
                 operation: text("operation"),
                 api_version: text("apiVersion"),
                 subresource: text("subresource"),
+                time: text("time"),
                 fields,
             }
         })
         .collect()
 }
 
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
 fn write_entries(object: &mut Value, entries: &[Entry]) {
-    let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
     let list: Vec<Value> = entries
         .iter()
         .filter(|e| !e.fields.is_empty())
@@ -189,7 +196,7 @@ fn write_entries(object: &mut Value, entries: &[Entry]) {
                 "manager": e.manager,
                 "operation": e.operation,
                 "apiVersion": e.api_version,
-                "time": now,
+                "time": e.time,
                 "fieldsType": "FieldsV1",
                 "fieldsV1": to_fields_v1(&e.fields),
             });
@@ -225,6 +232,7 @@ fn entry_mut<'a>(
                 operation: operation.to_owned(),
                 api_version: api_version.to_owned(),
                 subresource: subresource.to_owned(),
+                time: now(),
                 fields: BTreeSet::new(),
             });
             entries.len() - 1
@@ -261,9 +269,9 @@ pub fn record_update(
     }
     if !changed.is_empty() {
         let subresource = if status { "status" } else { "" };
-        entry_mut(&mut entries, manager, "Update", api_version, subresource)
-            .fields
-            .extend(changed);
+        let entry = entry_mut(&mut entries, manager, "Update", api_version, subresource);
+        entry.fields.extend(changed);
+        entry.time = now();
     }
     write_entries(new, &entries);
 }
@@ -344,7 +352,10 @@ pub fn apply(
         }
     }
     let entry = entry_mut(&mut entries, manager, "Apply", api_version, "");
-    entry.fields = wanted;
+    if entry.fields != wanted {
+        entry.fields = wanted;
+        entry.time = now();
+    }
     write_entries(&mut object, &entries);
     Ok(object)
 }

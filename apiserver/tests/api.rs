@@ -596,6 +596,22 @@ mod cases {
             )
             .await;
         assert_eq!(code, 200);
+        // Applying the same configuration again writes nothing.
+        let (_, first) = c
+            .patch(
+                &format!("{JOBS}/sa?fieldManager=bob"),
+                "application/apply-patch+yaml",
+                yaml,
+            )
+            .await;
+        let (_, again) = c
+            .patch(
+                &format!("{JOBS}/sa?fieldManager=bob"),
+                "application/apply-patch+yaml",
+                yaml,
+            )
+            .await;
+        assert_eq!(rv(&first), rv(&again), "an identical apply is not a write");
     }
 
     pub async fn custom_kinds(server: TestServer) {
