@@ -32,6 +32,8 @@ pub struct WriteOptions {
     pub field_validation: FieldValidation,
     /// Server-side apply: take over conflicting fields.
     pub force: bool,
+    /// The object's `managedFields` were computed by server-side apply: keep them.
+    pub applied: bool,
 }
 
 /// Which part of an object a write is for.
@@ -384,20 +386,16 @@ impl Api {
         let mut warnings = self.admit(res, &mut object, None, options.field_validation)?;
         self.check_definition(res, &object)?;
         self.namespace_usable(res, &namespace).await?;
-        if object
-            .get("metadata")
-            .and_then(|m| m.get("managedFields"))
-            .is_some()
-        {
+        if !options.applied {
             object::set_meta(&mut object, "managedFields", Value::Null);
+            apply::record_update(
+                None,
+                &mut object,
+                &options.field_manager,
+                &res.info.api_version(),
+                false,
+            );
         }
-        apply::record_update(
-            None,
-            &mut object,
-            &options.field_manager,
-            &res.info.api_version(),
-            false,
-        );
         if options.dry_run {
             return Ok(Written {
                 object,
@@ -646,43 +644,11 @@ impl Api {
                     options.force,
                 )
                 .map_err(conflict)?;
-                let managed = object
-                    .get("metadata")
-                    .and_then(|m| m.get("managedFields"))
-                    .cloned();
-                let mut written = self.create(res, Some(namespace), object, options).await?;
-                // Keep the Apply ownership rather than the create's Update entry.
-                if let Some(managed) = managed
-                    && !options.dry_run
-                {
-                    let rv = object::meta_str(&written.object, "resourceVersion")
-                        .unwrap_or("")
-                        .to_owned();
-                    let precondition = parse_revision(&rv, "resourceVersion").ok();
-                    written = self
-                        .guaranteed_update(
-                            res,
-                            namespace,
-                            name,
-                            precondition,
-                            Part::Main,
-                            &WriteOptions {
-                                field_manager: String::new(),
-                                ..options.clone()
-                            },
-                            |current| {
-                                let mut next = current.clone();
-                                object::set_meta(&mut next, "managedFields", managed.clone());
-                                Ok(next)
-                            },
-                        )
-                        .await
-                        .map(|mut w| {
-                            w.created = true;
-                            w
-                        })?;
-                }
-                Ok(written)
+                let options = WriteOptions {
+                    applied: true,
+                    ..options.clone()
+                };
+                self.create(res, Some(namespace), object, &options).await
             }
             Ok(Some(_)) => {
                 // apply() computes the ownership itself; an empty manager keeps it as is.

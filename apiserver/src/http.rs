@@ -262,6 +262,7 @@ fn write_options(
         field_manager,
         field_validation,
         force: query_flag(query, "force"),
+        applied: false,
     })
 }
 

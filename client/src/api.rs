@@ -313,7 +313,8 @@ impl<K: Object> Api<K> {
         Api::namespaced_with(self.client.clone(), namespace, &self.resource)
     }
 
-    fn collection(&self) -> String {
+    /// The path of the collection (`/apis/GROUP/VERSION/[namespaces/NS/]PLURAL`).
+    pub fn collection(&self) -> String {
         let r = &self.resource;
         let base = if r.group.is_empty() {
             format!("/api/{}", r.version)
@@ -326,7 +327,8 @@ impl<K: Object> Api<K> {
         }
     }
 
-    fn item(&self, name: &str) -> String {
+    /// The path of one object.
+    pub fn item(&self, name: &str) -> String {
         format!("{}/{name}", self.collection())
     }
 
@@ -518,8 +520,8 @@ impl<K: Object> Api<K> {
     }
 }
 
-/// Splits a byte stream into lines.
-pub(crate) fn lines<S>(bytes: S) -> impl Stream<Item = Result<Bytes>> + Send + 'static
+/// Splits a byte stream into lines (watch events are one JSON object a line).
+pub fn lines<S>(bytes: S) -> impl Stream<Item = Result<Bytes>> + Send + 'static
 where
     S: Stream<Item = Result<Bytes>> + Send + 'static,
 {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use reqwest::Method;
+pub use reqwest::Method;
 use serde::de::DeserializeOwned;
 
 use crate::config::Config;
@@ -113,14 +113,41 @@ impl Client {
         Err(status_error(code.as_u16(), &bytes))
     }
 
+    /// A GET with an `Accept` header (e.g. a server-side Table), decoded.
+    pub async fn get_as<T: DeserializeOwned>(&self, path: &str, accept: &str) -> Result<T> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.config.server))
+            .header(reqwest::header::ACCEPT, accept)
+            .timeout(self.config.timeout)
+            .send()
+            .await?;
+        let code = response.status();
+        let bytes = response.bytes().await?;
+        if !code.is_success() {
+            return Err(status_error(code.as_u16(), &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| Error::Decode(format!("{path}: {e}")))
+    }
+
     /// Opens a streaming GET (watch, logs): the answer's body as it arrives.
     pub async fn stream(
         &self,
         path: &str,
     ) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static + use<>> {
+        self.stream_as(path, "application/json").await
+    }
+
+    /// As [`Client::stream`], asking for `accept` (e.g. a Table per event).
+    pub async fn stream_as(
+        &self,
+        path: &str,
+        accept: &str,
+    ) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static + use<>> {
         let response = self
             .http
             .get(format!("{}{path}", self.config.server))
+            .header(reqwest::header::ACCEPT, accept)
             .send()
             .await?;
         let code = response.status();

@@ -1,0 +1,127 @@
+//! `loomctl delete`: by kind and names, by label, or everything in manifests.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use client::{Api, DeleteParams, DynamicObject, ListParams};
+use serde_json::Value;
+
+use crate::kinds::{Kinds, display_name};
+use crate::{Context, manifest};
+
+/// `loomctl delete` options.
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// The kind, then names: `delete job a b`.
+    args: Vec<String>,
+    /// Delete the objects in these manifests.
+    #[arg(short = 'f', long = "filename")]
+    files: Vec<std::path::PathBuf>,
+    /// Read directories recursively.
+    #[arg(short = 'R', long)]
+    recursive: bool,
+    /// Delete every object of the kind whose labels match.
+    #[arg(short = 'l', long = "selector")]
+    selector: Option<String>,
+    /// Wait until the objects are gone.
+    #[arg(long)]
+    wait: bool,
+    /// `Background` (default), `Foreground` or `Orphan`.
+    #[arg(long)]
+    cascade: Option<String>,
+}
+
+pub(crate) async fn run(ctx: &Context, args: &DeleteArgs) -> anyhow::Result<ExitCode> {
+    let kinds = Kinds::discover(&ctx.client).await?;
+    let mut targets: Vec<(Api<DynamicObject>, String)> = Vec::new();
+    let mut failed = false;
+    if !args.files.is_empty() {
+        for doc in manifest::read(&args.files, args.recursive)? {
+            let api_version = doc
+                .value
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let kind = doc.value.get("kind").and_then(Value::as_str).unwrap_or("");
+            let name = doc
+                .value
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let Some(info) = kinds.by_type(api_version, kind) else {
+                eprintln!(
+                    "error: {}: the server does not serve {kind} in {api_version}",
+                    doc.origin
+                );
+                failed = true;
+                continue;
+            };
+            let namespace = doc
+                .value
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .unwrap_or(&ctx.namespace);
+            targets.push((
+                Api::namespaced_with(ctx.client.clone(), namespace, info),
+                name.to_owned(),
+            ));
+        }
+    } else {
+        let Some((kind, names)) = args.args.split_first() else {
+            bail!("say what to delete: loomctl delete KIND NAME…, -l SELECTOR, or -f FILE");
+        };
+        let info = kinds.by_name(kind)?;
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), &ctx.namespace, info);
+        if let Some(selector) = &args.selector {
+            let (objects, _) = api
+                .list_all(&ListParams::default().labels(selector))
+                .await?;
+            targets.extend(objects.into_iter().map(|o| (api.clone(), o.metadata.name)));
+        } else if names.is_empty() {
+            bail!("name the {} to delete, or select them with -l", info.plural);
+        }
+        targets.extend(names.iter().map(|n| (api.clone(), n.clone())));
+    }
+    let params = DeleteParams {
+        propagation_policy: args.cascade.clone(),
+        ..Default::default()
+    };
+    let mut deleted = Vec::new();
+    for (api, name) in targets {
+        match api.delete(&name, &params).await {
+            Ok(_) => {
+                println!("{} {name:?} deleted", display_name(api.resource()));
+                deleted.push((api, name));
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                failed = true;
+            }
+        }
+    }
+    if args.wait {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for (api, name) in deleted {
+            loop {
+                match api.get_opt(&name).await? {
+                    None => break,
+                    Some(_) if Instant::now() > deadline => {
+                        bail!(
+                            "{} {name:?} is still there after 120 s (finalizers?)",
+                            display_name(api.resource())
+                        );
+                    }
+                    Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

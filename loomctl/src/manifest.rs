@@ -1,0 +1,107 @@
+//! Reading manifests: files, directories (`-R` for subdirectories) and stdin,
+//! multi-document YAML or JSON, each document named by file and index in errors.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+/// One object from a manifest.
+#[derive(Debug)]
+pub(crate) struct Document {
+    /// Where it came from (`jobs.yaml: document 2`).
+    pub origin: String,
+    /// The object.
+    pub value: Value,
+}
+
+/// Every document in `paths`.
+pub(crate) fn read(paths: &[PathBuf], recursive: bool) -> anyhow::Result<Vec<Document>> {
+    if paths.is_empty() {
+        bail!("no manifests given: use -f FILE, -f DIR or -f -");
+    }
+    let mut documents = Vec::new();
+    for path in paths {
+        if path.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read stdin")?;
+            parse("stdin", &text, &mut documents)?;
+        } else if path.is_dir() {
+            for file in files_in(path, recursive)? {
+                read_file(&file, &mut documents)?;
+            }
+        } else {
+            read_file(path, &mut documents)?;
+        }
+    }
+    Ok(documents)
+}
+
+fn files_in(dir: &Path, recursive: bool) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            if recursive {
+                files.extend(files_in(&path, true)?);
+            }
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+fn read_file(path: &Path, documents: &mut Vec<Document>) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse(&path.display().to_string(), &text, documents)
+}
+
+fn parse(name: &str, text: &str, documents: &mut Vec<Document>) -> anyhow::Result<()> {
+    let parsed =
+        api_types::decode::yaml_documents(text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let several = parsed.len() > 1;
+    for doc in parsed {
+        let origin = if several {
+            format!("{name}: document {}", doc.index + 1)
+        } else {
+            name.to_owned()
+        };
+        // A `List` (as `get -o yaml` prints) holds its objects in `items`.
+        if doc
+            .value
+            .get("kind")
+            .and_then(Value::as_str)
+            .is_some_and(|k| k == "List" || k.ends_with("List"))
+            && let Some(items) = doc.value.get("items").and_then(Value::as_array)
+        {
+            for (i, item) in items.iter().enumerate() {
+                documents.push(Document {
+                    origin: format!("{origin}: item {}", i + 1),
+                    value: item.clone(),
+                });
+            }
+            continue;
+        }
+        if !doc.value.is_object() {
+            bail!("{origin}: a manifest must be an object with apiVersion, kind and metadata");
+        }
+        documents.push(Document {
+            origin,
+            value: doc.value,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! loomctl as a process against a real API server: apply twice, prune, output
+//! formats, watch, bad manifests, delete.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use apiserver::testing::TestServer;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn loomctl(server: &TestServer, home: &Path, args: &[&str]) -> Run {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loomctl"))
+        .arg("--server")
+        .arg(&server.url)
+        .args(args)
+        .env("HOME", home)
+        .env_remove("LOOMCONFIG")
+        .output()
+        .await
+        .unwrap();
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+fn job(name: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: loom.dev/v1\nkind: Job\nmetadata:\n  name: {name}\n  labels: {{app: demo}}\nspec:\n  replicas: {replicas}\n  template:\n    spec:\n      image: busybox\n"
+    )
+}
+
+async fn setup() -> (TestServer, tempfile::TempDir) {
+    let server = TestServer::embedded(apiserver::Config::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("manifests/more")).unwrap();
+    (server, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_a_directory_twice_then_change_and_prune() {
+    let (server, dir) = setup().await;
+    let manifests = dir.path().join("manifests");
+    write(
+        &manifests,
+        "a.yaml",
+        &format!("{}---\n{}", job("a", 1), job("b", 2)),
+    );
+    write(&manifests.join("more"), "c.yaml", &job("c", 1));
+    let m = manifests.to_str().unwrap();
+    let first = loomctl(&server, dir.path(), &["apply", "-R", "-f", m]).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(
+        first.stdout,
+        "job.loom.dev/a created\njob.loom.dev/b created\njob.loom.dev/c created\n"
+    );
+    let second = loomctl(&server, dir.path(), &["apply", "-R", "-f", m]).await;
+    assert_eq!(
+        second.stdout,
+        "job.loom.dev/a unchanged\njob.loom.dev/b unchanged\njob.loom.dev/c unchanged\n"
+    );
+    // Without -R the subdirectory is not read.
+    let flat = loomctl(&server, dir.path(), &["apply", "-f", m]).await;
+    assert_eq!(flat.stdout.lines().count(), 2);
+    // Change one, drop one, prune by label.
+    write(&manifests, "a.yaml", &job("a", 5));
+    let pruned = loomctl(
+        &server,
+        dir.path(),
+        &["apply", "-R", "-f", m, "--prune", "-l", "app=demo"],
+    )
+    .await;
+    assert_eq!(pruned.code, 0, "{}", pruned.stderr);
+    assert_eq!(
+        pruned.stdout,
+        "job.loom.dev/a configured\njob.loom.dev/c unchanged\njob.loom.dev/b pruned\n"
+    );
+    let names = loomctl(&server, dir.path(), &["get", "jobs", "-o", "name"]).await;
+    assert_eq!(names.stdout, "job.loom.dev/a\njob.loom.dev/c\n");
+    // A server-side dry run changes nothing.
+    write(&manifests, "a.yaml", &job("a", 9));
+    let dry = loomctl(
+        &server,
+        dir.path(),
+        &[
+            "apply",
+            "-f",
+            manifests.join("a.yaml").to_str().unwrap(),
+            "--dry-run=server",
+        ],
+    )
+    .await;
+    assert_eq!(dry.stdout, "job.loom.dev/a configured (server dry run)\n");
+    let replicas = loomctl(
+        &server,
+        dir.path(),
+        &["get", "job", "a", "-o", "jsonpath={.spec.replicas}"],
+    )
+    .await;
+    assert_eq!(replicas.stdout.trim(), "5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_formats_and_tables() {
+    let (server, dir) = setup().await;
+    write(
+        dir.path(),
+        "jobs.yaml",
+        &format!("{}---\n{}", job("alpha", 2), job("beta", 3)),
+    );
+    let applied = loomctl(
+        &server,
+        dir.path(),
+        &[
+            "apply",
+            "-f",
+            dir.path().join("jobs.yaml").to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(applied.code, 0);
+    let table = loomctl(&server, dir.path(), &["get", "jobs"]).await;
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", table.stdout);
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(header, ["NAME", "PHASE", "TASKS", "AGE"]);
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(&row[..3], ["alpha", "Pending", "0/2"]);
+    let wide = loomctl(&server, dir.path(), &["get", "jobs", "-o", "wide"]).await;
+    assert!(wide.stdout.lines().next().unwrap().contains("REASON"));
+    let all = loomctl(&server, dir.path(), &["get", "jobs", "-A"]).await;
+    assert!(all.stdout.starts_with("NAMESPACE"), "{}", all.stdout);
+    let yaml = loomctl(&server, dir.path(), &["get", "job", "alpha", "-o", "yaml"]).await;
+    assert!(
+        yaml.stdout.contains("kind: Job") && yaml.stdout.contains("replicas: 2"),
+        "{}",
+        yaml.stdout
+    );
+    assert!(!yaml.stdout.contains("managedFields"));
+    let json = loomctl(&server, dir.path(), &["get", "jobs", "-o", "json"]).await;
+    let list: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    let path = loomctl(
+        &server,
+        dir.path(),
+        &["get", "jobs", "-o", "jsonpath={.items[*].metadata.name}"],
+    )
+    .await;
+    assert_eq!(path.stdout.trim(), "alpha beta");
+    let labelled = loomctl(
+        &server,
+        dir.path(),
+        &["get", "jobs", "-l", "app=demo", "-o", "name"],
+    )
+    .await;
+    assert_eq!(labelled.stdout.lines().count(), 2);
+    let missing = loomctl(&server, dir.path(), &["get", "job", "nope"]).await;
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("NotFound") && missing.stderr.contains("\"nope\" not found"),
+        "{}",
+        missing.stderr
+    );
+    let unknown = loomctl(&server, dir.path(), &["get", "widgets"]).await;
+    assert_eq!(unknown.code, 1);
+    assert!(
+        unknown
+            .stderr
+            .contains("does not serve a kind called \"widgets\""),
+        "{}",
+        unknown.stderr
+    );
+    let format = loomctl(&server, dir.path(), &["get", "jobs", "-o", "xml"]).await;
+    assert_eq!(format.code, 1);
+    assert!(
+        format.stderr.contains("unknown output format"),
+        "{}",
+        format.stderr
+    );
+    for short in ["t", "job", "svc", "no", "ns"] {
+        let run = loomctl(&server, dir.path(), &["get", short]).await;
+        assert_eq!(run.code, 0, "{short}: {}", run.stderr);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_manifests_name_the_file_document_and_field() {
+    let (server, dir) = setup().await;
+    write(
+        dir.path(),
+        "jobs.yaml",
+        &format!(
+            "{}---\n{}---\napiVersion: loom.dev/v1\nkind: Job\nmetadata: {{}}\n---\napiVersion: loom.dev/v1\nkind: Gizmo\nmetadata: {{name: g}}\n",
+            job("ok", 1),
+            job("bad", 1).replace("replicas: 1", "replicas: -1\n  bogus: true")
+        ),
+    );
+    let run = loomctl(
+        &server,
+        dir.path(),
+        &[
+            "apply",
+            "-f",
+            dir.path().join("jobs.yaml").to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 1);
+    let file = dir.path().join("jobs.yaml").display().to_string();
+    assert_eq!(run.stdout, "job.loom.dev/ok created\n");
+    for expected in [
+        format!("error: {file}: document 2: spec.bogus: Forbidden: field not declared in schema"),
+        format!("error: {file}: document 2: spec.replicas: -1: must be greater than or equal to 0"),
+        format!("error: {file}: document 3: metadata.name: required (apply needs a name)"),
+        format!("error: {file}: document 4: the server does not serve Gizmo in loom.dev/v1"),
+    ] {
+        assert!(
+            run.stderr.contains(&expected),
+            "missing {expected:?} in:\n{}",
+            run.stderr
+        );
+    }
+    write(dir.path(), "broken.yaml", "kind: Job\nmetadata: [x\n");
+    let run = loomctl(
+        &server,
+        dir.path(),
+        &[
+            "apply",
+            "-f",
+            dir.path().join("broken.yaml").to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("broken.yaml") && run.stderr.contains("line"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("panicked"));
+    let missing = loomctl(&server, dir.path(), &["apply", "-f", "/nonexistent.yaml"]).await;
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("cannot read /nonexistent.yaml"),
+        "{}",
+        missing.stderr
+    );
+    let usage = loomctl(&server, dir.path(), &["apply"]).await;
+    assert_eq!(usage.code, 2, "a wrong command line exits 2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_changes_and_delete_removes() {
+    let (server, dir) = setup().await;
+    write(dir.path(), "a.yaml", &job("a", 1));
+    loomctl(
+        &server,
+        dir.path(),
+        &["apply", "-f", dir.path().join("a.yaml").to_str().unwrap()],
+    )
+    .await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_loomctl"))
+        .args(["--server", &server.url, "get", "jobs", "-w"])
+        .env("HOME", dir.path())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let next = async |lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>| {
+        tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    };
+    assert!(next(&mut lines).await.starts_with("NAME"));
+    assert!(next(&mut lines).await.starts_with("a "));
+    write(dir.path(), "b.yaml", &job("b", 1));
+    loomctl(
+        &server,
+        dir.path(),
+        &["apply", "-f", dir.path().join("b.yaml").to_str().unwrap()],
+    )
+    .await;
+    assert!(next(&mut lines).await.starts_with("b "));
+    let deleted = loomctl(&server, dir.path(), &["delete", "job", "a", "--wait"]).await;
+    assert_eq!(deleted.stdout, "job.loom.dev \"a\" deleted\n");
+    assert!(
+        next(&mut lines).await.starts_with("a "),
+        "the delete shows as a row"
+    );
+    child.kill().await.unwrap();
+    let by_file = loomctl(
+        &server,
+        dir.path(),
+        &["delete", "-f", dir.path().join("b.yaml").to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(by_file.stdout, "job.loom.dev \"b\" deleted\n");
+    let gone = loomctl(&server, dir.path(), &["get", "jobs"]).await;
+    assert!(
+        gone.stderr.contains("No resources found"),
+        "{}",
+        gone.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_contexts_and_completion() {
+    let (server, dir) = setup().await;
+    let config = dir.path().join("config");
+    let run = |args: Vec<String>| {
+        let config = config.clone();
+        async move {
+            let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loomctl"))
+                .args(&args)
+                .env("LOOMCONFIG", &config)
+                .output()
+                .await
+                .unwrap();
+            (
+                output.status.code().unwrap(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+            )
+        }
+    };
+    let (code, _) = run(vec![
+        "config".into(),
+        "set-context".into(),
+        "test".into(),
+        "--server".into(),
+        server.url.clone(),
+        "--namespace".into(),
+        "loom-system".into(),
+    ])
+    .await;
+    assert_eq!(code, 0);
+    let (_, current) = run(vec!["config".into(), "current-context".into()]).await;
+    assert_eq!(current.trim(), "test");
+    // The context's server and namespace are used without flags.
+    let (code, version) = run(vec!["version".into()]).await;
+    assert_eq!(code, 0);
+    assert!(version.contains("Server Version: v1.32"), "{version}");
+    let (code, _) = run(vec!["get".into(), "leases".into()]).await;
+    assert_eq!(code, 0);
+    let (code, script) = run(vec!["completion".into(), "bash".into()]).await;
+    assert_eq!(code, 0);
+    assert!(script.contains("loomctl"));
+    let (code, _) = run(vec!["config".into(), "use-context".into(), "nope".into()]).await;
+    assert_eq!(code, 1);
+}
