@@ -37,6 +37,20 @@ pub struct GetArgs {
     watch: bool,
 }
 
+impl GetArgs {
+    /// `get events`, as the `events` verb shows them.
+    pub(crate) fn events() -> Self {
+        GetArgs {
+            args: vec!["events".to_owned()],
+            output: None,
+            selector: None,
+            field_selector: None,
+            all_namespaces: false,
+            watch: false,
+        }
+    }
+}
+
 enum Format {
     Table { wide: bool },
     Yaml,

@@ -1,5 +1,6 @@
-//! loomctl, the command-line interface to a Loom cluster: `apply`, `get`,
-//! `delete`, `config`, `version`, `completion`.
+//! loomctl, the command-line interface to a Loom cluster: `apply`, `diff`,
+//! `get`, `describe`, `delete`, `wait`, `kill`, `events`, `cordon`, `uncordon`,
+//! `config`, `version`, `completion`.
 //!
 //! Exit codes: 0 success; 1 the command failed (an API error, a bad manifest,
 //! an unreachable server); 2 the command line itself is wrong.
@@ -10,6 +11,7 @@ mod delete;
 mod get;
 mod kinds;
 mod manifest;
+mod more;
 
 use std::process::ExitCode;
 
@@ -43,6 +45,51 @@ enum Command {
     Get(get::GetArgs),
     /// Delete objects.
     Delete(delete::DeleteArgs),
+    /// Show an object in detail, with its recent events.
+    Describe {
+        /// KIND NAME or KIND/NAME.
+        #[arg(required = true)]
+        args: Vec<String>,
+    },
+    /// Wait until an object reaches a phase or condition, or is deleted.
+    Wait {
+        /// KIND NAME or KIND/NAME.
+        #[arg(required = true)]
+        args: Vec<String>,
+        /// phase=PHASE, condition=TYPE[=STATUS], or delete.
+        #[arg(long = "for")]
+        condition: String,
+        /// Give up after this many seconds (exit 1).
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Stop a job, keeping its record: `kill job/NAME`.
+    Kill {
+        /// job/NAME or job NAME.
+        #[arg(required = true)]
+        args: Vec<String>,
+    },
+    /// Mark a node unschedulable.
+    Cordon {
+        /// The node.
+        node: String,
+    },
+    /// Mark a node schedulable again.
+    Uncordon {
+        /// The node.
+        node: String,
+    },
+    /// Show what apply would change (exit 1 when something would).
+    Diff {
+        /// Manifest files or directories.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// Read directories recursively.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+    },
+    /// Recent events in the namespace.
+    Events,
     /// Show or change the config file (~/.loom/config or $LOOMCONFIG).
     Config(config_cmd::ConfigArgs),
     /// The client's and the server's versions.
@@ -106,6 +153,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apply(args) => apply::run(&context(&cli)?, args).await,
         Command::Get(args) => get::run(&context(&cli)?, args).await,
         Command::Delete(args) => delete::run(&context(&cli)?, args).await,
+        Command::Describe { args } => more::describe(&context(&cli)?, args).await,
+        Command::Wait {
+            args,
+            condition,
+            timeout,
+        } => {
+            more::wait(
+                &context(&cli)?,
+                args,
+                condition,
+                std::time::Duration::from_secs(*timeout),
+            )
+            .await
+        }
+        Command::Kill { args } => more::kill(&context(&cli)?, args).await,
+        Command::Cordon { node } => more::cordon(&context(&cli)?, node, true).await,
+        Command::Uncordon { node } => more::cordon(&context(&cli)?, node, false).await,
+        Command::Diff { files, recursive } => more::diff(&context(&cli)?, files, *recursive).await,
+        Command::Events => {
+            let args = get::GetArgs::events();
+            get::run(&context(&cli)?, &args).await
+        }
     }
 }
 

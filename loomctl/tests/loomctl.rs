@@ -364,3 +364,86 @@ async fn config_contexts_and_completion() {
     let (code, _) = run(vec!["config".into(), "use-context".into(), "nope".into()]).await;
     assert_eq!(code, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_wait_kill_and_diff() {
+    let (server, dir) = setup().await;
+    let file = dir.path().join("a.yaml");
+    write(dir.path(), "a.yaml", &job("a", 1));
+    let f = file.to_str().unwrap();
+    loomctl(&server, dir.path(), &["apply", "-f", f]).await;
+    let described = loomctl(&server, dir.path(), &["describe", "job", "a"]).await;
+    assert_eq!(described.code, 0, "{}", described.stderr);
+    for line in [
+        "Name:        a",
+        "Namespace:   default",
+        "Labels:      app=demo",
+        "  replicas: 1",
+        "Status:",
+        "  phase: Pending",
+        "Events:",
+    ] {
+        assert!(
+            described.stdout.contains(line),
+            "{line:?} in:\n{}",
+            described.stdout
+        );
+    }
+    let met = loomctl(
+        &server,
+        dir.path(),
+        &["wait", "job/a", "--for=phase=Pending", "--timeout", "5"],
+    )
+    .await;
+    assert_eq!(
+        (met.code, met.stdout.as_str()),
+        (0, "job.loom.dev/a condition met\n")
+    );
+    let timed_out = loomctl(
+        &server,
+        dir.path(),
+        &["wait", "job/a", "--for=phase=Completed", "--timeout", "1"],
+    )
+    .await;
+    assert_eq!(timed_out.code, 1);
+    assert!(
+        timed_out.stderr.contains("timed out after 1s"),
+        "{}",
+        timed_out.stderr
+    );
+    let killed = loomctl(&server, dir.path(), &["kill", "job/a"]).await;
+    assert_eq!(killed.stdout, "job.loom.dev/a killed\n");
+    let flag = loomctl(
+        &server,
+        dir.path(),
+        &["get", "job", "a", "-o", "jsonpath={.spec.killed}"],
+    )
+    .await;
+    assert_eq!(flag.stdout.trim(), "true");
+    // diff: nothing for the applied file… (killed is not in it: apply keeps other managers' fields)
+    let same = loomctl(&server, dir.path(), &["diff", "-f", f]).await;
+    assert_eq!((same.code, same.stdout.as_str()), (0, ""));
+    // …and the changed line for an edited one, without changing anything.
+    write(dir.path(), "a.yaml", &job("a", 3));
+    let changed = loomctl(&server, dir.path(), &["diff", "-f", f]).await;
+    assert_eq!(changed.code, 1);
+    assert!(
+        changed.stdout.contains("-  replicas: 1\n+  replicas: 3"),
+        "{}",
+        changed.stdout
+    );
+    let still = loomctl(
+        &server,
+        dir.path(),
+        &["get", "job", "a", "-o", "jsonpath={.spec.replicas}"],
+    )
+    .await;
+    assert_eq!(still.stdout.trim(), "1");
+    let gone = loomctl(
+        &server,
+        dir.path(),
+        &["wait", "job", "a", "--for=delete", "--timeout", "1"],
+    )
+    .await;
+    assert_eq!(gone.code, 1);
+}

@@ -1,0 +1,352 @@
+//! The smaller verbs: describe, wait, kill, cordon, uncordon, diff.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use api_types::ResourceInfo;
+use client::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use crate::Context;
+use crate::apply::FIELD_MANAGER;
+use crate::kinds::{Kinds, display_name};
+use crate::manifest;
+
+/// `KIND NAME` or `KIND/NAME`.
+fn target<'a>(kinds: &'a Kinds, args: &[String]) -> anyhow::Result<(&'a ResourceInfo, String)> {
+    match args {
+        [one] if one.contains('/') => {
+            let (kind, name) = one.split_once('/').unwrap_or_default();
+            Ok((kinds.by_name(kind)?, name.to_owned()))
+        }
+        [kind, name] => Ok((kinds.by_name(kind)?, name.clone())),
+        _ => bail!("name one object: KIND NAME or KIND/NAME"),
+    }
+}
+
+fn api(ctx: &Context, info: &ResourceInfo) -> Api<DynamicObject> {
+    Api::namespaced_with(ctx.client.clone(), &ctx.namespace, info)
+}
+
+/// `loomctl describe KIND NAME`: the object without its bookkeeping, then its recent events.
+pub(crate) async fn describe(ctx: &Context, args: &[String]) -> anyhow::Result<ExitCode> {
+    let kinds = Kinds::discover(&ctx.client).await?;
+    let (info, name) = target(&kinds, args)?;
+    let object = api(ctx, info).get(&name).await?;
+    let meta = &object.metadata;
+    println!("Name:        {}", meta.name);
+    if !meta.namespace.is_empty() {
+        println!("Namespace:   {}", meta.namespace);
+    }
+    println!("Kind:        {}", display_name(info));
+    let labels: Vec<String> = meta
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!(
+        "Labels:      {}",
+        if labels.is_empty() {
+            "<none>".to_owned()
+        } else {
+            labels.join(",")
+        }
+    );
+    if let Some(created) = &meta.creation_timestamp {
+        println!("Created:     {created}");
+    }
+    if let Some(deleting) = &meta.deletion_timestamp {
+        println!(
+            "Deleting:    since {deleting} (finalizers: {})",
+            meta.finalizers.join(", ")
+        );
+    }
+    for (section, value) in &object.data {
+        if section == "status" {
+            continue;
+        }
+        println!("{}:", capitalize(section));
+        print!("{}", indent(&serde_saphyr::to_string(value)?));
+    }
+    if let Some(status) = object.data.get("status") {
+        let mut status = status.clone();
+        let conditions = status.as_object_mut().and_then(|s| s.remove("conditions"));
+        println!("Status:");
+        print!("{}", indent(&serde_saphyr::to_string(&status)?));
+        if let Some(Value::Array(conditions)) = conditions {
+            println!("Conditions:");
+            for c in conditions {
+                println!(
+                    "  {:<12} {:<6} {:<24} {}",
+                    c["type"].as_str().unwrap_or(""),
+                    c["status"].as_str().unwrap_or(""),
+                    c["reason"].as_str().unwrap_or(""),
+                    c["message"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    let events: Api<api_types::Event> = Api::namespaced(
+        ctx.client.clone(),
+        if meta.namespace.is_empty() {
+            "default"
+        } else {
+            &meta.namespace
+        },
+    );
+    let selector = format!(
+        "involvedObject.name={},involvedObject.kind={}",
+        meta.name, info.kind
+    );
+    let mut found = events
+        .list(&ListParams::default().fields(&selector))
+        .await?
+        .items;
+    found.sort_by_key(|e| e.last_timestamp);
+    println!("Events:");
+    if found.is_empty() {
+        println!("  <none>");
+    }
+    for event in found.iter().rev().take(10).rev() {
+        println!(
+            "  {:<8} {:<20} x{:<4} {}",
+            event
+                .type_
+                .map_or("Normal".to_owned(), |t| format!("{t:?}")),
+            event.reason,
+            event.count.unwrap_or(1),
+            event.message
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn capitalize(word: &str) -> String {
+    let mut chars = word.chars();
+    chars
+        .next()
+        .map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+/// Whether an object (or its absence) meets what `wait` waits for.
+type Check = Box<dyn Fn(Option<&DynamicObject>) -> bool>;
+
+/// `loomctl wait KIND NAME --for=phase=X|condition=Y[=STATUS]|delete --timeout`.
+pub(crate) async fn wait(
+    ctx: &Context,
+    args: &[String],
+    condition: &str,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let kinds = Kinds::discover(&ctx.client).await?;
+    let (info, name) = target(&kinds, args)?;
+    let api = api(ctx, info);
+    let test: Check = match condition.split_once('=') {
+        Some(("phase", phase)) => {
+            let phase = phase.to_owned();
+            Box::new(move |o| {
+                o.and_then(|o| o.data.get("status"))
+                    .and_then(|s| s["phase"].as_str())
+                    == Some(phase.as_str())
+            })
+        }
+        Some(("condition", rest)) => {
+            let (kind, status) = rest.split_once('=').unwrap_or((rest, "True"));
+            let (kind, status) = (kind.to_owned(), status.to_owned());
+            Box::new(move |o| {
+                o.and_then(|o| o.data.get("status"))
+                    .and_then(|s| s["conditions"].as_array())
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == kind.as_str() && c["status"] == status.as_str())
+                    })
+            })
+        }
+        None if condition == "delete" => Box::new(|o| o.is_none()),
+        _ => bail!("--for takes phase=PHASE, condition=TYPE[=STATUS] or delete, not {condition:?}"),
+    };
+    let deadline = Instant::now() + timeout;
+    let mut shown = false;
+    loop {
+        let object = api.get_opt(&name).await?;
+        if test(object.as_ref()) {
+            if shown {
+                eprintln!();
+            }
+            println!("{}/{name} condition met", display_name(info));
+            return Ok(ExitCode::SUCCESS);
+        }
+        if Instant::now() >= deadline {
+            if shown {
+                eprintln!();
+            }
+            eprintln!(
+                "error: timed out after {timeout:?} waiting for {}/{name} to reach {condition}",
+                display_name(info)
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprint!(
+                "\rwaiting for {}/{name} ({condition}) {:>4.0}s",
+                display_name(info),
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+            );
+            shown = true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `loomctl kill job/NAME`: asks the Job controller to stop the job, keeping its record.
+pub(crate) async fn kill(ctx: &Context, args: &[String]) -> anyhow::Result<ExitCode> {
+    let kinds = Kinds::discover(&ctx.client).await?;
+    let (info, name) = target(&kinds, args)?;
+    if info.kind != "Job" {
+        bail!("kill stops jobs; {} is a {}", name, info.kind);
+    }
+    let patch = Patch::Merge(json!({"spec": {"killed": true}}));
+    api(ctx, info)
+        .patch(&name, &PatchParams::default(), &patch)
+        .await?;
+    println!("{}/{name} killed", display_name(info));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `loomctl cordon|uncordon NODE`.
+pub(crate) async fn cordon(
+    ctx: &Context,
+    node: &str,
+    unschedulable: bool,
+) -> anyhow::Result<ExitCode> {
+    let nodes: Api<api_types::Node> = Api::all(ctx.client.clone());
+    let patch = Patch::Merge(json!({"spec": {"unschedulable": unschedulable}}));
+    nodes.patch(node, &PatchParams::default(), &patch).await?;
+    println!(
+        "node.loom.dev/{node} {}",
+        if unschedulable {
+            "cordoned"
+        } else {
+            "uncordoned"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `loomctl diff -f`: what apply would change, as a unified-style line diff.
+pub(crate) async fn diff(
+    ctx: &Context,
+    files: &[std::path::PathBuf],
+    recursive: bool,
+) -> anyhow::Result<ExitCode> {
+    let kinds = Kinds::discover(&ctx.client).await?;
+    let mut changed = false;
+    for doc in manifest::read(files, recursive)? {
+        let api_version = doc
+            .value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let kind = doc.value.get("kind").and_then(Value::as_str).unwrap_or("");
+        let name = doc
+            .value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let info = kinds.by_type(api_version, kind).with_context(|| {
+            format!(
+                "{}: the server does not serve {kind} in {api_version}",
+                doc.origin
+            )
+        })?;
+        let namespace = doc
+            .value
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&ctx.namespace);
+        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, info);
+        let before = api.get_opt(name).await?;
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            dry_run: true,
+            ..Default::default()
+        };
+        let after = api
+            .patch(name, &params, &Patch::Apply(&doc.value))
+            .await
+            .with_context(|| format!("{}: the server refused it", doc.origin))?;
+        let show = |o: Option<&DynamicObject>| -> anyhow::Result<Vec<String>> {
+            let Some(o) = o else { return Ok(Vec::new()) };
+            let mut value = serde_json::to_value(o)?;
+            if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+                for noise in [
+                    "managedFields",
+                    "resourceVersion",
+                    "generation",
+                    "uid",
+                    "creationTimestamp",
+                ] {
+                    meta.remove(noise);
+                }
+            }
+            Ok(serde_saphyr::to_string(&value)?
+                .lines()
+                .map(str::to_owned)
+                .collect())
+        };
+        let (old, new) = (show(before.as_ref())?, show(Some(&after))?);
+        if old == new {
+            continue;
+        }
+        changed = true;
+        println!("--- {}/{name} (live)", display_name(info));
+        println!("+++ {}/{name} (after apply)", display_name(info));
+        for line in line_diff(&old, &new) {
+            println!("{line}");
+        }
+    }
+    // As diff(1) and kubectl: 1 when there are differences.
+    Ok(if changed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A minimal line diff (longest common subsequence).
+fn line_diff(old: &[String], new: &[String]) -> Vec<String> {
+    let (n, m) = (old.len(), new.len());
+    let mut lcs = vec![vec![0usize; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if old[i] == new[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < n || j < m {
+        if i < n && j < m && old[i] == new[j] {
+            out.push(format!(" {}", old[i]));
+            i += 1;
+            j += 1;
+        } else if j < m && (i == n || lcs[i][j + 1] > lcs[i + 1][j]) {
+            out.push(format!("+{}", new[j]));
+            j += 1;
+        } else {
+            out.push(format!("-{}", old[i]));
+            i += 1;
+        }
+    }
+    out
+}
