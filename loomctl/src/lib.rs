@@ -12,6 +12,7 @@ mod get;
 mod kinds;
 mod manifest;
 mod more;
+mod nodes;
 
 use std::process::ExitCode;
 
@@ -90,6 +91,42 @@ enum Command {
     },
     /// Recent events in the namespace.
     Events,
+    /// What a kind or field is, from the server's schema: `explain job.spec.dependsOn`.
+    Explain {
+        /// KIND or KIND.field.path.
+        target: String,
+    },
+    /// Follow a service's rollout: `rollout status service/NAME`.
+    Rollout {
+        /// `status`.
+        #[arg(value_parser = ["status"])]
+        action: String,
+        /// service/NAME or service NAME.
+        #[arg(required = true)]
+        args: Vec<String>,
+        /// Give up after this many seconds (exit 1).
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Machines: state, capacity, usage and tasks. Add one with
+    /// `loom nodelet --server URL --name NAME`.
+    Nodes,
+    /// Add (`key=value:Effect`) or remove (`key-`) taints on a node.
+    Taint {
+        /// The node.
+        node: String,
+        /// Taints to add or remove.
+        #[arg(required = true)]
+        taints: Vec<String>,
+    },
+    /// Cordon a node and stop its tasks (their jobs and services replace them), waiting until it is empty.
+    Drain {
+        /// The node.
+        node: String,
+        /// Give up after this many seconds (exit 1).
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
     /// Show or change the config file (~/.loom/config or $LOOMCONFIG).
     Config(config_cmd::ConfigArgs),
     /// The client's and the server's versions.
@@ -171,6 +208,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cordon { node } => more::cordon(&context(&cli)?, node, true).await,
         Command::Uncordon { node } => more::cordon(&context(&cli)?, node, false).await,
         Command::Diff { files, recursive } => more::diff(&context(&cli)?, files, *recursive).await,
+        Command::Explain { target } => more::explain(&context(&cli)?, target).await,
+        Command::Rollout { args, timeout, .. } => {
+            more::rollout_status(
+                &context(&cli)?,
+                args,
+                std::time::Duration::from_secs(*timeout),
+            )
+            .await
+        }
+        Command::Nodes => nodes::nodes(&context(&cli)?).await,
+        Command::Taint { node, taints } => nodes::taint(&context(&cli)?, node, taints).await,
+        Command::Drain { node, timeout } => {
+            nodes::drain(
+                &context(&cli)?,
+                node,
+                std::time::Duration::from_secs(*timeout),
+            )
+            .await
+        }
         Command::Events => {
             let args = get::GetArgs::events();
             get::run(&context(&cli)?, &args).await

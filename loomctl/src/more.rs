@@ -350,3 +350,157 @@ fn line_diff(old: &[String], new: &[String]) -> Vec<String> {
     }
     out
 }
+
+/// `loomctl explain KIND[.field.path]`: the field's type and description, and its fields,
+/// from the server's OpenAPI v3 document.
+pub(crate) async fn explain(ctx: &Context, target: &str) -> anyhow::Result<ExitCode> {
+    let kinds = Kinds::discover(&ctx.client).await?;
+    let (kind, path) = target.split_once('.').map_or((target, ""), |(k, p)| (k, p));
+    // `jobs.loom.dev` names a kind with its group, not a field.
+    let (info, path) = match kinds.by_name(kind) {
+        Ok(_) if !path.is_empty() && kinds.by_name(target).is_ok() => (kinds.by_name(target)?, ""),
+        Ok(info) => (info, path),
+        Err(error) => return Err(error),
+    };
+    let root: Value = ctx
+        .client
+        .request(client::client::Method::GET, "/openapi/v3", None)
+        .await?;
+    let url = root["paths"][format!("apis/{}/{}", info.group, info.version)]["serverRelativeURL"]
+        .as_str()
+        .context("the server's OpenAPI document does not list this group")?
+        .to_owned();
+    let document: Value = ctx
+        .client
+        .request(client::client::Method::GET, &url, None)
+        .await?;
+    let key = api_types::schema::openapi_schema_key(&info.group, &info.version, &info.kind);
+    let mut schema = &document["components"]["schemas"][&key];
+    let mut shown = info.kind.clone();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let next = child(schema, part).with_context(|| format!("{shown} has no field {part:?}"))?;
+        schema = next;
+        shown = format!("{shown}.{part}");
+    }
+    println!("KIND:     {}", info.kind);
+    println!("VERSION:  {}", info.api_version());
+    if !path.is_empty() {
+        println!("FIELD:    {path} <{}>", type_of(schema));
+    }
+    println!();
+    println!("DESCRIPTION:");
+    println!(
+        "    {}",
+        schema["description"]
+            .as_str()
+            .unwrap_or("<empty>")
+            .replace('\n', "\n    ")
+    );
+    let fields = item_schema(schema)["properties"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    if !fields.is_empty() {
+        println!();
+        println!("FIELDS:");
+        for (name, field) in fields {
+            println!("  {name}\t<{}>", type_of(&field));
+            if let Some(description) = field["description"].as_str() {
+                let first = description.lines().next().unwrap_or("");
+                println!("    {first}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The schema of a list's items, or the schema itself.
+fn item_schema(schema: &Value) -> &Value {
+    if schema["type"] == "array" {
+        &schema["items"]
+    } else {
+        schema
+    }
+}
+
+fn child<'a>(schema: &'a Value, name: &str) -> Option<&'a Value> {
+    let schema = item_schema(schema);
+    schema["properties"].get(name).or_else(|| {
+        schema["anyOf"]
+            .as_array()?
+            .iter()
+            .find_map(|s| s["properties"].get(name))
+    })
+}
+
+fn type_of(schema: &Value) -> String {
+    if schema.get("x-kubernetes-int-or-string").is_some() {
+        return "int-or-string".to_owned();
+    }
+    // `Option<T>` is a union of T and null: show T.
+    for union in ["anyOf", "oneOf"] {
+        if let Some(branch) = schema[union]
+            .as_array()
+            .and_then(|b| b.iter().find(|s| s["type"] != "null"))
+        {
+            return type_of(branch);
+        }
+    }
+    match schema["type"].as_str() {
+        Some("array") => format!("[]{}", type_of(&schema["items"])),
+        Some("object") if schema["additionalProperties"].is_object() => {
+            format!("map[string]{}", type_of(&schema["additionalProperties"]))
+        }
+        Some(t) => t.to_owned(),
+        None if schema.get("x-kubernetes-int-or-string").is_some() => "int-or-string".to_owned(),
+        None => "Object".to_owned(),
+    }
+}
+
+/// `loomctl rollout status service/NAME`: waits until every replica runs the
+/// current template.
+pub(crate) async fn rollout_status(
+    ctx: &Context,
+    args: &[String],
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let kinds = Kinds::discover(&ctx.client).await?;
+    let (info, name) = target(&kinds, args)?;
+    if info.kind != "Service" {
+        bail!("rollout status follows services; {name} is a {}", info.kind);
+    }
+    let api = api(ctx, info);
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let service = api.get(&name).await?;
+        let spec = service.data.get("spec").cloned().unwrap_or_default();
+        let status = service.data.get("status").cloned().unwrap_or_default();
+        let wanted = spec["replicas"].as_i64().unwrap_or(1);
+        let updated = status["updatedReplicas"].as_i64().unwrap_or(0);
+        let ready = status["readyReplicas"].as_i64().unwrap_or(0);
+        let observed = status["observedGeneration"].as_i64().unwrap_or(0);
+        if observed >= service.metadata.generation && updated >= wanted && ready >= wanted {
+            println!("service {name:?} successfully rolled out");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let line = if observed < service.metadata.generation {
+            "Waiting for the service controller to see the new template...".to_owned()
+        } else {
+            format!(
+                "Waiting for rollout to finish: {updated} of {wanted} updated replicas, {ready} ready..."
+            )
+        };
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "error: timed out after {timeout:?} waiting for service {name:?} to roll out"
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -447,3 +447,110 @@ async fn describe_wait_kill_and_diff() {
     .await;
     assert_eq!(gone.code, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_nodes_taint_and_drain() {
+    let (server, dir) = setup().await;
+    let explained = loomctl(&server, dir.path(), &["explain", "job.spec.dependsOn"]).await;
+    assert_eq!(explained.code, 0, "{}", explained.stderr);
+    assert!(
+        explained
+            .stdout
+            .contains("FIELD:    spec.dependsOn <[]string>"),
+        "{}",
+        explained.stdout
+    );
+    let resources = loomctl(&server, dir.path(), &["explain", "task.spec.resources"]).await;
+    assert!(
+        resources.stdout.contains("cpu\t<int-or-string>"),
+        "{}",
+        resources.stdout
+    );
+    let missing = loomctl(&server, dir.path(), &["explain", "job.spec.nope"]).await;
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("Job.spec has no field \"nope\""),
+        "{}",
+        missing.stderr
+    );
+    let none = loomctl(&server, dir.path(), &["nodes"]).await;
+    assert!(
+        none.stderr
+            .contains("loom nodelet --server URL --name NAME")
+    );
+    write(
+        dir.path(),
+        "node.yaml",
+        "apiVersion: loom.dev/v1\nkind: Node\nmetadata:\n  name: n1\n",
+    );
+    loomctl(
+        &server,
+        dir.path(),
+        &[
+            "apply",
+            "-f",
+            dir.path().join("node.yaml").to_str().unwrap(),
+        ],
+    )
+    .await;
+    let tainted = loomctl(&server, dir.path(), &["taint", "n1", "gpu=true:NoSchedule"]).await;
+    assert_eq!(tainted.code, 0, "{}", tainted.stderr);
+    let taints = loomctl(
+        &server,
+        dir.path(),
+        &["get", "node", "n1", "-o", "jsonpath={.spec.taints[*].key}"],
+    )
+    .await;
+    assert_eq!(taints.stdout.trim(), "gpu");
+    loomctl(&server, dir.path(), &["taint", "n1", "gpu-"]).await;
+    let taints = loomctl(
+        &server,
+        dir.path(),
+        &["get", "node", "n1", "-o", "jsonpath={.spec.taints[*].key}"],
+    )
+    .await;
+    assert_eq!(taints.stdout.trim(), "");
+    let bad = loomctl(&server, dir.path(), &["taint", "n1", "gpu"]).await;
+    assert_eq!(bad.code, 1);
+    write(
+        dir.path(),
+        "task.yaml",
+        "apiVersion: loom.dev/v1\nkind: Task\nmetadata:\n  name: t1\nspec:\n  image: busybox\n  nodeName: n1\n",
+    );
+    loomctl(
+        &server,
+        dir.path(),
+        &[
+            "apply",
+            "-f",
+            dir.path().join("task.yaml").to_str().unwrap(),
+        ],
+    )
+    .await;
+    let nodes = loomctl(&server, dir.path(), &["nodes"]).await;
+    let row: Vec<&str> = nodes
+        .stdout
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        (row[0], row[1], row[row.len() - 1]),
+        ("n1", "NotReady", "1"),
+        "{}",
+        nodes.stdout
+    );
+    let drained = loomctl(&server, dir.path(), &["drain", "n1", "--timeout", "10"]).await;
+    assert_eq!(drained.code, 0, "{}", drained.stderr);
+    assert_eq!(
+        drained.stdout,
+        "node.loom.dev/n1 cordoned\ntask.loom.dev/t1 evicted\nnode.loom.dev/n1 drained\n"
+    );
+    let nodes = loomctl(&server, dir.path(), &["nodes"]).await;
+    assert!(
+        nodes.stdout.contains("NotReady,SchedulingDisabled"),
+        "{}",
+        nodes.stdout
+    );
+}
