@@ -121,7 +121,60 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let store: Arc<dyn Store> = Arc::new(store);
-    serve(store, args.listen).await
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let server = format!("http://{}", listener.local_addr()?);
+    match write_context(&server) {
+        Ok(Some(path)) => println!(
+            "loomctl context \"{UP_CONTEXT}\" written to {}",
+            path.display()
+        ),
+        Ok(None) => {}
+        Err(error) => tracing::warn!(%error, "cannot write the loomctl context"),
+    }
+    serve_on(store, listener).await
+}
+
+/// The loomctl context `loom up` writes.
+const UP_CONTEXT: &str = "loom-up";
+
+/// Points the `loom-up` context of the loomctl config at this server, and makes it
+/// current if no context is. Returns the file written, if it changed.
+fn write_context(server: &str) -> anyhow::Result<Option<std::path::PathBuf>> {
+    use client::config::{ConfigFile, Context};
+    let path = match std::env::var_os("LOOMCONFIG") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => match client::config::default_path() {
+            Some(path) => path,
+            None => return Ok(None),
+        },
+    };
+    let mut file: ConfigFile = match std::fs::read_to_string(&path) {
+        Ok(text) => serde_saphyr::from_str(&text)
+            .with_context(|| format!("{} is not a loom config", path.display()))?,
+        Err(_) => ConfigFile::default(),
+    };
+    let before = file.clone();
+    match file.contexts.iter_mut().find(|c| c.name == UP_CONTEXT) {
+        Some(context) => context.server = server.to_owned(),
+        None => file.contexts.push(Context {
+            name: UP_CONTEXT.to_owned(),
+            server: server.to_owned(),
+            namespace: "default".to_owned(),
+        }),
+    }
+    if file.current().is_none() || file.current_context.is_empty() {
+        file.current_context = UP_CONTEXT.to_owned();
+    }
+    if file == before {
+        return Ok(None);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, serde_saphyr::to_string(&file)?)?;
+    Ok(Some(path))
 }
 
 async fn apiserver_command(args: ApiserverArgs) -> anyhow::Result<()> {
@@ -137,6 +190,10 @@ async fn serve(store: Arc<dyn Store>, listen: SocketAddr) -> anyhow::Result<()> 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    serve_on(store, listener).await
+}
+
+async fn serve_on(store: Arc<dyn Store>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
     println!("Loom API server at http://{}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(apiserver::run(
