@@ -554,3 +554,57 @@ async fn explain_nodes_taint_and_drain() {
         nodes.stdout
     );
 }
+
+/// The tables exactly as a user sees them, ages aside (`LOOM_UPDATE_GOLDEN=1` rewrites the files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_tables() {
+    let (server, dir) = setup().await;
+    let manifests = format!(
+        "{}---\n{}---\napiVersion: loom.dev/v1\nkind: Task\nmetadata:\n  name: t-0\nspec:\n  image: busybox\n  nodeName: n1\n---\napiVersion: loom.dev/v1\nkind: Node\nmetadata:\n  name: n1\nspec:\n  unschedulable: true\n---\napiVersion: loom.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  replicas: 3\n  template:\n    spec:\n      image: busybox\n",
+        job("alpha", 2),
+        job("beta-with-a-longer-name", 10)
+    );
+    write(dir.path(), "all.yaml", &manifests);
+    let applied = loomctl(
+        &server,
+        dir.path(),
+        &["apply", "-f", dir.path().join("all.yaml").to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(applied.code, 0, "{}", applied.stderr);
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    for (file, args) in [
+        ("get-jobs.txt", vec!["get", "jobs"]),
+        ("get-jobs-wide.txt", vec!["get", "jobs", "-o", "wide"]),
+        ("get-tasks.txt", vec!["get", "tasks"]),
+        ("get-services.txt", vec!["get", "svc"]),
+        ("get-jobs-all-namespaces.txt", vec!["get", "jobs", "-A"]),
+        ("nodes.txt", vec!["nodes"]),
+    ] {
+        let run = loomctl(&server, dir.path(), &args).await;
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+        // Ages depend on the clock: `0s` or `1s` become `<age>`.
+        let shown: String = run
+            .stdout
+            .lines()
+            .map(|line| {
+                let trimmed = line.trim_end();
+                match trimmed.rsplit_once(' ') {
+                    Some((head, age))
+                        if age.ends_with('s')
+                            && age[..age.len() - 1].bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        format!("{head} <age>\n")
+                    }
+                    _ => format!("{trimmed}\n"),
+                }
+            })
+            .collect();
+        let path = golden.join(file);
+        if std::env::var_os("LOOM_UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &shown).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(shown, expected, "{args:?} differs from {}", path.display());
+    }
+}
