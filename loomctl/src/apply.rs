@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use client::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use serde_json::Value;
 
 use crate::kinds::{Kinds, display_name};
 use crate::{Context, manifest};
@@ -70,46 +69,20 @@ pub(crate) async fn run(ctx: &Context, args: &ApplyArgs) -> anyhow::Result<ExitC
     let mut applied: BTreeSet<(String, String, String)> = BTreeSet::new();
     let mut kinds_applied = Vec::new();
     for doc in &documents {
-        let api_version = doc
-            .value
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let kind = doc.value.get("kind").and_then(Value::as_str).unwrap_or("");
-        let name = doc
-            .value
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if api_version.is_empty() || kind.is_empty() {
-            eprintln!("error: {}: apiVersion and kind are required", doc.origin);
-            failed = true;
-            continue;
-        }
-        if name.is_empty() {
-            eprintln!(
-                "error: {}: metadata.name: required (apply needs a name)",
-                doc.origin
-            );
-            failed = true;
-            continue;
-        }
-        let Some(info) = kinds.by_type(api_version, kind) else {
-            eprintln!(
-                "error: {}: the server does not serve {kind} in {api_version}",
-                doc.origin
-            );
-            failed = true;
-            continue;
+        let target = match doc.target(&kinds, ctx) {
+            Ok(target) => target,
+            Err(why) => {
+                eprintln!("error: {why}");
+                failed = true;
+                continue;
+            }
         };
-        let namespace = doc
-            .value
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .unwrap_or(&ctx.namespace)
-            .to_owned();
-        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &namespace, info);
+        let (info, namespace, name, api) = (
+            &target.info,
+            &target.namespace,
+            target.name.as_str(),
+            &target.api,
+        );
         let before = match api.get_opt(name).await {
             Ok(before) => before,
             Err(error) => {

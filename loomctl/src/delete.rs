@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use client::{Api, DeleteParams, DynamicObject, ListParams};
-use serde_json::Value;
 
 use crate::kinds::{Kinds, display_name};
 use crate::{Context, manifest};
@@ -38,35 +37,13 @@ pub(crate) async fn run(ctx: &Context, args: &DeleteArgs) -> anyhow::Result<Exit
     let mut failed = false;
     if !args.files.is_empty() {
         for doc in manifest::read(&args.files, args.recursive)? {
-            let api_version = doc
-                .value
-                .get("apiVersion")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let kind = doc.value.get("kind").and_then(Value::as_str).unwrap_or("");
-            let name = doc
-                .value
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let Some(info) = kinds.by_type(api_version, kind) else {
-                eprintln!(
-                    "error: {}: the server does not serve {kind} in {api_version}",
-                    doc.origin
-                );
-                failed = true;
-                continue;
-            };
-            let namespace = doc
-                .value
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .filter(|n| !n.is_empty())
-                .unwrap_or(&ctx.namespace);
-            targets.push((
-                Api::namespaced_with(ctx.client.clone(), namespace, info),
-                name.to_owned(),
-            ));
+            match doc.target(&kinds, ctx) {
+                Ok(target) => targets.push((target.api, target.name)),
+                Err(why) => {
+                    eprintln!("error: {why}");
+                    failed = true;
+                }
+            }
         }
     } else {
         let Some((kind, names)) = args.args.split_first() else {

@@ -105,3 +105,64 @@ fn parse(name: &str, text: &str, documents: &mut Vec<Document>) -> anyhow::Resul
     }
     Ok(())
 }
+
+/// A manifest's object resolved against the server: its kind, namespace, name,
+/// and the Api that reaches it.
+pub(crate) struct Target {
+    /// The kind.
+    pub info: api_types::ResourceInfo,
+    /// The namespace ("" for cluster-scoped kinds).
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+    /// The kind in that namespace.
+    pub api: client::Api<client::DynamicObject>,
+}
+
+impl Document {
+    /// Resolves the document; the error names the document and what is wrong.
+    pub fn target(
+        &self,
+        kinds: &crate::kinds::Kinds,
+        ctx: &crate::Context,
+    ) -> Result<Target, String> {
+        let text = |pointer: &str| {
+            self.value
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        };
+        let (api_version, kind, name) =
+            (text("/apiVersion"), text("/kind"), text("/metadata/name"));
+        if api_version.is_empty() || kind.is_empty() {
+            return Err(format!("{}: apiVersion and kind are required", self.origin));
+        }
+        if name.is_empty() {
+            return Err(format!(
+                "{}: metadata.name: required (apply needs a name)",
+                self.origin
+            ));
+        }
+        let Some(info) = kinds.by_type(api_version, kind) else {
+            return Err(format!(
+                "{}: the server does not serve {kind} in {api_version}",
+                self.origin
+            ));
+        };
+        let namespace = match text("/metadata/namespace") {
+            "" => ctx.namespace.as_str(),
+            ns => ns,
+        };
+        let namespace = if info.namespaced {
+            namespace.to_owned()
+        } else {
+            String::new()
+        };
+        Ok(Target {
+            api: client::Api::namespaced_with(ctx.client.clone(), &namespace, info),
+            info: info.clone(),
+            namespace,
+            name: name.to_owned(),
+        })
+    }
+}

@@ -249,30 +249,8 @@ pub(crate) async fn diff(
     let kinds = Kinds::discover(&ctx.client).await?;
     let mut changed = false;
     for doc in manifest::read(files, recursive)? {
-        let api_version = doc
-            .value
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let kind = doc.value.get("kind").and_then(Value::as_str).unwrap_or("");
-        let name = doc
-            .value
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let info = kinds.by_type(api_version, kind).with_context(|| {
-            format!(
-                "{}: the server does not serve {kind} in {api_version}",
-                doc.origin
-            )
-        })?;
-        let namespace = doc
-            .value
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .unwrap_or(&ctx.namespace);
-        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, info);
+        let target = doc.target(&kinds, ctx).map_err(anyhow::Error::msg)?;
+        let (info, name, api) = (&target.info, target.name.as_str(), &target.api);
         let before = api.get_opt(name).await?;
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
