@@ -84,6 +84,15 @@ pub fn resource_list(catalog: &Catalog, group: &str, version: &str) -> Option<Va
             "verbs": VERBS,
             "shortNames": r.info.short_names,
         }));
+        if r.info.kind == "Task" && r.definition.is_none() {
+            resources.push(json!({
+                "name": "tasks/log",
+                "singularName": "",
+                "namespaced": true,
+                "kind": "Task",
+                "verbs": ["get"],
+            }));
+        }
         if r.info.has_status {
             resources.push(json!({
                 "name": format!("{}/status", r.info.plural),

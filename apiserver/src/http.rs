@@ -432,6 +432,14 @@ async fn serve(
     let api = &state.api;
     let res = &*target.resource;
     let namespace = target.namespace.as_deref().unwrap_or("");
+    if target.subresource.as_deref() == Some("log")
+        && res.info.kind == "Task"
+        && res.definition.is_none()
+        && method == Method::GET
+        && let Some(name) = target.name.as_deref()
+    {
+        return crate::logs::task_log(api, res, namespace, name, query).await;
+    }
     let part = match target.subresource.as_deref() {
         None => Part::Main,
         Some("status") if res.info.has_status => Part::Status,

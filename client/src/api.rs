@@ -520,6 +520,26 @@ impl<K: Object> Api<K> {
     }
 }
 
+impl<K: Object> Api<K> {
+    /// The log of an object that has one (a task), as it arrives; with `follow`
+    /// the stream stays open for new output.
+    pub async fn logs(
+        &self,
+        name: &str,
+        follow: bool,
+        tail_lines: Option<u64>,
+    ) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static + use<K>> {
+        let mut query = Query::default();
+        if follow {
+            query.push("follow", "true");
+        }
+        query.opt("tailLines", tail_lines.map(|t| t.to_string()).as_deref());
+        self.client
+            .stream(&format!("{}/log{}", self.item(name), query.render()))
+            .await
+    }
+}
+
 /// Splits a byte stream into lines (watch events are one JSON object a line).
 pub fn lines<S>(bytes: S) -> impl Stream<Item = Result<Bytes>> + Send + 'static
 where

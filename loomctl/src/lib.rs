@@ -91,6 +91,17 @@ enum Command {
     },
     /// Recent events in the namespace.
     Events,
+    /// A task's output: `logs TASK [-f] [--tail N]`.
+    Logs {
+        /// The task.
+        task: String,
+        /// Keep printing new output.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<u64>,
+    },
     /// What a kind or field is, from the server's schema: `explain job.spec.dependsOn`.
     Explain {
         /// KIND or KIND.field.path.
@@ -226,6 +237,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 std::time::Duration::from_secs(*timeout),
             )
             .await
+        }
+        Command::Logs { task, follow, tail } => {
+            more::logs(&context(&cli)?, task, *follow, *tail).await
         }
         Command::Events => {
             let args = get::GetArgs::events();

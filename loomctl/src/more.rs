@@ -482,3 +482,28 @@ pub(crate) async fn rollout_status(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// `loomctl logs TASK [-f] [--tail N]`: the task's output, through the API
+/// server from the node that runs it.
+pub(crate) async fn logs(
+    ctx: &Context,
+    task: &str,
+    follow: bool,
+    tail: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let name = task
+        .strip_prefix("task/")
+        .or_else(|| task.strip_prefix("tasks/"))
+        .unwrap_or(task);
+    let api: Api<api_types::Task> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let stream = api.logs(name, follow, tail).await?;
+    let mut stream = std::pin::pin!(stream);
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = stream.next().await {
+        out.write_all(&chunk?)?;
+        out.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

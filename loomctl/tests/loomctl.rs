@@ -608,3 +608,60 @@ async fn golden_tables() {
         assert_eq!(shown, expected, "{args:?} differs from {}", path.display());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_of_a_task() {
+    let (server, dir) = setup().await;
+    let app = axum::Router::new().route(
+        "/logs/{namespace}/{task}",
+        axum::routing::get(|| async { "hello from the task\nsecond line\n" }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nodelet = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest_free_post(&server.url, "/apis/loom.dev/v1/nodes", &format!(
+        r#"{{"apiVersion":"loom.dev/v1","kind":"Node","metadata":{{"name":"n1"}},"status":{{"nodeletEndpoint":"{nodelet}"}}}}"#
+    ))
+    .await;
+    assert_eq!(client, 201);
+    write(
+        dir.path(),
+        "t.yaml",
+        "apiVersion: loom.dev/v1\nkind: Task\nmetadata:\n  name: t1\nspec:\n  image: busybox\n  nodeName: n1\n---\napiVersion: loom.dev/v1\nkind: Task\nmetadata:\n  name: t2\nspec:\n  image: busybox\n",
+    );
+    loomctl(
+        &server,
+        dir.path(),
+        &["apply", "-f", dir.path().join("t.yaml").to_str().unwrap()],
+    )
+    .await;
+    let logs = loomctl(&server, dir.path(), &["logs", "t1"]).await;
+    assert_eq!(
+        (logs.code, logs.stdout.as_str()),
+        (0, "hello from the task\nsecond line\n"),
+        "{}",
+        logs.stderr
+    );
+    let unbound = loomctl(&server, dir.path(), &["logs", "task/t2"]).await;
+    assert_eq!(unbound.code, 1);
+    assert!(
+        unbound.stderr.contains("not bound to a node"),
+        "{}",
+        unbound.stderr
+    );
+}
+
+/// A POST without an HTTP client crate: loomctl's tests only need one.
+async fn reqwest_free_post(base: &str, path: &str, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
