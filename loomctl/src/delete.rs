@@ -91,7 +91,12 @@ pub(crate) async fn run(ctx: &Context, args: &DeleteArgs) -> anyhow::Result<Exit
                             display_name(api.resource())
                         );
                     }
-                    Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    Some(_) => {
+                        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                            eprint!("\rwaiting for {} {name:?} to go", display_name(api.resource()));
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
             }
         }
