@@ -93,7 +93,10 @@ pub(crate) async fn run(ctx: &Context, args: &DeleteArgs) -> anyhow::Result<Exit
                     }
                     Some(_) => {
                         if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                            eprint!("\rwaiting for {} {name:?} to go", display_name(api.resource()));
+                            eprint!(
+                                "\rwaiting for {} {name:?} to go",
+                                display_name(api.resource())
+                            );
                         }
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
