@@ -180,7 +180,7 @@ async fn a_thousand_rapid_updates_are_few_reconciles_that_see_the_last_state() {
                 seen.overlap.fetch_add(1, Ordering::SeqCst);
             }
             seen.reconciles.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             seen.last_replicas
                 .store(i64::from(job.spec.replicas.unwrap_or(0)), Ordering::SeqCst);
             seen.running.fetch_sub(1, Ordering::SeqCst);
