@@ -1,0 +1,194 @@
+//! Filter: the nodes a task may run on, and in words why the others are not.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use api_types::{TaintEffect, Task};
+
+use crate::resources::{NodeInfo, Resources};
+
+/// Why a node cannot take a task.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Unfit {
+    /// The node is not Ready.
+    NotReady,
+    /// The node is cordoned.
+    Unschedulable,
+    /// Not enough of a resource is free.
+    Insufficient(String),
+    /// A host port the task needs is taken.
+    PortTaken(i32),
+    /// A constraint on node labels is not met.
+    Constraint(String),
+    /// A NoSchedule or NoExecute taint the task does not tolerate.
+    Taint(String),
+}
+
+impl fmt::Display for Unfit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unfit::NotReady => f.write_str("not ready"),
+            Unfit::Unschedulable => f.write_str("unschedulable"),
+            Unfit::Insufficient(r) => write!(f, "insufficient {r}"),
+            Unfit::PortTaken(p) => write!(f, "port {p} in use"),
+            Unfit::Constraint(c) => write!(f, "constraint {c} not met"),
+            Unfit::Taint(t) => write!(f, "taint {t} not tolerated"),
+        }
+    }
+}
+
+/// Whether `node` may run `task`; the first reason it may not.
+pub fn fits(node: &NodeInfo, task: &Task) -> Result<(), Unfit> {
+    if !node.node.is_ready() {
+        return Err(Unfit::NotReady);
+    }
+    if node.node.spec.unschedulable {
+        return Err(Unfit::Unschedulable);
+    }
+    for taint in &node.node.spec.taints {
+        let blocking = matches!(
+            taint.effect,
+            Some(TaintEffect::NoSchedule | TaintEffect::NoExecute)
+        );
+        if blocking && !task.spec.tolerations.iter().any(|t| t.tolerates(taint)) {
+            let effect = taint.effect.map_or("", |e| e.as_str());
+            let value = if taint.value.is_empty() {
+                String::new()
+            } else {
+                format!("={}", taint.value)
+            };
+            return Err(Unfit::Taint(format!("{}{value}:{effect}", taint.key)));
+        }
+    }
+    for constraint in &task.spec.constraints {
+        if !constraint.matches(&node.node.metadata.labels) {
+            return Err(Unfit::Constraint(constraint.to_string()));
+        }
+    }
+    let want = Resources::of_task(task);
+    let free = |alloc: i128, used: i128| alloc - used;
+    if want.cpu_milli > free(node.allocatable.cpu_milli, node.requested.cpu_milli) {
+        return Err(Unfit::Insufficient("cpu".into()));
+    }
+    if want.memory > free(node.allocatable.memory, node.requested.memory) {
+        return Err(Unfit::Insufficient("memory".into()));
+    }
+    if want.disk > free(node.allocatable.disk, node.requested.disk) {
+        return Err(Unfit::Insufficient("disk".into()));
+    }
+    for (name, amount) in &want.extended {
+        let alloc = node.allocatable.extended.get(name).copied().unwrap_or(0);
+        let used = node.requested.extended.get(name).copied().unwrap_or(0);
+        if *amount > free(alloc, used) {
+            return Err(Unfit::Insufficient(name.clone()));
+        }
+    }
+    for port in &task.spec.resources.ports {
+        if node.ports.contains(port) {
+            return Err(Unfit::PortTaken(*port));
+        }
+    }
+    Ok(())
+}
+
+/// A user's explanation of why no node fits: `0/12 nodes: 8 insufficient memory, 4 taint gpu=true:NoSchedule not tolerated`.
+pub fn explain(total: usize, reasons: &[Unfit]) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for reason in reasons {
+        *counts.entry(reason.to_string()).or_default() += 1;
+    }
+    let mut parts: Vec<(usize, String)> = counts.into_iter().map(|(r, n)| (n, r)).collect();
+    parts.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let parts: Vec<String> = parts.into_iter().map(|(n, r)| format!("{n} {r}")).collect();
+    if parts.is_empty() {
+        format!("0/{total} nodes are available")
+    } else {
+        format!("0/{total} nodes: {}", parts.join(", "))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::resources::tests::{node, task};
+    use api_types::{Selector, Taint, Toleration};
+
+    #[test]
+    fn each_rule_refuses_with_its_reason() {
+        let mut info = NodeInfo::new(node("n", "1", "1Gi"));
+        assert_eq!(fits(&info, &task("a", "500m", "512Mi")), Ok(()));
+        assert_eq!(
+            fits(&info, &task("big", "2", "1Mi")),
+            Err(Unfit::Insufficient("cpu".into()))
+        );
+        assert_eq!(
+            fits(&info, &task("fat", "1m", "2Gi")),
+            Err(Unfit::Insufficient("memory".into()))
+        );
+        let mut placed = task("p", "100m", "1Mi");
+        placed.spec.resources.ports = vec![8080];
+        info.add_task(&placed);
+        let mut wants_port = task("q", "100m", "1Mi");
+        wants_port.spec.resources.ports = vec![8080];
+        assert_eq!(fits(&info, &wants_port), Err(Unfit::PortTaken(8080)));
+        // Exactly full still fits; one milli more does not.
+        assert_eq!(fits(&info, &task("rest", "900m", "1Mi")), Ok(()));
+        assert_eq!(
+            fits(&info, &task("over", "901m", "1Mi")),
+            Err(Unfit::Insufficient("cpu".into()))
+        );
+
+        let mut constrained = task("c", "1m", "1Mi");
+        constrained.spec.constraints = Selector::parse("disk in (ssd)")
+            .unwrap()
+            .requirements()
+            .to_vec();
+        assert!(matches!(
+            fits(&info, &constrained),
+            Err(Unfit::Constraint(_))
+        ));
+        info.node
+            .metadata
+            .labels
+            .insert("disk".into(), "ssd".into());
+        assert_eq!(fits(&info, &constrained), Ok(()));
+
+        info.node.spec.taints.push(Taint {
+            key: "gpu".into(),
+            value: "true".into(),
+            effect: Some(TaintEffect::NoSchedule),
+        });
+        let plain = task("t", "1m", "1Mi");
+        assert_eq!(
+            fits(&info, &plain),
+            Err(Unfit::Taint("gpu=true:NoSchedule".into()))
+        );
+        let mut tolerant = plain.clone();
+        tolerant.spec.tolerations.push(Toleration {
+            key: "gpu".into(),
+            operator: None,
+            value: "true".into(),
+            effect: Some(TaintEffect::NoSchedule),
+            toleration_seconds: None,
+        });
+        assert_eq!(fits(&info, &tolerant), Ok(()));
+
+        info.node.spec.unschedulable = true;
+        assert_eq!(fits(&info, &tolerant), Err(Unfit::Unschedulable));
+    }
+
+    #[test]
+    fn explanations_count_reasons() {
+        let reasons = [
+            Unfit::Insufficient("memory".into()),
+            Unfit::Taint("gpu=true:NoSchedule".into()),
+            Unfit::Insufficient("memory".into()),
+        ];
+        assert_eq!(
+            explain(3, &reasons),
+            "0/3 nodes: 2 insufficient memory, 1 taint gpu=true:NoSchedule not tolerated"
+        );
+        assert_eq!(explain(0, &[]), "0/0 nodes are available");
+    }
+}

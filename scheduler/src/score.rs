@@ -1,0 +1,256 @@
+//! Scoring: pluggable, weighted scorers, each giving a node 0–100 for a task.
+//!
+//! E-PVM (Amir et al. 2000, used in Borg) prices a node as Σ_r a^(u_r), u_r the
+//! fraction of resource r in use; a task goes where its added cost is smallest,
+//! which spreads load convexly. Least-allocated and balanced allocation are the
+//! Kubernetes scorers; spreading keeps a job's or service's tasks apart.
+
+use api_types::Task;
+
+use crate::resources::{NodeInfo, Resources};
+
+/// Gives a node a score from 0 (worst) to 100 (best) for a task.
+pub trait Scorer: Send + Sync {
+    /// The scorer's name (for logs and metrics).
+    fn name(&self) -> &'static str;
+    /// The node's score for the task.
+    fn score(&self, node: &NodeInfo, task: &Task) -> f64;
+}
+
+/// Fractions of CPU and memory in use after placing `want`.
+fn fractions(node: &NodeInfo, want: &Resources) -> [(f64, f64); 2] {
+    let frac = |used: i128, alloc: i128| {
+        if alloc <= 0 {
+            1.0
+        } else {
+            (used as f64 / alloc as f64).clamp(0.0, 1.0)
+        }
+    };
+    let a = &node.allocatable;
+    let r = &node.requested;
+    [
+        (
+            frac(r.cpu_milli, a.cpu_milli),
+            frac(r.cpu_milli + want.cpu_milli, a.cpu_milli),
+        ),
+        (
+            frac(r.memory, a.memory),
+            frac(r.memory + want.memory, a.memory),
+        ),
+    ]
+}
+
+/// E-PVM: the smaller the marginal cost Σ a^(u+Δ) − a^u, the higher the score.
+#[derive(Clone, Debug)]
+pub struct Epvm {
+    /// The base: the number of nodes in Borg's formulation (at least 2).
+    pub base: f64,
+}
+
+impl Scorer for Epvm {
+    fn name(&self) -> &'static str {
+        "epvm"
+    }
+
+    fn score(&self, node: &NodeInfo, task: &Task) -> f64 {
+        let a = self.base.max(2.0);
+        let parts = fractions(node, &Resources::of_task(task));
+        let marginal: f64 = parts
+            .iter()
+            .map(|(before, after)| a.powf(*after) - a.powf(*before))
+            .sum();
+        let worst = parts.len() as f64 * (a - 1.0);
+        100.0 * (1.0 - marginal / worst).clamp(0.0, 1.0)
+    }
+}
+
+/// The more free CPU and memory left after placing, the better.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LeastAllocated;
+
+impl Scorer for LeastAllocated {
+    fn name(&self) -> &'static str {
+        "least-allocated"
+    }
+
+    fn score(&self, node: &NodeInfo, task: &Task) -> f64 {
+        let parts = fractions(node, &Resources::of_task(task));
+        100.0 * parts.iter().map(|(_, after)| 1.0 - after).sum::<f64>() / parts.len() as f64
+    }
+}
+
+/// The closer CPU and memory use stay to each other, the better (fewer stranded resources).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BalancedAllocation;
+
+impl Scorer for BalancedAllocation {
+    fn name(&self) -> &'static str {
+        "balanced-allocation"
+    }
+
+    fn score(&self, node: &NodeInfo, task: &Task) -> f64 {
+        let [(_, cpu), (_, memory)] = fractions(node, &Resources::of_task(task));
+        100.0 * (1.0 - (cpu - memory).abs())
+    }
+}
+
+/// The fewer tasks of the same job or service already on the node, the better.
+#[derive(Clone, Debug)]
+pub struct Spread {
+    /// The label naming a task's owner (`loom.dev/job`, `loom.dev/service`).
+    pub labels: Vec<String>,
+}
+
+impl Scorer for Spread {
+    fn name(&self) -> &'static str {
+        "spread"
+    }
+
+    fn score(&self, node: &NodeInfo, task: &Task) -> f64 {
+        let same: usize = self
+            .labels
+            .iter()
+            .filter_map(|label| {
+                task.metadata
+                    .labels
+                    .get(label)
+                    .map(|v| node.tasks_of(label, v))
+            })
+            .sum();
+        100.0 / (1.0 + same as f64)
+    }
+}
+
+/// Scorers and their weights.
+pub struct Weighted {
+    scorers: Vec<(f64, Box<dyn Scorer>)>,
+}
+
+impl std::fmt::Debug for Weighted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<(f64, &str)> = self.scorers.iter().map(|(w, s)| (*w, s.name())).collect();
+        f.debug_struct("Weighted").field("scorers", &names).finish()
+    }
+}
+
+impl Weighted {
+    /// Loom's default mix for a cluster of `nodes` nodes.
+    pub fn default_for(nodes: usize) -> Self {
+        Weighted::new(vec![
+            (
+                2.0,
+                Box::new(Epvm {
+                    base: nodes.max(2) as f64,
+                }),
+            ),
+            (1.0, Box::new(BalancedAllocation)),
+            (
+                1.0,
+                Box::new(Spread {
+                    labels: vec!["loom.dev/job".into(), "loom.dev/service".into()],
+                }),
+            ),
+        ])
+    }
+
+    /// A mix of scorers.
+    pub fn new(scorers: Vec<(f64, Box<dyn Scorer>)>) -> Self {
+        Weighted { scorers }
+    }
+
+    /// The weighted mean score, 0–100.
+    pub fn score(&self, node: &NodeInfo, task: &Task) -> f64 {
+        let total: f64 = self.scorers.iter().map(|(w, _)| w).sum();
+        if total <= 0.0 {
+            return 0.0;
+        }
+        self.scorers
+            .iter()
+            .map(|(w, s)| w * s.score(node, task))
+            .sum::<f64>()
+            / total
+    }
+
+    /// The best node for `task` among `candidates` (ties go to the first).
+    pub fn best<'a>(&self, candidates: &[&'a NodeInfo], task: &Task) -> Option<&'a NodeInfo> {
+        let mut best: Option<(&NodeInfo, f64)> = None;
+        for node in candidates {
+            let score = self.score(node, task);
+            if best.is_none_or(|(_, s)| score > s) {
+                best = Some((node, score));
+            }
+        }
+        best.map(|(n, _)| n)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::resources::tests::{node, task};
+
+    #[test]
+    fn epvm_prefers_the_emptier_node_and_is_convex() {
+        let empty = NodeInfo::new(node("empty", "4", "8Gi"));
+        let mut busy = NodeInfo::new(node("busy", "4", "8Gi"));
+        busy.add_task(&task("x", "3", "6Gi"));
+        let t = task("t", "500m", "1Gi");
+        let epvm = Epvm { base: 10.0 };
+        assert!(epvm.score(&empty, &t) > epvm.score(&busy, &t));
+        let scorer = Weighted::new(vec![(1.0, Box::new(epvm))]);
+        assert_eq!(
+            scorer
+                .best(&[&busy, &empty], &t)
+                .unwrap()
+                .node
+                .metadata
+                .name,
+            "empty"
+        );
+    }
+
+    #[test]
+    fn placing_many_tasks_by_epvm_spreads_them_evenly() {
+        let mut nodes: Vec<NodeInfo> = (0..4)
+            .map(|i| NodeInfo::new(node(&format!("n{i}"), "4", "8Gi")))
+            .collect();
+        let scorer = Weighted::default_for(4);
+        for i in 0..16 {
+            let t = task(&format!("t{i}"), "250m", "512Mi");
+            let refs: Vec<&NodeInfo> = nodes.iter().collect();
+            let name = scorer.best(&refs, &t).unwrap().node.metadata.name.clone();
+            nodes
+                .iter_mut()
+                .find(|n| n.node.metadata.name == name)
+                .unwrap()
+                .add_task(&t);
+        }
+        let counts: Vec<usize> = nodes.iter().map(|n| n.tasks.len()).collect();
+        assert_eq!(counts, [4, 4, 4, 4]);
+    }
+
+    #[test]
+    fn balanced_and_spread_scores() {
+        let info = NodeInfo::new(node("n", "4", "4Gi"));
+        assert!((BalancedAllocation.score(&info, &task("even", "1", "1Gi")) - 100.0).abs() < 1e-9);
+        assert!(BalancedAllocation.score(&info, &task("lopsided", "4", "1Mi")) < 10.0);
+        let mut info = info;
+        let mut sibling = task("s", "1m", "1Mi");
+        sibling
+            .metadata
+            .labels
+            .insert("loom.dev/job".into(), "train".into());
+        info.add_task(&sibling);
+        let spread = Spread {
+            labels: vec!["loom.dev/job".into()],
+        };
+        let mut next = task("next", "1m", "1Mi");
+        next.metadata
+            .labels
+            .insert("loom.dev/job".into(), "train".into());
+        assert!((spread.score(&info, &next) - 50.0).abs() < 1e-9);
+        assert!((spread.score(&info, &task("other", "1m", "1Mi")) - 100.0).abs() < 1e-9);
+        assert!(LeastAllocated.score(&info, &task("small", "1m", "1Mi")) > 99.0);
+    }
+}
