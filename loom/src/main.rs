@@ -38,6 +38,15 @@ enum Command {
     Up(UpArgs),
     /// Run the API server.
     Apiserver(ApiserverArgs),
+    /// Run the scheduler against an API server.
+    Scheduler(SchedulerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SchedulerArgs {
+    /// The API server.
+    #[arg(long, env = "LOOM_SERVER", default_value = "http://127.0.0.1:7443")]
+    server: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -91,6 +100,15 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => up(args).await,
             Command::Apiserver(args) => apiserver_command(args).await,
+            Command::Scheduler(args) => {
+                let client = client::Client::for_server(&args.server)?;
+                let shutdown = CancellationToken::new();
+                let running = tokio::spawn(scheduler::run(client, shutdown.clone()));
+                shutdown_signal().await?;
+                shutdown.cancel();
+                running.await.context("the scheduler panicked")?;
+                Ok(())
+            }
         }
     });
     match result {
