@@ -314,6 +314,38 @@ impl<B: LeaseBackend, C: Clock> LeaderElector<B, C> {
     }
 }
 
+/// Runs `work` whenever this elector leads: it starts on acquiring the lease and
+/// its token is cancelled on losing it (or on `shutdown`); it starts again on
+/// the next acquisition. Returns after `shutdown` once `work` has finished.
+pub async fn while_leading<F, Fut>(
+    mut leadership: Leadership,
+    shutdown: CancellationToken,
+    mut work: F,
+) where
+    F: FnMut(CancellationToken) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = leadership.acquired() => {}
+        }
+        let lead = shutdown.child_token();
+        let running = tokio::spawn(work(lead.clone()));
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = leadership.lost() => {}
+        }
+        lead.cancel();
+        if let Err(error) = running.await {
+            warn!(%error, "the leader's work panicked");
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -22,7 +22,7 @@ pub mod controller;
 pub use controller::{Action, Controller};
 pub mod leader;
 
-pub use leader::{ApiLease, ElectionConfig, LeaderElector, Leadership};
+pub use leader::{ApiLease, ElectionConfig, LeaderElector, Leadership, while_leading};
 pub mod events;
 pub mod finalizer;
 

@@ -103,10 +103,28 @@ fn main() -> ExitCode {
             Command::Scheduler(args) => {
                 let client = client::Client::for_server(&args.server)?;
                 let shutdown = CancellationToken::new();
-                let running = tokio::spawn(scheduler::run(client, shutdown.clone()));
+                // Several schedulers may run; the one holding the lease schedules.
+                let identity = format!("{}-{}", hostname(), std::process::id());
+                let leases: client::Api<api_types::Lease> =
+                    client::Api::namespaced(client.clone(), "loom-system");
+                let elector = client::LeaderElector::new(
+                    client::ApiLease::new(leases, "loom-scheduler"),
+                    "loom-system",
+                    "loom-scheduler",
+                    &identity,
+                    client::ElectionConfig::default(),
+                );
+                let (leadership, elector_task) = elector.run(shutdown.clone());
+                let work = tokio::spawn(client::while_leading(
+                    leadership,
+                    shutdown.clone(),
+                    move |lead| scheduler::run(client.clone(), lead),
+                ));
+                tracing::info!(%identity, "scheduler started; waiting for the lease");
                 shutdown_signal().await?;
                 shutdown.cancel();
-                running.await.context("the scheduler panicked")?;
+                work.await.context("the scheduler panicked")?;
+                elector_task.await.context("the elector panicked")?;
                 Ok(())
             }
         }
@@ -228,6 +246,13 @@ async fn serve_on(store: Arc<dyn Store>, listener: tokio::net::TcpListener) -> a
         .context("the API server panicked")?
         .context("the API server failed")?;
     Ok(())
+}
+
+/// This machine's name, for leader identities.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "loom".to_owned())
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {
