@@ -509,4 +509,56 @@ mod tests {
             None
         );
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_leading_runs_the_work_only_while_leading() {
+        use std::sync::atomic::AtomicUsize;
+        let memory = Arc::new(Memory::default());
+        let clock = TokioClock::default();
+        let running = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let mut tasks = Vec::new();
+        let mut stops = Vec::new();
+        let mut downs = Vec::new();
+        for (i, name) in ["a", "b"].into_iter().enumerate() {
+            let (down, elector) = candidate(&memory, &clock, name);
+            let stop = CancellationToken::new();
+            let (leadership, elector_task) = elector.run(stop.clone());
+            let running = running.clone();
+            let work = tokio::spawn(while_leading(leadership, stop.clone(), move |lead| {
+                let running = running.clone();
+                async move {
+                    running[i].fetch_add(1, Ordering::SeqCst);
+                    lead.cancelled().await;
+                    running[i].fetch_sub(1, Ordering::SeqCst);
+                }
+            }));
+            tasks.push((work, elector_task));
+            stops.push(stop);
+            downs.push(down);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let both =
+            |r: &[AtomicUsize; 2]| (r[0].load(Ordering::SeqCst), r[1].load(Ordering::SeqCst));
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (a, b) = both(&running);
+            assert!(a + b <= 1, "both replicas working");
+        }
+        assert_eq!(both(&running), (1, 0), "a leads and works");
+        downs[0].store(true, Ordering::SeqCst);
+        for _ in 0..300 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (a, b) = both(&running);
+            assert!(a + b <= 1, "both replicas working");
+        }
+        assert_eq!(both(&running), (0, 1), "b took over");
+        for stop in stops {
+            stop.cancel();
+        }
+        for (work, elector) in tasks {
+            work.await.unwrap();
+            elector.await.unwrap();
+        }
+        assert_eq!(both(&running), (0, 0));
+    }
 }
