@@ -368,9 +368,19 @@ mod cases {
     pub async fn watch_from_too_old_is_gone(server: TestServer) {
         let c = Client::new(&server);
         let (_, first) = c.post(TASKS, &task("old")).await;
+        let mut last = first.clone();
         for i in 0..80 {
-            c.post(TASKS, &task(&format!("n{i}"))).await;
+            last = c.post(TASKS, &task(&format!("n{i}"))).await.1;
         }
+        // Let the watch cache catch up first (a list no older than the last write
+        // waits for it), so its ring has moved past the first write.
+        let (code, _) = c
+            .get(&format!(
+                "{TASKS}?resourceVersion={}&resourceVersionMatch=NotOlderThan",
+                rv(&last)
+            ))
+            .await;
+        assert_eq!(code, 200);
         let mut watch = c
             .watch(&format!(
                 "{TASKS}?watch=true&resourceVersion={}",
@@ -753,9 +763,15 @@ mod cases {
             .get(&format!("{TASKS}?fieldSelector=spec.nodeName%3Dn1"))
             .await;
         assert_eq!(names(&on_node), ["t00", "t01", "t02"]);
+        // From the watch cache, no older than the list above (resourceVersion=0 alone
+        // may be any recent state, so it could race the cache).
+        let seen = on_node["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let (_, cached) = c
             .get(&format!(
-                "{TASKS}?fieldSelector=spec.nodeName%3Dn1&resourceVersion=0"
+                "{TASKS}?fieldSelector=spec.nodeName%3Dn1&resourceVersion={seen}&resourceVersionMatch=NotOlderThan"
             ))
             .await;
         assert_eq!(names(&cached), ["t00", "t01", "t02"]);
@@ -927,12 +943,22 @@ mod cases {
             assert_eq!(c.send(Method::GET, path, "", None).await.0, 200, "{path}");
         }
         c.post(TASKS, &task("m")).await;
-        let metrics = reqwest::get(format!("{}/metrics", server.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        // The watch cache learns of the task through its store watch: poll, do not race.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let metrics = loop {
+            let metrics = reqwest::get(format!("{}/metrics", server.url))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if metrics.contains("loom_apiserver_watch_cache_objects{resource=\"tasks.loom.dev\"} 1")
+                || Instant::now() > deadline
+            {
+                break metrics;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         assert!(
             metrics.contains("loom_apiserver_requests_total{"),
             "{metrics}"
