@@ -90,10 +90,10 @@ pub(crate) async fn run(ctx: &Context, args: &GetArgs) -> anyhow::Result<ExitCod
     };
     let mut query = Vec::new();
     if let Some(s) = &args.selector {
-        query.push(format!("labelSelector={}", encode(s)));
+        query.push(format!("labelSelector={}", client::api::encode(s)));
     }
     if let Some(s) = &args.field_selector {
-        query.push(format!("fieldSelector={}", encode(s)));
+        query.push(format!("fieldSelector={}", client::api::encode(s)));
     }
     let query = if query.is_empty() {
         String::new()
@@ -179,18 +179,6 @@ fn reason(error: &client::Error) -> String {
     error
         .status()
         .map_or_else(|| "Unknown".to_owned(), |s| s.reason.clone())
-}
-
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn visible(table: &Value, wide: bool) -> Vec<usize> {

@@ -101,3 +101,13 @@ pub fn header(what: &str) {
         "backend", "conc", what, "per sec", "p50 ms", "p99 ms"
     );
 }
+
+/// The resident memory of process `pid` (or `self`), from `/proc`; 0 if unknown.
+pub fn rss_of(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}

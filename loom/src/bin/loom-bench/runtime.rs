@@ -50,12 +50,7 @@ fn cpu_time() -> Duration {
 
 /// This process's resident memory.
 fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    crate::measure::rss_of("self")
 }
 
 /// Memory and CPU of a reflector holding `objects` tasks, and of following as many updates.
