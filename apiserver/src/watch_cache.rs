@@ -355,6 +355,11 @@ impl WatchCache {
             });
         }
         let mut state = self.lock();
+        // A stopped cache clears its watchers once; one registered after that would
+        // never hear anything again (nor end), so refuse it under the same lock.
+        if self.cancel.is_cancelled() {
+            return Err(WatchError::Stopped);
+        }
         let (queue, live) = mpsc::channel(WATCHER_QUEUE);
         let initial = match from {
             None => state
@@ -728,6 +733,22 @@ mod tests {
             kind_and_name(&next(&mut watch).await),
             (EventType::Added, "a".into())
         );
+    }
+
+    #[tokio::test]
+    async fn a_stopped_cache_refuses_new_watches_and_ends_old_ones() {
+        let (_dir, _store, cache) = setup().await;
+        let mut before = cache.watch(None, Filter::default()).await.unwrap();
+        cache.cancel.cancel();
+        assert!(matches!(
+            cache.watch(None, Filter::default()).await,
+            Err(WatchError::Stopped)
+        ));
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            while before.live.recv().await.is_some() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "a watch of a stopped cache must end");
     }
 
     #[tokio::test]
