@@ -116,6 +116,11 @@ pub struct JobSpec {
     /// A user's request to stop the job; its record stays.
     #[serde(skip_serializing_if = "is_default")]
     pub killed: bool,
+    /// Seconds after the job finishes (Completed, Failed or Killed) before it is
+    /// deleted with its tasks; kept until deleted by hand when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i64>,
 }
 
 impl JobSpec {

@@ -1,0 +1,1001 @@
+//! The Job reconciler: tasks from the template and overrides, parallelism, retries,
+//! dependencies, kill, and an exact status.
+//!
+//! Task identity is stable: index `i` of job `j` is first tried as task `j-i`, and
+//! its retries and replacements are `j-i-r1`, `j-i-r2`, … (label
+//! `loom.dev/attempt`). A name is chosen from what exists, so a reconcile that
+//! runs twice, or after a restart, asks for the same name and the API server's
+//! AlreadyExists keeps it from duplicating a task.
+//!
+//! A `Failed` task, or a task `Killed` for its own sake (a time limit), uses up one
+//! of `maxRetries`; a `Lost` task (its node died) or one killed by preemption is
+//! replaced without counting. Killing is a status write: phase `Killed` with
+//! reason `JobKilled` (a user set `killed: true`) or `JobFailed` (another task of
+//! the job failed for good); the nodelet stops a task whose status says Killed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use api_types::event::EventType;
+use api_types::kinds::task::merge_env;
+use api_types::{
+    Driver, EnvVar, Job, JobPhase, JobStatus, Mount, ObjectMeta, OwnerReference, Task, TaskPhase,
+    TaskSpec,
+};
+use chrono::{DateTime, Utc};
+use client::{Action, Api, ObjectKey, PostParams};
+use tracing::{debug, info};
+
+use crate::{
+    Context, Error, LABEL_ATTEMPT, LABEL_JOB, LABEL_JOB_INDEX, Result, at_least, key_of,
+    kill_and_observe, observe, publish,
+};
+
+/// The Events' component.
+pub const COMPONENT: &str = "job-controller";
+
+/// The kill reason of tasks stopped because a user killed their job.
+pub const REASON_JOB_KILLED: &str = "JobKilled";
+/// The kill reason of tasks stopped because another task of their job failed for good.
+pub const REASON_JOB_FAILED: &str = "JobFailed";
+/// A task reason meaning preemption (such a task is replaced, not retried).
+pub const REASON_PREEMPTED: &str = "Preempted";
+/// A task reason meaning its time limit ran out.
+pub const REASON_TIME_LIMIT: &str = "TimeLimitExceeded";
+
+/// Where a container sees its own output directory.
+pub const OUTPUT_MOUNT: &str = "/output";
+
+/// The name of attempt `attempt` at index `index` of job `job`.
+pub fn task_name(job: &str, index: i32, attempt: u32) -> String {
+    if attempt == 0 {
+        format!("{job}-{index}")
+    } else {
+        format!("{job}-{index}-r{attempt}")
+    }
+}
+
+/// Replaces `{{index}}`, `{{replicas}}` and `{{job}}`.
+fn render(text: &str, index: i32, replicas: i32, job: &str) -> String {
+    text.replace("{{index}}", &index.to_string())
+        .replace("{{replicas}}", &replicas.to_string())
+        .replace("{{job}}", job)
+}
+
+/// Label values are at most 63 characters; a longer job name is simply not labelled.
+fn label_value(value: &str) -> Option<String> {
+    (value.len() <= 63).then(|| value.to_owned())
+}
+
+/// The task for attempt `attempt` at `index`: the template with the matching overrides
+/// laid over it, the job's defaults, inputs, output and log directories, placeholders
+/// filled in, and the job as its controlling owner.
+pub fn build_task(job: &Job, index: i32, attempt: u32) -> Task {
+    let name = task_name(&job.metadata.name, index, attempt);
+    let replicas = job.spec.replicas();
+    let mut spec: TaskSpec = job.spec.task_spec_for(index);
+    spec.index = Some(index);
+    if spec.priority.is_none() {
+        spec.priority = job.spec.priority;
+    }
+    if spec.time_limit_seconds.is_none() {
+        spec.time_limit_seconds = job.spec.time_limit_seconds;
+    }
+    // The job's env is the base; the template's and the overrides' win over it.
+    let mut env = job.spec.env.clone();
+    merge_env(&mut env, &spec.env);
+    spec.env = env;
+    for input in &job.spec.inputs {
+        spec.mounts.push(Mount {
+            source: input.source.clone(),
+            target: input.target.clone(),
+            read_only: Some(true),
+        });
+    }
+    let mut loom_env = vec![EnvVar::new("LOOM_TASK_INDEX", index.to_string())];
+    if !job.spec.output_dir.is_empty() {
+        let dir = format!("{}/{index}", job.spec.output_dir.trim_end_matches('/'));
+        // A host process has no mount namespace of its own: it writes to the host path.
+        let seen_at = match spec.driver() {
+            Driver::Container => OUTPUT_MOUNT.to_owned(),
+            Driver::Exec => dir.clone(),
+        };
+        spec.mounts.push(Mount {
+            source: dir,
+            target: OUTPUT_MOUNT.to_owned(),
+            read_only: Some(false),
+        });
+        loom_env.push(EnvVar::new("LOOM_OUTPUT_DIR", seen_at));
+    }
+    if !job.spec.log_dir.is_empty() && spec.log_path.is_empty() {
+        spec.log_path = format!("{}/{name}.log", job.spec.log_dir.trim_end_matches('/'));
+    }
+    let job_name = &job.metadata.name;
+    for part in spec.command.iter_mut().chain(spec.args.iter_mut()) {
+        *part = render(part, index, replicas, job_name);
+    }
+    for var in &mut spec.env {
+        var.value = render(&var.value, index, replicas, job_name);
+    }
+    merge_env(&mut spec.env, &loom_env);
+
+    let mut labels = job.spec.template.metadata.labels.clone();
+    if let Some(value) = label_value(job_name) {
+        labels.insert(LABEL_JOB.to_owned(), value);
+    }
+    labels.insert(LABEL_JOB_INDEX.to_owned(), index.to_string());
+    labels.insert(LABEL_ATTEMPT.to_owned(), attempt.to_string());
+    Task {
+        metadata: ObjectMeta {
+            name,
+            namespace: job.metadata.namespace.clone(),
+            labels,
+            annotations: job.spec.template.metadata.annotations.clone(),
+            owner_references: vec![OwnerReference::to(job, true)],
+            ..ObjectMeta::default()
+        },
+        spec,
+        ..Task::default()
+    }
+}
+
+/// What a dependency looks like from the dependent job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dependency {
+    /// No job of that name in the namespace.
+    Missing,
+    /// It exists, in this phase.
+    Phase(JobPhase),
+}
+
+/// What the reconcile should do.
+#[derive(Debug, Default, PartialEq)]
+pub struct Decision {
+    /// Tasks to create.
+    pub create: Vec<Task>,
+    /// Tasks to kill, with the reason and message.
+    pub kill: Vec<(Arc<Task>, String, String)>,
+    /// The status to write.
+    pub status: JobStatus,
+    /// Events: type, reason, message.
+    pub events: Vec<(EventType, String, String)>,
+}
+
+fn attempt_of(task: &Task) -> u32 {
+    task.metadata
+        .labels
+        .get(LABEL_ATTEMPT)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether a terminal task used up one of its index's retries.
+fn counts_as_failure(task: &Task) -> bool {
+    let reason = task.status.as_ref().map_or("", |s| s.reason.as_str());
+    match task.phase() {
+        TaskPhase::Failed => true,
+        TaskPhase::Killed => {
+            ![REASON_PREEMPTED, REASON_JOB_KILLED, REASON_JOB_FAILED].contains(&reason)
+        }
+        _ => false,
+    }
+}
+
+/// What became of one index.
+enum IndexState {
+    /// A task of it completed.
+    Done,
+    /// Its latest attempt is pending or running.
+    Active,
+    /// It needs this attempt next.
+    Next(u32),
+    /// It failed more often than `maxRetries`; the last failed task.
+    Exhausted(Arc<Task>),
+}
+
+fn index_state(attempts: &[Arc<Task>], max_retries: i32) -> IndexState {
+    if attempts.iter().any(|t| t.phase() == TaskPhase::Completed) {
+        return IndexState::Done;
+    }
+    let Some(latest) = attempts.iter().max_by_key(|t| attempt_of(t)) else {
+        return IndexState::Next(0);
+    };
+    if !latest.is_terminal() {
+        return IndexState::Active;
+    }
+    let failures = attempts.iter().filter(|t| counts_as_failure(t)).count();
+    if failures > usize::try_from(max_retries.max(0)).unwrap_or(0) {
+        let last_failure = attempts
+            .iter()
+            .filter(|t| counts_as_failure(t))
+            .max_by_key(|t| attempt_of(t))
+            .cloned()
+            .unwrap_or_else(|| latest.clone());
+        return IndexState::Exhausted(last_failure);
+    }
+    IndexState::Next(attempt_of(latest) + 1)
+}
+
+/// Counts of tasks by phase, counting `killing` tasks as Killed.
+fn count(status: &mut JobStatus, tasks: &[Arc<Task>], killing: &BTreeSet<String>) {
+    status.pending = 0;
+    status.running = 0;
+    status.completed = 0;
+    status.failed = 0;
+    status.killed = 0;
+    status.lost = 0;
+    for task in tasks {
+        let phase = if killing.contains(&task.metadata.name) {
+            TaskPhase::Killed
+        } else {
+            task.phase()
+        };
+        match phase {
+            TaskPhase::Pending => status.pending += 1,
+            TaskPhase::Running => status.running += 1,
+            TaskPhase::Completed => status.completed += 1,
+            TaskPhase::Failed => status.failed += 1,
+            TaskPhase::Killed => status.killed += 1,
+            TaskPhase::Lost => status.lost += 1,
+        }
+    }
+}
+
+/// The first non-zero exit code of a failed task (by finish time), else 0.
+fn exit_code(tasks: &[Arc<Task>]) -> i32 {
+    tasks
+        .iter()
+        .filter_map(|t| {
+            let s = t.status.as_ref()?;
+            let code = s.exit_code.filter(|c| *c != 0)?;
+            (s.phase == TaskPhase::Failed).then_some((s.finish_time, code))
+        })
+        .min_by_key(|(at, _)| *at)
+        .map_or(0, |(_, code)| code)
+}
+
+fn earliest_start(tasks: &[Arc<Task>]) -> Option<DateTime<Utc>> {
+    tasks
+        .iter()
+        .filter_map(|t| t.status.as_ref().and_then(|s| s.start_time))
+        .min()
+}
+
+fn latest_finish(tasks: &[Arc<Task>]) -> Option<DateTime<Utc>> {
+    tasks
+        .iter()
+        .filter_map(|t| t.status.as_ref().and_then(|s| s.finish_time))
+        .max()
+}
+
+fn describe_failure(task: &Task, retries: i32) -> (String, String) {
+    let status = task.status.clone().unwrap_or_default();
+    let after = match retries {
+        0 => String::new(),
+        1 => " after 1 retry".to_owned(),
+        n => format!(" after {n} retries"),
+    };
+    if task.phase() == TaskPhase::Killed && status.reason == REASON_TIME_LIMIT {
+        return (
+            REASON_TIME_LIMIT.to_owned(),
+            format!(
+                "task {} ran past its time limit and was killed{after}",
+                task.metadata.name
+            ),
+        );
+    }
+    let how = match (task.phase(), status.exit_code) {
+        (TaskPhase::Killed, _) => format!("was killed ({})", status.reason),
+        (_, Some(code)) => format!("failed with exit code {code}"),
+        (_, None) if !status.reason.is_empty() => format!("failed ({})", status.reason),
+        _ => "failed".to_owned(),
+    };
+    (
+        "TaskFailed".to_owned(),
+        format!("task {} {how}{after}", task.metadata.name),
+    )
+}
+
+/// Decides what a non-terminal job needs, from its tasks, its dependencies (by name;
+/// only looked at before the job starts) and the dependency cycle it is on, if any.
+pub fn decide(
+    job: &Job,
+    tasks: &[Arc<Task>],
+    dependencies: &[(String, Dependency)],
+    cycle: Option<&[String]>,
+    now: DateTime<Utc>,
+) -> Decision {
+    let old = job.status.clone().unwrap_or_default();
+    let mut status = JobStatus {
+        phase: old.phase,
+        start_time: old.start_time.or_else(|| earliest_start(tasks)),
+        end_time: old.end_time,
+        exit_code: old.exit_code,
+        reason: String::new(),
+        message: String::new(),
+        conditions: old.conditions.clone(),
+        observed_generation: Some(job.metadata.generation),
+        ..JobStatus::default()
+    };
+    let mut decision = Decision::default();
+    let active: Vec<&Arc<Task>> = tasks.iter().filter(|t| !t.is_terminal()).collect();
+    let started = !tasks.is_empty() || old.start_time.is_some();
+
+    let finish = |decision: &mut Decision,
+                  status: &mut JobStatus,
+                  phase: JobPhase,
+                  reason: &str,
+                  message: String,
+                  kill_reason: &str,
+                  event_type: EventType| {
+        for task in &active {
+            decision
+                .kill
+                .push(((*task).clone(), kill_reason.to_owned(), message.clone()));
+        }
+        status.phase = phase;
+        status.reason = reason.to_owned();
+        status.message.clone_from(&message);
+        status.end_time = Some(now);
+        status.exit_code = Some(exit_code(tasks));
+        decision
+            .events
+            .push((event_type, phase.as_str().to_owned(), message));
+    };
+
+    if job.spec.killed {
+        finish(
+            &mut decision,
+            &mut status,
+            JobPhase::Killed,
+            "Killed",
+            "killed by a user".to_owned(),
+            REASON_JOB_KILLED,
+            EventType::Normal,
+        );
+    } else if !started && !dependencies.is_empty() {
+        let failed = dependencies.iter().find_map(|(name, d)| match d {
+            Dependency::Phase(p @ (JobPhase::Failed | JobPhase::Killed)) => Some((name, *p)),
+            _ => None,
+        });
+        let missing: Vec<&str> = dependencies
+            .iter()
+            .filter(|(_, d)| *d == Dependency::Missing)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let waiting: Vec<&str> = dependencies
+            .iter()
+            .filter(|(_, d)| matches!(d, Dependency::Phase(p) if !p.is_terminal()))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if let Some((name, phase)) = failed {
+            let verb = if phase == JobPhase::Killed {
+                "was killed"
+            } else {
+                "failed"
+            };
+            finish(
+                &mut decision,
+                &mut status,
+                JobPhase::Failed,
+                "DependencyFailed",
+                format!("dependency {name} {verb}"),
+                REASON_JOB_FAILED,
+                EventType::Warning,
+            );
+            status.exit_code = Some(0);
+        } else if let Some(cycle) = cycle {
+            status.phase = JobPhase::Waiting;
+            status.reason = "DependencyCycle".to_owned();
+            status.message = format!("dependencies form a cycle: {}", cycle.join(" -> "));
+        } else if !missing.is_empty() {
+            status.phase = JobPhase::Waiting;
+            status.reason = "DependencyNotFound".to_owned();
+            status.message = format!("waiting for missing dependencies: {}", missing.join(", "));
+        } else if !waiting.is_empty() {
+            status.phase = JobPhase::Waiting;
+            status.reason = "WaitingForDependencies".to_owned();
+            status.message = format!("waiting for {}", waiting.join(", "));
+        }
+        if status.phase == JobPhase::Waiting {
+            if old.phase != JobPhase::Waiting || old.reason != status.reason {
+                let type_ = if status.reason == "WaitingForDependencies" {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                };
+                decision
+                    .events
+                    .push((type_, status.reason.clone(), status.message.clone()));
+            }
+            count(&mut status, tasks, &BTreeSet::new());
+            decision.status = status;
+            return decision;
+        }
+    }
+    if status.phase.is_terminal() {
+        let killing = decision
+            .kill
+            .iter()
+            .map(|(t, _, _)| t.metadata.name.clone())
+            .collect();
+        count(&mut status, tasks, &killing);
+        decision.status = status;
+        return decision;
+    }
+
+    // Every index: done, running, needing a (next) attempt, or failed for good.
+    let replicas = job.spec.replicas().max(0);
+    let mut by_index: BTreeMap<i32, Vec<Arc<Task>>> = BTreeMap::new();
+    for task in tasks {
+        if let Some(index) = task.spec.index {
+            by_index.entry(index).or_default().push(task.clone());
+        }
+    }
+    let mut done = 0;
+    let mut next = Vec::new();
+    let mut exhausted = None;
+    for index in 0..replicas {
+        let attempts = by_index.get(&index).map(Vec::as_slice).unwrap_or(&[]);
+        match index_state(attempts, job.spec.max_retries()) {
+            IndexState::Done => done += 1,
+            IndexState::Active => {}
+            IndexState::Next(attempt) => next.push((index, attempt)),
+            IndexState::Exhausted(task) => {
+                exhausted.get_or_insert(task);
+            }
+        }
+    }
+    if let Some(task) = exhausted {
+        let (reason, message) = describe_failure(&task, job.spec.max_retries());
+        finish(
+            &mut decision,
+            &mut status,
+            JobPhase::Failed,
+            &reason,
+            message,
+            REASON_JOB_FAILED,
+            EventType::Warning,
+        );
+        let killing = decision
+            .kill
+            .iter()
+            .map(|(t, _, _)| t.metadata.name.clone())
+            .collect();
+        count(&mut status, tasks, &killing);
+        decision.status = status;
+        return decision;
+    }
+    if done == replicas {
+        status.phase = JobPhase::Completed;
+        status.reason = "Completed".to_owned();
+        status.message = format!("{replicas} of {replicas} tasks completed");
+        status.end_time = Some(latest_finish(tasks).unwrap_or(now));
+        status.exit_code = Some(0);
+        decision.events.push((
+            EventType::Normal,
+            "Completed".to_owned(),
+            status.message.clone(),
+        ));
+        count(&mut status, tasks, &BTreeSet::new());
+        decision.status = status;
+        return decision;
+    }
+    let room = usize::try_from(job.spec.parallelism().max(1))
+        .unwrap_or(usize::MAX)
+        .saturating_sub(active.len());
+    let mut retried = Vec::new();
+    for (index, attempt) in next.into_iter().take(room) {
+        let task = build_task(job, index, attempt);
+        if attempt > 0 {
+            retried.push(task.metadata.name.clone());
+        }
+        decision.create.push(task);
+    }
+    if !decision.create.is_empty() {
+        let names: Vec<&str> = decision
+            .create
+            .iter()
+            .map(|t| t.metadata.name.as_str())
+            .collect();
+        decision.events.push((
+            EventType::Normal,
+            "TasksCreated".to_owned(),
+            format!("created {}", names.join(", ")),
+        ));
+    }
+    if !retried.is_empty() {
+        decision.events.push((
+            EventType::Normal,
+            "TasksReplaced".to_owned(),
+            format!("replaced failed or lost tasks with {}", retried.join(", ")),
+        ));
+    }
+    let any_started = tasks.iter().any(|t| {
+        t.phase() != TaskPhase::Pending || t.status.as_ref().is_some_and(|s| s.start_time.is_some())
+    });
+    status.phase = if any_started {
+        JobPhase::Running
+    } else {
+        JobPhase::Pending
+    };
+    if status.phase == JobPhase::Running && old.phase != JobPhase::Running {
+        decision.events.push((
+            EventType::Normal,
+            "Running".to_owned(),
+            "a task started".to_owned(),
+        ));
+    }
+    status.message = format!("{done} of {replicas} tasks completed");
+    count(&mut status, tasks, &BTreeSet::new());
+    decision.status = status;
+    decision
+}
+
+/// The chain `job -> … -> job` if following dependsOn from `job` comes back to it.
+pub fn find_cycle(
+    job: &str,
+    depends_on: impl Fn(&str) -> Option<Vec<String>>,
+) -> Option<Vec<String>> {
+    // Depth-first, remembering the path; each job is expanded once.
+    let mut seen = BTreeSet::new();
+    let mut stack: Vec<(String, Vec<String>)> = vec![(job.to_owned(), vec![job.to_owned()])];
+    while let Some((name, path)) = stack.pop() {
+        for dep in depends_on(&name).unwrap_or_default() {
+            if dep == job {
+                let mut cycle = path.clone();
+                cycle.push(dep);
+                return Some(cycle);
+            }
+            if seen.insert(dep.clone()) {
+                let mut next = path.clone();
+                next.push(dep.clone());
+                stack.push((dep, next));
+            }
+        }
+    }
+    None
+}
+
+/// Reconciles one Job.
+pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
+    if job.metadata.deletion_timestamp.is_some() {
+        // Its tasks go with it (the garbage collector); nothing new starts.
+        return Ok(Action::await_change());
+    }
+    let namespace = job.metadata.namespace.clone();
+    let tasks = ctx.tasks_controlled_by(&namespace, &job.metadata.uid);
+    let now = Utc::now();
+    if job.phase().is_terminal() {
+        return settle_terminal(&job, &tasks, &ctx).await;
+    }
+    let lookup = |name: &str| ctx.jobs.get(&ObjectKey::new(&namespace, name));
+    let dependencies: Vec<(String, Dependency)> = job
+        .spec
+        .depends_on
+        .iter()
+        .map(|name| {
+            let state = match lookup(name) {
+                Some(dep) => Dependency::Phase(dep.phase()),
+                None => Dependency::Missing,
+            };
+            (name.clone(), state)
+        })
+        .collect();
+    let cycle = if job.spec.depends_on.is_empty() {
+        None
+    } else {
+        find_cycle(&job.metadata.name, |name| {
+            lookup(name).map(|j| j.spec.depends_on.clone())
+        })
+    };
+    let decision = decide(&job, &tasks, &dependencies, cycle.as_deref(), now);
+    apply(&job, decision, &ctx).await
+}
+
+/// A terminal job keeps no live task (a crash may have come between killing its
+/// tasks and recording its phase), and its counts follow its tasks.
+async fn settle_terminal(job: &Job, tasks: &[Arc<Task>], ctx: &Context) -> Result<Action> {
+    let reason = if job.phase() == JobPhase::Killed {
+        REASON_JOB_KILLED
+    } else {
+        REASON_JOB_FAILED
+    };
+    let message = job
+        .status
+        .as_ref()
+        .map(|s| s.message.clone())
+        .unwrap_or_default();
+    let mut killing = BTreeSet::new();
+    for task in tasks.iter().filter(|t| !t.is_terminal()) {
+        kill_and_observe(ctx, task, reason, &message).await?;
+        killing.insert(task.metadata.name.clone());
+    }
+    let old = job.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    count(&mut status, tasks, &killing);
+    if status != old {
+        write_status(job, status, ctx).await?;
+    }
+    Ok(Action::await_change())
+}
+
+async fn write_status(job: &Job, status: JobStatus, ctx: &Context) -> Result<Option<Job>> {
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &job.metadata.namespace);
+    let mut updated = job.clone();
+    updated.status = Some(status);
+    match api
+        .replace_status(&job.metadata.name, &PostParams::default(), &updated)
+        .await
+    {
+        Ok(written) => Ok(Some(written)),
+        // A newer job is on its way to the cache; it brings us back.
+        Err(error) if error.is_conflict() || error.is_not_found() => Ok(None),
+        Err(error) => Err(Error::api("write status of job", key_of(job))(error)),
+    }
+}
+
+async fn apply(job: &Job, decision: Decision, ctx: &Context) -> Result<Action> {
+    let namespace = &job.metadata.namespace;
+    let api: Api<Task> = Api::namespaced(ctx.client.clone(), namespace);
+    for task in &decision.create {
+        match api.create(&PostParams::default(), task).await {
+            Ok(_) => debug!(task = %task.metadata.name, "created"),
+            // Already made by an earlier reconcile (maybe before a restart).
+            Err(error) if error.is_conflict() => {}
+            Err(error) => {
+                let recorder = ctx.recorder(COMPONENT);
+                publish(
+                    &recorder,
+                    job,
+                    EventType::Warning,
+                    "FailedCreate",
+                    &format!("cannot create task {}: {error}", task.metadata.name),
+                )
+                .await;
+                return Err(Error::api(
+                    "create task",
+                    format!("{namespace}/{}", task.metadata.name),
+                )(error));
+            }
+        }
+    }
+    for task in &decision.create {
+        observe(&ctx.tasks, &ObjectKey::of(task), |t| t.is_some()).await;
+    }
+    for (task, reason, message) in &decision.kill {
+        kill_and_observe(ctx, task, reason, message).await?;
+    }
+    let old = job.status.clone().unwrap_or_default();
+    let changed_phase = old.phase != decision.status.phase;
+    if decision.status != old {
+        if let Some(written) = write_status(job, decision.status.clone(), ctx).await? {
+            if changed_phase {
+                info!(job = %key_of(job), phase = %decision.status.phase, "job phase");
+            }
+            let version = written.metadata.resource_version.clone();
+            observe(&ctx.jobs, &ObjectKey::of(job), |j| {
+                j.is_none_or(|j| at_least(j, &version))
+            })
+            .await;
+        } else {
+            return Ok(Action::await_change());
+        }
+    }
+    if !decision.events.is_empty() {
+        let recorder = ctx.recorder(COMPONENT);
+        for (type_, reason, message) in &decision.events {
+            publish(&recorder, job, *type_, reason, message).await;
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// The keys of the jobs that depend on `job` (to look again when it changes).
+pub fn dependents(ctx: &Context, job: &Job) -> Vec<ObjectKey> {
+    ctx.jobs
+        .by_index(
+            crate::BY_DEPENDENCY,
+            &format!("{}/{}", job.metadata.namespace, job.metadata.name),
+        )
+        .iter()
+        .map(|j| ObjectKey::of(j.as_ref()))
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use api_types::TaskStatus;
+    use serde_json::json;
+
+    fn job(value: serde_json::Value) -> Job {
+        let mut job: Job = serde_json::from_value(json!({
+            "metadata": {"name": "train", "namespace": "default", "uid": "u1", "generation": 1},
+            "spec": value,
+        }))
+        .unwrap();
+        job.api_version = "loom.dev/v1".into();
+        job
+    }
+
+    fn with_phase(mut task: Task, phase: TaskPhase, reason: &str, exit: Option<i32>) -> Arc<Task> {
+        task.status = Some(TaskStatus {
+            phase,
+            reason: reason.into(),
+            exit_code: exit,
+            ..TaskStatus::default()
+        });
+        Arc::new(task)
+    }
+
+    #[test]
+    fn tasks_carry_index_overrides_placeholders_mounts_and_defaults() {
+        let job = job(json!({
+            "replicas": 4, "priority": 7, "timeLimitSeconds": 60,
+            "env": [{"name": "MODE", "value": "job"}, {"name": "SHARD", "value": "{{index}}"}],
+            "inputs": [{"source": "/data", "target": "/in"}],
+            "outputDir": "/out/", "logDir": "/logs",
+            "template": {"metadata": {"labels": {"team": "a"}},
+                         "spec": {"image": "busybox", "command": ["run", "{{job}}"],
+                                  "args": ["--shard={{index}}/{{replicas}}"],
+                                  "env": [{"name": "MODE", "value": "template"}]}},
+            "overrides": [{"indexes": "0,3-5", "spec": {"args": ["--leader"], "priority": 9}}],
+        }));
+        let t0 = build_task(&job, 0, 0);
+        assert_eq!(t0.metadata.name, "train-0");
+        assert_eq!(t0.spec.args, ["--leader"]);
+        assert_eq!(t0.spec.priority, Some(9));
+        let t2 = build_task(&job, 2, 1);
+        assert_eq!(t2.metadata.name, "train-2-r1");
+        assert_eq!(t2.spec.command, ["run", "train"]);
+        assert_eq!(t2.spec.args, ["--shard=2/4"]);
+        assert_eq!(t2.spec.priority, Some(7));
+        assert_eq!(t2.spec.time_limit_seconds, Some(60));
+        assert_eq!(t2.spec.index, Some(2));
+        assert_eq!(t2.spec.log_path, "/logs/train-2-r1.log");
+        let env: Vec<(&str, &str)> = t2
+            .spec
+            .env
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("MODE", "template"),
+                ("SHARD", "2"),
+                ("LOOM_TASK_INDEX", "2"),
+                ("LOOM_OUTPUT_DIR", "/output")
+            ]
+        );
+        assert_eq!(
+            t2.spec.mounts,
+            [
+                Mount {
+                    source: "/data".into(),
+                    target: "/in".into(),
+                    read_only: Some(true)
+                },
+                Mount {
+                    source: "/out/2".into(),
+                    target: "/output".into(),
+                    read_only: Some(false)
+                }
+            ]
+        );
+        assert_eq!(t2.metadata.labels["team"], "a");
+        assert_eq!(t2.metadata.labels[LABEL_JOB], "train");
+        assert_eq!(t2.metadata.labels[LABEL_JOB_INDEX], "2");
+        assert_eq!(t2.metadata.labels[LABEL_ATTEMPT], "1");
+        let owner = &t2.metadata.owner_references[0];
+        assert_eq!((owner.uid.as_str(), owner.controller), ("u1", Some(true)));
+    }
+
+    #[test]
+    fn exec_tasks_see_their_host_output_directory() {
+        let job = job(json!({"outputDir": "/out",
+            "template": {"spec": {"driver": "exec", "command": ["true"]}}}));
+        let task = build_task(&job, 0, 0);
+        assert!(
+            task.spec
+                .env
+                .contains(&EnvVar::new("LOOM_OUTPUT_DIR", "/out/0"))
+        );
+    }
+
+    #[test]
+    fn parallelism_bounds_the_tasks_created() {
+        let job =
+            job(json!({"replicas": 5, "parallelism": 2, "template": {"spec": {"image": "x"}}}));
+        let d = decide(&job, &[], &[], None, Utc::now());
+        let names: Vec<_> = d.create.iter().map(|t| t.metadata.name.as_str()).collect();
+        assert_eq!(names, ["train-0", "train-1"]);
+        assert_eq!(d.status.phase, JobPhase::Pending);
+        // One finished, one running: one more may start, and the finished index is not redone.
+        let tasks = vec![
+            with_phase(build_task(&job, 0, 0), TaskPhase::Completed, "", Some(0)),
+            with_phase(build_task(&job, 1, 0), TaskPhase::Running, "", None),
+        ];
+        let d = decide(&job, &tasks, &[], None, Utc::now());
+        let names: Vec<_> = d.create.iter().map(|t| t.metadata.name.as_str()).collect();
+        assert_eq!(names, ["train-2"]);
+        assert_eq!(d.status.phase, JobPhase::Running);
+        assert_eq!((d.status.completed, d.status.running), (1, 1));
+    }
+
+    #[test]
+    fn failures_are_retried_then_fail_the_job_and_lost_tasks_are_replaced_free() {
+        let job =
+            job(json!({"replicas": 2, "maxRetries": 1, "template": {"spec": {"image": "x"}}}));
+        let running = with_phase(build_task(&job, 1, 0), TaskPhase::Running, "", None);
+        let lost = with_phase(build_task(&job, 0, 0), TaskPhase::Lost, "NodeLost", None);
+        let d = decide(
+            &job,
+            &[lost.clone(), running.clone()],
+            &[],
+            None,
+            Utc::now(),
+        );
+        assert_eq!(d.create[0].metadata.name, "train-0-r1");
+        let failed = with_phase(build_task(&job, 0, 1), TaskPhase::Failed, "", Some(3));
+        let d = decide(
+            &job,
+            &[lost.clone(), failed.clone(), running.clone()],
+            &[],
+            None,
+            Utc::now(),
+        );
+        assert_eq!(d.create[0].metadata.name, "train-0-r2", "one retry left");
+        let failed_again = with_phase(build_task(&job, 0, 2), TaskPhase::Failed, "", Some(4));
+        let d = decide(
+            &job,
+            &[lost, failed, failed_again, running.clone()],
+            &[],
+            None,
+            Utc::now(),
+        );
+        assert!(d.create.is_empty());
+        assert_eq!(d.status.phase, JobPhase::Failed);
+        assert_eq!(d.status.reason, "TaskFailed");
+        assert_eq!(
+            d.status.message,
+            "task train-0-r2 failed with exit code 4 after 1 retry"
+        );
+        assert_eq!(d.kill.len(), 1, "the running task is killed");
+        assert_eq!(d.kill[0].0.metadata.name, "train-1");
+        assert_eq!(d.kill[0].1, REASON_JOB_FAILED);
+        assert_eq!((d.status.killed, d.status.failed, d.status.lost), (1, 2, 1));
+    }
+
+    #[test]
+    fn a_time_limit_kill_uses_a_retry_and_names_the_reason() {
+        let job = job(json!({"template": {"spec": {"image": "x"}}}));
+        let killed = with_phase(
+            build_task(&job, 0, 0),
+            TaskPhase::Killed,
+            REASON_TIME_LIMIT,
+            None,
+        );
+        let d = decide(&job, &[killed], &[], None, Utc::now());
+        assert_eq!(d.status.phase, JobPhase::Failed);
+        assert_eq!(d.status.reason, REASON_TIME_LIMIT);
+    }
+
+    #[test]
+    fn completion_sets_end_time_and_exit_code() {
+        let job = job(json!({"replicas": 1, "template": {"spec": {"image": "x"}}}));
+        let done = with_phase(build_task(&job, 0, 0), TaskPhase::Completed, "", Some(0));
+        let d = decide(&job, &[done], &[], None, Utc::now());
+        assert_eq!(d.status.phase, JobPhase::Completed);
+        assert_eq!(d.status.exit_code, Some(0));
+        assert!(d.status.end_time.is_some());
+    }
+
+    #[test]
+    fn dependencies_wait_fail_and_report_cycles_and_missing_jobs() {
+        let job =
+            job(json!({"dependsOn": ["prep", "fetch"], "template": {"spec": {"image": "x"}}}));
+        let deps =
+            |a: Dependency, b: Dependency| vec![("prep".to_owned(), a), ("fetch".to_owned(), b)];
+        let d = decide(
+            &job,
+            &[],
+            &deps(
+                Dependency::Phase(JobPhase::Completed),
+                Dependency::Phase(JobPhase::Running),
+            ),
+            None,
+            Utc::now(),
+        );
+        assert_eq!(d.status.phase, JobPhase::Waiting);
+        assert_eq!(d.status.message, "waiting for fetch");
+        assert!(d.create.is_empty());
+        let d = decide(
+            &job,
+            &[],
+            &deps(Dependency::Missing, Dependency::Phase(JobPhase::Failed)),
+            None,
+            Utc::now(),
+        );
+        assert_eq!(d.status.phase, JobPhase::Failed);
+        assert_eq!(d.status.reason, "DependencyFailed");
+        assert_eq!(d.status.message, "dependency fetch failed");
+        assert!(d.create.is_empty());
+        let d = decide(
+            &job,
+            &[],
+            &deps(Dependency::Missing, Dependency::Phase(JobPhase::Completed)),
+            None,
+            Utc::now(),
+        );
+        assert_eq!(
+            (d.status.phase, d.status.reason.as_str()),
+            (JobPhase::Waiting, "DependencyNotFound")
+        );
+        assert!(d.status.message.contains("prep"));
+        let cycle = ["train".to_owned(), "prep".to_owned(), "train".to_owned()];
+        let d = decide(
+            &job,
+            &[],
+            &deps(
+                Dependency::Phase(JobPhase::Waiting),
+                Dependency::Phase(JobPhase::Completed),
+            ),
+            Some(&cycle),
+            Utc::now(),
+        );
+        assert_eq!(d.status.reason, "DependencyCycle");
+        assert_eq!(
+            d.status.message,
+            "dependencies form a cycle: train -> prep -> train"
+        );
+        let d = decide(
+            &job,
+            &[],
+            &deps(
+                Dependency::Phase(JobPhase::Completed),
+                Dependency::Phase(JobPhase::Completed),
+            ),
+            None,
+            Utc::now(),
+        );
+        assert_eq!(d.create.len(), 1);
+    }
+
+    #[test]
+    fn cycles_are_found_through_other_jobs() {
+        let graph = |name: &str| -> Option<Vec<String>> {
+            match name {
+                "a" => Some(vec!["b".into()]),
+                "b" => Some(vec!["c".into(), "x".into()]),
+                "c" => Some(vec!["a".into()]),
+                "x" => Some(vec![]),
+                _ => None,
+            }
+        };
+        assert_eq!(
+            find_cycle("a", graph).unwrap(),
+            ["a", "b", "c", "a"].map(String::from)
+        );
+        assert_eq!(find_cycle("x", graph), None);
+    }
+
+    #[test]
+    fn killing_stops_every_live_task() {
+        let job = job(json!({"replicas": 3, "killed": true, "template": {"spec": {"image": "x"}}}));
+        let tasks = vec![
+            with_phase(build_task(&job, 0, 0), TaskPhase::Completed, "", Some(0)),
+            with_phase(build_task(&job, 1, 0), TaskPhase::Running, "", None),
+            Arc::new(build_task(&job, 2, 0)),
+        ];
+        let d = decide(&job, &tasks, &[], None, Utc::now());
+        assert_eq!(d.status.phase, JobPhase::Killed);
+        let killed: Vec<_> = d.kill.iter().map(|k| k.0.metadata.name.as_str()).collect();
+        assert_eq!(killed, ["train-1", "train-2"]);
+        assert!(d.kill.iter().all(|k| k.1 == REASON_JOB_KILLED));
+        assert_eq!((d.status.completed, d.status.killed), (1, 2));
+        assert!(d.create.is_empty());
+    }
+}

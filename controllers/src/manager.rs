@@ -1,0 +1,241 @@
+//! The controller-manager: one informer a kind, shared by every reconciler, and
+//! every built-in controller run until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api_types::{Job, Lease, Namespace, Node, ObjectMeta, Service, Task};
+use client::controller::{self, Action, Controller};
+use client::{Api, Client, Informer, ObjectKey, PostParams, StoreBuilder, watcher};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{BY_CONTROLLER, BY_DEPENDENCY, BY_NODE, BY_OWNER, Context, Error, gc, job};
+use crate::{node_lifecycle, service, ttl};
+
+/// The namespace nodelets keep their heartbeat Leases in (one named after each node).
+pub const NODE_LEASE_NAMESPACE: &str = "loom-node-lease";
+
+/// How the controllers run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Who records Events (`reportingInstance`).
+    pub identity: String,
+    /// A node whose Lease is not renewed for this long goes NotReady and gets the
+    /// `loom.dev/unreachable:NoExecute` taint.
+    pub node_grace: Duration,
+    /// After a further this long its unfinished tasks are marked Lost.
+    pub lost_grace: Duration,
+    /// Where the nodes' Leases are.
+    pub node_lease_namespace: String,
+    /// A Service rollout fails once a task of the new template restarted this many
+    /// times (or failed) without becoming ready.
+    pub rollout_failure_restarts: i32,
+    /// Reconciles at once per controller.
+    pub concurrency: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            identity: "loom-controllers".to_owned(),
+            node_grace: Duration::from_secs(40),
+            lost_grace: Duration::from_secs(60),
+            node_lease_namespace: NODE_LEASE_NAMESPACE.to_owned(),
+            rollout_failure_restarts: 3,
+            concurrency: 8,
+        }
+    }
+}
+
+fn owner_uids(meta: &ObjectMeta) -> Vec<String> {
+    meta.owner_references
+        .iter()
+        .map(|r| r.uid.clone())
+        .collect()
+}
+
+fn error_policy<K>(_: Arc<K>, _: &Error, _: Arc<Context>) -> Action {
+    // The controller backs off per key; nothing else to do.
+    Action::await_change()
+}
+
+/// Runs every built-in controller until `shutdown`, then stops its watches.
+pub async fn run_manager(client: Client, config: Config, shutdown: CancellationToken) {
+    let watch = watcher::Config::default;
+    let tasks = Informer::start_with(
+        Api::<Task>::all(client.clone()),
+        watch(),
+        StoreBuilder::default()
+            .index(BY_CONTROLLER, |t: &Task| {
+                t.metadata
+                    .controller_ref()
+                    .map(|r| vec![r.uid.clone()])
+                    .unwrap_or_default()
+            })
+            .index(BY_OWNER, |t: &Task| owner_uids(&t.metadata))
+            .index(BY_NODE, |t: &Task| {
+                if t.spec.node_name.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![t.spec.node_name.clone()]
+                }
+            }),
+    );
+    let jobs = Informer::start_with(
+        Api::<Job>::all(client.clone()),
+        watch(),
+        StoreBuilder::default()
+            .index(BY_OWNER, |j: &Job| owner_uids(&j.metadata))
+            .index(BY_DEPENDENCY, |j: &Job| {
+                j.spec
+                    .depends_on
+                    .iter()
+                    .map(|d| format!("{}/{d}", j.metadata.namespace))
+                    .collect()
+            }),
+    );
+    let services = Informer::start_with(
+        Api::<Service>::all(client.clone()),
+        watch(),
+        StoreBuilder::default().index(BY_OWNER, |s: &Service| owner_uids(&s.metadata)),
+    );
+    let nodes = Informer::start(Api::<Node>::all(client.clone()), watch());
+    let leases = Informer::start(
+        Api::<Lease>::namespaced(client.clone(), &config.node_lease_namespace),
+        watch(),
+    );
+    ensure_namespace(&client, &config.node_lease_namespace).await;
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        config: config.clone(),
+        jobs: jobs.store(),
+        tasks: tasks.store(),
+        services: services.store(),
+        nodes: nodes.store(),
+        leases: leases.store(),
+    });
+    let settings = controller::Config {
+        concurrency: config.concurrency,
+        ..controller::Config::default()
+    };
+
+    let dependents_ctx = ctx.clone();
+    let job_controller = Controller::new(&jobs, settings.clone())
+        .owns(&tasks)
+        .watches(&jobs, move |j: &Job| job::dependents(&dependents_ctx, j))
+        .run(job::reconcile, error_policy, ctx.clone(), shutdown.clone());
+
+    let service_controller = Controller::new(&services, settings.clone())
+        .owns(&tasks)
+        .run(
+            service::reconcile,
+            error_policy,
+            ctx.clone(),
+            shutdown.clone(),
+        );
+
+    let ttl_controller = Controller::new(&jobs, settings.clone()).run(
+        ttl::reconcile,
+        error_policy,
+        ctx.clone(),
+        shutdown.clone(),
+    );
+
+    let lease_namespace = config.node_lease_namespace.clone();
+    let node_controller = Controller::new(&nodes, settings.clone())
+        .watches(&leases, move |l: &Lease| {
+            if l.metadata.namespace == lease_namespace {
+                vec![ObjectKey::new("", &l.metadata.name)]
+            } else {
+                Vec::new()
+            }
+        })
+        .run(
+            node_lifecycle::reconcile,
+            error_policy,
+            ctx.clone(),
+            shutdown.clone(),
+        );
+
+    let gc_tasks = gc::controller(
+        &tasks,
+        &tasks,
+        &jobs,
+        &services,
+        ctx.clone(),
+        settings.clone(),
+    )
+    .run(
+        gc::reconcile::<Task>,
+        error_policy,
+        ctx.clone(),
+        shutdown.clone(),
+    );
+    let gc_jobs = gc::controller(
+        &jobs,
+        &tasks,
+        &jobs,
+        &services,
+        ctx.clone(),
+        settings.clone(),
+    )
+    .run(
+        gc::reconcile::<Job>,
+        error_policy,
+        ctx.clone(),
+        shutdown.clone(),
+    );
+    let gc_services = gc::controller(
+        &services,
+        &tasks,
+        &jobs,
+        &services,
+        ctx.clone(),
+        settings.clone(),
+    )
+    .run(
+        gc::reconcile::<Service>,
+        error_policy,
+        ctx.clone(),
+        shutdown.clone(),
+    );
+
+    info!("controllers running");
+    tokio::join!(
+        job_controller,
+        service_controller,
+        ttl_controller,
+        node_controller,
+        gc_tasks,
+        gc_jobs,
+        gc_services
+    );
+    tasks.stop();
+    jobs.stop();
+    services.stop();
+    nodes.stop();
+    leases.stop();
+    info!("controllers stopped");
+}
+
+/// Creates the namespace of the nodes' Leases if it is missing, so nodelets can
+/// write there (they may also create it themselves).
+async fn ensure_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let namespace = Namespace {
+        metadata: ObjectMeta::named(name),
+        ..Namespace::default()
+    };
+    for _ in 0..5 {
+        match api.create(&PostParams::default(), &namespace).await {
+            Ok(_) => return,
+            Err(error) if error.is_conflict() => return,
+            Err(error) => {
+                warn!(%error, namespace = name, "cannot create the node lease namespace; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Node lifecycle: a node whose heartbeat Lease is not renewed goes NotReady and is
+//! tainted `loom.dev/unreachable:NoExecute`; after a further grace its unfinished
+//! tasks are marked Lost (their Jobs and Services replace them); a node that renews
+//! its Lease again is Ready and untainted again.
+//!
+//! The heartbeat is the Lease named after the node in `loom-node-lease`
+//! (`spec.renewTime`, else `acquireTime`); a node without one counts from its
+//! creation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api_types::event::EventType;
+use api_types::kinds::node::NODE_CONDITION_READY;
+use api_types::meta::set_condition;
+use api_types::{Condition, ConditionStatus, Node, Taint, TaintEffect, Task, TaskPhase};
+use chrono::{DateTime, Utc};
+use client::{Action, Api, ObjectKey, Patch, PatchParams};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::{BY_NODE, Context, Error, Result, key_of, observe, publish};
+
+/// The Events' component.
+pub const COMPONENT: &str = "node-lifecycle-controller";
+/// The taint an unreachable node gets.
+pub const TAINT_UNREACHABLE: &str = "loom.dev/unreachable";
+/// The Ready condition's reason while the Lease is expired.
+pub const REASON_LEASE_EXPIRED: &str = "NodeLeaseExpired";
+/// The Ready condition's reason once the Lease is renewed again.
+pub const REASON_LEASE_RENEWED: &str = "NodeLeaseRenewed";
+/// The reason of a task marked Lost with its node.
+pub const REASON_NODE_LOST: &str = "NodeLost";
+
+/// How a node is doing, by the age of its heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Renewed within the grace period; look again after this long.
+    Alive(Duration),
+    /// Not renewed for the grace period; its tasks are lost after this long.
+    Unreachable(Duration),
+    /// Not renewed for the grace period and the further one.
+    Lost,
+}
+
+/// The node's last heartbeat: its Lease's renewal, or its creation.
+pub fn last_heartbeat(node: &Node, lease: Option<&api_types::Lease>) -> Option<DateTime<Utc>> {
+    let renewed = lease.and_then(|l| l.spec.renew_time.or(l.spec.acquire_time));
+    match (renewed, node.metadata.creation_timestamp) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Judges a heartbeat at `now`.
+pub fn health(
+    heartbeat: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    grace: Duration,
+    lost_grace: Duration,
+) -> Health {
+    let Some(heartbeat) = heartbeat else {
+        return Health::Alive(grace);
+    };
+    let age = (now - heartbeat).to_std().unwrap_or(Duration::ZERO);
+    if age < grace {
+        Health::Alive(grace - age)
+    } else if age < grace + lost_grace {
+        Health::Unreachable(grace + lost_grace - age)
+    } else {
+        Health::Lost
+    }
+}
+
+fn unreachable_taint() -> Taint {
+    Taint {
+        key: TAINT_UNREACHABLE.to_owned(),
+        value: String::new(),
+        effect: Some(TaintEffect::NoExecute),
+    }
+}
+
+fn has_taint(node: &Node) -> bool {
+    node.spec.taints.iter().any(|t| t.key == TAINT_UNREACHABLE)
+}
+
+/// Whether a task stays on an unreachable node: it tolerates the taint for ever.
+fn stays(task: &Task) -> bool {
+    let taint = unreachable_taint();
+    task.spec
+        .tolerations
+        .iter()
+        .any(|t| t.tolerates(&taint) && t.toleration_seconds.is_none())
+}
+
+/// Reconciles one node against its Lease.
+pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
+    let lease = ctx.leases.get(&ObjectKey::new(
+        &ctx.config.node_lease_namespace,
+        &node.metadata.name,
+    ));
+    let heartbeat = last_heartbeat(&node, lease.as_deref());
+    let now = Utc::now();
+    let verdict = health(heartbeat, now, ctx.config.node_grace, ctx.config.lost_grace);
+    let recorder = ctx.recorder(COMPONENT);
+    let since = heartbeat.map_or_else(|| "ever".to_owned(), |t| t.to_rfc3339());
+    match verdict {
+        Health::Alive(next) => {
+            let ready = node
+                .status
+                .as_ref()
+                .and_then(|s| api_types::meta::find_condition(&s.conditions, NODE_CONDITION_READY));
+            let ours = ready.is_some_and(|c| !c.is_true() && c.reason == REASON_LEASE_EXPIRED);
+            if has_taint(&node) || ours {
+                write_node(
+                    &ctx,
+                    &node,
+                    false,
+                    ours.then(|| {
+                        Condition::new(
+                            NODE_CONDITION_READY,
+                            ConditionStatus::True,
+                            REASON_LEASE_RENEWED,
+                            "the nodelet renews its lease again",
+                        )
+                    }),
+                )
+                .await?;
+                info!(node = %node.metadata.name, "node is back");
+                publish(
+                    &recorder,
+                    node.as_ref(),
+                    EventType::Normal,
+                    "NodeReady",
+                    "the nodelet renews its lease again",
+                )
+                .await;
+            }
+            Ok(Action::requeue(next + Duration::from_millis(50)))
+        }
+        Health::Unreachable(_) | Health::Lost => {
+            let message = format!("the node's lease was not renewed since {since}");
+            let ready = node
+                .status
+                .as_ref()
+                .and_then(|s| api_types::meta::find_condition(&s.conditions, NODE_CONDITION_READY));
+            let marked = ready.is_some_and(|c| !c.is_true() && c.reason == REASON_LEASE_EXPIRED);
+            if !has_taint(&node) || !marked {
+                write_node(
+                    &ctx,
+                    &node,
+                    true,
+                    (!marked).then(|| {
+                        Condition::new(
+                            NODE_CONDITION_READY,
+                            ConditionStatus::False,
+                            REASON_LEASE_EXPIRED,
+                            message.clone(),
+                        )
+                    }),
+                )
+                .await?;
+                warn!(node = %node.metadata.name, %since, "node not ready: lease expired");
+                publish(
+                    &recorder,
+                    node.as_ref(),
+                    EventType::Warning,
+                    "NodeNotReady",
+                    &message,
+                )
+                .await;
+            }
+            let Health::Unreachable(left) = verdict else {
+                lose_tasks(&ctx, &node, &since).await?;
+                // Tasks bound just before it went quiet may still appear.
+                return Ok(Action::requeue(Duration::from_secs(5)));
+            };
+            Ok(Action::requeue(left + Duration::from_millis(50)))
+        }
+    }
+}
+
+/// Marks every unfinished task on the node Lost.
+async fn lose_tasks(ctx: &Context, node: &Node, since: &str) -> Result<()> {
+    let tasks: Vec<Arc<Task>> = ctx
+        .tasks
+        .by_index(BY_NODE, &node.metadata.name)
+        .into_iter()
+        .filter(|t| !t.is_terminal() && !stays(t))
+        .collect();
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let message = format!(
+        "node {} stopped renewing its lease at {since}",
+        node.metadata.name
+    );
+    for task in &tasks {
+        let api: Api<Task> = Api::namespaced(ctx.client.clone(), &task.metadata.namespace);
+        let patch = json!({"status": {
+            "phase": TaskPhase::Lost,
+            "reason": REASON_NODE_LOST,
+            "message": message,
+            "finishTime": Utc::now(),
+        }});
+        match api
+            .patch_status(
+                &task.metadata.name,
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(error) if error.is_not_found() || error.code() == Some(422) => {}
+            Err(error) => return Err(Error::api("mark lost", key_of(task.as_ref()))(error)),
+        }
+    }
+    for task in &tasks {
+        observe(&ctx.tasks, &ObjectKey::of(task.as_ref()), |t| {
+            t.is_none_or(Task::is_terminal)
+        })
+        .await;
+    }
+    let recorder = ctx.recorder(COMPONENT);
+    let names: Vec<&str> = tasks.iter().map(|t| t.metadata.name.as_str()).collect();
+    publish(
+        &recorder,
+        node,
+        EventType::Warning,
+        "TasksLost",
+        &format!("marked {} lost: {}", names.len(), names.join(", ")),
+    )
+    .await;
+    Ok(())
+}
+
+/// Adds or removes the unreachable taint and sets the Ready condition, each
+/// conditioned on the node's resourceVersion.
+async fn write_node(
+    ctx: &Context,
+    node: &Node,
+    tainted: bool,
+    ready: Option<Condition>,
+) -> Result<()> {
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let name = &node.metadata.name;
+    let mut version = node.metadata.resource_version.clone();
+    if tainted != has_taint(node) {
+        let mut taints: Vec<Taint> = node
+            .spec
+            .taints
+            .iter()
+            .filter(|t| t.key != TAINT_UNREACHABLE)
+            .cloned()
+            .collect();
+        if tainted {
+            taints.push(unreachable_taint());
+        }
+        let patch = json!({"metadata": {"resourceVersion": version}, "spec": {"taints": taints}});
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(written) => version = written.metadata.resource_version,
+            // Changed meanwhile: the change brings us back.
+            Err(error) if error.is_conflict() || error.is_not_found() => return Ok(()),
+            Err(error) => return Err(Error::api("taint node", name.clone())(error)),
+        }
+    }
+    if let Some(condition) = ready {
+        let mut conditions = node
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let mut condition = condition;
+        // Keep the nodelet's own heartbeat time.
+        condition.last_heartbeat_time =
+            api_types::meta::find_condition(&conditions, NODE_CONDITION_READY)
+                .and_then(|c| c.last_heartbeat_time);
+        set_condition(&mut conditions, condition, Utc::now());
+        let patch = json!({"metadata": {"resourceVersion": version},
+                           "status": {"conditions": conditions}});
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(written) => version = written.metadata.resource_version,
+            Err(error) if error.is_conflict() || error.is_not_found() => return Ok(()),
+            Err(error) => {
+                return Err(Error::api("set the Ready condition of", name.clone())(
+                    error,
+                ));
+            }
+        }
+    }
+    observe(&ctx.nodes, &ObjectKey::new("", name), |n| {
+        n.is_none_or(|n| crate::at_least(n, &version))
+    })
+    .await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_age_decides() {
+        let now = Utc::now();
+        let grace = Duration::from_secs(40);
+        let lost = Duration::from_secs(60);
+        let ago = |s: i64| Some(now - chrono::Duration::seconds(s));
+        assert_eq!(
+            health(ago(10), now, grace, lost),
+            Health::Alive(Duration::from_secs(30))
+        );
+        assert_eq!(
+            health(ago(50), now, grace, lost),
+            Health::Unreachable(Duration::from_secs(50))
+        );
+        assert_eq!(health(ago(100), now, grace, lost), Health::Lost);
+    }
+
+    #[test]
+    fn tasks_tolerating_the_taint_for_ever_stay() {
+        let mut task = Task::default();
+        assert!(!stays(&task));
+        task.spec.tolerations.push(api_types::Toleration {
+            key: TAINT_UNREACHABLE.into(),
+            operator: Some(api_types::TolerationOperator::Exists),
+            ..Default::default()
+        });
+        assert!(stays(&task));
+        task.spec.tolerations[0].toleration_seconds = Some(30);
+        assert!(!stays(&task));
+    }
+}
