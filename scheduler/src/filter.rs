@@ -5,7 +5,7 @@ use std::fmt;
 
 use api_types::{TaintEffect, Task};
 
-use crate::resources::{NodeInfo, Resources};
+use crate::resources::{NodeInfo, TaskInfo};
 
 /// Why a node cannot take a task.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -38,8 +38,14 @@ impl fmt::Display for Unfit {
 }
 
 /// Whether `node` may run `task`; the first reason it may not.
-pub fn fits(node: &NodeInfo, task: &Task) -> Result<(), Unfit> {
-    if !node.node.is_ready() {
+pub fn fits(node: &NodeInfo, task: &TaskInfo) -> Result<(), Unfit> {
+    admits(node, &task.task)?;
+    fits_resources(node, task)
+}
+
+/// The rules no preemption can change: readiness, cordons, taints and constraints.
+pub fn admits(node: &NodeInfo, task: &Task) -> Result<(), Unfit> {
+    if !node.ready {
         return Err(Unfit::NotReady);
     }
     if node.node.spec.unschedulable {
@@ -65,7 +71,12 @@ pub fn fits(node: &NodeInfo, task: &Task) -> Result<(), Unfit> {
             return Err(Unfit::Constraint(constraint.to_string()));
         }
     }
-    let want = Resources::of_task(task);
+    Ok(())
+}
+
+/// Whether the node's free resources and ports take the task.
+pub fn fits_resources(node: &NodeInfo, task: &TaskInfo) -> Result<(), Unfit> {
+    let want = &task.demand;
     let free = |alloc: i128, used: i128| alloc - used;
     if want.cpu_milli > free(node.allocatable.cpu_milli, node.requested.cpu_milli) {
         return Err(Unfit::Insufficient("cpu".into()));
@@ -83,8 +94,8 @@ pub fn fits(node: &NodeInfo, task: &Task) -> Result<(), Unfit> {
             return Err(Unfit::Insufficient(name.clone()));
         }
     }
-    for port in &task.spec.resources.ports {
-        if node.ports.contains(port) {
+    for port in task.ports() {
+        if node.ports.contains_key(port) {
             return Err(Unfit::PortTaken(*port));
         }
     }
@@ -112,18 +123,23 @@ pub fn explain(total: usize, reasons: &[Unfit]) -> String {
 mod tests {
     use super::*;
     use crate::resources::tests::{node, task};
+    use std::sync::Arc;
+
+    fn ti(task: &Task) -> TaskInfo {
+        TaskInfo::new(Arc::new(task.clone()))
+    }
     use api_types::{Selector, Taint, Toleration};
 
     #[test]
     fn each_rule_refuses_with_its_reason() {
         let mut info = NodeInfo::new(node("n", "1", "1Gi"));
-        assert_eq!(fits(&info, &task("a", "500m", "512Mi")), Ok(()));
+        assert_eq!(fits(&info, &ti(&task("a", "500m", "512Mi"))), Ok(()));
         assert_eq!(
-            fits(&info, &task("big", "2", "1Mi")),
+            fits(&info, &ti(&task("big", "2", "1Mi"))),
             Err(Unfit::Insufficient("cpu".into()))
         );
         assert_eq!(
-            fits(&info, &task("fat", "1m", "2Gi")),
+            fits(&info, &ti(&task("fat", "1m", "2Gi"))),
             Err(Unfit::Insufficient("memory".into()))
         );
         let mut placed = task("p", "100m", "1Mi");
@@ -131,11 +147,11 @@ mod tests {
         info.add_task(&placed);
         let mut wants_port = task("q", "100m", "1Mi");
         wants_port.spec.resources.ports = vec![8080];
-        assert_eq!(fits(&info, &wants_port), Err(Unfit::PortTaken(8080)));
+        assert_eq!(fits(&info, &ti(&wants_port)), Err(Unfit::PortTaken(8080)));
         // Exactly full still fits; one milli more does not.
-        assert_eq!(fits(&info, &task("rest", "900m", "1Mi")), Ok(()));
+        assert_eq!(fits(&info, &ti(&task("rest", "900m", "1Mi"))), Ok(()));
         assert_eq!(
-            fits(&info, &task("over", "901m", "1Mi")),
+            fits(&info, &ti(&task("over", "901m", "1Mi"))),
             Err(Unfit::Insufficient("cpu".into()))
         );
 
@@ -145,23 +161,23 @@ mod tests {
             .requirements()
             .to_vec();
         assert!(matches!(
-            fits(&info, &constrained),
+            fits(&info, &ti(&constrained)),
             Err(Unfit::Constraint(_))
         ));
-        info.node
+        Arc::make_mut(&mut info.node)
             .metadata
             .labels
             .insert("disk".into(), "ssd".into());
-        assert_eq!(fits(&info, &constrained), Ok(()));
+        assert_eq!(fits(&info, &ti(&constrained)), Ok(()));
 
-        info.node.spec.taints.push(Taint {
+        Arc::make_mut(&mut info.node).spec.taints.push(Taint {
             key: "gpu".into(),
             value: "true".into(),
             effect: Some(TaintEffect::NoSchedule),
         });
         let plain = task("t", "1m", "1Mi");
         assert_eq!(
-            fits(&info, &plain),
+            fits(&info, &ti(&plain)),
             Err(Unfit::Taint("gpu=true:NoSchedule".into()))
         );
         let mut tolerant = plain.clone();
@@ -172,10 +188,10 @@ mod tests {
             effect: Some(TaintEffect::NoSchedule),
             toleration_seconds: None,
         });
-        assert_eq!(fits(&info, &tolerant), Ok(()));
+        assert_eq!(fits(&info, &ti(&tolerant)), Ok(()));
 
-        info.node.spec.unschedulable = true;
-        assert_eq!(fits(&info, &tolerant), Err(Unfit::Unschedulable));
+        Arc::make_mut(&mut info.node).spec.unschedulable = true;
+        assert_eq!(fits(&info, &ti(&tolerant)), Err(Unfit::Unschedulable));
     }
 
     #[test]

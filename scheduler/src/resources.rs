@@ -1,6 +1,7 @@
 //! What a node offers and what its tasks already hold, in exact integer units.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use api_types::{Node, Quantity, Task};
 
@@ -78,61 +79,162 @@ impl Resources {
     }
 }
 
+/// A task as the scheduler weighs it: what it asks for, computed once.
+#[derive(Clone, Debug)]
+pub struct TaskInfo {
+    /// The task as last seen.
+    pub task: Arc<Task>,
+    /// `namespace/name`.
+    pub key: String,
+    /// What it reserves.
+    pub demand: Resources,
+    /// Its priority (0 by default).
+    pub priority: i32,
+}
+
+impl TaskInfo {
+    /// Weighs a task.
+    pub fn new(task: Arc<Task>) -> Self {
+        TaskInfo {
+            key: key_of(&task),
+            demand: Resources::of_task(&task),
+            priority: task.spec.priority(),
+            task,
+        }
+    }
+
+    /// Host ports the task needs.
+    pub fn ports(&self) -> &[i32] {
+        &self.task.spec.resources.ports
+    }
+}
+
+/// `namespace/name` of a task.
+pub fn key_of(task: &Task) -> String {
+    format!("{}/{}", task.metadata.namespace, task.metadata.name)
+}
+
+/// A task placed on a node: bound (seen so through the watch) or assumed (bound by this
+/// scheduler, or claimed by another, and not yet seen bound).
+#[derive(Clone, Debug)]
+pub struct Placed {
+    /// The task.
+    pub info: TaskInfo,
+    /// Whether the placement is only assumed.
+    pub assumed: bool,
+}
+
 /// One node as the scheduler sees it: what it offers and what is already placed.
 #[derive(Clone, Debug)]
 pub struct NodeInfo {
     /// The node.
-    pub node: Node,
+    pub node: Arc<Node>,
+    /// The node's resourceVersion as a number (0 when unknown).
+    pub revision: u64,
+    /// Whether it is Ready.
+    pub ready: bool,
     /// What it offers.
     pub allocatable: Resources,
-    /// What the tasks bound to it hold.
+    /// What the tasks placed on it hold.
     pub requested: Resources,
-    /// Host ports those tasks hold.
-    pub ports: BTreeSet<i32>,
-    /// Its tasks (namespace/name) and what each holds.
-    pub tasks: BTreeMap<String, Task>,
+    /// Host ports those tasks hold, with how many hold each.
+    pub ports: BTreeMap<i32, u32>,
+    /// Its tasks by `namespace/name`.
+    pub tasks: BTreeMap<String, Placed>,
 }
 
 impl NodeInfo {
     /// A node with nothing placed on it.
-    pub fn new(node: Node) -> Self {
+    pub fn new(node: impl Into<Arc<Node>>) -> Self {
+        let node = node.into();
         NodeInfo {
+            revision: node.metadata.resource_version.parse().unwrap_or(0),
+            ready: node.is_ready(),
             allocatable: Resources::allocatable(&node),
             node,
             requested: Resources::default(),
-            ports: BTreeSet::new(),
+            ports: BTreeMap::new(),
             tasks: BTreeMap::new(),
         }
     }
 
-    fn key(task: &Task) -> String {
-        format!("{}/{}", task.metadata.namespace, task.metadata.name)
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.node.metadata.name
+    }
+
+    /// Replaces the node object, keeping what is placed on it.
+    pub fn set_node(&mut self, node: Arc<Node>) {
+        self.revision = node.metadata.resource_version.parse().unwrap_or(0);
+        self.ready = node.is_ready();
+        self.allocatable = Resources::allocatable(&node);
+        self.node = node;
     }
 
     /// Places a task (again: a task placed twice counts once).
-    pub fn add_task(&mut self, task: &Task) {
-        self.remove_task(task);
-        self.requested.add(&Resources::of_task(task));
-        self.ports.extend(task.spec.resources.ports.iter().copied());
-        self.tasks.insert(Self::key(task), task.clone());
+    pub fn add(&mut self, placed: Placed) {
+        self.remove(&placed.info.key);
+        self.requested.add(&placed.info.demand);
+        for port in placed.info.ports() {
+            *self.ports.entry(*port).or_default() += 1;
+        }
+        self.tasks.insert(placed.info.key.clone(), placed);
     }
 
     /// Removes a task placed earlier (its resources and ports come back).
-    pub fn remove_task(&mut self, task: &Task) {
-        if let Some(old) = self.tasks.remove(&Self::key(task)) {
-            self.requested.subtract(&Resources::of_task(&old));
-            for port in &old.spec.resources.ports {
-                self.ports.remove(port);
+    pub fn remove(&mut self, key: &str) -> Option<Placed> {
+        let old = self.tasks.remove(key)?;
+        self.requested.subtract(&old.info.demand);
+        for port in old.info.ports() {
+            if let Some(count) = self.ports.get_mut(port) {
+                *count -= 1;
+                if *count == 0 {
+                    self.ports.remove(port);
+                }
             }
         }
+        Some(old)
     }
 
-    /// Tasks on the node owned by `owner` (a job or service name label).
+    /// Places a bound task.
+    pub fn add_task(&mut self, task: &Task) {
+        self.add(Placed {
+            info: TaskInfo::new(Arc::new(task.clone())),
+            assumed: false,
+        });
+    }
+
+    /// Removes a task placed earlier.
+    pub fn remove_task(&mut self, task: &Task) {
+        self.remove(&key_of(task));
+    }
+
+    /// Tasks on the node whose `label` is `value` (a job's or service's tasks).
     pub fn tasks_of(&self, label: &str, value: &str) -> usize {
         self.tasks
             .values()
-            .filter(|t| t.metadata.labels.get(label).is_some_and(|v| v == value))
+            .filter(|p| {
+                p.info
+                    .task
+                    .metadata
+                    .labels
+                    .get(label)
+                    .is_some_and(|v| v == value)
+            })
             .count()
+    }
+
+    /// Whether what is placed exceeds what the node offers (or two tasks share a port).
+    pub fn overcommitted(&self) -> bool {
+        let a = &self.allocatable;
+        let r = &self.requested;
+        r.cpu_milli > a.cpu_milli
+            || r.memory > a.memory
+            || r.disk > a.disk
+            || r.extended
+                .iter()
+                .any(|(k, v)| *v > a.extended.get(k).copied().unwrap_or(0))
+            || self.ports.values().any(|n| *n > 1)
     }
 }
 
@@ -182,7 +284,7 @@ pub(crate) mod tests {
             info.requested.cpu_milli, 500,
             "a task placed twice counts once"
         );
-        assert!(info.ports.contains(&80));
+        assert!(info.ports.contains_key(&80));
         info.remove_task(&a);
         assert_eq!(info.requested, Resources::default());
         assert!(info.ports.is_empty());

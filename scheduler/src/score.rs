@@ -5,16 +5,14 @@
 //! which spreads load convexly. Least-allocated and balanced allocation are the
 //! Kubernetes scorers; spreading keeps a job's or service's tasks apart.
 
-use api_types::Task;
-
-use crate::resources::{NodeInfo, Resources};
+use crate::resources::{NodeInfo, Resources, TaskInfo};
 
 /// Gives a node a score from 0 (worst) to 100 (best) for a task.
 pub trait Scorer: Send + Sync {
     /// The scorer's name (for logs and metrics).
     fn name(&self) -> &'static str;
     /// The node's score for the task.
-    fn score(&self, node: &NodeInfo, task: &Task) -> f64;
+    fn score(&self, node: &NodeInfo, task: &TaskInfo) -> f64;
 }
 
 /// Fractions of CPU and memory in use after placing `want`.
@@ -52,9 +50,9 @@ impl Scorer for Epvm {
         "epvm"
     }
 
-    fn score(&self, node: &NodeInfo, task: &Task) -> f64 {
+    fn score(&self, node: &NodeInfo, task: &TaskInfo) -> f64 {
         let a = self.base.max(2.0);
-        let parts = fractions(node, &Resources::of_task(task));
+        let parts = fractions(node, &task.demand);
         let marginal: f64 = parts
             .iter()
             .map(|(before, after)| a.powf(*after) - a.powf(*before))
@@ -73,8 +71,8 @@ impl Scorer for LeastAllocated {
         "least-allocated"
     }
 
-    fn score(&self, node: &NodeInfo, task: &Task) -> f64 {
-        let parts = fractions(node, &Resources::of_task(task));
+    fn score(&self, node: &NodeInfo, task: &TaskInfo) -> f64 {
+        let parts = fractions(node, &task.demand);
         100.0 * parts.iter().map(|(_, after)| 1.0 - after).sum::<f64>() / parts.len() as f64
     }
 }
@@ -88,8 +86,8 @@ impl Scorer for BalancedAllocation {
         "balanced-allocation"
     }
 
-    fn score(&self, node: &NodeInfo, task: &Task) -> f64 {
-        let [(_, cpu), (_, memory)] = fractions(node, &Resources::of_task(task));
+    fn score(&self, node: &NodeInfo, task: &TaskInfo) -> f64 {
+        let [(_, cpu), (_, memory)] = fractions(node, &task.demand);
         100.0 * (1.0 - (cpu - memory).abs())
     }
 }
@@ -106,12 +104,13 @@ impl Scorer for Spread {
         "spread"
     }
 
-    fn score(&self, node: &NodeInfo, task: &Task) -> f64 {
+    fn score(&self, node: &NodeInfo, task: &TaskInfo) -> f64 {
         let same: usize = self
             .labels
             .iter()
             .filter_map(|label| {
-                task.metadata
+                task.task
+                    .metadata
                     .labels
                     .get(label)
                     .map(|v| node.tasks_of(label, v))
@@ -159,7 +158,7 @@ impl Weighted {
     }
 
     /// The weighted mean score, 0–100.
-    pub fn score(&self, node: &NodeInfo, task: &Task) -> f64 {
+    pub fn score(&self, node: &NodeInfo, task: &TaskInfo) -> f64 {
         let total: f64 = self.scorers.iter().map(|(w, _)| w).sum();
         if total <= 0.0 {
             return 0.0;
@@ -172,15 +171,25 @@ impl Weighted {
     }
 
     /// The best node for `task` among `candidates` (ties go to the first).
-    pub fn best<'a>(&self, candidates: &[&'a NodeInfo], task: &Task) -> Option<&'a NodeInfo> {
-        let mut best: Option<(&NodeInfo, f64)> = None;
-        for node in candidates {
+    pub fn best<'a>(&self, candidates: &[&'a NodeInfo], task: &TaskInfo) -> Option<&'a NodeInfo> {
+        self.best_of(candidates.iter().copied().enumerate(), task)
+            .and_then(|i| candidates.get(i).copied())
+    }
+
+    /// The id of the best of `candidates`, given as (id, node) (ties go to the first).
+    pub fn best_of<'a>(
+        &self,
+        candidates: impl IntoIterator<Item = (usize, &'a NodeInfo)>,
+        task: &TaskInfo,
+    ) -> Option<usize> {
+        let mut best: Option<(usize, f64)> = None;
+        for (id, node) in candidates {
             let score = self.score(node, task);
             if best.is_none_or(|(_, s)| score > s) {
-                best = Some((node, score));
+                best = Some((id, score));
             }
         }
-        best.map(|(n, _)| n)
+        best.map(|(id, _)| id)
     }
 }
 
@@ -188,13 +197,23 @@ impl Weighted {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::resources::tests::{node, task};
+    use crate::resources::tests::{node, task as plain_task};
+    use api_types::Task;
+    use std::sync::Arc;
+
+    fn task(name: &str, cpu: &str, memory: &str) -> TaskInfo {
+        TaskInfo::new(Arc::new(plain_task(name, cpu, memory)))
+    }
+
+    fn weigh(task: Task) -> TaskInfo {
+        TaskInfo::new(Arc::new(task))
+    }
 
     #[test]
     fn epvm_prefers_the_emptier_node_and_is_convex() {
         let empty = NodeInfo::new(node("empty", "4", "8Gi"));
         let mut busy = NodeInfo::new(node("busy", "4", "8Gi"));
-        busy.add_task(&task("x", "3", "6Gi"));
+        busy.add_task(&plain_task("x", "3", "6Gi"));
         let t = task("t", "500m", "1Gi");
         let epvm = Epvm { base: 10.0 };
         assert!(epvm.score(&empty, &t) > epvm.score(&busy, &t));
@@ -224,7 +243,7 @@ mod tests {
                 .iter_mut()
                 .find(|n| n.node.metadata.name == name)
                 .unwrap()
-                .add_task(&t);
+                .add_task(&t.task);
         }
         let counts: Vec<usize> = nodes.iter().map(|n| n.tasks.len()).collect();
         assert_eq!(counts, [4, 4, 4, 4]);
@@ -236,7 +255,7 @@ mod tests {
         assert!((BalancedAllocation.score(&info, &task("even", "1", "1Gi")) - 100.0).abs() < 1e-9);
         assert!(BalancedAllocation.score(&info, &task("lopsided", "4", "1Mi")) < 10.0);
         let mut info = info;
-        let mut sibling = task("s", "1m", "1Mi");
+        let mut sibling = plain_task("s", "1m", "1Mi");
         sibling
             .metadata
             .labels
@@ -245,11 +264,11 @@ mod tests {
         let spread = Spread {
             labels: vec!["loom.dev/job".into()],
         };
-        let mut next = task("next", "1m", "1Mi");
+        let mut next = plain_task("next", "1m", "1Mi");
         next.metadata
             .labels
             .insert("loom.dev/job".into(), "train".into());
-        assert!((spread.score(&info, &next) - 50.0).abs() < 1e-9);
+        assert!((spread.score(&info, &weigh(next)) - 50.0).abs() < 1e-9);
         assert!((spread.score(&info, &task("other", "1m", "1Mi")) - 100.0).abs() < 1e-9);
         assert!(LeastAllocated.score(&info, &task("small", "1m", "1Mi")) > 99.0);
     }
