@@ -384,18 +384,32 @@ pub fn decide(
                 EventType::Warning,
             );
             status.exit_code = Some(0);
-        } else if let Some(cycle) = cycle {
-            status.phase = JobPhase::Waiting;
-            status.reason = "DependencyCycle".to_owned();
-            status.message = format!("dependencies form a cycle: {}", cycle.join(" -> "));
-        } else if !missing.is_empty() {
-            status.phase = JobPhase::Waiting;
-            status.reason = "DependencyNotFound".to_owned();
-            status.message = format!("waiting for missing dependencies: {}", missing.join(", "));
-        } else if !waiting.is_empty() {
-            status.phase = JobPhase::Waiting;
-            status.reason = "WaitingForDependencies".to_owned();
-            status.message = format!("waiting for {}", waiting.join(", "));
+        } else {
+            let wait = if let Some(cycle) = cycle {
+                Some((
+                    "DependencyCycle",
+                    format!("dependencies form a cycle: {}", cycle.join(" -> ")),
+                ))
+            } else if !missing.is_empty() {
+                Some((
+                    "DependencyNotFound",
+                    format!("waiting for missing dependencies: {}", missing.join(", ")),
+                ))
+            } else if !waiting.is_empty() {
+                Some((
+                    "WaitingForDependencies",
+                    format!("waiting for {}", waiting.join(", ")),
+                ))
+            } else {
+                None
+            };
+            if let Some((reason, message)) = wait {
+                status.phase = JobPhase::Waiting;
+                status.reason = reason.to_owned();
+                status.message = message;
+            } else {
+                status.phase = JobPhase::Pending;
+            }
         }
         if status.phase == JobPhase::Waiting {
             if old.phase != JobPhase::Waiting || old.reason != status.reason {
@@ -951,8 +965,15 @@ mod tests {
             d.status.message,
             "dependencies form a cycle: train -> prep -> train"
         );
+        // Once every dependency completed, a waiting job starts.
+        let mut waiting = job.clone();
+        waiting.status = Some(JobStatus {
+            phase: JobPhase::Waiting,
+            reason: "WaitingForDependencies".into(),
+            ..JobStatus::default()
+        });
         let d = decide(
-            &job,
+            &waiting,
             &[],
             &deps(
                 Dependency::Phase(JobPhase::Completed),
@@ -962,6 +983,7 @@ mod tests {
             Utc::now(),
         );
         assert_eq!(d.create.len(), 1);
+        assert_eq!(d.status.phase, JobPhase::Pending);
     }
 
     #[test]

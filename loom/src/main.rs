@@ -40,6 +40,21 @@ enum Command {
     Apiserver(ApiserverArgs),
     /// Run the scheduler against an API server.
     Scheduler(SchedulerArgs),
+    /// Run the controllers (Job, Service, garbage collector, node lifecycle) against an API server.
+    Controllers(ControllersArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ControllersArgs {
+    /// The API server.
+    #[arg(long, env = "LOOM_SERVER", default_value = "http://127.0.0.1:7443")]
+    server: String,
+    /// Seconds without a Lease renewal before a node goes NotReady.
+    #[arg(long, env = "LOOM_NODE_GRACE_SECONDS", default_value_t = 40)]
+    node_grace_seconds: u64,
+    /// Further seconds before a NotReady node's tasks are marked Lost.
+    #[arg(long, env = "LOOM_LOST_GRACE_SECONDS", default_value_t = 60)]
+    lost_grace_seconds: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +115,39 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => up(args).await,
             Command::Apiserver(args) => apiserver_command(args).await,
+            Command::Controllers(args) => {
+                let client = client::Client::for_server(&args.server)?;
+                let shutdown = CancellationToken::new();
+                // Several controller-managers may run; the one holding the lease reconciles.
+                let identity = format!("{}-{}", hostname(), std::process::id());
+                let leases: client::Api<api_types::Lease> =
+                    client::Api::namespaced(client.clone(), "loom-system");
+                let elector = client::LeaderElector::new(
+                    client::ApiLease::new(leases, "loom-controllers"),
+                    "loom-system",
+                    "loom-controllers",
+                    &identity,
+                    client::ElectionConfig::default(),
+                );
+                let config = controllers::Config {
+                    identity: identity.clone(),
+                    node_grace: std::time::Duration::from_secs(args.node_grace_seconds),
+                    lost_grace: std::time::Duration::from_secs(args.lost_grace_seconds),
+                    ..controllers::Config::default()
+                };
+                let (leadership, elector_task) = elector.run(shutdown.clone());
+                let work = tokio::spawn(client::while_leading(
+                    leadership,
+                    shutdown.clone(),
+                    move |lead| controllers::run_manager(client.clone(), config.clone(), lead),
+                ));
+                tracing::info!(%identity, "controllers started; waiting for the lease");
+                shutdown_signal().await?;
+                shutdown.cancel();
+                work.await.context("the controllers panicked")?;
+                elector_task.await.context("the elector panicked")?;
+                Ok(())
+            }
             Command::Scheduler(args) => {
                 let client = client::Client::for_server(&args.server)?;
                 let shutdown = CancellationToken::new();
