@@ -1,0 +1,105 @@
+//! Node lifecycle against the real API server and scheduler: a node that stops
+//! renewing its Lease goes NotReady and tainted, its tasks are Lost and their Job
+//! replaces them elsewhere; when it renews again it is untainted.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use api_types::{JobPhase, Node, TaskPhase};
+use client::Api;
+use serde_json::json;
+use support::{Cluster, eventually, test_config};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_loses_the_tasks_and_the_job_replaces_them_elsewhere() {
+    let config = controllers::Config {
+        node_grace: Duration::from_millis(1500),
+        lost_grace: Duration::from_millis(1000),
+        ..test_config()
+    };
+    let cluster = Cluster::start(&["doomed"], config).await;
+    let job: api_types::Job = serde_json::from_value(json!({
+        "apiVersion": "loom.dev/v1", "kind": "Job",
+        "metadata": {"name": "resilient", "namespace": "default"},
+        "spec": {"replicas": 2, "template": {"spec": {"image": "busybox", "command": ["sleep"]}}},
+    }))
+    .unwrap();
+    cluster
+        .jobs()
+        .create(&client::PostParams::default(), &job)
+        .await
+        .unwrap();
+    eventually("both tasks running on doomed", || async {
+        let tasks = cluster.tasks_of("resilient").await;
+        (tasks.len() == 2 && tasks.iter().all(|t| t.phase() == TaskPhase::Running)).then_some(())
+    })
+    .await;
+
+    // The node goes quiet; a healthy one joins.
+    cluster.alive.lock().unwrap().remove("doomed");
+    cluster.add_node("healthy").await;
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    let node = eventually("doomed NotReady and tainted", || async {
+        let node = nodes.get("doomed").await.unwrap();
+        let tainted = node
+            .spec
+            .taints
+            .iter()
+            .any(|t| t.key == "loom.dev/unreachable");
+        (tainted && !node.is_ready()).then_some(node)
+    })
+    .await;
+    let ready = node.status.unwrap().conditions;
+    assert_eq!(ready[0].reason, "NodeLeaseExpired");
+
+    let lost = eventually("the tasks on doomed lost", || async {
+        let tasks = cluster.tasks_of("resilient").await;
+        let lost: Vec<_> = tasks
+            .into_iter()
+            .filter(|t| t.spec.node_name == "doomed" && t.phase() == TaskPhase::Lost)
+            .collect();
+        (lost.len() == 2).then_some(lost)
+    })
+    .await;
+    assert_eq!(lost[0].status.as_ref().unwrap().reason, "NodeLost");
+
+    let replacements = eventually("replacements running on healthy", || async {
+        let tasks = cluster.tasks_of("resilient").await;
+        let running: Vec<_> = tasks
+            .into_iter()
+            .filter(|t| t.phase() == TaskPhase::Running)
+            .collect();
+        (running.len() == 2).then_some(running)
+    })
+    .await;
+    for task in &replacements {
+        assert_eq!(task.spec.node_name, "healthy");
+        assert!(
+            task.metadata.name.ends_with("-r1"),
+            "{}",
+            task.metadata.name
+        );
+    }
+    let job = cluster.jobs().get("resilient").await.unwrap();
+    let status = job.status.unwrap();
+    assert_eq!(
+        (status.phase, status.lost, status.running),
+        (JobPhase::Running, 2, 2)
+    );
+
+    // The node comes back: Ready and untainted again.
+    cluster.alive.lock().unwrap().insert("doomed".into());
+    eventually("doomed back", || async {
+        let node = nodes.get("doomed").await.unwrap();
+        let tainted = node
+            .spec
+            .taints
+            .iter()
+            .any(|t| t.key == "loom.dev/unreachable");
+        (!tainted && node.is_ready()).then_some(())
+    })
+    .await;
+    cluster.shutdown().await;
+}
