@@ -33,6 +33,8 @@ struct Assumption {
     node: String,
     /// When it lapses; none while this scheduler's bind is in flight.
     expires: Option<Instant>,
+    /// For another scheduler's claim: the task claimed.
+    claim_of: Option<String>,
 }
 
 /// Nodes and their reservations, changed incrementally.
@@ -45,6 +47,10 @@ pub struct Cache {
     /// Tasks placed on nodes not (or no longer) known, by node.
     homeless: HashMap<String, BTreeMap<String, Placed>>,
     assumed: HashMap<String, Assumption>,
+    /// Other schedulers' claims by task: their entries in `assumed`. A claim is kept
+    /// apart from the task's own placement: until the watch shows where the task
+    /// went, both may hold.
+    claims_of: HashMap<String, Vec<String>>,
     generation: u64,
     identity: String,
 }
@@ -77,7 +83,7 @@ impl Cache {
     }
 
     /// Whether `key` is placed only by assumption (this scheduler's bind in flight or
-    /// not yet seen, or another scheduler's claim).
+    /// not yet seen).
     pub fn is_assumed(&self, key: &str) -> bool {
         self.assumed.contains_key(key)
     }
@@ -187,6 +193,7 @@ impl Cache {
         let key = key_of(&task);
         if holds_resources(&task) {
             self.assumed.remove(&key);
+            self.drop_claims(&key);
             let node = task.spec.node_name.clone();
             self.place(
                 &node,
@@ -197,23 +204,44 @@ impl Cache {
             );
             return false;
         }
-        // Unbound and assumed: the bind is in flight or not seen yet.
-        if !task.is_terminal()
-            && task.metadata.deletion_timestamp.is_none()
-            && self.assumed.contains_key(&key)
-        {
-            return false;
+        // Still unbound: an assumption stays (the bind is in flight or not yet seen),
+        // and so do other schedulers' claims.
+        if task.is_terminal() {
+            return self.forget_all(&key);
         }
-        self.forget(&key)
+        false
     }
 
     /// The watch says the task is gone. Returns whether it freed resources.
     pub fn remove_task(&mut self, task: &Task) -> bool {
-        self.forget(&key_of(task))
+        self.forget_all(&key_of(task))
     }
 
-    /// Drops whatever is placed for `key`, bound or assumed. Returns whether it freed resources.
+    /// Drops this scheduler's assumption for the task (its bind failed). A placement
+    /// the watch has confirmed meanwhile stays, and so do other schedulers' claims.
+    /// Returns whether it freed resources.
     pub fn forget(&mut self, key: &str) -> bool {
+        if self.assumed.get(key).is_none_or(|a| a.claim_of.is_some()) {
+            return false;
+        }
+        self.forget_one(key)
+    }
+
+    /// Drops the task's placement and every claim on it.
+    fn forget_all(&mut self, key: &str) -> bool {
+        let claims = self.drop_claims(key);
+        self.forget_one(key) || claims
+    }
+
+    fn drop_claims(&mut self, key: &str) -> bool {
+        let mut freed = false;
+        for entry in self.claims_of.remove(key).unwrap_or_default() {
+            freed |= self.forget_one(&entry);
+        }
+        freed
+    }
+
+    fn forget_one(&mut self, key: &str) -> bool {
         self.assumed.remove(key);
         let Some(node) = self.placed.get(key).cloned() else {
             return false;
@@ -230,6 +258,7 @@ impl Cache {
             Assumption {
                 node: node.to_owned(),
                 expires: None,
+                claim_of: None,
             },
         );
         self.place(
@@ -255,15 +284,27 @@ impl Cache {
     }
 
     fn assume_claim(&mut self, node: &str, claim: Claim, now: Instant) {
-        if self.placed.contains_key(&claim.task) {
+        // Seen bound: the claim has served.
+        if self.placed.contains_key(&claim.task) && !self.assumed.contains_key(&claim.task) {
             return;
         }
-        let info = claim.task_info();
+        let mut info = claim.task_info();
+        // Per claimer and node: one scheduler may claim a task on one node, lose the
+        // bind to a stale version, and claim it on another.
+        info.key = format!("{}#{}@{node}", claim.task, claim.by);
+        if self.placed.contains_key(&info.key) {
+            return;
+        }
+        self.claims_of
+            .entry(claim.task.clone())
+            .or_default()
+            .push(info.key.clone());
         self.assumed.insert(
             info.key.clone(),
             Assumption {
                 node: node.to_owned(),
                 expires: Some(now + ASSUME_TTL),
+                claim_of: Some(claim.task),
             },
         );
         self.place(
@@ -284,22 +325,35 @@ impl Cache {
             .cloned()
             .collect();
         for key in gone {
-            self.forget(&key);
+            self.forget_all(&key);
         }
     }
 
     /// Drops assumptions that lapsed. Returns their tasks.
     pub fn expire(&mut self, now: Instant) -> Vec<String> {
-        let lapsed: Vec<String> = self
+        let lapsed: Vec<(String, Option<String>)> = self
             .assumed
             .iter()
             .filter(|(_, a)| a.expires.is_some_and(|e| e <= now))
-            .map(|(k, _)| k.clone())
+            .map(|(k, a)| (k.clone(), a.claim_of.clone()))
             .collect();
-        for key in &lapsed {
-            self.forget(key);
+        let mut tasks = Vec::with_capacity(lapsed.len());
+        for (key, claim_of) in lapsed {
+            self.forget_one(&key);
+            match claim_of {
+                Some(task) => {
+                    if let Some(entries) = self.claims_of.get_mut(&task) {
+                        entries.retain(|e| *e != key);
+                        if entries.is_empty() {
+                            self.claims_of.remove(&task);
+                        }
+                    }
+                    tasks.push(task);
+                }
+                None => tasks.push(key),
+            }
         }
-        lapsed
+        tasks
     }
 }
 
@@ -401,6 +455,9 @@ mod tests {
         cache.upsert_task(bound("d", "m"));
         assert_eq!(cache.placement("default/d"), Some("m"));
         assert_eq!(cache.node("n").unwrap().requested.cpu_milli, 500);
+        // Our failed bind rolls back without touching the placement the watch confirmed.
+        assert!(!cache.forget("default/d"));
+        assert_eq!(cache.placement("default/d"), Some("m"));
     }
 
     #[test]
@@ -414,9 +471,41 @@ mod tests {
         cache.upsert_node(Arc::new(n), now);
         let info = cache.node("n").unwrap();
         assert_eq!(info.requested.cpu_milli, 1000, "only the other's claim");
-        assert!(cache.is_assumed("default/x"));
         cache.upsert_task(bound("x", "n"));
-        assert!(!cache.is_assumed("default/x"));
         assert_eq!(cache.node("n").unwrap().requested.cpu_milli, 500);
+        // Read again (another write to the node): the claim has served.
+        let n = cache.node("n").unwrap().node.clone();
+        cache.upsert_node(n, now);
+        assert_eq!(cache.node("n").unwrap().requested.cpu_milli, 500);
+
+        // A claim for a task this scheduler is itself binding elsewhere: both hold
+        // until the watch shows who won.
+        cache.upsert_node(Arc::new(node("m", "2", "4Gi")), now);
+        let z = TaskInfo::new(Arc::new(task("z", "1", "1Gi")));
+        cache.assume(z.clone(), "m");
+        let mut n = (*cache.node("n").unwrap().node).clone();
+        claims::write(&mut n.metadata.annotations, &[Claim::of(&z, "other", 0)]);
+        cache.upsert_node(Arc::new(n), now);
+        assert_eq!(cache.node("n").unwrap().requested.cpu_milli, 1500);
+        assert_eq!(cache.node("m").unwrap().requested.cpu_milli, 1000);
+        let mut won = (*bound("z", "n")).clone();
+        won.spec.resources = z.task.spec.resources.clone();
+        cache.upsert_task(Arc::new(won));
+        assert_eq!(cache.node("n").unwrap().requested.cpu_milli, 1500);
+        assert_eq!(cache.node("m").unwrap().requested.cpu_milli, 0);
+        // Unconfirmed claims lapse.
+        let mut n = (*cache.node("n").unwrap().node).clone();
+        claims::write(
+            &mut n.metadata.annotations,
+            &[Claim::of(
+                &TaskInfo::new(Arc::new(task("w", "1", "1Gi"))),
+                "other",
+                0,
+            )],
+        );
+        cache.upsert_node(Arc::new(n), now);
+        assert_eq!(cache.node("n").unwrap().requested.cpu_milli, 2500);
+        assert_eq!(cache.expire(now + ASSUME_TTL), vec!["default/w".to_owned()]);
+        assert_eq!(cache.node("n").unwrap().requested.cpu_milli, 1500);
     }
 }

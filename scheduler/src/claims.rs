@@ -117,7 +117,7 @@ pub fn with(node: &Node, claim: Claim, now_ms: i64) -> Vec<Claim> {
     let ttl = i64::try_from(CLAIM_TTL.as_millis()).unwrap_or(i64::MAX);
     let mut claims: Vec<Claim> = read(node)
         .into_iter()
-        .filter(|c| now_ms.saturating_sub(c.at) < ttl && c.task != claim.task)
+        .filter(|c| now_ms.saturating_sub(c.at) < ttl && (c.task != claim.task || c.by != claim.by))
         .collect();
     claims.push(claim);
     claims

@@ -75,7 +75,12 @@ async fn pending_tasks_are_bound_and_the_unfit_told_why() {
             .as_ref()
             .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Scheduled"))
             .map(|c| c.message.clone());
-        if let (5, Some(told)) = (bound.len(), told) {
+        let t0_told = all
+            .iter()
+            .find(|t| t.metadata.name == "t0")
+            .and_then(|t| t.status.as_ref())
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Scheduled"));
+        if let (5, Some(told), true) = (bound.len(), told, t0_told) {
             assert_eq!(
                 told, "0/3 nodes: 2 insufficient cpu, 1 unschedulable",
                 "the unfit task says why"
@@ -108,6 +113,291 @@ async fn pending_tasks_are_bound_and_the_unfit_told_why() {
         .find(|c| c.type_ == "Scheduled")
         .unwrap();
     assert_eq!(condition.reason, "Scheduled");
+    stop.cancel();
+    scheduler.await.unwrap();
+}
+
+/// Polls `check` every 25 ms until it returns `Some`, failing after `secs` seconds.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Millicores and tasks with each host port bound to each node; fails on over-commit.
+fn assert_not_overcommitted(nodes: &[(&str, i128)], tasks: &[Task]) {
+    for (name, cpu) in nodes {
+        let on: Vec<&Task> = tasks
+            .iter()
+            .filter(|t| t.spec.node_name == *name && !t.is_terminal())
+            .collect();
+        let used: i128 = on
+            .iter()
+            .map(|t| t.spec.resources.cpu.as_ref().unwrap().milli_value())
+            .sum();
+        assert!(
+            used <= *cpu,
+            "node {name} over-committed: {used}m of {cpu}m"
+        );
+        let mut ports: Vec<i32> = on
+            .iter()
+            .flat_map(|t| t.spec.resources.ports.clone())
+            .collect();
+        let all = ports.len();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), all, "node {name} has a host port twice");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_schedulers_racing_never_overcommit_and_bind_every_schedulable_task() {
+    let server = TestServer::embedded(apiserver::Config::default())
+        .await
+        .unwrap();
+    let client = Client::for_server(&server.url).unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let sizes = [("n1", 2000), ("n2", 2000), ("n3", 3000), ("n4", 1000)];
+    for (name, cpu) in sizes {
+        nodes
+            .create(
+                &PostParams::default(),
+                &node(name, &format!("{cpu}m"), "64Gi"),
+            )
+            .await
+            .unwrap();
+    }
+    // Both schedulers start before the tasks exist, so they race for every one.
+    let stop = CancellationToken::new();
+    let a = tokio::spawn(scheduler::run(client.clone(), stop.clone()));
+    let b = tokio::spawn(scheduler::run(client.clone(), stop.clone()));
+    // 8 cores of room: 12 tasks of 500m and 4 of 500m wanting host port 8080 (one a
+    // node) fit exactly; 4 more of 500m do not.
+    let tasks: Api<Task> = Api::namespaced(client.clone(), "default");
+    // One priority: no preemption here.
+    for i in 0..20 {
+        let mut t = task(&format!("t{i}"), "500m", 0);
+        if i % 5 == 0 {
+            t.spec.resources.ports = vec![8080];
+        }
+        tasks.create(&PostParams::default(), &t).await.unwrap();
+    }
+    let all = eventually(30, "16 tasks bound, 4 told why not", || {
+        let tasks = tasks.clone();
+        async move {
+            let (all, _) = tasks.list_all(&ListParams::default()).await.unwrap();
+            // Checked on every observation, not only at the end.
+            assert_not_overcommitted(&sizes, &all);
+            let bound = all.iter().filter(|t| !t.spec.node_name.is_empty()).count();
+            let told = all
+                .iter()
+                .filter(|t| t.spec.node_name.is_empty())
+                .filter(|t| {
+                    t.status.as_ref().is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "Scheduled" && c.reason == "Unschedulable")
+                    })
+                })
+                .count();
+            (bound == 16 && told == 4).then_some(all)
+        }
+    })
+    .await;
+    // The ports went one a node.
+    let with_port: Vec<&str> = all
+        .iter()
+        .filter(|t| !t.spec.resources.ports.is_empty())
+        .map(|t| t.spec.node_name.as_str())
+        .collect();
+    assert_eq!(with_port.len(), 4);
+    // Nothing more binds later either.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (all, _) = tasks.list_all(&ListParams::default()).await.unwrap();
+    assert_not_overcommitted(&sizes, &all);
+    assert_eq!(
+        all.iter().filter(|t| !t.spec.node_name.is_empty()).count(),
+        16
+    );
+    stop.cancel();
+    a.await.unwrap();
+    b.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_task_binds_when_a_node_joins_or_a_task_ends() {
+    let server = TestServer::embedded(apiserver::Config::default())
+        .await
+        .unwrap();
+    let client = Client::for_server(&server.url).unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let tasks: Api<Task> = Api::namespaced(client.clone(), "default");
+    nodes
+        .create(&PostParams::default(), &node("small", "1", "4Gi"))
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let scheduler = tokio::spawn(scheduler::run(client.clone(), stop.clone()));
+    tasks
+        .create(&PostParams::default(), &task("first", "1", 0))
+        .await
+        .unwrap();
+    tasks
+        .create(&PostParams::default(), &task("second", "1", 0))
+        .await
+        .unwrap();
+    tasks
+        .create(&PostParams::default(), &task("big", "4", 0))
+        .await
+        .unwrap();
+    let node_of = |name: &'static str| {
+        let tasks = tasks.clone();
+        move || {
+            let tasks = tasks.clone();
+            async move {
+                let t = tasks.get(name).await.unwrap();
+                (!t.spec.node_name.is_empty()).then_some(t.spec.node_name)
+            }
+        }
+    };
+    let unschedulable = |name: &'static str| {
+        let tasks = tasks.clone();
+        move || {
+            let tasks = tasks.clone();
+            async move {
+                let t = tasks.get(name).await.unwrap();
+                t.status
+                    .as_ref()
+                    .is_some_and(|s| s.conditions.iter().any(|c| c.reason == "Unschedulable"))
+                    .then_some(())
+            }
+        }
+    };
+    let first = eventually(20, "a first task bound", || {
+        let tasks = tasks.clone();
+        async move {
+            let (all, _) = tasks.list_all(&ListParams::default()).await.unwrap();
+            all.into_iter()
+                .find(|t| !t.spec.node_name.is_empty())
+                .map(|t| t.metadata.name)
+        }
+    })
+    .await;
+    let other: &'static str = if first == "first" { "second" } else { "first" };
+    eventually(20, "the other told to wait", unschedulable(other)).await;
+    eventually(20, "big told to wait", unschedulable("big")).await;
+    // A node joins: big fits there.
+    nodes
+        .create(&PostParams::default(), &node("large", "8", "16Gi"))
+        .await
+        .unwrap();
+    assert_eq!(eventually(20, "big bound", node_of("big")).await, "large");
+    // Whichever of first and second waits now binds when the bound one ends.
+    let on_large = tasks.get(other).await.unwrap().spec.node_name;
+    if on_large.is_empty() {
+        let patch = client::Patch::Merge(json!({"status": {"phase": "Completed"}}));
+        tasks
+            .patch_status(&first, &client::PatchParams::default(), &patch)
+            .await
+            .unwrap();
+    }
+    eventually(20, "the other bound", node_of(other)).await;
+    stop.cancel();
+    scheduler.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_priority_task_preempts_the_cheapest_victims() {
+    let server = TestServer::embedded(apiserver::Config::default())
+        .await
+        .unwrap();
+    let client = Client::for_server(&server.url).unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let tasks: Api<Task> = Api::namespaced(client.clone(), "default");
+    for name in ["a", "b"] {
+        nodes
+            .create(&PostParams::default(), &node(name, "2", "8Gi"))
+            .await
+            .unwrap();
+    }
+    // a holds two priority-1 tasks, b one priority-5 task; both are full.
+    let mut placed = Vec::new();
+    for (name, on, cpu, priority) in [
+        ("low1", "a", "1", 1),
+        ("low2", "a", "1", 1),
+        ("mid", "b", "2", 5),
+    ] {
+        let mut t = task(name, cpu, priority);
+        t.spec.node_name = on.into();
+        placed.push(tasks.create(&PostParams::default(), &t).await.unwrap());
+    }
+    let stop = CancellationToken::new();
+    let scheduler = tokio::spawn(scheduler::run(client.clone(), stop.clone()));
+    tasks
+        .create(&PostParams::default(), &task("urgent", "1", 10))
+        .await
+        .unwrap();
+    let node = eventually(30, "urgent bound", || {
+        let tasks = tasks.clone();
+        async move {
+            let t = tasks.get("urgent").await.unwrap();
+            (!t.spec.node_name.is_empty()).then_some(t.spec.node_name)
+        }
+    })
+    .await;
+    assert_eq!(
+        node, "a",
+        "one priority-1 victim is cheaper than a priority-5 one"
+    );
+    let (all, _) = tasks.list_all(&ListParams::default()).await.unwrap();
+    let killed: Vec<&Task> = all
+        .iter()
+        .filter(|t| t.phase() == api_types::TaskPhase::Killed)
+        .collect();
+    assert_eq!(killed.len(), 1, "the fewest victims");
+    let victim = killed[0];
+    assert!(victim.metadata.name.starts_with("low"));
+    let status = victim.status.as_ref().unwrap();
+    assert_eq!(status.reason, "Preempted");
+    assert!(
+        status.message.contains("default/urgent"),
+        "{}",
+        status.message
+    );
+    let mid = all.iter().find(|t| t.metadata.name == "mid").unwrap();
+    assert!(!mid.is_terminal());
+    // The victim was terminal before the preemptor was bound there.
+    let urgent = all.iter().find(|t| t.metadata.name == "urgent").unwrap();
+    let vrv: u64 = victim.metadata.resource_version.parse().unwrap();
+    let urv: u64 = urgent.metadata.resource_version.parse().unwrap();
+    assert!(
+        vrv < urv,
+        "victim killed at {vrv}, preemptor bound by {urv}"
+    );
+    assert_not_overcommitted(&[("a", 2000), ("b", 2000)], &all);
+    // The victim has an Event saying why.
+    let events: Api<api_types::Event> = Api::namespaced(client.clone(), "default");
+    let reason = eventually(10, "the Preempted event", || {
+        let events = events.clone();
+        let name = victim.metadata.name.clone();
+        async move {
+            let (all, _) = events.list_all(&ListParams::default()).await.unwrap();
+            all.into_iter()
+                .find(|e| e.involved_object.name == name && e.reason == "Preempted")
+                .map(|e| e.message)
+        }
+    })
+    .await;
+    assert!(reason.contains("default/urgent"));
     stop.cancel();
     scheduler.await.unwrap();
 }
