@@ -22,7 +22,7 @@ pub const NS: &str = "default";
 /// `["sleep"]` runs until stopped; `["exit", "N"]` exits N; `["flaky"]` fails
 /// (exit 1) on its first attempt and completes on a retry; `["overtime"]` is killed
 /// for its time limit; `["work", "MS"]` completes after running MS milliseconds;
-/// anything else completes at once.
+/// anything else completes at once. A task that fails does so as it starts.
 pub fn outcome(
     task: &Task,
     running_for: Duration,
@@ -271,7 +271,18 @@ async fn nodelet(client: Client, alive: Arc<Mutex<BTreeSet<String>>>, stop: Canc
                     continue;
                 }
                 let api: Api<Task> = Api::namespaced(client.clone(), &task.metadata.namespace);
+                let crashes = matches!(
+                    outcome(&task, Duration::ZERO),
+                    Some((TaskPhase::Failed, _, _))
+                );
                 let status = match task.phase() {
+                    // A task that fails does so on start, never looking ready.
+                    TaskPhase::Pending if crashes => {
+                        let (phase, code, reason) = outcome(&task, Duration::ZERO).unwrap();
+                        json!({"status": {"phase": phase, "exitCode": code, "reason": reason,
+                                          "nodeName": task.spec.node_name,
+                                          "startTime": Utc::now(), "finishTime": Utc::now()}})
+                    }
                     TaskPhase::Pending => json!({"status": {
                         "phase": "Running", "nodeName": task.spec.node_name,
                         "startTime": Utc::now(),
