@@ -340,7 +340,7 @@ pub fn decide(
         status.exit_code = Some(exit_code(tasks));
         decision
             .events
-            .push((event_type, phase.as_str().to_owned(), message));
+            .push((event_type, reason.to_owned(), message));
     };
 
     if job.spec.killed {

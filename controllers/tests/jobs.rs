@@ -91,6 +91,36 @@ async fn a_dag_whose_middle_job_fails_never_runs_the_last() {
         cluster.tasks_of("report").await.is_empty(),
         "the last job never ran"
     );
+    // Each transition left an Event a user can search for (published just after it).
+    let events: client::Api<api_types::Event> =
+        client::Api::namespaced(cluster.client.clone(), "default");
+    let has = |all: &[api_types::Event], object: &str, reason: &str, message: Option<&str>| {
+        all.iter().any(|e| {
+            e.involved_object.name == object
+                && e.reason == reason
+                && message.is_none_or(|m| e.message == m)
+        })
+    };
+    eventually("the events", || async {
+        let (all, _) = events
+            .list_all(&client::ListParams::default())
+            .await
+            .unwrap();
+        let found = has(
+            &all,
+            "report",
+            "DependencyFailed",
+            Some("dependency train failed"),
+        ) && has(
+            &all,
+            "train",
+            "TasksCreated",
+            Some("created train-0, train-1"),
+        ) && has(&all, "train", "TaskFailed", None)
+            && has(&all, "prep", "Completed", None);
+        found.then_some(())
+    })
+    .await;
     cluster.shutdown().await;
 }
 
