@@ -82,12 +82,14 @@ async fn an_expired_lease_loses_the_tasks_and_the_job_replaces_them_elsewhere() 
             task.metadata.name
         );
     }
-    let job = cluster.jobs().get("resilient").await.unwrap();
-    let status = job.status.unwrap();
-    assert_eq!(
-        (status.phase, status.lost, status.running),
-        (JobPhase::Running, 2, 2)
-    );
+    // The job's status follows its tasks.
+    let jobs = cluster.jobs();
+    eventually("the job counting 2 lost and 2 running", || async {
+        let status = jobs.get("resilient").await.unwrap().status?;
+        let counted = (status.phase, status.lost, status.running) == (JobPhase::Running, 2, 2);
+        counted.then_some(())
+    })
+    .await;
 
     // The node comes back: Ready and untainted again.
     cluster.alive.lock().unwrap().insert("doomed".into());
