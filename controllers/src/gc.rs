@@ -263,6 +263,7 @@ async fn owner_exists(ctx: &Context, namespace: &str, owner: &OwnerReference) ->
 /// Collects one object: finishes its own Foreground or Orphan deletion, and deletes
 /// it (or drops dangling references) when its owners are gone.
 pub async fn reconcile<K: Collected>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.wait_ready().await;
     let meta = object.meta();
     if meta.deletion_timestamp.is_some() {
         if meta.has_finalizer(ORPHAN) {

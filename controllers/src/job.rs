@@ -573,6 +573,7 @@ pub fn find_cycle(
 
 /// Reconciles one Job.
 pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.wait_ready().await;
     if job.metadata.deletion_timestamp.is_some() {
         // Its tasks go with it (the garbage collector); nothing new starts.
         return Ok(Action::await_change());

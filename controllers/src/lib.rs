@@ -95,9 +95,21 @@ pub struct Context {
     pub nodes: Store<Node>,
     /// The nodes' heartbeat Leases.
     pub leases: Store<Lease>,
+    /// When each node's Lease was last seen renewed.
+    pub heartbeats: Arc<node_lifecycle::Heartbeats>,
 }
 
 impl Context {
+    /// Waits until every cache holds its first full list: a reconciler must never
+    /// take a cache still filling for the world (no tasks, no leases).
+    pub async fn wait_ready(&self) {
+        self.jobs.wait_ready().await;
+        self.tasks.wait_ready().await;
+        self.services.wait_ready().await;
+        self.nodes.wait_ready().await;
+        self.leases.wait_ready().await;
+    }
+
     /// A recorder of Events for `component`.
     pub(crate) fn recorder(&self, component: &str) -> Recorder {
         Recorder::new(self.client.clone(), component, &self.config.identity)

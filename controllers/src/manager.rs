@@ -115,6 +115,7 @@ pub async fn run_manager(client: Client, config: Config, shutdown: CancellationT
         services: services.store(),
         nodes: nodes.store(),
         leases: leases.store(),
+        heartbeats: Arc::default(),
     });
     let settings = controller::Config {
         concurrency: config.concurrency,

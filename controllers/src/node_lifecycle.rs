@@ -3,20 +3,23 @@
 //! tasks are marked Lost (their Jobs and Services replace them); a node that renews
 //! its Lease again is Ready and untainted again.
 //!
-//! The heartbeat is the Lease named after the node in `loom-node-lease`
-//! (`spec.renewTime`, else `acquireTime`); a node without one counts from its
-//! creation.
+//! The heartbeat is any write to the Lease named after the node in
+//! `loom-node-lease` (the nodelet renews `spec.renewTime`), timed by this
+//! controller's clock from when it saw the write; a node without a Lease is given
+//! the grace period from when the controller first saw it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api_types::event::EventType;
 use api_types::kinds::node::NODE_CONDITION_READY;
 use api_types::meta::set_condition;
 use api_types::{Condition, ConditionStatus, Node, Taint, TaintEffect, Task, TaskPhase};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use client::{Action, Api, ObjectKey, Patch, PatchParams};
 use serde_json::json;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::{BY_NODE, Context, Error, Result, key_of, observe, publish};
@@ -43,26 +46,31 @@ pub enum Health {
     Lost,
 }
 
-/// The node's last heartbeat: its Lease's renewal, or its creation.
-pub fn last_heartbeat(node: &Node, lease: Option<&api_types::Lease>) -> Option<DateTime<Utc>> {
-    let renewed = lease.and_then(|l| l.spec.renew_time.or(l.spec.acquire_time));
-    match (renewed, node.metadata.creation_timestamp) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
+/// When this controller last saw each node's Lease change, by its own clock (as
+/// Kubernetes' node lifecycle controller does): clocks of nodes may be skewed, and
+/// a controller that just started gives every node a full grace period.
+#[derive(Debug, Default)]
+pub struct Heartbeats {
+    seen: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl Heartbeats {
+    /// How long ago `node`'s lease last changed to `marker` (its resourceVersion, or
+    /// "" without a lease); a first sighting or a change counts as a heartbeat now.
+    pub fn age(&self, node: &str, marker: &str, now: Instant) -> Duration {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.get(node) {
+            Some((last, at)) if last == marker => now.saturating_duration_since(*at),
+            _ => {
+                seen.insert(node.to_owned(), (marker.to_owned(), now));
+                Duration::ZERO
+            }
+        }
     }
 }
 
-/// Judges a heartbeat at `now`.
-pub fn health(
-    heartbeat: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-    grace: Duration,
-    lost_grace: Duration,
-) -> Health {
-    let Some(heartbeat) = heartbeat else {
-        return Health::Alive(grace);
-    };
-    let age = (now - heartbeat).to_std().unwrap_or(Duration::ZERO);
+/// Judges a heartbeat of age `age`.
+pub fn health(age: Duration, grace: Duration, lost_grace: Duration) -> Health {
     if age < grace {
         Health::Alive(grace - age)
     } else if age < grace + lost_grace {
@@ -95,15 +103,27 @@ fn stays(task: &Task) -> bool {
 
 /// Reconciles one node against its Lease.
 pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.wait_ready().await;
     let lease = ctx.leases.get(&ObjectKey::new(
         &ctx.config.node_lease_namespace,
         &node.metadata.name,
     ));
-    let heartbeat = last_heartbeat(&node, lease.as_deref());
-    let now = Utc::now();
-    let verdict = health(heartbeat, now, ctx.config.node_grace, ctx.config.lost_grace);
+    let marker = lease
+        .as_ref()
+        .map(|l| l.metadata.resource_version.clone())
+        .unwrap_or_default();
+    let age = ctx
+        .heartbeats
+        .age(&node.metadata.name, &marker, Instant::now());
+    let verdict = health(age, ctx.config.node_grace, ctx.config.lost_grace);
     let recorder = ctx.recorder(COMPONENT);
-    let since = heartbeat.map_or_else(|| "ever".to_owned(), |t| t.to_rfc3339());
+    let since = lease
+        .as_ref()
+        .and_then(|l| l.spec.renew_time.or(l.spec.acquire_time))
+        .map_or_else(
+            || "never renewed".to_owned(),
+            |t| format!("last renewed at {}", t.to_rfc3339()),
+        );
     match verdict {
         Health::Alive(next) => {
             let ready = node
@@ -139,7 +159,10 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
             Ok(Action::requeue(next + Duration::from_millis(50)))
         }
         Health::Unreachable(_) | Health::Lost => {
-            let message = format!("the node's lease was not renewed since {since}");
+            let message = format!(
+                "the node's lease was not renewed for {}s ({since})",
+                age.as_secs()
+            );
             let ready = node
                 .status
                 .as_ref()
@@ -192,7 +215,7 @@ async fn lose_tasks(ctx: &Context, node: &Node, since: &str) -> Result<()> {
         return Ok(());
     }
     let message = format!(
-        "node {} stopped renewing its lease at {since}",
+        "node {} stopped renewing its lease ({since})",
         node.metadata.name
     );
     for task in &tasks {
@@ -308,19 +331,36 @@ mod tests {
 
     #[test]
     fn heartbeat_age_decides() {
-        let now = Utc::now();
         let grace = Duration::from_secs(40);
         let lost = Duration::from_secs(60);
-        let ago = |s: i64| Some(now - chrono::Duration::seconds(s));
+        let secs = Duration::from_secs;
+        assert_eq!(health(secs(10), grace, lost), Health::Alive(secs(30)));
+        assert_eq!(health(secs(50), grace, lost), Health::Unreachable(secs(50)));
+        assert_eq!(health(secs(100), grace, lost), Health::Lost);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_is_a_change_seen_by_the_controller() {
+        let beats = Heartbeats::default();
+        let start = Instant::now();
         assert_eq!(
-            health(ago(10), now, grace, lost),
-            Health::Alive(Duration::from_secs(30))
+            beats.age("n1", "5", start),
+            Duration::ZERO,
+            "first sighting"
+        );
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(
+            beats.age("n1", "5", Instant::now()),
+            Duration::from_secs(30)
         );
         assert_eq!(
-            health(ago(50), now, grace, lost),
-            Health::Unreachable(Duration::from_secs(50))
+            beats.age("n1", "9", Instant::now()),
+            Duration::ZERO,
+            "renewed"
         );
-        assert_eq!(health(ago(100), now, grace, lost), Health::Lost);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(beats.age("n1", "9", Instant::now()), Duration::from_secs(5));
+        assert_eq!(beats.age("n2", "", Instant::now()), Duration::ZERO);
     }
 
     #[test]

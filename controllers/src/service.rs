@@ -270,6 +270,7 @@ fn progressing_reason(status: Option<&ServiceStatus>) -> String {
 
 /// Reconciles one Service.
 pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.wait_ready().await;
     if service.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
