@@ -24,6 +24,7 @@ use api_types::{
 };
 use chrono::{DateTime, Utc};
 use client::{Action, Api, ObjectKey, PostParams};
+use futures::StreamExt;
 use tracing::{debug, info};
 
 use crate::{
@@ -42,6 +43,9 @@ pub const REASON_JOB_FAILED: &str = "JobFailed";
 pub const REASON_PREEMPTED: &str = "Preempted";
 /// A task reason meaning its time limit ran out.
 pub const REASON_TIME_LIMIT: &str = "TimeLimitExceeded";
+
+/// Requests in flight at once when a reconcile makes or kills many tasks.
+const IN_FLIGHT: usize = 16;
 
 /// Where a container sees its own output directory.
 pub const OUTPUT_MOUNT: &str = "/output";
@@ -653,34 +657,52 @@ async fn write_status(job: &Job, status: JobStatus, ctx: &Context) -> Result<Opt
 async fn apply(job: &Job, decision: Decision, ctx: &Context) -> Result<Action> {
     let namespace = &job.metadata.namespace;
     let api: Api<Task> = Api::namespaced(ctx.client.clone(), namespace);
-    for task in &decision.create {
-        match api.create(&PostParams::default(), task).await {
-            Ok(_) => debug!(task = %task.metadata.name, "created"),
-            // Already made by an earlier reconcile (maybe before a restart).
-            Err(error) if error.is_conflict() => {}
-            Err(error) => {
-                let recorder = ctx.recorder(COMPONENT);
-                publish(
-                    &recorder,
-                    job,
-                    EventType::Warning,
-                    "FailedCreate",
-                    &format!("cannot create task {}: {error}", task.metadata.name),
-                )
-                .await;
-                return Err(Error::api(
-                    "create task",
-                    format!("{namespace}/{}", task.metadata.name),
-                )(error));
-            }
-        }
-    }
+    // Many tasks at once, a bounded number of requests in flight.
+    let created: Vec<std::result::Result<(), (String, client::Error)>> =
+        futures::stream::iter(decision.create.clone())
+            .map(|task| {
+                let api = api.clone();
+                async move {
+                    match api.create(&PostParams::default(), &task).await {
+                        Ok(_) => {
+                            debug!(task = %task.metadata.name, "created");
+                            Ok(())
+                        }
+                        // Already made by an earlier reconcile (maybe before a restart).
+                        Err(error) if error.is_conflict() => Ok(()),
+                        Err(error) => Err((task.metadata.name, error)),
+                    }
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
     for task in &decision.create {
         observe(&ctx.tasks, &ObjectKey::of(task), |t| t.is_some()).await;
     }
-    for (task, reason, message) in &decision.kill {
-        kill_and_observe(ctx, task, reason, message).await?;
+    if let Some((name, error)) = created.into_iter().find_map(std::result::Result::err) {
+        let recorder = ctx.recorder(COMPONENT);
+        publish(
+            &recorder,
+            job,
+            EventType::Warning,
+            "FailedCreate",
+            &format!("cannot create task {name}: {error}"),
+        )
+        .await;
+        return Err(Error::api("create task", format!("{namespace}/{name}"))(
+            error,
+        ));
     }
+    let killed: Vec<Result<()>> = futures::stream::iter(decision.kill.clone())
+        .map(|(task, reason, message)| {
+            let ctx = ctx.clone();
+            async move { kill_and_observe(&ctx, &task, &reason, &message).await }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    killed.into_iter().collect::<Result<Vec<()>>>()?;
     let old = job.status.clone().unwrap_or_default();
     let changed_phase = old.phase != decision.status.phase;
     if decision.status != old {
