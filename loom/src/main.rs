@@ -4,6 +4,8 @@
 //! Ctrl-C or SIGTERM; the controllers, scheduler and nodelet join it as they are
 //! built. `loom apiserver` runs the API server alone, over SQLite or etcd.
 
+mod node_cmd;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -42,6 +44,16 @@ enum Command {
     Scheduler(SchedulerArgs),
     /// Run the controllers (Job, Service, garbage collector, node lifecycle) against an API server.
     Controllers(ControllersArgs),
+    /// Run a node agent: registers the node and runs the tasks bound to it.
+    Nodelet(Box<node_cmd::NodeletArgs>),
+    /// Manage a node's image store.
+    Image(node_cmd::ImageArgs),
+    /// The per-run shim the nodelet starts (internal).
+    #[command(hide = true)]
+    Shim {
+        /// The run directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -104,6 +116,23 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    // These two fork or run containers: no async runtime, no threads.
+    match &cli.command {
+        Command::Shim { dir } => return nodelet::shim::main(dir),
+        Command::Image(_) => {
+            let Command::Image(args) = cli.command else {
+                return ExitCode::FAILURE;
+            };
+            return match node_cmd::image(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("loom: {error:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -115,6 +144,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => up(args).await,
             Command::Apiserver(args) => apiserver_command(args).await,
+            Command::Nodelet(args) => node_cmd::nodelet(*args).await,
+            Command::Shim { .. } | Command::Image(_) => Ok(()),
             Command::Controllers(args) => {
                 let client = client::Client::for_server(&args.server)?;
                 let shutdown = CancellationToken::new();

@@ -1,1 +1,345 @@
-//! The node agent: node registration and heartbeat, task drivers (libcontainer, exec), images, cgroups and logs.
+//! The nodelet: Loom's node agent. It registers its Node and renews its Lease,
+//! watches the tasks bound to it, runs each through a driver (a libcontainer
+//! container, or a host process in its own cgroup) from a per-run shim process,
+//! reports their status, enforces time limits, restart policies and grace periods,
+//! serves their logs, and adopts the runs still alive after its own restart.
+
+pub mod cgroup;
+pub mod driver;
+pub mod image;
+pub mod logfile;
+pub mod node;
+pub mod run;
+pub mod server;
+pub mod shim;
+pub mod spec;
+pub mod tasks;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use api_types::{Quantity, Taint, Task};
+use client::reflector::Change;
+use client::{Api, Client, Informer, Recorder, watcher};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use driver::{Driver, FakeDriver, FakeOutcome, ShimDriver};
+
+/// How a nodelet runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The node's name.
+    pub name: String,
+    /// Where it keeps task runs, logs, images and container state.
+    pub state_dir: PathBuf,
+    /// Labels added to the node's attribute labels.
+    pub labels: BTreeMap<String, String>,
+    /// Taints the node registers with.
+    pub taints: Vec<Taint>,
+    /// The cgroup parent: containers go to `/PARENT/NODE/ID` in each hierarchy.
+    pub cgroup_parent: String,
+    /// The shim command (program and leading arguments).
+    pub shim: Vec<OsString>,
+    /// Where the log endpoint listens.
+    pub listen: SocketAddr,
+    /// The URL the apiserver reaches the endpoint at (default: from `listen`).
+    pub advertise: Option<String>,
+    /// CPU offered (default: the machine's cores).
+    pub cpu: Option<Quantity>,
+    /// Memory offered (default: the machine's).
+    pub memory: Option<Quantity>,
+    /// Tasks offered at once.
+    pub max_tasks: u32,
+    /// The pids limit of a task that asks for none.
+    pub pids_limit: i64,
+    /// A task's log is capped at twice this.
+    pub log_max_bytes: u64,
+    /// The grace period of a stop when the task names none.
+    pub default_grace: Duration,
+    /// The first restart delay; it doubles per restart.
+    pub backoff_base: Duration,
+    /// The longest restart delay.
+    pub backoff_max: Duration,
+    /// The lease's duration.
+    pub lease_duration: Duration,
+    /// How often the lease is renewed.
+    pub renew_interval: Duration,
+    /// How often the node's status (usage, heartbeat) is written.
+    pub status_interval: Duration,
+    /// Stop every task when the nodelet exits (`loom up`); otherwise tasks keep
+    /// running and the next nodelet adopts them.
+    pub stop_tasks_on_exit: bool,
+}
+
+impl Config {
+    /// Defaults for a node `name` keeping its state in `state_dir`.
+    pub fn new(name: &str, state_dir: PathBuf) -> Config {
+        Config {
+            name: name.to_owned(),
+            state_dir,
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            cgroup_parent: "loom".to_owned(),
+            shim: Vec::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            cpu: None,
+            memory: None,
+            max_tasks: 110,
+            pids_limit: 4096,
+            log_max_bytes: 10 << 20,
+            default_grace: Duration::from_secs(30),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            lease_duration: Duration::from_secs(40),
+            renew_interval: Duration::from_secs(10),
+            status_interval: Duration::from_secs(30),
+            stop_tasks_on_exit: false,
+        }
+    }
+}
+
+/// Parses `k=v,k2=v2` labels.
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("label {pair:?} is not key=value"))?;
+        let mut problems = api_types::names::is_label_key(key);
+        problems.extend(api_types::names::is_label_value(value));
+        if !problems.is_empty() {
+            return Err(format!("label {pair:?}: {}", problems.join("; ")));
+        }
+        out.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(out)
+}
+
+/// Parses `key=value:Effect,key:Effect` taints.
+pub fn parse_taints(text: &str) -> Result<Vec<Taint>, String> {
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (kv, effect) = item
+            .rsplit_once(':')
+            .ok_or_else(|| format!("taint {item:?} is not key[=value]:Effect"))?;
+        let effect = match effect {
+            "NoSchedule" => api_types::TaintEffect::NoSchedule,
+            "PreferNoSchedule" => api_types::TaintEffect::PreferNoSchedule,
+            "NoExecute" => api_types::TaintEffect::NoExecute,
+            other => {
+                return Err(format!(
+                    "taint {item:?}: effect {other:?} is not NoSchedule, PreferNoSchedule or NoExecute"
+                ));
+            }
+        };
+        let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+        if !api_types::names::is_label_key(key).is_empty() {
+            return Err(format!("taint {item:?}: {key:?} is not a valid key"));
+        }
+        out.push(Taint {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            effect: Some(effect),
+        });
+    }
+    Ok(out)
+}
+
+/// The task actors by task uid: the latest task view each sees, and its handle.
+type Actors = HashMap<
+    String,
+    (
+        watch::Sender<Option<Arc<Task>>>,
+        tokio::task::JoinHandle<()>,
+    ),
+>;
+
+/// Runs a nodelet until `shutdown`, with the real shim driver.
+pub async fn run(
+    client: Client,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(!config.shim.is_empty(), "no shim command configured");
+    let driver = Arc::new(ShimDriver {
+        command: config.shim.clone(),
+    });
+    run_with(client, config, driver, shutdown).await
+}
+
+/// Runs a nodelet with `driver` until `shutdown`.
+pub async fn run_with(
+    client: Client,
+    config: Config,
+    driver: Arc<dyn Driver>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    for dir in ["tasks", "containers", "images"] {
+        let path = config.state_dir.join(dir);
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    let endpoint = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{local}"));
+    let config = Arc::new(config);
+
+    node::register(&client, &config, &endpoint)
+        .await
+        .with_context(|| format!("cannot register node {}", config.name))?;
+    node::renew_lease(&client, &config)
+        .await
+        .context("cannot create the node lease")?;
+    info!(node = %config.name, %endpoint, "node registered and ready");
+
+    let informer = Informer::start(
+        Api::<Task>::all(client.clone()),
+        watcher::Config {
+            field_selector: Some(format!("spec.nodeName={}", config.name)),
+            ..watcher::Config::default()
+        },
+    );
+    let mut changes = informer.subscribe();
+    let store = informer.store();
+    let ctx = Arc::new(tasks::Ctx {
+        config: config.clone(),
+        driver,
+        images: image::ImageStore::new(&config.state_dir.join("images")),
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), "loom-nodelet", &config.name),
+        shutdown: shutdown.clone(),
+    });
+
+    let server_shutdown = shutdown.clone();
+    let server = tokio::spawn({
+        let router = server::router(server::ServerState {
+            ctx: ctx.clone(),
+            tasks: store.clone(),
+        });
+        async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(server_shutdown.cancelled_owned())
+                .await;
+        }
+    });
+    let heartbeat = tokio::spawn(node::heartbeat(
+        client.clone(),
+        config.clone(),
+        endpoint.clone(),
+        shutdown.clone(),
+    ));
+
+    store.wait_ready().await;
+    let mut actors: Actors = HashMap::new();
+    let spawn = |actors: &mut Actors, uid: &str, task: Option<Arc<Task>>| {
+        let (tx, rx) = watch::channel(task);
+        let handle = tokio::spawn(tasks::drive(ctx.clone(), uid.to_owned(), rx));
+        actors.insert(uid.to_owned(), (tx, handle));
+    };
+    // Runs on disk first: adopt them, or stop and clean up those whose task is gone.
+    let known: HashMap<String, Arc<Task>> = store
+        .list()
+        .into_iter()
+        .map(|t| (t.metadata.uid.clone(), t))
+        .collect();
+    for (uid, record) in tasks::on_disk(&config.state_dir) {
+        let task = known.get(&uid).cloned();
+        if task.is_none() {
+            info!(task = %format!("{}/{}", record.namespace, record.name), "its task is gone: stopping and cleaning up");
+        }
+        spawn(&mut actors, &uid, task);
+    }
+    for (uid, task) in known {
+        if !actors.contains_key(&uid) {
+            spawn(&mut actors, &uid, Some(task));
+        }
+    }
+    let mut resync = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            change = changes.recv() => match change {
+                Ok(Change::Applied(task)) => {
+                    let uid = task.metadata.uid.clone();
+                    match actors.get(&uid) {
+                        Some((tx, handle)) if !handle.is_finished() => { tx.send_replace(Some(task)); }
+                        _ => spawn(&mut actors, &uid, Some(task)),
+                    }
+                }
+                Ok(Change::Deleted(task)) => {
+                    if let Some((tx, _)) = actors.get(&task.metadata.uid) {
+                        tx.send_replace(None);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    warn!(missed, "fell behind the task watch; resyncing");
+                    resync.reset_immediately();
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            _ = resync.tick() => {
+                // Level-triggered: every actor sees the cache's view.
+                let current: HashMap<String, Arc<Task>> = store
+                    .list()
+                    .into_iter()
+                    .map(|t| (t.metadata.uid.clone(), t))
+                    .collect();
+                actors.retain(|_, (_, handle)| !handle.is_finished());
+                for (uid, (tx, _)) in &actors {
+                    tx.send_replace(current.get(uid).cloned());
+                }
+                for (uid, task) in current {
+                    if !actors.contains_key(&uid) {
+                        spawn(&mut actors, &uid, Some(task));
+                    }
+                }
+            }
+        }
+    }
+    info!(node = %config.name, "nodelet stopping");
+    // Actors finish (stopping their tasks first when configured to).
+    for (_, (_, handle)) in actors.drain() {
+        let _ = handle.await;
+    }
+    informer.stop();
+    let _ = heartbeat.await;
+    let _ = server.await;
+    if config.stop_tasks_on_exit {
+        cgroup::remove_tree(&format!("/{}/{}", config.cgroup_parent, config.name));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn flags_parse_with_clear_errors() {
+        let labels = parse_labels("zone=a, disk=ssd").unwrap();
+        assert_eq!(labels["zone"], "a");
+        assert!(parse_labels("zone").unwrap_err().contains("key=value"));
+        let taints = parse_taints("gpu=true:NoSchedule,dedicated:NoExecute").unwrap();
+        assert_eq!(taints.len(), 2);
+        assert_eq!(taints[1].key, "dedicated");
+        assert!(
+            parse_taints("gpu=true:Sometimes")
+                .unwrap_err()
+                .contains("NoSchedule")
+        );
+    }
+}

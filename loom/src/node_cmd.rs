@@ -1,0 +1,173 @@
+//! `loom nodelet`, `loom image` and the hidden `loom shim`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+/// `loom nodelet`.
+#[derive(Debug, clap::Args)]
+pub struct NodeletArgs {
+    /// The API server.
+    #[arg(long, env = "LOOM_SERVER", default_value = "http://127.0.0.1:7443")]
+    pub server: String,
+    /// The node's name (default: the host name).
+    #[arg(long, env = "LOOM_NODE_NAME")]
+    pub name: Option<String>,
+    /// Where task runs, logs, images and container state are kept.
+    #[arg(long, env = "LOOM_STATE_DIR", default_value = "/var/lib/loom/nodelet")]
+    pub state_dir: PathBuf,
+    /// Labels added to the node: k=v,k2=v2.
+    #[arg(long, default_value = "")]
+    pub labels: String,
+    /// Taints the node registers with: key=value:Effect,...
+    #[arg(long, default_value = "")]
+    pub taints: String,
+    /// Cgroup parent: tasks go to /PARENT/NODE/ID in each hierarchy.
+    #[arg(long, default_value = "loom")]
+    pub cgroup_parent: String,
+    /// Address of the log endpoint the apiserver proxies to.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// URL the apiserver reaches the log endpoint at (default: from --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// CPU offered to tasks (default: every core).
+    #[arg(long)]
+    pub cpu: Option<api_types::Quantity>,
+    /// Memory offered to tasks (default: all of it).
+    #[arg(long)]
+    pub memory: Option<api_types::Quantity>,
+    /// Tasks at once.
+    #[arg(long, default_value_t = 110)]
+    pub max_tasks: u32,
+    /// OCI image layouts (directories or tars) to import at start.
+    #[arg(long = "import-image")]
+    pub import_images: Vec<PathBuf>,
+    /// Stop every task when the nodelet exits (by default they keep running and
+    /// the next nodelet adopts them).
+    #[arg(long)]
+    pub stop_tasks_on_exit: bool,
+}
+
+impl NodeletArgs {
+    /// The nodelet's configuration from the flags.
+    pub fn config(&self) -> anyhow::Result<nodelet::Config> {
+        let name = match &self.name {
+            Some(name) => name.clone(),
+            None => super::hostname(),
+        };
+        let problems = api_types::names::is_dns1123_subdomain(&name);
+        anyhow::ensure!(
+            problems.is_empty(),
+            "--name {name:?} is not a valid node name: {}",
+            problems.join("; ")
+        );
+        let mut config = nodelet::Config::new(&name, self.state_dir.clone());
+        config.labels =
+            nodelet::parse_labels(&self.labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
+        config.taints =
+            nodelet::parse_taints(&self.taints).map_err(|e| anyhow::anyhow!("--taints: {e}"))?;
+        config.cgroup_parent = self.cgroup_parent.trim_matches('/').to_owned();
+        config.listen = self.listen;
+        config.advertise = self.advertise.clone();
+        config.cpu = self.cpu;
+        config.memory = self.memory;
+        config.max_tasks = self.max_tasks;
+        config.stop_tasks_on_exit = self.stop_tasks_on_exit;
+        config.shim = shim_command()?;
+        Ok(config)
+    }
+}
+
+/// This binary's hidden `shim` subcommand.
+pub fn shim_command() -> anyhow::Result<Vec<std::ffi::OsString>> {
+    let exe = std::env::current_exe().context("cannot find the loom binary for the shim")?;
+    Ok(vec![exe.into_os_string(), "shim".into()])
+}
+
+/// Runs `loom nodelet` until Ctrl-C or SIGTERM.
+pub async fn nodelet(args: NodeletArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    anyhow::ensure!(
+        nix_is_root(),
+        "the nodelet must run as root (it creates containers, cgroups and mounts)"
+    );
+    let images = nodelet::image::ImageStore::new(&config.state_dir.join("images"));
+    for path in &args.import_images {
+        let names = images
+            .import(path, None)
+            .with_context(|| format!("cannot import {}", path.display()))?;
+        println!("imported {}", names.join(", "));
+    }
+    let client = client::Client::for_server(&args.server)?;
+    let shutdown = CancellationToken::new();
+    let mut work = tokio::spawn(nodelet::run(client, config, shutdown.clone()));
+    tokio::select! {
+        result = super::shutdown_signal() => result?,
+        // It stopped on its own: a configuration or registration error.
+        finished = &mut work => return finished.context("the nodelet panicked")?,
+    }
+    shutdown.cancel();
+    work.await.context("the nodelet panicked")?
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `loom image`.
+#[derive(Debug, clap::Args)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+/// Image subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ImageCommand {
+    /// Import an OCI image layout (directory or tar) into a node's image store.
+    Import {
+        /// The layout.
+        path: PathBuf,
+        /// The name to store it under (default: its ref.name annotation).
+        #[arg(long)]
+        name: Option<String>,
+        /// The nodelet's state directory.
+        #[arg(long, env = "LOOM_STATE_DIR", default_value = "/var/lib/loom/nodelet")]
+        state_dir: PathBuf,
+    },
+    /// List the images of a node's image store.
+    List {
+        /// The nodelet's state directory.
+        #[arg(long, env = "LOOM_STATE_DIR", default_value = "/var/lib/loom/nodelet")]
+        state_dir: PathBuf,
+    },
+}
+
+/// Runs `loom image …`.
+pub fn image(args: ImageArgs) -> anyhow::Result<()> {
+    match args.command {
+        ImageCommand::Import {
+            path,
+            name,
+            state_dir,
+        } => {
+            let store = nodelet::image::ImageStore::new(&state_dir.join("images"));
+            let names = store
+                .import(&path, name.as_deref())
+                .with_context(|| format!("cannot import {}", path.display()))?;
+            for name in names {
+                println!("imported {name}");
+            }
+        }
+        ImageCommand::List { state_dir } => {
+            let store = nodelet::image::ImageStore::new(&state_dir.join("images"));
+            for (name, digest) in store.list() {
+                println!("{name}\t{digest}");
+            }
+        }
+    }
+    Ok(())
+}

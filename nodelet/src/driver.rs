@@ -1,0 +1,384 @@
+//! Task drivers behind one trait. The real one ([`ShimDriver`]) starts one shim
+//! process per run, which runs the task as a libcontainer container or as a host
+//! process in its own cgroup; [`FakeDriver`] records what it is asked and lets
+//! tests decide how runs end.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio::io::AsyncBufReadExt as _;
+
+use crate::run::{DriverKind, ExitRecord, RunDir, RunSpec, Started};
+
+/// What is known of a run found on disk after a nodelet restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Its process still runs.
+    Running(Started),
+    /// It ended; here is how.
+    Exited(ExitRecord),
+    /// It was prepared but never started: it may be started now.
+    NotStarted,
+}
+
+/// Runs tasks.
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    /// Starts the run whose spec is in `dir`; returns once its process runs, or
+    /// with the exit record of a run that could not start.
+    async fn start(&self, dir: &RunDir) -> Result<Started, ExitRecord>;
+    /// What became of a run started before a restart.
+    fn find(&self, dir: &RunDir) -> Found;
+    /// Waits for the run to end.
+    async fn wait(&self, dir: &RunDir) -> ExitRecord;
+    /// Sends `signal` to the run's process.
+    fn signal(&self, dir: &RunDir, signal: i32);
+}
+
+/// The real driver: a shim process per run.
+#[derive(Debug, Clone)]
+pub struct ShimDriver {
+    /// The shim command: program and leading arguments; the run directory follows.
+    pub command: Vec<OsString>,
+}
+
+/// Opens a pidfd for `pid`.
+fn pidfd(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Whether `pid` runs the shim of `dir` (guards against reused pids).
+fn is_shim_of(pid: i32, dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let needle = dir.as_os_str().as_encoded_bytes();
+    cmdline.split(|b| *b == 0).any(|arg| arg == needle)
+}
+
+/// Finds the live shim of `dir`: by its pid file, else by scanning processes (a
+/// shim that has not written its pid file yet).
+fn live_shim(dir: &RunDir) -> Option<i32> {
+    if let Some(pid) = dir.read_shim_pid()
+        && is_shim_of(pid, &dir.0)
+    {
+        return Some(pid);
+    }
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .find(|pid| is_shim_of(*pid, &dir.0))
+}
+
+/// Waits until process `pid` is gone.
+async fn wait_gone(pid: i32) {
+    let registered = pidfd(pid).and_then(|fd| {
+        // SAFETY: the AsyncFd owns the descriptor, which stays open and the same
+        // until it is dropped.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }
+        .map_err(std::io::Error::from)
+    });
+    match registered {
+        Ok(fd) => {
+            let _ = fd.readable().await;
+        }
+        Err(_) => {
+            // No pidfd (gone already, or an old kernel): poll.
+            while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn lost(message: &str) -> ExitRecord {
+    ExitRecord {
+        error: Some(message.to_owned()),
+        reason: Some("ShimLost".into()),
+        finished_at: Some(Utc::now()),
+        ..ExitRecord::default()
+    }
+}
+
+#[async_trait]
+impl Driver for ShimDriver {
+    async fn start(&self, dir: &RunDir) -> Result<Started, ExitRecord> {
+        let Some((program, args)) = self.command.split_first() else {
+            return Err(lost("no shim command configured"));
+        };
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .arg(&dir.0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(false);
+        // SAFETY: setsid is async-signal-safe; the shim gets its own session so it
+        // outlives the nodelet.
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| lost(&format!("cannot start the shim {program:?}: {e}")))?;
+        let stdout = child.stdout.take();
+        // The shim is reaped by tokio in the background once dropped.
+        drop(child);
+        if let Some(stdout) = stdout {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            if let Ok(Some(line)) = lines.next_line().await
+                && let Ok(started) = serde_json::from_str::<Started>(&line)
+            {
+                return Ok(started);
+            }
+        }
+        // The shim ended without reporting a start: its exit record says why.
+        for _ in 0..100 {
+            if let Some(record) = dir.read_exit() {
+                return Err(record);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(lost("the shim ended without an exit record"))
+    }
+
+    fn find(&self, dir: &RunDir) -> Found {
+        if let Some(record) = dir.read_exit() {
+            return Found::Exited(record);
+        }
+        if live_shim(dir).is_some() {
+            // Alive: it reports its start shortly if it has not yet.
+            return match dir.read_started() {
+                Some(started) => Found::Running(started),
+                None => Found::Running(Started {
+                    pid: 0,
+                    started_at: Utc::now(),
+                }),
+            };
+        }
+        // The shim is gone: it may have written its record just now.
+        if let Some(record) = dir.read_exit() {
+            return Found::Exited(record);
+        }
+        if dir.read_started().is_some() || dir.shim_pid().exists() {
+            return Found::Exited(lost("the shim of this run died without an exit record"));
+        }
+        Found::NotStarted
+    }
+
+    async fn wait(&self, dir: &RunDir) -> ExitRecord {
+        loop {
+            if let Some(record) = dir.read_exit() {
+                return record;
+            }
+            match live_shim(dir) {
+                Some(pid) => wait_gone(pid).await,
+                None => {
+                    return dir.read_exit().unwrap_or_else(|| {
+                        lost("the shim of this run died without an exit record")
+                    });
+                }
+            }
+        }
+    }
+
+    fn signal(&self, dir: &RunDir, signal: i32) {
+        if dir.read_exit().is_some() {
+            return;
+        }
+        let Some(started) = dir.read_started() else {
+            return;
+        };
+        let exec = std::fs::read(dir.spec())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RunSpec>(&b).ok())
+            .is_some_and(|s| s.driver == DriverKind::Exec);
+        // SAFETY: kill(2); the pid is the run's process, which its live shim has
+        // not reaped (no exit record yet), so it cannot have been reused.
+        unsafe {
+            if exec {
+                // The exec driver's process leads its own process group.
+                libc::kill(-started.pid, signal);
+            }
+            libc::kill(started.pid, signal);
+        }
+    }
+}
+
+/// How a fake run should end.
+#[derive(Debug, Clone)]
+pub enum FakeOutcome {
+    /// Exit with this code after the delay.
+    Exit(i32, Duration),
+    /// Run until signalled; `ignore_term` makes SIGTERM do nothing.
+    UntilSignalled {
+        /// Whether SIGTERM is ignored (only SIGKILL ends it).
+        ignore_term: bool,
+    },
+    /// Fail to start.
+    FailStart(String),
+}
+
+#[derive(Debug, Default)]
+struct FakeState {
+    starts: Vec<PathBuf>,
+    signals: Vec<(PathBuf, i32)>,
+    exits: BTreeMap<PathBuf, ExitRecord>,
+    outcomes: BTreeMap<PathBuf, FakeOutcome>,
+}
+
+/// A driver that runs nothing: it records starts and signals, and ends runs as
+/// told by [`FakeDriver::set_outcome`] (by default: exit 0 at once).
+#[derive(Debug, Clone, Default)]
+pub struct FakeDriver {
+    state: Arc<Mutex<FakeState>>,
+    changed: Arc<tokio::sync::Notify>,
+    default: Arc<Mutex<Option<FakeOutcome>>>,
+}
+
+impl FakeDriver {
+    /// Sets how runs end unless told otherwise.
+    pub fn set_default(&self, outcome: FakeOutcome) {
+        if let Ok(mut d) = self.default.lock() {
+            *d = Some(outcome);
+        }
+    }
+
+    /// The run directories started, in order.
+    pub fn starts(&self) -> Vec<PathBuf> {
+        self.state
+            .lock()
+            .map(|s| s.starts.clone())
+            .unwrap_or_default()
+    }
+
+    /// The signals sent, in order.
+    pub fn signals(&self) -> Vec<(PathBuf, i32)> {
+        self.state
+            .lock()
+            .map(|s| s.signals.clone())
+            .unwrap_or_default()
+    }
+
+    fn outcome(&self, dir: &Path) -> FakeOutcome {
+        let specific = self
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.outcomes.get(dir).cloned());
+        specific
+            .or_else(|| self.default.lock().ok().and_then(|d| d.clone()))
+            .unwrap_or(FakeOutcome::Exit(0, Duration::ZERO))
+    }
+
+    fn finish(&self, dir: &Path, record: ExitRecord) {
+        if let Ok(mut s) = self.state.lock() {
+            s.exits.entry(dir.to_owned()).or_insert(record);
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+fn exited(code: i32, signal: Option<i32>) -> ExitRecord {
+    ExitRecord {
+        exit_code: Some(code),
+        signal,
+        started_at: Some(Utc::now()),
+        finished_at: Some(Utc::now()),
+        ..ExitRecord::default()
+    }
+}
+
+#[async_trait]
+impl Driver for FakeDriver {
+    async fn start(&self, dir: &RunDir) -> Result<Started, ExitRecord> {
+        if let Ok(mut s) = self.state.lock() {
+            s.starts.push(dir.0.clone());
+        }
+        match self.outcome(&dir.0) {
+            FakeOutcome::FailStart(message) => Err(ExitRecord {
+                error: Some(message),
+                reason: Some("ContainerCreateFailed".into()),
+                finished_at: Some(Utc::now()),
+                ..ExitRecord::default()
+            }),
+            FakeOutcome::Exit(code, after) => {
+                let this = self.clone();
+                let path = dir.0.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    this.finish(&path, exited(code, None));
+                });
+                Ok(Started {
+                    pid: 1,
+                    started_at: Utc::now(),
+                })
+            }
+            FakeOutcome::UntilSignalled { .. } => Ok(Started {
+                pid: 1,
+                started_at: Utc::now(),
+            }),
+        }
+    }
+
+    fn find(&self, dir: &RunDir) -> Found {
+        let Ok(s) = self.state.lock() else {
+            return Found::NotStarted;
+        };
+        match s.exits.get(&dir.0) {
+            Some(record) => Found::Exited(record.clone()),
+            None if s.starts.contains(&dir.0) => Found::Running(Started {
+                pid: 1,
+                started_at: Utc::now(),
+            }),
+            None => Found::NotStarted,
+        }
+    }
+
+    async fn wait(&self, dir: &RunDir) -> ExitRecord {
+        loop {
+            let notified = self.changed.notified();
+            if let Some(record) = self
+                .state
+                .lock()
+                .ok()
+                .and_then(|s| s.exits.get(&dir.0).cloned())
+            {
+                return record;
+            }
+            notified.await;
+        }
+    }
+
+    fn signal(&self, dir: &RunDir, signal: i32) {
+        if let Ok(mut s) = self.state.lock() {
+            s.signals.push((dir.0.clone(), signal));
+        }
+        let ignore_term = matches!(
+            self.outcome(&dir.0),
+            FakeOutcome::UntilSignalled { ignore_term: true }
+        );
+        if signal == libc::SIGKILL || !ignore_term {
+            self.finish(&dir.0, exited(128 + signal, Some(signal)));
+        }
+    }
+}

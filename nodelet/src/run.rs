@@ -1,0 +1,178 @@
+//! What the nodelet hands the shim for one run of a task, and what the shim leaves
+//! behind: the files of a run directory.
+//!
+//! A task's directory (`STATE/tasks/UID/`) holds `task.json` (who it is) and one
+//! `run-N/` directory per attempt. A run directory holds `spec.json` (a [`RunSpec`],
+//! written by the nodelet), `shim.pid` and `pid` (written by the shim once the
+//! task's process runs) and `exit.json` (an [`ExitRecord`], written last by the
+//! shim, atomically). A run with `exit.json` is over; a run whose shim is alive is
+//! adopted after a nodelet restart.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// How a run's process is isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DriverKind {
+    /// A container created through libcontainer.
+    Container,
+    /// A host process in its own cgroup.
+    Exec,
+}
+
+/// A bind mount of a host path into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MountSpec {
+    /// Host path.
+    pub source: PathBuf,
+    /// Path inside the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// Resource limits, enforced by cgroups.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// CPU in thousandths of a core (CFS quota).
+    pub cpu_millis: Option<u64>,
+    /// Memory in bytes (hard limit; exceeding it is an OOM kill).
+    pub memory_bytes: Option<u64>,
+    /// Maximum number of processes and threads.
+    pub pids: Option<i64>,
+}
+
+/// One run of a task, as the shim executes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSpec {
+    /// `namespace/name`, for messages.
+    pub task: String,
+    /// The driver.
+    pub driver: DriverKind,
+    /// The container's id (also the last part of its cgroup path).
+    pub container_id: String,
+    /// libcontainer's state root.
+    pub container_root: PathBuf,
+    /// The unpacked image, the read-only lower layer of the container's root.
+    pub image_rootfs: Option<PathBuf>,
+    /// The program and its arguments.
+    pub args: Vec<String>,
+    /// `NAME=value` pairs.
+    pub env: Vec<String>,
+    /// Working directory (inside the container for `container`).
+    pub cwd: String,
+    /// Bind mounts (container driver).
+    pub mounts: Vec<MountSpec>,
+    /// Limits.
+    pub limits: Limits,
+    /// The cgroup path below each controller's root, e.g. `/loom/node-a/ID`.
+    pub cgroup_path: String,
+    /// The task's log file.
+    pub log_path: PathBuf,
+    /// The log's size cap: past it the file rotates to `LOG.1`.
+    pub log_max_bytes: u64,
+    /// The container's hostname.
+    pub hostname: String,
+}
+
+/// What the shim reports once the process runs (one JSON line on its stdout).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Started {
+    /// The task's process id in the host's pid namespace.
+    pub pid: i32,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitRecord {
+    /// The exit code (128 + signal for a signal, as shells report it).
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// The memory cgroup killed a process of the run.
+    pub oom_killed: bool,
+    /// The run could not start: why.
+    pub error: Option<String>,
+    /// A one-word reason for `error` (`ImageNotFound`, `ContainerCreateFailed`, ...).
+    pub reason: Option<String>,
+    /// When the process started, if it did.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The files of one run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    /// The run spec.
+    pub fn spec(&self) -> PathBuf {
+        self.0.join("spec.json")
+    }
+    /// The shim's pid.
+    pub fn shim_pid(&self) -> PathBuf {
+        self.0.join("shim.pid")
+    }
+    /// The task process's pid and start time (a [`Started`]).
+    pub fn started(&self) -> PathBuf {
+        self.0.join("started.json")
+    }
+    /// The exit record.
+    pub fn exit(&self) -> PathBuf {
+        self.0.join("exit.json")
+    }
+    /// The shim's own diagnostics.
+    pub fn shim_log(&self) -> PathBuf {
+        self.0.join("shim.log")
+    }
+
+    /// Reads the exit record, if the run is over.
+    pub fn read_exit(&self) -> Option<ExitRecord> {
+        let text = std::fs::read(self.exit()).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Reads the start record, if the process started.
+    pub fn read_started(&self) -> Option<Started> {
+        let text = std::fs::read(self.started()).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Reads the shim's pid.
+    pub fn read_shim_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.shim_pid())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+/// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent()
+        && let Ok(dir) = std::fs::File::open(dir)
+    {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! The nodelet's HTTP endpoint: task logs (what the apiserver proxies for
+//! `GET /api/v1/namespaces/NS/tasks/NAME/log`), health and metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api_types::Task;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use client::reflector::{ObjectKey, Store};
+use serde::Deserialize;
+
+use crate::logfile;
+use crate::tasks::Ctx;
+
+/// What the endpoint needs.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)]
+pub struct ServerState {
+    /// The actors' shared context.
+    pub ctx: Arc<Ctx>,
+    /// The tasks of this node.
+    pub tasks: Store<Task>,
+}
+
+/// The query of a log request.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LogQuery {
+    /// Keep the stream open and send new lines as they come.
+    #[serde(default)]
+    pub follow: bool,
+    /// Only the last lines.
+    pub tail_lines: Option<usize>,
+}
+
+/// The router.
+pub fn router(state: ServerState) -> Router {
+    Router::new()
+        .route("/logs/{namespace}/{name}", get(logs))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+fn plain(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message,
+    )
+        .into_response()
+}
+
+async fn logs(
+    State(state): State<ServerState>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(query): Query<LogQuery>,
+) -> Response {
+    let Some(task) = state.tasks.get(&ObjectKey::new(&namespace, &name)) else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!(
+                "task {namespace}/{name} is not on node {}",
+                state.ctx.config.name
+            ),
+        );
+    };
+    let path = state.ctx.log_path(&task);
+    let all = match logfile::read_all(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            return plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read the log: {e}"),
+            );
+        }
+    };
+    let head = match query.tail_lines {
+        Some(lines) => logfile::tail(&all, lines).to_vec(),
+        None => all,
+    };
+    if !query.follow {
+        return ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], head).into_response();
+    }
+    // Follow from the end of the current file.
+    let offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let mut follower = logfile::Follower::new(&path, offset);
+    let tasks = state.tasks.clone();
+    let key = ObjectKey::new(&namespace, &name);
+    let uid = task.metadata.uid.clone();
+    let stream = async_stream_follow(head, move || {
+        let chunk = follower.poll().unwrap_or_default();
+        // The stream ends once the task is over (or gone) and nothing is left.
+        let over = match tasks.get(&key) {
+            Some(t) => {
+                t.metadata.uid != uid || t.status.as_ref().is_some_and(|s| s.phase.is_terminal())
+            }
+            None => true,
+        };
+        (chunk, over)
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot stream".into()))
+}
+
+/// A stream of the head, then of what `poll` returns every 100 ms until it
+/// reports the end with nothing new.
+fn async_stream_follow<F>(
+    head: Vec<u8>,
+    mut poll: F,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
+where
+    F: FnMut() -> (Vec<u8>, bool) + Send + 'static,
+{
+    let first = futures::stream::once(async move { Ok(Bytes::from(head)) });
+    let rest = futures::stream::unfold(false, move |done| {
+        let (chunk, over) = if done { (Vec::new(), true) } else { poll() };
+        async move {
+            if done {
+                return None;
+            }
+            if chunk.is_empty() {
+                if over {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Some((Ok(Bytes::new()), false));
+            }
+            // After the last data of a finished task, one more poll ends it.
+            Some((Ok(Bytes::from(chunk)), false))
+        }
+    });
+    futures::StreamExt::chain(first, rest)
+}

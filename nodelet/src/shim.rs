@@ -1,0 +1,462 @@
+//! The shim: one small single-threaded process per run of a task (`loom shim DIR`
+//! or `loom-shim DIR`). It creates the container through libcontainer (or starts
+//! the exec driver's host process in its cgroup), reports the process id on its
+//! stdout, copies the process's output into the rotating log, waits for the exit,
+//! cleans the container, cgroup and root filesystem up, and writes `exit.json`.
+//!
+//! The shim runs in its own session, so it outlives a nodelet that is killed: a
+//! restarted nodelet adopts the runs whose shims are still alive and reads the exit
+//! records of those that ended meanwhile. libcontainer's `build()` changes the
+//! working directory of its process and is not safe with other threads doing the
+//! same; here it runs once, before any other thread exists.
+
+use std::ffi::CString;
+use std::io::{Read as _, Write as _};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::cgroup::Cgroup;
+use crate::logfile::RotatingWriter;
+use crate::run::{DriverKind, ExitRecord, RunDir, RunSpec, Started, write_atomic};
+
+/// Runs the shim for the run directory `dir`. Returns non-zero only when it could
+/// not even record why it failed.
+pub fn main(dir: &Path) -> ExitCode {
+    // The nodelet may be gone when the shim reports: never die of a closed pipe.
+    // SAFETY: setting a signal disposition; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let run_dir = RunDir(dir.to_owned());
+    let record = match std::fs::read(run_dir.spec())
+        .map_err(|e| format!("cannot read {}: {e}", run_dir.spec().display()))
+        .and_then(|bytes| {
+            serde_json::from_slice::<RunSpec>(&bytes)
+                .map_err(|e| format!("bad run spec {}: {e}", run_dir.spec().display()))
+        }) {
+        Ok(spec) => {
+            let _ = std::fs::write(run_dir.shim_pid(), std::process::id().to_string());
+            run(&run_dir, &spec)
+        }
+        Err(error) => ExitRecord {
+            error: Some(error),
+            reason: Some("ShimFailed".into()),
+            finished_at: Some(Utc::now()),
+            ..ExitRecord::default()
+        },
+    };
+    let bytes = match serde_json::to_vec(&record) {
+        Ok(bytes) => bytes,
+        Err(_) => return ExitCode::FAILURE,
+    };
+    match write_atomic(&run_dir.exit(), &bytes) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            shim_log(&run_dir, &format!("cannot write the exit record: {error}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn shim_log(dir: &RunDir, line: &str) {
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.shim_log())
+    {
+        let _ = writeln!(file, "{} {line}", Utc::now().to_rfc3339());
+    }
+}
+
+fn failed(reason: &str, error: String) -> ExitRecord {
+    ExitRecord {
+        error: Some(error),
+        reason: Some(reason.into()),
+        finished_at: Some(Utc::now()),
+        ..ExitRecord::default()
+    }
+}
+
+/// A started run: what must be waited for and cleaned up.
+enum Running {
+    Container {
+        container: Box<libcontainer::container::Container>,
+        rootfs: std::path::PathBuf,
+    },
+    Exec,
+}
+
+fn run(dir: &RunDir, spec: &RunSpec) -> ExitRecord {
+    let (read, write) = match pipe() {
+        Ok(pair) => pair,
+        Err(e) => return failed("ShimFailed", format!("cannot create the output pipe: {e}")),
+    };
+    let cgroup = Cgroup::new(&spec.cgroup_path);
+    let started = match spec.driver {
+        DriverKind::Container => start_container(dir, spec, write),
+        DriverKind::Exec => start_exec(spec, &cgroup, write),
+    };
+    let (pid, running) = match started {
+        Ok(started) => started,
+        Err((reason, error)) => {
+            shim_log(dir, &format!("{reason}: {error}"));
+            return failed(reason, error);
+        }
+    };
+    let started_at = Utc::now();
+    let report = Started { pid, started_at };
+    if let Ok(line) = serde_json::to_vec(&report) {
+        let _ = write_atomic(&dir.started(), &line);
+        let mut stdout = std::io::stdout();
+        let _ = stdout.write_all(&line);
+        let _ = stdout.write_all(b"\n");
+        let _ = stdout.flush();
+    }
+    // Nothing else is reported on stdout; let a departed nodelet's pipe go.
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2 onto stdout with a valid descriptor.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 1);
+        }
+    }
+
+    let log_path = spec.log_path.clone();
+    let max = spec.log_max_bytes;
+    let copier = std::thread::spawn(move || copy_output(read, &log_path, max));
+
+    let status = wait(pid);
+    let oom_killed = cgroup.oom_killed();
+    let finished_at = Utc::now();
+    match running {
+        Running::Container {
+            mut container,
+            rootfs,
+        } => {
+            if let Err(e) = container.delete(true) {
+                shim_log(dir, &format!("cannot delete the container: {e}"));
+            }
+            unmount(&rootfs);
+            let _ = std::fs::remove_dir_all(dir.0.join("upper"));
+            let _ = std::fs::remove_dir_all(dir.0.join("work"));
+        }
+        Running::Exec => {
+            cgroup.kill_all();
+            cgroup.remove();
+        }
+    }
+    // Everything that held the pipe is gone: the copier sees its end.
+    let _ = copier.join();
+    let (exit_code, signal) = match status {
+        Ok(Status::Exited(code)) => (Some(code), None),
+        Ok(Status::Signaled(signal)) => (Some(128 + signal), Some(signal)),
+        Err(e) => {
+            shim_log(dir, &format!("cannot wait for {pid}: {e}"));
+            (None, None)
+        }
+    };
+    ExitRecord {
+        exit_code,
+        signal,
+        oom_killed,
+        error: None,
+        reason: None,
+        started_at: Some(started_at),
+        finished_at: Some(finished_at),
+    }
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two descriptors, which we then own.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn copy_output(read: OwnedFd, log_path: &Path, max: u64) {
+    let mut pipe = std::fs::File::from(read);
+    let mut writer = RotatingWriter::open(log_path, max).ok();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if let Some(writer) = writer.as_mut() {
+                    let _ = writer.write(&buf[..n]);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+}
+
+type StartError = (&'static str, String);
+
+fn start_container(
+    dir: &RunDir,
+    spec: &RunSpec,
+    output: OwnedFd,
+) -> Result<(i32, Running), StartError> {
+    use libcontainer::container::builder::ContainerBuilder;
+    use libcontainer::syscall::syscall::SyscallType;
+
+    let image = spec
+        .image_rootfs
+        .as_ref()
+        .ok_or(("ImageNotFound", "the task has no image".to_owned()))?;
+    let rootfs = dir.0.join("rootfs");
+    let upper = dir.0.join("upper");
+    let work = dir.0.join("work");
+    for d in [&rootfs, &upper, &work] {
+        std::fs::create_dir_all(d)
+            .map_err(|e| ("ContainerCreateFailed", format!("{}: {e}", d.display())))?;
+    }
+    mount_overlay(image, &upper, &work, &rootfs).map_err(|e| {
+        (
+            "ContainerCreateFailed",
+            format!("cannot mount the root: {e}"),
+        )
+    })?;
+    let result = (|| {
+        let config = crate::spec::container_spec(spec).map_err(|e| ("ContainerCreateFailed", e))?;
+        config.save(dir.0.join("config.json")).map_err(|e| {
+            (
+                "ContainerCreateFailed",
+                format!("cannot write config.json: {e}"),
+            )
+        })?;
+        let stderr = output
+            .try_clone()
+            .map_err(|e| ("ContainerCreateFailed", e.to_string()))?;
+        let stdin = std::fs::File::open("/dev/null")
+            .map_err(|e| ("ContainerCreateFailed", e.to_string()))?;
+        let mut container = ContainerBuilder::new(spec.container_id.clone(), SyscallType::Linux)
+            .with_root_path(&spec.container_root)
+            .map_err(|e| ("ContainerCreateFailed", e.to_string()))?
+            .with_stdin(stdin)
+            .with_stdout(output)
+            .with_stderr(stderr)
+            .as_init(&dir.0)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(|e| ("ContainerCreateFailed", format!("{e}")))?;
+        let pid = match container.pid() {
+            Some(pid) => pid.as_raw(),
+            None => {
+                let _ = container.delete(true);
+                return Err(("ContainerCreateFailed", "the container has no pid".into()));
+            }
+        };
+        if let Err(e) = loopback_up(pid) {
+            let _ = container.delete(true);
+            return Err(("ContainerCreateFailed", format!("cannot bring lo up: {e}")));
+        }
+        if let Err(e) = container.start() {
+            let _ = container.delete(true);
+            return Err(("ContainerCreateFailed", format!("cannot start: {e}")));
+        }
+        Ok((pid, container))
+    })();
+    match result {
+        Ok((pid, container)) => Ok((
+            pid,
+            Running::Container {
+                container: Box::new(container),
+                rootfs,
+            },
+        )),
+        Err(error) => {
+            unmount(&rootfs);
+            Err(error)
+        }
+    }
+}
+
+fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> std::io::Result<()> {
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let source = c"overlay";
+    let fstype = c"overlay";
+    let target = cstring(target)?;
+    let data = CString::new(options).map_err(std::io::Error::other)?;
+    // SAFETY: all pointers are valid NUL-terminated strings for the call's duration.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn unmount(target: &Path) {
+    if let Ok(target) = cstring(target) {
+        // SAFETY: a valid NUL-terminated path.
+        unsafe {
+            libc::umount2(target.as_ptr(), libc::MNT_DETACH);
+        }
+    }
+}
+
+fn cstring(path: &Path) -> std::io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt as _;
+    CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)
+}
+
+/// Brings `lo` up in the network namespace of `pid` (a new namespace has it down),
+/// from a thread: setns on a network namespace changes only the calling thread.
+fn loopback_up(pid: i32) -> std::io::Result<()> {
+    let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    std::thread::spawn(move || -> std::io::Result<()> {
+        // SAFETY: setns with a namespace descriptor; affects only this thread, which
+        // exits right after.
+        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a plain datagram socket used only for the interface ioctls.
+        let socket =
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if socket < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the socket was just created and is owned here.
+        let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+        // SAFETY: ifreq is plain old data; zeroed is a valid value.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+            *slot = *byte as libc::c_char;
+        }
+        // SAFETY: the ioctls read and write the ifreq we own.
+        unsafe {
+            if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the loopback thread panicked"))?
+}
+
+fn start_exec(
+    spec: &RunSpec,
+    cgroup: &Cgroup,
+    output: OwnedFd,
+) -> Result<(i32, Running), StartError> {
+    cgroup
+        .create(&spec.limits)
+        .map_err(|e| ("CgroupFailed", format!("cannot create the cgroup: {e}")))?;
+    let Some((program, args)) = spec.args.split_first() else {
+        cgroup.remove();
+        return Err(("InvalidCommand", "the task has no command".into()));
+    };
+    let procs: Vec<CString> = cgroup
+        .procs_files()
+        .iter()
+        .filter_map(|p| cstring(p).ok())
+        .collect();
+    let stderr = output
+        .try_clone()
+        .map_err(|e| ("StartFailed", e.to_string()))?;
+    let mut command = std::process::Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .envs(spec.env.iter().filter_map(|kv| kv.split_once('=')))
+        .stdin(std::process::Stdio::null())
+        .stdout(output)
+        .stderr(stderr);
+    if !spec.cwd.is_empty() {
+        command.current_dir(&spec.cwd);
+    }
+    // SAFETY: between fork and exec the closure only calls async-signal-safe
+    // functions (open, write, close, setsid) on memory prepared before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            libc::setsid();
+            for path in &procs {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if written != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    match command.spawn() {
+        Ok(child) => {
+            let pid = child.id() as i32;
+            // The child is reaped by `wait`, not through `Child`.
+            std::mem::forget(child);
+            Ok((pid, Running::Exec))
+        }
+        Err(e) => {
+            cgroup.remove();
+            let reason = if e.kind() == std::io::ErrorKind::NotFound {
+                "CommandNotFound"
+            } else {
+                "StartFailed"
+            };
+            Err((reason, format!("cannot run {program:?}: {e}")))
+        }
+    }
+}
+
+enum Status {
+    Exited(i32),
+    Signaled(i32),
+}
+
+fn wait(pid: i32) -> std::io::Result<Status> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            if libc::WIFEXITED(status) {
+                return Ok(Status::Exited(libc::WEXITSTATUS(status)));
+            }
+            if libc::WIFSIGNALED(status) {
+                return Ok(Status::Signaled(libc::WTERMSIG(status)));
+            }
+            continue;
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return Err(error);
+    }
+}
+
+/// How long a killed task's leftovers may take to go.
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);

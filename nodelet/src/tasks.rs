@@ -1,0 +1,929 @@
+//! Running the tasks bound to this node: one actor per task, level-triggered.
+//!
+//! Each actor compares the task as the API has it with what is on this node (the
+//! runs in its directory) and does the next step: start a run, report that it
+//! runs, stop it (SIGTERM, then SIGKILL after the grace period) when it is
+//! deleted, killed by someone, or past its time limit, report how it ended, and
+//! start it again after a backoff when its restart policy says so. Run `N` of a
+//! task is reported with `restartCount = N - 1`; a run directory is created before
+//! its shim starts, so after a nodelet restart every run is either adopted, read
+//! back from its exit record, or known never to have started: no run happens twice.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use api_types::event::EventType;
+use api_types::{ObjectReference, RestartPolicy, Task, TaskPhase};
+use chrono::{DateTime, Utc};
+use client::{Api, Client, Patch, PatchParams, Recorder};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::Config;
+use crate::driver::{Driver, Found};
+use crate::image::ImageStore;
+use crate::run::{
+    DriverKind, ExitRecord, Limits, MountSpec, RunDir, RunSpec, Started, write_atomic,
+};
+
+/// What the actors share.
+pub struct Ctx {
+    /// The nodelet's configuration.
+    pub config: Arc<Config>,
+    /// How runs are executed.
+    pub driver: Arc<dyn Driver>,
+    /// The node's images.
+    pub images: ImageStore,
+    /// The API.
+    pub client: Client,
+    /// Events.
+    pub recorder: Recorder,
+    /// Cancelled when the nodelet stops.
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("node", &self.config.name)
+            .finish()
+    }
+}
+
+impl Ctx {
+    /// The directory of the task with `uid`.
+    pub fn task_dir(&self, uid: &str) -> PathBuf {
+        self.config.state_dir.join("tasks").join(uid)
+    }
+
+    /// The log file of a task.
+    pub fn log_path(&self, task: &Task) -> PathBuf {
+        if task.spec.log_path.is_empty() {
+            self.task_dir(&task.metadata.uid).join("log")
+        } else {
+            PathBuf::from(&task.spec.log_path)
+        }
+    }
+}
+
+/// Who a task directory belongs to (`task.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Uid.
+    pub uid: String,
+}
+
+/// Why the nodelet stopped a run (`stop.json` in its run directory).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StopRecord {
+    reason: String,
+    message: String,
+    at: DateTime<Utc>,
+}
+
+/// The delay before run `n + 1` after `n` runs ended: doubling from the base.
+pub fn backoff(config: &Config, runs: u32) -> Duration {
+    let factor = 1u32 << runs.saturating_sub(1).min(16);
+    config
+        .backoff_base
+        .saturating_mul(factor)
+        .min(config.backoff_max)
+}
+
+fn run_dir(dir: &Path, n: u32) -> RunDir {
+    RunDir(dir.join(format!("run-{n}")))
+}
+
+/// The highest run number in a task directory.
+fn last_run(dir: &Path) -> u32 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("run-"))
+                .and_then(|n| n.parse().ok())
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn phase_of(task: &Task) -> TaskPhase {
+    task.status.as_ref().map(|s| s.phase).unwrap_or_default()
+}
+
+fn restarts_of(task: &Task) -> u32 {
+    task.status
+        .as_ref()
+        .map(|s| s.restart_count.max(0) as u32)
+        .unwrap_or(0)
+}
+
+fn revision(task: &Task) -> u64 {
+    task.metadata.resource_version.parse().unwrap_or(0)
+}
+
+/// The grace period of a task's stop.
+fn grace(config: &Config, task: Option<&Task>) -> Duration {
+    task.and_then(|t| t.spec.termination_grace_period_seconds)
+        .map(|s| Duration::from_secs(s.max(0) as u64))
+        .unwrap_or(config.default_grace)
+}
+
+enum Local {
+    /// Runs `1..=last` are over and dealt with (or there are none).
+    Idle { last: u32 },
+    /// Run `n` runs.
+    Running {
+        n: u32,
+        started: Started,
+        exit: oneshot::Receiver<ExitRecord>,
+        stop: Option<Stopping>,
+    },
+    /// Run `n` ended; its end is not reported yet.
+    Exited { n: u32, record: ExitRecord },
+}
+
+struct Stopping {
+    kill_at: tokio::time::Instant,
+    killed: bool,
+}
+
+/// Drives one task until it is deleted (or the nodelet stops).
+pub async fn drive(ctx: Arc<Ctx>, uid: String, mut updates: watch::Receiver<Option<Arc<Task>>>) {
+    let dir = ctx.task_dir(&uid);
+    let mut written: Option<Arc<Task>> = None;
+    let mut local = recover(&ctx, &dir);
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        // The freshest view: the watch, or what our own last write returned.
+        let task = {
+            let seen = updates.borrow_and_update().clone();
+            match (&seen, &written) {
+                (Some(seen), Some(ours)) if revision(ours) > revision(seen) => Some(ours.clone()),
+                _ => seen,
+            }
+        };
+        let shutting_down = ctx.shutdown.is_cancelled();
+        let mut wake: Option<tokio::time::Instant> = retry_at;
+        let step = step(&ctx, &dir, task.as_deref(), &mut local, shutting_down).await;
+        match step {
+            Ok(Step::Wait(until)) => {
+                retry_at = None;
+                wake = match (wake, until) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            Ok(Step::Wrote(task)) => {
+                retry_at = None;
+                written = Some(Arc::new(*task));
+                continue;
+            }
+            Ok(Step::Again) => continue,
+            Ok(Step::Done) => return,
+            Err(error) => {
+                debug!(%uid, %error, "will retry");
+                let at = tokio::time::Instant::now() + Duration::from_secs(1);
+                retry_at = Some(at);
+                wake = Some(at);
+                written = None;
+            }
+        }
+        if shutting_down
+            && (!ctx.config.stop_tasks_on_exit || !matches!(local, Local::Running { .. }))
+        {
+            // Left running (adopted by the next nodelet), or stopped and reported.
+            return;
+        }
+        // Wait for the API, the run, a deadline or shutdown.
+        let sleep = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let exited = async {
+            match &mut local {
+                Local::Running { exit, .. } => exit.await.ok(),
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = updates.changed() => {
+                if changed.is_err() {
+                    // The manager is gone: treat as deleted only if it said so.
+                    if !ctx.shutdown.is_cancelled() {
+                        return;
+                    }
+                }
+            }
+            record = exited => {
+                if let Local::Running { n, .. } = local {
+                    let record = record.unwrap_or_else(|| ctx.driver.find(&run_dir(&dir, n)).exit_or_lost());
+                    local = Local::Exited { n, record };
+                }
+            }
+            _ = sleep => {}
+            _ = ctx.shutdown.cancelled(), if !shutting_down => {}
+        }
+    }
+}
+
+impl Found {
+    fn exit_or_lost(self) -> ExitRecord {
+        match self {
+            Found::Exited(record) => record,
+            _ => ExitRecord {
+                error: Some("the run's end was not recorded".into()),
+                reason: Some("ShimLost".into()),
+                finished_at: Some(Utc::now()),
+                ..ExitRecord::default()
+            },
+        }
+    }
+}
+
+enum Step {
+    /// Nothing more to do until something changes (or this deadline).
+    Wait(Option<tokio::time::Instant>),
+    /// A status write succeeded; here is the object.
+    Wrote(Box<Task>),
+    /// The local state changed; look again.
+    Again,
+    /// The task is gone and cleaned up.
+    Done,
+}
+
+/// Finds the runs of a task directory after a (re)start.
+fn recover(ctx: &Ctx, dir: &Path) -> Local {
+    let n = last_run(dir);
+    if n == 0 {
+        return Local::Idle { last: 0 };
+    }
+    let run = run_dir(dir, n);
+    match ctx.driver.find(&run) {
+        Found::Running(started) => {
+            info!(dir = %run.0.display(), pid = started.pid, "adopting a running task");
+            Local::Running {
+                n,
+                started,
+                exit: spawn_wait(ctx, run.clone()),
+                stop: read_stop(&run).map(|s| Stopping {
+                    // A stop in progress continues where it was.
+                    kill_at: tokio::time::Instant::now()
+                        + grace(&ctx.config, None)
+                            .saturating_sub((Utc::now() - s.at).to_std().unwrap_or_default()),
+                    killed: false,
+                }),
+            }
+        }
+        Found::Exited(record) => Local::Exited { n, record },
+        Found::NotStarted => Local::Idle { last: n - 1 },
+    }
+}
+
+fn spawn_wait(ctx: &Ctx, run: RunDir) -> oneshot::Receiver<ExitRecord> {
+    let (tx, rx) = oneshot::channel();
+    let driver = ctx.driver.clone();
+    tokio::spawn(async move {
+        let record = driver.wait(&run).await;
+        let _ = tx.send(record);
+    });
+    rx
+}
+
+fn read_stop(run: &RunDir) -> Option<StopRecord> {
+    let bytes = std::fs::read(run.0.join("stop.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Why a running task must stop, if it must.
+fn stop_reason(
+    config: &Config,
+    task: Option<&Task>,
+    started: &Started,
+    shutting_down: bool,
+) -> Option<(String, String)> {
+    let Some(task) = task else {
+        return Some(("Deleted".into(), "the task was deleted".into()));
+    };
+    if task.metadata.deletion_timestamp.is_some() {
+        return Some(("Deleted".into(), "the task was deleted".into()));
+    }
+    let phase = phase_of(task);
+    if phase.is_terminal() {
+        let reason = task
+            .status
+            .as_ref()
+            .map(|s| s.reason.clone())
+            .unwrap_or_default();
+        return Some((
+            if reason.is_empty() {
+                phase.to_string()
+            } else {
+                reason
+            },
+            format!("the task was marked {phase}"),
+        ));
+    }
+    if let Some(limit) = task.spec.time_limit_seconds {
+        let since = task
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time)
+            .unwrap_or(started.started_at);
+        if Utc::now() >= since + chrono::Duration::seconds(limit) {
+            return Some((
+                "TimeLimitExceeded".into(),
+                format!("the task ran longer than its time limit of {limit}s"),
+            ));
+        }
+    }
+    if shutting_down && config.stop_tasks_on_exit {
+        return Some(("NodeShutdown".into(), "the node shut down".into()));
+    }
+    None
+}
+
+/// When a running task reaches its time limit.
+fn time_limit_at(task: Option<&Task>, started: &Started) -> Option<tokio::time::Instant> {
+    let task = task?;
+    let limit = task.spec.time_limit_seconds?;
+    let since = task
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time)
+        .unwrap_or(started.started_at);
+    let left = (since + chrono::Duration::seconds(limit) - Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    Some(tokio::time::Instant::now() + left)
+}
+
+async fn step(
+    ctx: &Ctx,
+    dir: &Path,
+    task: Option<&Task>,
+    local: &mut Local,
+    shutting_down: bool,
+) -> Result<Step, client::Error> {
+    match local {
+        Local::Running {
+            n, started, stop, ..
+        } => {
+            let n = *n;
+            let run = run_dir(dir, n);
+            if let Some(stopping) = stop.as_mut() {
+                if !stopping.killed && tokio::time::Instant::now() >= stopping.kill_at {
+                    info!(run = %run.0.display(), "grace period over: SIGKILL");
+                    ctx.driver.signal(&run, libc::SIGKILL);
+                    stopping.killed = true;
+                }
+                let next = (!stopping.killed).then_some(stopping.kill_at);
+                return Ok(Step::Wait(
+                    next.or(Some(tokio::time::Instant::now() + Duration::from_secs(1))),
+                ));
+            }
+            if let Some((reason, message)) = stop_reason(&ctx.config, task, started, shutting_down)
+            {
+                let record = StopRecord {
+                    reason: reason.clone(),
+                    message,
+                    at: Utc::now(),
+                };
+                if let Ok(bytes) = serde_json::to_vec(&record) {
+                    let _ = write_atomic(&run.0.join("stop.json"), &bytes);
+                }
+                let grace = grace(&ctx.config, task);
+                info!(run = %run.0.display(), %reason, ?grace, "stopping: SIGTERM");
+                ctx.driver.signal(&run, libc::SIGTERM);
+                *stop = Some(Stopping {
+                    kill_at: tokio::time::Instant::now() + grace,
+                    killed: false,
+                });
+                return Ok(Step::Again);
+            }
+            let Some(task) = task else {
+                return Ok(Step::Wait(None));
+            };
+            // Say it runs (again, if an earlier write failed).
+            let status = task.status.clone().unwrap_or_default();
+            if status.phase != TaskPhase::Running
+                || restarts_of(task) != n - 1
+                || !status.reason.is_empty()
+                || status.start_time.is_none()
+            {
+                let start_time = status.start_time.unwrap_or(started.started_at);
+                let patch = json!({
+                    "phase": "Running",
+                    "reason": "",
+                    "message": "",
+                    "startTime": start_time,
+                    "restartCount": n - 1,
+                    "nodeName": ctx.config.name,
+                    "logPath": ctx.log_path(task),
+                });
+                let written = write_status(ctx, task, patch).await?;
+                return Ok(Step::Wrote(Box::new(written)));
+            }
+            Ok(Step::Wait(time_limit_at(Some(task), started)))
+        }
+        Local::Exited { n, record } => {
+            let n = *n;
+            let Some(task) = task else {
+                *local = Local::Idle { last: n };
+                return Ok(Step::Again);
+            };
+            let phase = phase_of(task);
+            if phase.is_terminal() {
+                // Someone else ended it (a kill, preemption, node loss): fill in
+                // the end if they did not.
+                let status = task.status.clone().unwrap_or_default();
+                if status.finish_time.is_none() && restarts_of(task) == n - 1 {
+                    let patch = json!({
+                        "finishTime": record.finished_at.unwrap_or_else(Utc::now),
+                        "exitCode": record.exit_code,
+                    });
+                    let written = write_status(ctx, task, patch).await?;
+                    *local = Local::Idle { last: n };
+                    return Ok(Step::Wrote(Box::new(written)));
+                }
+                *local = Local::Idle { last: n };
+                return Ok(Step::Again);
+            }
+            if restarts_of(task) >= n {
+                // Its end was reported and a restart decided before.
+                *local = Local::Idle { last: n };
+                return Ok(Step::Again);
+            }
+            let run = run_dir(dir, n);
+            let stopped = read_stop(&run);
+            let policy = task.spec.restart_policy.unwrap_or_default();
+            let finish = record.finished_at.unwrap_or_else(Utc::now);
+            let (terminal, reason, message) = match (&stopped, &record.error) {
+                (Some(stop), _) => (
+                    Some(TaskPhase::Killed),
+                    stop.reason.clone(),
+                    stop.message.clone(),
+                ),
+                (None, Some(error)) => (
+                    Some(TaskPhase::Failed),
+                    record
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| "StartFailed".into()),
+                    error.clone(),
+                ),
+                (None, None) => {
+                    let code = record.exit_code.unwrap_or(-1);
+                    let reason = if record.oom_killed {
+                        "OOMKilled".to_owned()
+                    } else if code == 0 {
+                        "Completed".to_owned()
+                    } else {
+                        "Error".to_owned()
+                    };
+                    let message = match record.signal {
+                        Some(signal) => format!("killed by signal {signal}"),
+                        None => format!("exited with code {code}"),
+                    };
+                    let restart = match policy {
+                        RestartPolicy::Always => true,
+                        RestartPolicy::OnFailure => code != 0,
+                        RestartPolicy::Never => false,
+                    };
+                    if restart && !shutting_down {
+                        (None, reason, message)
+                    } else if code == 0 {
+                        (Some(TaskPhase::Completed), String::new(), message)
+                    } else {
+                        (Some(TaskPhase::Failed), reason, message)
+                    }
+                }
+            };
+            let patch = match terminal {
+                Some(phase) => json!({
+                    "phase": phase,
+                    "reason": reason,
+                    "message": message,
+                    "exitCode": record.exit_code,
+                    "finishTime": finish,
+                    "startTime": task.status.as_ref().and_then(|s| s.start_time).or(record.started_at),
+                    "restartCount": n - 1,
+                    "nodeName": ctx.config.name,
+                    "logPath": ctx.log_path(task),
+                }),
+                None => {
+                    let delay = backoff(&ctx.config, n);
+                    json!({
+                        "phase": "Running",
+                        "reason": "BackOff",
+                        "message": format!("{message} ({reason}); restarting in {}s", delay.as_secs_f64()),
+                        "exitCode": record.exit_code,
+                        "restartCount": n,
+                    })
+                }
+            };
+            let written = write_status(ctx, task, patch).await?;
+            if let Some(phase) = terminal {
+                let event_type = if phase == TaskPhase::Completed {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                };
+                let event_reason = if reason.is_empty() {
+                    phase.to_string()
+                } else {
+                    reason.clone()
+                };
+                let _ = ctx
+                    .recorder
+                    .publish(
+                        &ObjectReference::to(task),
+                        event_type,
+                        &event_reason,
+                        &message,
+                    )
+                    .await;
+            } else {
+                let _ = ctx
+                    .recorder
+                    .publish(
+                        &ObjectReference::to(task),
+                        EventType::Warning,
+                        "BackOff",
+                        &format!("{message}: restarting"),
+                    )
+                    .await;
+            }
+            *local = Local::Idle { last: n };
+            Ok(Step::Wrote(Box::new(written)))
+        }
+        Local::Idle { last } => {
+            let last = *last;
+            let Some(task) = task else {
+                cleanup(ctx, dir);
+                return Ok(Step::Done);
+            };
+            let phase = phase_of(task);
+            if task.metadata.deletion_timestamp.is_some() {
+                if !phase.is_terminal() {
+                    let written = write_status(
+                        ctx,
+                        task,
+                        json!({"phase": "Killed", "reason": "Deleted", "message": "the task was deleted", "finishTime": Utc::now()}),
+                    )
+                    .await?;
+                    return Ok(Step::Wrote(Box::new(written)));
+                }
+                return Ok(Step::Wait(None));
+            }
+            if phase.is_terminal() || shutting_down {
+                return Ok(Step::Wait(None));
+            }
+            if last > 0 {
+                let previous = run_dir(dir, last);
+                let finished = previous
+                    .read_exit()
+                    .and_then(|r| r.finished_at)
+                    .unwrap_or_else(Utc::now);
+                let at = finished
+                    + chrono::Duration::from_std(backoff(&ctx.config, last)).unwrap_or_default();
+                let left = (at - Utc::now()).to_std().unwrap_or_default();
+                if !left.is_zero() {
+                    return Ok(Step::Wait(Some(tokio::time::Instant::now() + left)));
+                }
+            }
+            let n = last + 1;
+            match start(ctx, dir, task, n).await {
+                Ok(started) => {
+                    let run = run_dir(dir, n);
+                    *local = Local::Running {
+                        n,
+                        started,
+                        exit: spawn_wait(ctx, run),
+                        stop: None,
+                    };
+                }
+                Err(record) => {
+                    *local = Local::Exited { n, record };
+                }
+            }
+            Ok(Step::Again)
+        }
+    }
+}
+
+/// Writes a status change, conditional on the task's resourceVersion.
+async fn write_status(ctx: &Ctx, task: &Task, mut patch: Value) -> Result<Task, client::Error> {
+    let api: Api<Task> = Api::namespaced(ctx.client.clone(), &task.metadata.namespace);
+    if let Some(map) = patch.as_object_mut() {
+        map.retain(|_, v| !v.is_null());
+    }
+    let body = json!({
+        "metadata": {"resourceVersion": task.metadata.resource_version},
+        "status": patch,
+    });
+    let result = api
+        .patch_status(
+            &task.metadata.name,
+            &PatchParams::default(),
+            &Patch::Merge(body),
+        )
+        .await;
+    if let Err(error) = &result {
+        if error.is_conflict() {
+            debug!(task = %task.metadata.name, "status write lost a race; looking again");
+        } else {
+            warn!(task = %task.metadata.name, %error, "cannot write the task's status");
+        }
+    }
+    result
+}
+
+/// Prepares run `n` of `task` and starts it.
+async fn start(ctx: &Ctx, dir: &Path, task: &Task, n: u32) -> Result<Started, ExitRecord> {
+    let run = run_dir(dir, n);
+    let failed = |reason: &str, error: String| ExitRecord {
+        error: Some(error),
+        reason: Some(reason.to_owned()),
+        finished_at: Some(Utc::now()),
+        ..ExitRecord::default()
+    };
+    let record = TaskRecord {
+        namespace: task.metadata.namespace.clone(),
+        name: task.metadata.name.clone(),
+        uid: task.metadata.uid.clone(),
+    };
+    let prepared = (|| -> Result<(), ExitRecord> {
+        std::fs::create_dir_all(&run.0)
+            .map_err(|e| failed("StartFailed", format!("{}: {e}", run.0.display())))?;
+        let bytes =
+            serde_json::to_vec(&record).map_err(|e| failed("StartFailed", e.to_string()))?;
+        write_atomic(&dir.join("task.json"), &bytes)
+            .map_err(|e| failed("StartFailed", e.to_string()))?;
+        let spec = run_spec(ctx, task, n)?;
+        let bytes =
+            serde_json::to_vec_pretty(&spec).map_err(|e| failed("StartFailed", e.to_string()))?;
+        write_atomic(&run.spec(), &bytes).map_err(|e| failed("StartFailed", e.to_string()))?;
+        Ok(())
+    })();
+    if let Err(record) = prepared {
+        // Remember the failure as this run's end.
+        if let Ok(bytes) = serde_json::to_vec(&record) {
+            let _ = write_atomic(&run.exit(), &bytes);
+        }
+        return Err(record);
+    }
+    let result = ctx.driver.start(&run).await;
+    match &result {
+        Ok(started) => {
+            info!(task = %format!("{}/{}", record.namespace, record.name), run = n, pid = started.pid, "started")
+        }
+        Err(record) => {
+            warn!(task = %format!("{}/{}", task.metadata.namespace, task.metadata.name), error = ?record.error, "could not start")
+        }
+    }
+    result
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The run spec of run `n` of `task`.
+fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
+    let failed = |reason: &str, error: String| ExitRecord {
+        error: Some(error),
+        reason: Some(reason.to_owned()),
+        finished_at: Some(Utc::now()),
+        ..ExitRecord::default()
+    };
+    let spec = &task.spec;
+    let driver = match spec.driver.unwrap_or_default() {
+        api_types::Driver::Container => DriverKind::Container,
+        api_types::Driver::Exec => DriverKind::Exec,
+    };
+    let image = match driver {
+        DriverKind::Container => Some(
+            ctx.images
+                .resolve(&spec.image)
+                .map_err(|e| failed("ImageNotFound", e.to_string()))?,
+        ),
+        DriverKind::Exec => None,
+    };
+    let mut args: Vec<String> = Vec::new();
+    let config = image.as_ref().map(|i| i.config.clone()).unwrap_or_default();
+    if !spec.command.is_empty() {
+        args.extend(spec.command.iter().cloned());
+        args.extend(spec.args.iter().cloned());
+    } else {
+        args.extend(config.entrypoint.iter().cloned());
+        if spec.args.is_empty() {
+            args.extend(config.cmd.iter().cloned());
+        } else {
+            args.extend(spec.args.iter().cloned());
+        }
+    }
+    if args.is_empty() {
+        return Err(failed(
+            "InvalidCommand",
+            "the task has no command and its image no entrypoint or cmd".into(),
+        ));
+    }
+    let mut mounts = Vec::new();
+    for mount in &spec.mounts {
+        let read_only = mount.read_only.unwrap_or(true);
+        let source = PathBuf::from(&mount.source);
+        if !source.exists() {
+            if read_only {
+                return Err(failed(
+                    "MountNotFound",
+                    format!(
+                        "mount source {} does not exist on node {}",
+                        mount.source, ctx.config.name
+                    ),
+                ));
+            }
+            std::fs::create_dir_all(&source).map_err(|e| {
+                failed(
+                    "MountFailed",
+                    format!("cannot create {}: {e}", mount.source),
+                )
+            })?;
+        }
+        mounts.push(MountSpec {
+            source,
+            target: mount.target.clone(),
+            read_only,
+        });
+    }
+    // Environment: PATH, the image's, Loom's, then the task's (last wins).
+    let mut env: Vec<(String, String)> = vec![("PATH".into(), DEFAULT_PATH.into())];
+    let set = |env: &mut Vec<(String, String)>, name: &str, value: String| {
+        env.retain(|(n, _)| n != name);
+        env.push((name.to_owned(), value));
+    };
+    for pair in &config.env {
+        if let Some((name, value)) = pair.split_once('=') {
+            set(&mut env, name, value.to_owned());
+        }
+    }
+    set(&mut env, "HOSTNAME", task.metadata.name.clone());
+    set(&mut env, "LOOM_TASK_NAME", task.metadata.name.clone());
+    set(&mut env, "LOOM_NAMESPACE", task.metadata.namespace.clone());
+    set(&mut env, "LOOM_NODE_NAME", ctx.config.name.clone());
+    if let Some(index) = spec.index {
+        set(&mut env, "LOOM_TASK_INDEX", index.to_string());
+    }
+    for var in &spec.env {
+        set(&mut env, &var.name, var.value.clone());
+    }
+    let mut cwd = if spec.working_dir.is_empty() {
+        config.working_dir.clone()
+    } else {
+        spec.working_dir.clone()
+    };
+    if driver == DriverKind::Exec {
+        // A host process sees host paths: values naming a mount's target name its
+        // source instead (e.g. LOOM_OUTPUT_DIR=/output).
+        for (_, value) in env.iter_mut() {
+            if let Some(host) = host_path(&mounts, value) {
+                *value = host;
+            }
+        }
+        if let Some(host) = host_path(&mounts, &cwd) {
+            cwd = host;
+        }
+        if cwd.is_empty() {
+            let sandbox = ctx.task_dir(&task.metadata.uid).join("sandbox");
+            std::fs::create_dir_all(&sandbox)
+                .map_err(|e| failed("StartFailed", format!("{}: {e}", sandbox.display())))?;
+            cwd = sandbox.display().to_string();
+        }
+        set(&mut env, "HOME", cwd.clone());
+    }
+    let resources = &spec.resources;
+    let limits = Limits {
+        cpu_millis: resources
+            .cpu
+            .as_ref()
+            .map(|q| q.milli_value().clamp(1, i128::from(u32::MAX)) as u64),
+        memory_bytes: resources
+            .memory
+            .as_ref()
+            .map(|q| q.value().clamp(1 << 20, i128::from(i64::MAX)) as u64),
+        pids: Some(
+            resources
+                .extended
+                .get("pids")
+                .map(|q| q.value().clamp(1, i128::from(i32::MAX)) as i64)
+                .unwrap_or(ctx.config.pids_limit),
+        ),
+    };
+    let container_id = format!("{}-{n}", task.metadata.uid);
+    let hostname: String = task.metadata.name.chars().take(63).collect();
+    Ok(RunSpec {
+        task: format!("{}/{}", task.metadata.namespace, task.metadata.name),
+        driver,
+        container_id: container_id.clone(),
+        container_root: ctx.config.state_dir.join("containers"),
+        image_rootfs: image.map(|i| i.rootfs),
+        args,
+        env: env.into_iter().map(|(n, v)| format!("{n}={v}")).collect(),
+        cwd,
+        mounts,
+        limits,
+        cgroup_path: format!(
+            "/{}/{}/{container_id}",
+            ctx.config.cgroup_parent, ctx.config.name
+        ),
+        log_path: ctx.log_path(task),
+        log_max_bytes: ctx.config.log_max_bytes,
+        hostname,
+    })
+}
+
+/// The host path of a container path under one of the mounts.
+fn host_path(mounts: &[MountSpec], path: &str) -> Option<String> {
+    mounts.iter().find_map(|m| {
+        let target = m.target.trim_end_matches('/');
+        if target.is_empty() {
+            return None;
+        }
+        if path == target {
+            Some(m.source.display().to_string())
+        } else {
+            path.strip_prefix(target)
+                .filter(|rest| rest.starts_with('/'))
+                .map(|rest| format!("{}{rest}", m.source.display()))
+        }
+    })
+}
+
+/// Removes a deleted task's directory (runs, logs).
+fn cleanup(ctx: &Ctx, dir: &Path) {
+    if let Err(error) = std::fs::remove_dir_all(dir)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(dir = %dir.display(), %error, "cannot remove a task's directory");
+    }
+    debug!(node = %ctx.config.name, dir = %dir.display(), "task cleaned up");
+}
+
+/// Reads the task records of the task directories on disk.
+pub fn on_disk(state_dir: &Path) -> HashMap<String, TaskRecord> {
+    let mut out = HashMap::new();
+    for entry in std::fs::read_dir(state_dir.join("tasks"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let uid = entry.file_name().to_string_lossy().into_owned();
+        let record = std::fs::read(entry.path().join("task.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<TaskRecord>(&b).ok())
+            .unwrap_or(TaskRecord {
+                namespace: String::new(),
+                name: String::new(),
+                uid: uid.clone(),
+            });
+        out.insert(uid, record);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_paths_map_mount_targets() {
+        let mounts = vec![MountSpec {
+            source: "/data/out/3".into(),
+            target: "/output".into(),
+            read_only: false,
+        }];
+        assert_eq!(
+            host_path(&mounts, "/output").as_deref(),
+            Some("/data/out/3")
+        );
+        assert_eq!(
+            host_path(&mounts, "/output/a.txt").as_deref(),
+            Some("/data/out/3/a.txt")
+        );
+        assert_eq!(host_path(&mounts, "/outputs"), None);
+        assert_eq!(host_path(&mounts, "x"), None);
+    }
+}
