@@ -1,6 +1,6 @@
 //! Node lifecycle against the real API server and scheduler: a node that stops
 //! renewing its Lease goes NotReady and tainted, its tasks are Lost and their Job
-//! replaces them elsewhere; when it renews again it is untainted.
+//! and Service replace them elsewhere; when it renews again it is untainted.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use api_types::{JobPhase, Node, TaskPhase};
-use client::Api;
+use client::{Api, ListParams};
 use serde_json::json;
 use support::{Cluster, eventually, test_config};
 
@@ -31,10 +31,37 @@ async fn an_expired_lease_loses_the_tasks_and_the_job_replaces_them_elsewhere() 
         .create(&client::PostParams::default(), &job)
         .await
         .unwrap();
-    eventually("both tasks running on doomed", || async {
-        let tasks = cluster.tasks_of("resilient").await;
-        (tasks.len() == 2 && tasks.iter().all(|t| t.phase() == TaskPhase::Running)).then_some(())
-    })
+    let service: api_types::Service = serde_json::from_value(json!({
+        "apiVersion": "loom.dev/v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"replicas": 1, "template": {"spec": {"image": "busybox", "command": ["sleep"]}}},
+    }))
+    .unwrap();
+    cluster
+        .services()
+        .create(&client::PostParams::default(), &service)
+        .await
+        .unwrap();
+    let web_on = |node: &'static str| {
+        let tasks = cluster.tasks();
+        async move {
+            let (all, _) = tasks
+                .list_all(&ListParams::default().labels("loom.dev/service=web"))
+                .await
+                .unwrap();
+            all.iter()
+                .any(|t| t.spec.node_name == node && t.phase() == TaskPhase::Running)
+        }
+    };
+    eventually(
+        "the job's and the service's tasks running on doomed",
+        || async {
+            let tasks = cluster.tasks_of("resilient").await;
+            let job_running =
+                tasks.len() == 2 && tasks.iter().all(|t| t.phase() == TaskPhase::Running);
+            (job_running && web_on("doomed").await).then_some(())
+        },
+    )
     .await;
 
     // The node goes quiet; a healthy one joins.
@@ -82,6 +109,10 @@ async fn an_expired_lease_loses_the_tasks_and_the_job_replaces_them_elsewhere() 
             task.metadata.name
         );
     }
+    eventually("the service's task replaced on healthy", || async {
+        web_on("healthy").await.then_some(())
+    })
+    .await;
     // The job's status follows its tasks.
     let jobs = cluster.jobs();
     eventually("the job counting 2 lost and 2 running", || async {
