@@ -307,10 +307,10 @@ async fn a_restarted_manager_never_duplicates_a_task() {
     cluster
         .create_job(job_manifest(
             "steady",
-            json!({"replicas": 8, "parallelism": 3, "template": template(&["work", "400"])}),
+            json!({"replicas": 24, "parallelism": 6, "template": template(&["work", "300"])}),
         ))
         .await;
-    for round in 0..3 {
+    for round in 0..4 {
         let seen = cluster.tasks_of("steady").await.len();
         eventually(&format!("progress in round {round}"), || async {
             (cluster.tasks_of("steady").await.len() > seen).then_some(())
@@ -320,14 +320,14 @@ async fn a_restarted_manager_never_duplicates_a_task() {
         cluster.start_manager(test_config());
     }
     let job = cluster.job_in("steady", JobPhase::Completed).await;
-    assert_eq!(job.status.as_ref().unwrap().completed, 8);
+    assert_eq!(job.status.as_ref().unwrap().completed, 24);
     let names: BTreeSet<String> = cluster
         .tasks_of("steady")
         .await
         .into_iter()
         .map(|t| t.metadata.name)
         .collect();
-    let want: BTreeSet<String> = (0..8).map(|i| format!("steady-{i}")).collect();
+    let want: BTreeSet<String> = (0..24).map(|i| format!("steady-{i}")).collect();
     assert_eq!(names, want, "one task an index, no duplicates");
     cluster.shutdown().await;
 }
