@@ -105,6 +105,22 @@ pub async fn run_manager(client: Client, config: Config, shutdown: CancellationT
         Api::<Lease>::namespaced(client.clone(), &config.node_lease_namespace),
         watch(),
     );
+    let watches = {
+        let (t, j, s, n, l) = (
+            tasks.clone(),
+            jobs.clone(),
+            services.clone(),
+            nodes.clone(),
+            leases.clone(),
+        );
+        StopOnDrop(vec![
+            Box::new(move || t.stop()),
+            Box::new(move || j.stop()),
+            Box::new(move || s.stop()),
+            Box::new(move || n.stop()),
+            Box::new(move || l.stop()),
+        ])
+    };
     ensure_namespace(&client, &config.node_lease_namespace).await;
 
     let ctx = Arc::new(Context {
@@ -213,12 +229,20 @@ pub async fn run_manager(client: Client, config: Config, shutdown: CancellationT
         gc_jobs,
         gc_services
     );
-    tasks.stop();
-    jobs.stop();
-    services.stop();
-    nodes.stop();
-    leases.stop();
+    drop(watches);
     info!("controllers stopped");
+}
+
+/// Stops the informers' watches when the manager returns, or when its future is
+/// dropped (an aborted task must not leave watches running).
+struct StopOnDrop(Vec<Box<dyn Fn() + Send>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        for stop in &self.0 {
+            stop();
+        }
+    }
 }
 
 /// Creates the namespace of the nodes' Leases if it is missing, so nodelets can
