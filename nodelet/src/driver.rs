@@ -324,8 +324,10 @@ impl Driver for FakeDriver {
             FakeOutcome::Exit(code, after) => {
                 let this = self.clone();
                 let path = dir.0.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(after).await;
+                // A thread, not a task: the run outlives a nodelet runtime that
+                // is dropped, as a real process outlives a killed nodelet.
+                std::thread::spawn(move || {
+                    std::thread::sleep(after);
                     this.finish(&path, exited(code, None));
                 });
                 Ok(Started {

@@ -459,10 +459,26 @@ pub fn write_layout(
 }
 
 /// The busybox commands test images link to `/bin/busybox`.
-pub const BUSYBOX_APPLETS: [&str; 16] = [
-    "sh", "true", "false", "echo", "sleep", "cat", "ls", "env", "pwd", "id", "ip", "trap", "head",
-    "yes", "dd", "hostname",
+pub const BUSYBOX_APPLETS: [&str; 22] = [
+    "sh", "true", "false", "echo", "sleep", "cat", "ls", "env", "pwd", "id", "ip", "head", "tail",
+    "yes", "dd", "hostname", "seq", "tr", "test", "[", "mount", "grep",
 ];
+
+/// Writes an OCI layout of a busybox image (`/bin/busybox` and its applets, from
+/// the host's static busybox at `busybox`; `PATH=/bin`, default command `sh`).
+pub fn busybox_layout(dir: &Path, busybox: &Path, tag: &str) -> io::Result<()> {
+    let links: Vec<(String, &str)> = BUSYBOX_APPLETS
+        .iter()
+        .map(|applet| (format!("bin/{applet}"), "busybox"))
+        .collect();
+    let links: Vec<(&str, &str)> = links.iter().map(|(l, t)| (l.as_str(), *t)).collect();
+    let config = ImageConfig {
+        cmd: vec!["sh".into()],
+        env: vec!["PATH=/bin".into()],
+        ..ImageConfig::default()
+    };
+    write_layout(dir, tag, &[("bin/busybox", busybox)], &links, &config)
+}
 
 #[cfg(test)]
 mod tests {

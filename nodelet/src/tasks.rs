@@ -91,6 +91,16 @@ struct StopRecord {
     at: DateTime<Utc>,
 }
 
+/// When run `n + 1` may start, run `n` having ended as `record` says.
+fn restart_at(config: &Config, record: &ExitRecord, n: u32) -> tokio::time::Instant {
+    let delay = backoff(config, n);
+    let since_end = record
+        .finished_at
+        .and_then(|at| (Utc::now() - at).to_std().ok())
+        .unwrap_or_default();
+    tokio::time::Instant::now() + delay.saturating_sub(since_end)
+}
+
 /// The delay before run `n + 1` after `n` runs ended: doubling from the base.
 pub fn backoff(config: &Config, runs: u32) -> Duration {
     let factor = 1u32 << runs.saturating_sub(1).min(16);
@@ -143,8 +153,12 @@ fn grace(config: &Config, task: Option<&Task>) -> Duration {
 }
 
 enum Local {
-    /// Runs `1..=last` are over and dealt with (or there are none).
-    Idle { last: u32 },
+    /// Runs `1..=last` are over and dealt with (or there are none); the next may
+    /// start at `not_before` (its restart backoff).
+    Idle {
+        last: u32,
+        not_before: Option<tokio::time::Instant>,
+    },
     /// Run `n` runs.
     Running {
         n: u32,
@@ -271,7 +285,10 @@ enum Step {
 fn recover(ctx: &Ctx, dir: &Path) -> Local {
     let n = last_run(dir);
     if n == 0 {
-        return Local::Idle { last: 0 };
+        return Local::Idle {
+            last: 0,
+            not_before: None,
+        };
     }
     let run = run_dir(dir, n);
     match ctx.driver.find(&run) {
@@ -291,7 +308,10 @@ fn recover(ctx: &Ctx, dir: &Path) -> Local {
             }
         }
         Found::Exited(record) => Local::Exited { n, record },
-        Found::NotStarted => Local::Idle { last: n - 1 },
+        Found::NotStarted => Local::Idle {
+            last: n - 1,
+            not_before: None,
+        },
     }
 }
 
@@ -444,7 +464,10 @@ async fn step(
         Local::Exited { n, record } => {
             let n = *n;
             let Some(task) = task else {
-                *local = Local::Idle { last: n };
+                *local = Local::Idle {
+                    last: n,
+                    not_before: None,
+                };
                 return Ok(Step::Again);
             };
             let phase = phase_of(task);
@@ -458,15 +481,24 @@ async fn step(
                         "exitCode": record.exit_code,
                     });
                     let written = write_status(ctx, task, patch).await?;
-                    *local = Local::Idle { last: n };
+                    *local = Local::Idle {
+                        last: n,
+                        not_before: None,
+                    };
                     return Ok(Step::Wrote(Box::new(written)));
                 }
-                *local = Local::Idle { last: n };
+                *local = Local::Idle {
+                    last: n,
+                    not_before: None,
+                };
                 return Ok(Step::Again);
             }
             if restarts_of(task) >= n {
                 // Its end was reported and a restart decided before.
-                *local = Local::Idle { last: n };
+                *local = Local::Idle {
+                    last: n,
+                    not_before: Some(restart_at(&ctx.config, record, n)),
+                };
                 return Ok(Step::Again);
             }
             let run = run_dir(dir, n);
@@ -569,10 +601,13 @@ async fn step(
                     )
                     .await;
             }
-            *local = Local::Idle { last: n };
+            *local = Local::Idle {
+                last: n,
+                not_before: Some(restart_at(&ctx.config, record, n)),
+            };
             Ok(Step::Wrote(Box::new(written)))
         }
-        Local::Idle { last } => {
+        Local::Idle { last, not_before } => {
             let last = *last;
             let Some(task) = task else {
                 cleanup(ctx, dir);
@@ -594,18 +629,10 @@ async fn step(
             if phase.is_terminal() || shutting_down {
                 return Ok(Step::Wait(None));
             }
-            if last > 0 {
-                let previous = run_dir(dir, last);
-                let finished = previous
-                    .read_exit()
-                    .and_then(|r| r.finished_at)
-                    .unwrap_or_else(Utc::now);
-                let at = finished
-                    + chrono::Duration::from_std(backoff(&ctx.config, last)).unwrap_or_default();
-                let left = (at - Utc::now()).to_std().unwrap_or_default();
-                if !left.is_zero() {
-                    return Ok(Step::Wait(Some(tokio::time::Instant::now() + left)));
-                }
+            if let Some(at) = *not_before
+                && tokio::time::Instant::now() < at
+            {
+                return Ok(Step::Wait(Some(at)));
             }
             let n = last + 1;
             match start(ctx, dir, task, n).await {
@@ -824,13 +851,7 @@ fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
             .memory
             .as_ref()
             .map(|q| q.value().clamp(1 << 20, i128::from(i64::MAX)) as u64),
-        pids: Some(
-            resources
-                .extended
-                .get("pids")
-                .map(|q| q.value().clamp(1, i128::from(i32::MAX)) as i64)
-                .unwrap_or(ctx.config.pids_limit),
-        ),
+        pids: Some(ctx.config.pids_limit),
     };
     let container_id = format!("{}-{n}", task.metadata.uid);
     let hostname: String = task.metadata.name.chars().take(63).collect();

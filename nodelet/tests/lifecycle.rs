@@ -1,0 +1,166 @@
+//! The nodelet's task lifecycle on the fake driver (no containers, no root):
+//! registration and lease, restart policies with backoff, grace periods, start
+//! failures, and no second start after a restart.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api_types::{Lease, Node};
+use client::Api;
+use nodelet::{FakeDriver, FakeOutcome};
+use serde_json::json;
+use support::{Harness, phase};
+
+const LONG: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_registers_with_capacity_labels_taints_and_a_lease() {
+    let h = Harness::new("register").await;
+    let mut config = h.config();
+    config.labels = nodelet::parse_labels("zone=a").unwrap();
+    config.taints = nodelet::parse_taints("gpu=true:NoSchedule").unwrap();
+    let nodelet = h.start(config, Some(Arc::new(FakeDriver::default())));
+    let nodes: Api<Node> = Api::all(h.client.clone());
+    let deadline = Instant::now() + LONG;
+    let node = loop {
+        if let Some(node) = nodes.get_opt(&h.name).await.unwrap()
+            && node.is_ready()
+        {
+            break node;
+        }
+        assert!(Instant::now() < deadline, "the node never became Ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let labels = &node.metadata.labels;
+    assert_eq!(labels["zone"], "a");
+    for key in [
+        "loom.dev/arch",
+        "loom.dev/os",
+        "loom.dev/kernel",
+        "loom.dev/hostname",
+    ] {
+        assert!(labels.contains_key(key), "{key} missing: {labels:?}");
+    }
+    assert_eq!(node.spec.taints.len(), 1);
+    let status = node.status.unwrap();
+    for resource in ["cpu", "memory", "tasks"] {
+        assert!(
+            status.capacity.contains_key(resource),
+            "{resource}: {:?}",
+            status.capacity
+        );
+    }
+    assert!(status.nodelet_endpoint.starts_with("http://127.0.0.1:"));
+    let leases: Api<Lease> = Api::namespaced(h.client.clone(), nodelet::node::LEASE_NAMESPACE);
+    let lease = leases.get(&h.name).await.unwrap();
+    assert_eq!(lease.spec.holder_identity.as_deref(), Some(h.name.as_str()));
+    assert!(lease.spec.renew_time.is_some());
+    nodelet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_restarts_with_doubling_backoff() {
+    let h = Harness::new("always").await;
+    h.import_busybox();
+    let driver = FakeDriver::default();
+    let nodelet = h.start(h.config(), Some(Arc::new(driver.clone())));
+    h.create(
+        json!({"metadata": {"name": "svc"}, "spec": {"command": ["x"], "restartPolicy": "Always"}}),
+    )
+    .await;
+    let task = h
+        .wait_for("svc", LONG, |t| {
+            t.status.as_ref().is_some_and(|s| s.restart_count >= 4)
+        })
+        .await;
+    assert_eq!(phase(&task), "Running");
+    // Base 200 ms, doubling: the 4th start comes at least 0.2+0.4+0.8 s after the first.
+    let starts = driver.starts();
+    assert!(starts.len() >= 4);
+    let times: Vec<chrono::DateTime<chrono::Utc>> = starts[..4]
+        .iter()
+        .map(|dir| {
+            std::fs::metadata(dir.join("spec.json"))
+                .unwrap()
+                .modified()
+                .unwrap()
+                .into()
+        })
+        .collect();
+    let spread = times[3] - times[0];
+    assert!(
+        spread >= chrono::Duration::milliseconds(1300),
+        "restarts too fast: {spread}"
+    );
+    nodelet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_escalates_to_sigkill_after_the_grace_period() {
+    let h = Harness::new("grace").await;
+    h.import_busybox();
+    let driver = FakeDriver::default();
+    driver.set_default(FakeOutcome::UntilSignalled { ignore_term: true });
+    let nodelet = h.start(h.config(), Some(Arc::new(driver.clone())));
+    let task = h
+        .create(json!({"metadata": {"name": "stubborn"}, "spec": {"command": ["x"], "terminationGracePeriodSeconds": 1}}))
+        .await;
+    h.wait_for("stubborn", LONG, |t| phase(t) == "Running")
+        .await;
+    let asked = Instant::now();
+    h.tasks()
+        .delete("stubborn", &Default::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + LONG;
+    loop {
+        let signals: Vec<i32> = driver.signals().into_iter().map(|(_, s)| s).collect();
+        if signals.contains(&libc::SIGKILL) {
+            assert_eq!(signals, vec![libc::SIGTERM, libc::SIGKILL]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never killed: {signals:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "SIGKILL after {waited:?}"
+    );
+    // The deleted task's directory is removed.
+    let dir = h.state.join("tasks").join(&task.metadata.uid);
+    while dir.exists() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nodelet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_failures_fail_the_task_and_restarts_do_not_run_it_twice() {
+    let h = Harness::new("restart").await;
+    h.import_busybox();
+    let driver = FakeDriver::default();
+    driver.set_default(FakeOutcome::Exit(0, Duration::from_secs(2)));
+    let first = h.start(h.config(), Some(Arc::new(driver.clone())));
+    h.create(json!({"metadata": {"name": "once"}, "spec": {"command": ["x"]}}))
+        .await;
+    let once = h.wait_for("once", LONG, |t| phase(t) == "Running").await;
+    first.kill();
+    let second = h.start(h.config(), Some(Arc::new(driver.clone())));
+    h.wait_for("once", LONG, |t| phase(t) == "Completed").await;
+    assert_eq!(driver.starts().len(), 1, "started again after the restart");
+    assert_eq!(h.runs(&once).len(), 1);
+
+    driver.set_default(FakeOutcome::FailStart("no such device".into()));
+    h.create(json!({"metadata": {"name": "broken"}, "spec": {"command": ["x"], "restartPolicy": "Always"}}))
+        .await;
+    let broken = h.wait_for("broken", LONG, |t| phase(t) == "Failed").await;
+    let status = broken.status.unwrap();
+    assert_eq!(status.reason, "ContainerCreateFailed");
+    assert!(status.message.contains("no such device"));
+    second.stop().await;
+}
