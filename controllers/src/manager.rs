@@ -176,6 +176,23 @@ pub async fn run_manager(client: Client, config: Config, shutdown: CancellationT
             shutdown.clone(),
         );
 
+    let tasks_of_node = ctx.clone();
+    let lost_tasks = Controller::new(&tasks, settings.clone())
+        .watches(&nodes, move |n: &Node| {
+            tasks_of_node
+                .tasks
+                .by_index(BY_NODE, &n.metadata.name)
+                .iter()
+                .map(|t| ObjectKey::of(t.as_ref()))
+                .collect()
+        })
+        .run(
+            node_lifecycle::reconcile_task,
+            error_policy,
+            ctx.clone(),
+            shutdown.clone(),
+        );
+
     let gc_tasks = gc::controller(
         &tasks,
         &tasks,
@@ -225,6 +242,7 @@ pub async fn run_manager(client: Client, config: Config, shutdown: CancellationT
         service_controller,
         ttl_controller,
         node_controller,
+        lost_tasks,
         gc_tasks,
         gc_jobs,
         gc_services

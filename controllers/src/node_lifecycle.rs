@@ -1,7 +1,8 @@
 //! Node lifecycle: a node whose heartbeat Lease is not renewed goes NotReady and is
 //! tainted `loom.dev/unreachable:NoExecute`; after a further grace its unfinished
 //! tasks are marked Lost (their Jobs and Services replace them); a node that renews
-//! its Lease again is Ready and untainted again.
+//! its Lease again is Ready and untainted again. The tasks of a deleted node are
+//! Lost at once.
 //!
 //! The heartbeat is any write to the Lease named after the node in
 //! `loom-node-lease` (the nodelet renews `spec.renewTime`), timed by this
@@ -203,6 +204,58 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
     }
 }
 
+/// Marks a task Lost (unless it already finished).
+async fn mark_lost(ctx: &Context, task: &Task, message: &str) -> Result<()> {
+    let api: Api<Task> = Api::namespaced(ctx.client.clone(), &task.metadata.namespace);
+    let patch = json!({"status": {
+        "phase": TaskPhase::Lost,
+        "reason": REASON_NODE_LOST,
+        "message": message,
+        "finishTime": Utc::now(),
+    }});
+    match api
+        .patch_status(
+            &task.metadata.name,
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(error) if error.is_not_found() || error.code() == Some(422) => Ok(()),
+        Err(error) => Err(Error::api("mark lost", key_of(task))(error)),
+    }
+}
+
+/// Reconciles one task against its node: a task bound to a node that no longer
+/// exists (deleted while the task ran) is Lost, so its owner replaces it.
+pub async fn reconcile_task(task: Arc<Task>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.wait_ready().await;
+    let node = &task.spec.node_name;
+    if node.is_empty() || task.is_terminal() || task.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    if ctx.nodes.get(&ObjectKey::new("", node)).is_some() {
+        return Ok(Action::await_change());
+    }
+    // The node's watch may lag the task's: ask the API before acting.
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let exists = nodes
+        .get_opt(node)
+        .await
+        .map_err(Error::api("get node", node.clone()))?
+        .is_some();
+    if !exists {
+        warn!(task = %key_of(task.as_ref()), %node, "the task's node is gone");
+        mark_lost(&ctx, &task, &format!("node {node} was deleted")).await?;
+        observe(&ctx.tasks, &ObjectKey::of(task.as_ref()), |t| {
+            t.is_none_or(Task::is_terminal)
+        })
+        .await;
+    }
+    Ok(Action::await_change())
+}
+
 /// Marks every unfinished task on the node Lost.
 async fn lose_tasks(ctx: &Context, node: &Node, since: &str) -> Result<()> {
     let tasks: Vec<Arc<Task>> = ctx
@@ -219,25 +272,7 @@ async fn lose_tasks(ctx: &Context, node: &Node, since: &str) -> Result<()> {
         node.metadata.name
     );
     for task in &tasks {
-        let api: Api<Task> = Api::namespaced(ctx.client.clone(), &task.metadata.namespace);
-        let patch = json!({"status": {
-            "phase": TaskPhase::Lost,
-            "reason": REASON_NODE_LOST,
-            "message": message,
-            "finishTime": Utc::now(),
-        }});
-        match api
-            .patch_status(
-                &task.metadata.name,
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(error) if error.is_not_found() || error.code() == Some(422) => {}
-            Err(error) => return Err(Error::api("mark lost", key_of(task.as_ref()))(error)),
-        }
+        mark_lost(ctx, task, &message).await?;
     }
     for task in &tasks {
         observe(&ctx.tasks, &ObjectKey::of(task.as_ref()), |t| {

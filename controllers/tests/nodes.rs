@@ -136,3 +136,52 @@ async fn an_expired_lease_loses_the_tasks_and_the_job_replaces_them_elsewhere() 
     .await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tasks_of_a_deleted_node_are_lost_and_replaced() {
+    let cluster = Cluster::start(&["old"], test_config()).await;
+    let job: api_types::Job = serde_json::from_value(json!({
+        "apiVersion": "loom.dev/v1", "kind": "Job",
+        "metadata": {"name": "movable", "namespace": "default"},
+        "spec": {"template": {"spec": {"image": "busybox", "command": ["sleep"]}}},
+    }))
+    .unwrap();
+    cluster
+        .jobs()
+        .create(&client::PostParams::default(), &job)
+        .await
+        .unwrap();
+    eventually("the task running on old", || async {
+        let tasks = cluster.tasks_of("movable").await;
+        tasks
+            .iter()
+            .any(|t| t.spec.node_name == "old" && t.phase() == TaskPhase::Running)
+            .then_some(())
+    })
+    .await;
+    cluster.add_node("new").await;
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    nodes
+        .delete("old", &client::DeleteParams::default())
+        .await
+        .unwrap();
+    let tasks = eventually("the task replaced on new", || async {
+        let tasks = cluster.tasks_of("movable").await;
+        let moved = tasks
+            .iter()
+            .any(|t| t.spec.node_name == "new" && t.phase() == TaskPhase::Running);
+        moved.then_some(tasks)
+    })
+    .await;
+    let lost = tasks
+        .iter()
+        .find(|t| t.metadata.name == "movable-0")
+        .unwrap();
+    let status = lost.status.as_ref().unwrap();
+    assert_eq!(
+        (status.phase, status.reason.as_str()),
+        (TaskPhase::Lost, "NodeLost")
+    );
+    assert_eq!(status.message, "node old was deleted");
+    cluster.shutdown().await;
+}
