@@ -29,7 +29,7 @@ use tracing::{debug, info};
 
 use crate::{
     Context, Error, LABEL_ATTEMPT, LABEL_JOB, LABEL_JOB_INDEX, Result, at_least, key_of,
-    kill_and_observe, observe, publish,
+    kill_and_observe, observe, publish, summarize,
 };
 
 /// The Events' component.
@@ -519,14 +519,14 @@ pub fn decide(
         decision.events.push((
             EventType::Normal,
             "TasksCreated".to_owned(),
-            format!("created {}", names.join(", ")),
+            format!("created {}", summarize(&names)),
         ));
     }
     if !retried.is_empty() {
         decision.events.push((
             EventType::Normal,
             "TasksReplaced".to_owned(),
-            format!("replaced failed or lost tasks with {}", retried.join(", ")),
+            format!("replaced failed or lost tasks with {}", summarize(&retried)),
         ));
     }
     let any_started = tasks.iter().any(|t| {

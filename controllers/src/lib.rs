@@ -148,6 +148,16 @@ pub(crate) async fn publish<K: Resource>(
     }
 }
 
+/// Names for an Event's message: all of a few, or the first few and how many more.
+pub(crate) fn summarize<S: AsRef<str>>(names: &[S]) -> String {
+    const SHOWN: usize = 5;
+    let shown: Vec<&str> = names.iter().take(SHOWN).map(AsRef::as_ref).collect();
+    match names.len().saturating_sub(SHOWN) {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
+}
+
 /// How long a reconciler waits for its caches to show its own writes.
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -230,4 +240,14 @@ pub(crate) async fn kill_and_observe(
         .await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn summaries_stay_short() {
+        assert_eq!(super::summarize(&["a", "b"]), "a, b");
+        let many: Vec<String> = (0..12).map(|i| format!("t{i}")).collect();
+        assert_eq!(super::summarize(&many), "t0, t1, t2, t3, t4 and 7 more");
+    }
 }

@@ -23,7 +23,7 @@ use serde_json::json;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::{BY_NODE, Context, Error, Result, key_of, observe, publish};
+use crate::{BY_NODE, Context, Error, Result, key_of, observe, publish, summarize};
 
 /// The Events' component.
 pub const COMPONENT: &str = "node-lifecycle-controller";
@@ -287,7 +287,7 @@ async fn lose_tasks(ctx: &Context, node: &Node, since: &str) -> Result<()> {
         node,
         EventType::Warning,
         "TasksLost",
-        &format!("marked {} lost: {}", names.len(), names.join(", ")),
+        &format!("marked {} lost: {}", names.len(), summarize(&names)),
     )
     .await;
     Ok(())

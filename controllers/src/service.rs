@@ -29,6 +29,7 @@ use tracing::info;
 
 use crate::{
     Context, Error, LABEL_SERVICE, LABEL_TEMPLATE_HASH, Result, at_least, key_of, observe, publish,
+    summarize,
 };
 
 /// The Events' component.
@@ -340,7 +341,7 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
             service.as_ref(),
             EventType::Normal,
             "TasksCreated",
-            &format!("created {}", created.join(", ")),
+            &format!("created {}", summarize(&created)),
         )
         .await;
     }
@@ -350,7 +351,7 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
             service.as_ref(),
             EventType::Normal,
             "TasksRemoved",
-            &format!("removed {}", removed.join(", ")),
+            &format!("removed {}", summarize(&removed)),
         )
         .await;
     }
