@@ -18,9 +18,10 @@ use std::sync::Arc;
 
 use api_types::event::EventType;
 use api_types::kinds::task::merge_env;
+use api_types::meta::set_condition;
 use api_types::{
-    Driver, EnvVar, Job, JobPhase, JobStatus, Mount, ObjectMeta, OwnerReference, Task, TaskPhase,
-    TaskSpec,
+    Condition, ConditionStatus, Driver, EnvVar, Job, JobPhase, JobStatus, Mount, ObjectMeta,
+    OwnerReference, Task, TaskPhase, TaskSpec,
 };
 use chrono::{DateTime, Utc};
 use client::{Action, Api, ObjectKey, PostParams};
@@ -300,9 +301,41 @@ fn describe_failure(task: &Task, retries: i32) -> (String, String) {
     )
 }
 
+/// The condition a job gets as it ends (as Kubernetes Jobs: `Complete` or `Failed`;
+/// a killed job is `Failed` with reason `Killed`).
+pub const CONDITION_COMPLETE: &str = "Complete";
+/// See [`CONDITION_COMPLETE`].
+pub const CONDITION_FAILED: &str = "Failed";
+
 /// Decides what a non-terminal job needs, from its tasks, its dependencies (by name;
 /// only looked at before the job starts) and the dependency cycle it is on, if any.
 pub fn decide(
+    job: &Job,
+    tasks: &[Arc<Task>],
+    dependencies: &[(String, Dependency)],
+    cycle: Option<&[String]>,
+    now: DateTime<Utc>,
+) -> Decision {
+    let mut decision = decide_phase(job, tasks, dependencies, cycle, now);
+    let status = &mut decision.status;
+    let type_ = match status.phase {
+        JobPhase::Completed => Some(CONDITION_COMPLETE),
+        JobPhase::Failed | JobPhase::Killed => Some(CONDITION_FAILED),
+        _ => None,
+    };
+    if let Some(type_) = type_ {
+        let condition = Condition::new(
+            type_,
+            ConditionStatus::True,
+            status.reason.clone(),
+            status.message.clone(),
+        );
+        set_condition(&mut status.conditions, condition, now);
+    }
+    decision
+}
+
+fn decide_phase(
     job: &Job,
     tasks: &[Arc<Task>],
     dependencies: &[(String, Dependency)],
@@ -928,6 +961,11 @@ mod tests {
         assert_eq!(d.status.phase, JobPhase::Completed);
         assert_eq!(d.status.exit_code, Some(0));
         assert!(d.status.end_time.is_some());
+        let complete = &d.status.conditions[0];
+        assert_eq!(
+            (complete.type_.as_str(), complete.is_true()),
+            (CONDITION_COMPLETE, true)
+        );
     }
 
     #[test]
