@@ -52,10 +52,11 @@ impl Scorer for Epvm {
 
     fn score(&self, node: &NodeInfo, task: &TaskInfo) -> f64 {
         let a = self.base.max(2.0);
+        let ln_a = a.ln();
         let parts = fractions(node, &task.demand);
         let marginal: f64 = parts
             .iter()
-            .map(|(before, after)| a.powf(*after) - a.powf(*before))
+            .map(|(before, after)| (after * ln_a).exp() - (before * ln_a).exp())
             .sum();
         let worst = parts.len() as f64 * (a - 1.0);
         100.0 * (1.0 - marginal / worst).clamp(0.0, 1.0)
