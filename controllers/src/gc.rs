@@ -24,6 +24,9 @@ use tracing::{debug, info};
 
 use crate::{BY_OWNER, Context, Error, Result, key_of};
 
+/// How often a dependent's owners are checked again without any change.
+const RECHECK: Duration = Duration::from_secs(300);
+
 /// The finalizer a Foreground delete adds.
 pub const FOREGROUND: &str = "foregroundDeletion";
 /// The finalizer an Orphan delete adds.
@@ -76,18 +79,36 @@ fn dependents_of<K: Collected>(ctx: &Context, uid: &str) -> Vec<Arc<K>> {
     K::store(ctx).by_index(BY_OWNER, uid)
 }
 
+/// Maps a change to an `O` to the `K`s the collector must look at again, and only
+/// those: the owners being deleted that wait on it, and, when it is gone or being
+/// deleted itself, its dependents. (Every other change, such as a job's status,
+/// concerns no collection: mapping it would look at a big job's every task on each
+/// of its status writes.)
 fn watch_kind<K: Collected, O: Collected>(
     controller: Controller<K>,
     informer: &Informer<O>,
     ctx: Arc<Context>,
 ) -> Controller<K> {
     controller.watches(informer, move |o: &O| {
-        let mut keys = owners_of::<K, O>(o);
-        keys.extend(
-            dependents_of::<K>(&ctx, &o.meta().uid)
-                .iter()
-                .map(|d| ObjectKey::of(d.as_ref())),
-        );
+        let mut keys: Vec<ObjectKey> = owners_of::<K, O>(o)
+            .into_iter()
+            .filter(|key| {
+                K::store(&ctx)
+                    .get(key)
+                    .is_some_and(|owner| owner.meta().deletion_timestamp.is_some())
+            })
+            .collect();
+        // The cache already holds this change: absent means deleted.
+        let leaving = O::store(&ctx).get(&ObjectKey::of(o)).is_none_or(|now| {
+            now.meta().uid != o.meta().uid || now.meta().deletion_timestamp.is_some()
+        });
+        if leaving {
+            keys.extend(
+                dependents_of::<K>(&ctx, &o.meta().uid)
+                    .iter()
+                    .map(|d| ObjectKey::of(d.as_ref())),
+            );
+        }
         keys
     })
 }
@@ -318,7 +339,9 @@ pub async fn reconcile<K: Collected>(object: Arc<K>, ctx: Arc<Context>) -> Resul
         }
     }
     if dangling.is_empty() {
-        return Ok(Action::await_change());
+        // An owner's deletion may be missed by a watch that fell behind: look again
+        // now and then.
+        return Ok(Action::requeue(RECHECK));
     }
     let target = dependent(object.as_ref());
     if dangling.len() == meta.owner_references.len() {
