@@ -179,6 +179,12 @@ pub async fn run_manager(client: Client, config: Config, shutdown: CancellationT
     let tasks_of_node = ctx.clone();
     let lost_tasks = Controller::new(&tasks, settings.clone())
         .watches(&nodes, move |n: &Node| {
+            // Only a node's deletion concerns its tasks (the cache already holds
+            // the change: absent means deleted), not its every status write.
+            let key = ObjectKey::new("", &n.metadata.name);
+            if tasks_of_node.nodes.get(&key).is_some() {
+                return Vec::new();
+            }
             tasks_of_node
                 .tasks
                 .by_index(BY_NODE, &n.metadata.name)
