@@ -410,6 +410,17 @@ async fn cycles_missing_and_self_dependencies_are_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_jobs_with_a_ttl_go_with_their_tasks() {
     let cluster = Cluster::start(&["n1"], test_config()).await;
+    let negative: api_types::Job = serde_json::from_value(job_manifest(
+        "negative",
+        json!({"ttlSecondsAfterFinished": -1, "template": template(&["true"])}),
+    ))
+    .unwrap();
+    let error = cluster
+        .jobs()
+        .create(&PostParams::default(), &negative)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(422), "{error}");
     cluster
         .create_job(job_manifest(
             "brief",
