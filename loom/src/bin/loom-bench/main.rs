@@ -3,6 +3,7 @@
 mod api;
 mod measure;
 mod runtime;
+mod schedule;
 mod store;
 
 use std::process::ExitCode;
@@ -33,6 +34,9 @@ enum Command {
     Reflector(runtime::RuntimeArgs),
     /// The client's controller runtime: reconciles per second of a no-op controller.
     Controller(runtime::RuntimeArgs),
+    /// The scheduler: tasks bound per second through a real API server over simulated
+    /// nodes, and decisions per second in memory.
+    Schedule(schedule::ScheduleArgs),
     /// Labels every bench task once (run as a child of `reflector`, so its CPU is not counted).
     #[command(hide = true)]
     TouchTasks(runtime::TouchArgs),
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
             Command::Memory(args) => api::run_memory(args).await,
             Command::Reflector(args) => runtime::run_reflector(args).await,
             Command::Controller(args) => runtime::run_controller(args).await,
+            Command::Schedule(args) => schedule::run(args).await,
             Command::TouchTasks(args) => runtime::touch_tasks(args).await,
         }
     });
