@@ -1065,6 +1065,43 @@ mod tests {
         assert_eq!(find_cycle("x", graph), None);
     }
 
+    #[tokio::test]
+    async fn a_job_whose_status_says_what_its_tasks_say_needs_no_request() {
+        use client::watcher::Event;
+        let fixture = crate::testing::fixture();
+        let mut job = job(json!({"replicas": 2, "template": {"spec": {"image": "x"}}}));
+        let tasks = vec![
+            with_phase(build_task(&job, 0, 0), TaskPhase::Completed, "", Some(0)),
+            with_phase(build_task(&job, 1, 0), TaskPhase::Running, "", None),
+        ];
+        job.status = Some(decide(&job, &tasks, &[], None, Utc::now()).status);
+        for task in &tasks {
+            fixture.tasks.apply(&Event::Apply((**task).clone()));
+        }
+        fixture.jobs.apply(&Event::Apply(job.clone()));
+        let reconciled = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            reconcile(Arc::new(job.clone()), fixture.ctx.clone()),
+        )
+        .await
+        .expect("no request was tried");
+        assert_eq!(reconciled.unwrap(), Action::await_change());
+
+        // A finished job with nothing left running: nothing to do either.
+        let done = with_phase(build_task(&job, 1, 0), TaskPhase::Completed, "", Some(0));
+        fixture.tasks.apply(&Event::Apply((*done).clone()));
+        let tasks = vec![tasks[0].clone(), done];
+        job.status = Some(decide(&job, &tasks, &[], None, Utc::now()).status);
+        assert_eq!(job.phase(), JobPhase::Completed);
+        let reconciled = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            reconcile(Arc::new(job), fixture.ctx.clone()),
+        )
+        .await
+        .expect("no request was tried");
+        assert_eq!(reconciled.unwrap(), Action::await_change());
+    }
+
     #[test]
     fn killing_stops_every_live_task() {
         let job = job(json!({"replicas": 3, "killed": true, "template": {"spec": {"image": "x"}}}));

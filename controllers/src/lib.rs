@@ -251,3 +251,57 @@ mod tests {
         assert_eq!(super::summarize(&many), "t0, t1, t2, t3, t4 and 7 more");
     }
 }
+
+/// Caches fed by hand and a client whose every request fails: a reconcile that
+/// should make no request shows it by succeeding.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use api_types::{Job, Lease, Node, Task};
+    use client::reflector::Writer;
+    use client::watcher::Event;
+    use client::{Client, Object, Store};
+
+    use crate::{Config, Context, manager};
+
+    pub(crate) struct Fixture {
+        pub ctx: Arc<Context>,
+        pub jobs: Writer<Job>,
+        pub tasks: Writer<Task>,
+    }
+
+    fn listed<K: Object>(writer: &Writer<K>) {
+        writer.apply(&Event::Init);
+        writer.apply(&Event::InitDone);
+    }
+
+    pub(crate) fn fixture() -> Fixture {
+        let (jobs, job_writer) = manager::job_store().build();
+        let (tasks, task_writer) = manager::task_store().build();
+        let (services, service_writer) = manager::service_store().build();
+        let (nodes, node_writer) = Store::<Node>::new();
+        let (leases, lease_writer) = Store::<Lease>::new();
+        listed(&job_writer);
+        listed(&task_writer);
+        listed(&service_writer);
+        listed(&node_writer);
+        listed(&lease_writer);
+        let ctx = Context {
+            // Nothing listens there: any request fails.
+            client: Client::for_server("http://127.0.0.1:1").unwrap_or_else(|e| panic!("{e}")),
+            config: Config::default(),
+            jobs,
+            tasks,
+            services,
+            nodes,
+            leases,
+            heartbeats: Arc::default(),
+        };
+        Fixture {
+            ctx: Arc::new(ctx),
+            jobs: job_writer,
+            tasks: task_writer,
+        }
+    }
+}

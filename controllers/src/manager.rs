@@ -55,6 +55,43 @@ fn owner_uids(meta: &ObjectMeta) -> Vec<String> {
         .collect()
 }
 
+/// The task cache, indexed by controlling owner, by every owner and by node.
+pub(crate) fn task_store() -> StoreBuilder<Task> {
+    StoreBuilder::default()
+        .index(BY_CONTROLLER, |t: &Task| {
+            t.metadata
+                .controller_ref()
+                .map(|r| vec![r.uid.clone()])
+                .unwrap_or_default()
+        })
+        .index(BY_OWNER, |t: &Task| owner_uids(&t.metadata))
+        .index(BY_NODE, |t: &Task| {
+            if t.spec.node_name.is_empty() {
+                Vec::new()
+            } else {
+                vec![t.spec.node_name.clone()]
+            }
+        })
+}
+
+/// The job cache, indexed by owner and by each job it depends on.
+pub(crate) fn job_store() -> StoreBuilder<Job> {
+    StoreBuilder::default()
+        .index(BY_OWNER, |j: &Job| owner_uids(&j.metadata))
+        .index(BY_DEPENDENCY, |j: &Job| {
+            j.spec
+                .depends_on
+                .iter()
+                .map(|d| format!("{}/{d}", j.metadata.namespace))
+                .collect()
+        })
+}
+
+/// The service cache, indexed by owner.
+pub(crate) fn service_store() -> StoreBuilder<Service> {
+    StoreBuilder::default().index(BY_OWNER, |s: &Service| owner_uids(&s.metadata))
+}
+
 fn error_policy<K>(_: Arc<K>, _: &Error, _: Arc<Context>) -> Action {
     // The controller backs off per key; nothing else to do.
     Action::await_change()
@@ -63,42 +100,12 @@ fn error_policy<K>(_: Arc<K>, _: &Error, _: Arc<Context>) -> Action {
 /// Runs every built-in controller until `shutdown`, then stops its watches.
 pub async fn run_manager(client: Client, config: Config, shutdown: CancellationToken) {
     let watch = watcher::Config::default;
-    let tasks = Informer::start_with(
-        Api::<Task>::all(client.clone()),
-        watch(),
-        StoreBuilder::default()
-            .index(BY_CONTROLLER, |t: &Task| {
-                t.metadata
-                    .controller_ref()
-                    .map(|r| vec![r.uid.clone()])
-                    .unwrap_or_default()
-            })
-            .index(BY_OWNER, |t: &Task| owner_uids(&t.metadata))
-            .index(BY_NODE, |t: &Task| {
-                if t.spec.node_name.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![t.spec.node_name.clone()]
-                }
-            }),
-    );
-    let jobs = Informer::start_with(
-        Api::<Job>::all(client.clone()),
-        watch(),
-        StoreBuilder::default()
-            .index(BY_OWNER, |j: &Job| owner_uids(&j.metadata))
-            .index(BY_DEPENDENCY, |j: &Job| {
-                j.spec
-                    .depends_on
-                    .iter()
-                    .map(|d| format!("{}/{d}", j.metadata.namespace))
-                    .collect()
-            }),
-    );
+    let tasks = Informer::start_with(Api::<Task>::all(client.clone()), watch(), task_store());
+    let jobs = Informer::start_with(Api::<Job>::all(client.clone()), watch(), job_store());
     let services = Informer::start_with(
         Api::<Service>::all(client.clone()),
         watch(),
-        StoreBuilder::default().index(BY_OWNER, |s: &Service| owner_uids(&s.metadata)),
+        service_store(),
     );
     let nodes = Informer::start(Api::<Node>::all(client.clone()), watch());
     let leases = Informer::start(
