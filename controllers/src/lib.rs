@@ -258,7 +258,7 @@ mod tests {
 pub(crate) mod testing {
     use std::sync::Arc;
 
-    use api_types::{Job, Lease, Node, Task};
+    use api_types::{Job, Lease, Node, Service, Task};
     use client::reflector::Writer;
     use client::watcher::Event;
     use client::{Client, Object, Store};
@@ -269,6 +269,9 @@ pub(crate) mod testing {
         pub ctx: Arc<Context>,
         pub jobs: Writer<Job>,
         pub tasks: Writer<Task>,
+        pub services: Writer<Service>,
+        pub nodes: Writer<Node>,
+        pub leases: Writer<Lease>,
     }
 
     fn listed<K: Object>(writer: &Writer<K>) {
@@ -302,6 +305,9 @@ pub(crate) mod testing {
             ctx: Arc::new(ctx),
             jobs: job_writer,
             tasks: task_writer,
+            services: service_writer,
+            nodes: node_writer,
+            leases: lease_writer,
         }
     }
 }

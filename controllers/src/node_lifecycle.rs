@@ -361,6 +361,7 @@ async fn write_node(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -396,6 +397,37 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(beats.age("n1", "9", Instant::now()), Duration::from_secs(5));
         assert_eq!(beats.age("n2", "", Instant::now()), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewing_node_is_left_alone_and_a_silent_one_is_acted_on() {
+        use client::watcher::Event;
+        let fixture = crate::testing::fixture();
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1"},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        }))
+        .unwrap();
+        let mut lease: api_types::Lease = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "namespace": "loom-node-lease", "resourceVersion": "1"},
+            "spec": {"holderIdentity": "n1"},
+        }))
+        .unwrap();
+        fixture.nodes.apply(&Event::Apply(node.clone()));
+        fixture.leases.apply(&Event::Apply(lease.clone()));
+        let node = Arc::new(node);
+        // Renewed every 30 s for two minutes: never a request, always a look soon.
+        for version in 2..6 {
+            let action = reconcile(node.clone(), fixture.ctx.clone()).await.unwrap();
+            assert!(action.requeue_after().unwrap() <= Duration::from_secs(41));
+            tokio::time::advance(Duration::from_secs(30)).await;
+            lease.metadata.resource_version = version.to_string();
+            fixture.leases.apply(&Event::Apply(lease.clone()));
+        }
+        reconcile(node.clone(), fixture.ctx.clone()).await.unwrap();
+        // Silent past the grace: it must write (and this API refuses every request).
+        tokio::time::advance(Duration::from_secs(45)).await;
+        assert!(reconcile(node, fixture.ctx.clone()).await.is_err());
     }
 
     #[test]

@@ -482,6 +482,28 @@ mod tests {
         assert_eq!(p.status.updated_replicas, 2);
     }
 
+    #[tokio::test]
+    async fn a_settled_service_needs_no_request() {
+        use client::watcher::Event;
+        let fixture = crate::testing::fixture();
+        let mut svc = service("web:1", 2, 1, 0);
+        let tasks: Vec<_> = (0..2)
+            .map(|i| task(&svc, &format!("web-{i}"), TaskPhase::Running))
+            .collect();
+        svc.status = Some(plan(&svc, &tasks, 3).status);
+        for task in &tasks {
+            fixture.tasks.apply(&Event::Apply((**task).clone()));
+        }
+        fixture.services.apply(&Event::Apply(svc.clone()));
+        let reconciled = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            reconcile(Arc::new(svc), fixture.ctx.clone()),
+        )
+        .await
+        .expect("no request was tried");
+        assert_eq!(reconciled.unwrap(), Action::await_change());
+    }
+
     #[test]
     fn scaling_and_failed_rollouts() {
         let svc = service("web:1", 2, 1, 1);
