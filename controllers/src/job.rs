@@ -40,6 +40,8 @@ pub const COMPONENT: &str = "job-controller";
 pub const REASON_JOB_KILLED: &str = "JobKilled";
 /// The kill reason of tasks stopped because another task of their job failed for good.
 pub const REASON_JOB_FAILED: &str = "JobFailed";
+/// The kill reason of tasks left over when their job completed.
+pub const REASON_JOB_COMPLETED: &str = "JobCompleted";
 /// A task reason meaning preemption (such a task is replaced, not retried).
 pub const REASON_PREEMPTED: &str = "Preempted";
 /// A task reason meaning its time limit ran out.
@@ -179,9 +181,13 @@ fn counts_as_failure(task: &Task) -> bool {
     let reason = task.status.as_ref().map_or("", |s| s.reason.as_str());
     match task.phase() {
         TaskPhase::Failed => true,
-        TaskPhase::Killed => {
-            ![REASON_PREEMPTED, REASON_JOB_KILLED, REASON_JOB_FAILED].contains(&reason)
-        }
+        TaskPhase::Killed => ![
+            REASON_PREEMPTED,
+            REASON_JOB_KILLED,
+            REASON_JOB_FAILED,
+            REASON_JOB_COMPLETED,
+        ]
+        .contains(&reason),
         _ => false,
     }
 }
@@ -648,10 +654,11 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
 /// A terminal job keeps no live task (a crash may have come between killing its
 /// tasks and recording its phase), and its counts follow its tasks.
 async fn settle_terminal(job: &Job, tasks: &[Arc<Task>], ctx: &Context) -> Result<Action> {
-    let reason = if job.phase() == JobPhase::Killed {
-        REASON_JOB_KILLED
-    } else {
-        REASON_JOB_FAILED
+    let reason = match job.phase() {
+        JobPhase::Killed => REASON_JOB_KILLED,
+        // A task of an index beyond a lowered `replicas` outlived its job.
+        JobPhase::Completed => REASON_JOB_COMPLETED,
+        _ => REASON_JOB_FAILED,
     };
     let message = job
         .status
