@@ -10,8 +10,9 @@
 //! A `Failed` task, or a task `Killed` for its own sake (a time limit), uses up one
 //! of `maxRetries`; a `Lost` task (its node died) or one killed by preemption is
 //! replaced without counting. Killing is a status write: phase `Killed` with
-//! reason `JobKilled` (a user set `killed: true`) or `JobFailed` (another task of
-//! the job failed for good); the nodelet stops a task whose status says Killed.
+//! reason `JobKilled` (a user set `killed: true`), `JobFailed` (another task of
+//! the job failed for good) or `JobCompleted` (a task of an index beyond a lowered
+//! `replicas` outlived its job); the nodelet stops a task whose status says Killed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
