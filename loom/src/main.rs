@@ -104,6 +104,15 @@ struct UpArgs {
     /// Report the store's health and exit instead of running.
     #[arg(long)]
     check: bool,
+    /// The node's name (default: the host name).
+    #[arg(long, env = "LOOM_NODE_NAME")]
+    name: Option<String>,
+    /// Cgroup parent of the node's tasks.
+    #[arg(long, default_value = "loom")]
+    cgroup_parent: String,
+    /// Run only the API server (no controllers, scheduler or nodelet).
+    #[arg(long)]
+    api_only: bool,
 }
 
 fn main() -> ExitCode {
@@ -248,7 +257,114 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         Ok(None) => {}
         Err(error) => tracing::warn!(%error, "cannot write the loomctl context"),
     }
-    serve_on(store, listener).await
+    if args.api_only {
+        return serve_on(store, listener).await;
+    }
+    all_in_one(args, store, listener, server).await
+}
+
+/// The API server, the controllers, the scheduler and a nodelet in one process,
+/// until Ctrl-C or SIGTERM; then the nodelet stops its tasks first.
+async fn all_in_one(
+    args: UpArgs,
+    store: Arc<dyn Store>,
+    listener: tokio::net::TcpListener,
+    server: String,
+) -> anyhow::Result<()> {
+    // SAFETY: no preconditions.
+    anyhow::ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "loom up runs containers and must run as root (or use --api-only)"
+    );
+    let nodelet_args = node_cmd::NodeletArgs {
+        server: server.clone(),
+        name: args.name.clone(),
+        state_dir: args.data_dir.join("nodelet"),
+        labels: String::new(),
+        taints: String::new(),
+        cgroup_parent: args.cgroup_parent.clone(),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        advertise: None,
+        cpu: None,
+        memory: None,
+        max_tasks: 110,
+        import_images: Vec::new(),
+        stop_tasks_on_exit: true,
+    };
+    let nodelet_config = nodelet_args.config()?;
+    import_busybox(&nodelet_config.state_dir);
+    println!("Loom API server at {server}");
+
+    let api_shutdown = CancellationToken::new();
+    let api = tokio::spawn(apiserver::run(
+        store,
+        listener,
+        apiserver::Config::default(),
+        api_shutdown.clone(),
+    ));
+    let client = client::Client::for_server(&server)?;
+    let parts = CancellationToken::new();
+    let controllers_config = controllers::Config {
+        identity: format!("{}-up", hostname()),
+        ..controllers::Config::default()
+    };
+    let controllers = tokio::spawn(controllers::run_manager(
+        client.clone(),
+        controllers_config,
+        parts.clone(),
+    ));
+    let scheduler = tokio::spawn(scheduler::run(client.clone(), parts.clone()));
+    let node_shutdown = CancellationToken::new();
+    let node_name = nodelet_config.name.clone();
+    let mut node = tokio::spawn(nodelet::run(client, nodelet_config, node_shutdown.clone()));
+    println!("node {node_name} running; Ctrl-C stops Loom and every task it started");
+
+    tokio::select! {
+        result = shutdown_signal() => result?,
+        finished = &mut node => {
+            parts.cancel();
+            api_shutdown.cancel();
+            return finished.context("the nodelet panicked")?;
+        }
+    }
+    tracing::info!("shutting down: stopping tasks");
+    node_shutdown.cancel();
+    let node_result = node.await.context("the nodelet panicked")?;
+    parts.cancel();
+    controllers.await.context("the controllers panicked")?;
+    scheduler.await.context("the scheduler panicked")?;
+    api_shutdown.cancel();
+    api.await
+        .context("the API server panicked")?
+        .context("the API server failed")?;
+    node_result
+}
+
+/// Puts a `busybox` image built from the host's static busybox into the node's
+/// image store, so the examples run without a registry.
+fn import_busybox(state_dir: &std::path::Path) {
+    let images = nodelet::image::ImageStore::new(&state_dir.join("images"));
+    if images.resolve("busybox").is_ok() {
+        return;
+    }
+    let busybox = std::path::Path::new("/bin/busybox");
+    if !busybox.exists() {
+        tracing::warn!("no /bin/busybox (apt install busybox-static): no busybox image");
+        return;
+    }
+    let layout = state_dir.join("busybox-layout");
+    let result = nodelet::image::busybox_layout(&layout, busybox, "latest")
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            images
+                .import(&layout, Some("busybox"))
+                .map_err(anyhow::Error::from)
+        });
+    let _ = std::fs::remove_dir_all(&layout);
+    match result {
+        Ok(_) => println!("image busybox:latest imported from /bin/busybox"),
+        Err(error) => tracing::warn!(%error, "cannot import the busybox image"),
+    }
 }
 
 /// The loomctl context `loom up` writes.

@@ -124,7 +124,7 @@ impl Drop for ServerProcess {
 }
 
 /// The `loom` binary built beside this one.
-fn loom_binary() -> anyhow::Result<PathBuf> {
+pub fn loom_binary() -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let loom = me.with_file_name("loom");
     if !loom.exists() {

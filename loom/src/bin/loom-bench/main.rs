@@ -2,6 +2,7 @@
 
 mod api;
 mod measure;
+mod nodelet;
 mod runtime;
 mod schedule;
 mod store;
@@ -37,6 +38,12 @@ enum Command {
     /// The scheduler: tasks bound per second through a real API server over simulated
     /// nodes, and decisions per second in memory.
     Schedule(schedule::ScheduleArgs),
+    /// The nodelet: task bound -> process running and -> Completed, beside bare
+    /// libcontainer create -> exit.
+    Nodelet(nodelet::NodeletArgs),
+    /// Bare libcontainer create -> exit (run as a child of `nodelet`).
+    #[command(hide = true)]
+    BareContainer(nodelet::BareArgs),
     /// Labels every bench task once (run as a child of `reflector`, so its CPU is not counted).
     #[command(hide = true)]
     TouchTasks(runtime::TouchArgs),
@@ -63,6 +70,16 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    // libcontainer forks and changes the working directory: no runtime, no threads.
+    if let Command::BareContainer(args) = cli.command {
+        return match nodelet::bare_container(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("loom-bench: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -80,6 +97,8 @@ fn main() -> ExitCode {
             Command::Controller(args) => runtime::run_controller(args).await,
             Command::Schedule(args) => schedule::run(args).await,
             Command::TouchTasks(args) => runtime::touch_tasks(args).await,
+            Command::Nodelet(args) => nodelet::run(args).await,
+            Command::BareContainer(_) => Ok(()),
         }
     });
     match result {
