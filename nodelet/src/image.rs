@@ -459,9 +459,9 @@ pub fn write_layout(
 }
 
 /// The busybox commands test images link to `/bin/busybox`.
-pub const BUSYBOX_APPLETS: [&str; 22] = [
+pub const BUSYBOX_APPLETS: [&str; 24] = [
     "sh", "true", "false", "echo", "sleep", "cat", "ls", "env", "pwd", "id", "ip", "head", "tail",
-    "yes", "dd", "hostname", "seq", "tr", "test", "[", "mount", "grep",
+    "yes", "dd", "hostname", "seq", "tr", "test", "[", "mount", "grep", "httpd", "wget",
 ];
 
 /// Writes an OCI layout of a busybox image (`/bin/busybox` and its applets, from

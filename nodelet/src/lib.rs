@@ -319,6 +319,8 @@ pub async fn run_with(
     let _ = server.await;
     if config.stop_tasks_on_exit {
         cgroup::remove_tree(&format!("/{}/{}", config.cgroup_parent, config.name));
+        // The parent too, if no other node on this machine uses it.
+        cgroup::remove_tree(&config.cgroup_parent);
     }
     Ok(())
 }
