@@ -35,7 +35,8 @@ use crate::resources::{TaskInfo, key_of};
 pub struct Config {
     /// Its name: the field manager of its writes and the author of its node claims.
     pub identity: String,
-    /// Binds written at once while decisions go on.
+    /// Binds written at once while decisions go on; as many Scheduled conditions
+    /// and Events are written at once behind them.
     pub binds_in_flight: usize,
     /// Claim each node before binding to it, so that several schedulers binding at
     /// once never over-commit a node. Off only where one scheduler binds alone.
@@ -55,7 +56,7 @@ impl Default for Config {
                 std::process::id(),
                 NEXT.fetch_add(1, Ordering::Relaxed)
             ),
-            binds_in_flight: 32,
+            binds_in_flight: 64,
             claim_nodes: true,
             sampling: Sampling::default(),
             preemption_timeout: Duration::from_secs(30),
@@ -161,6 +162,10 @@ struct Shared {
     recorder: Recorder,
     /// Serializes this scheduler's own claims on each node.
     claim_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Bounds the Scheduled conditions and Events written behind the binds.
+    follow_ups: Arc<Semaphore>,
+    /// Every write in the background.
+    writers: TaskTracker,
 }
 
 impl Shared {
@@ -206,13 +211,15 @@ pub async fn run_with(client: Client, config: Config, shutdown: CancellationToke
         client,
         tasks: tasks.store(),
         claim_locks: Mutex::new(HashMap::new()),
+        follow_ups: Arc::new(Semaphore::new(config.binds_in_flight.max(1))),
+        writers: TaskTracker::new(),
         config,
     });
     shared
         .lock()
         .resync(&nodes.store(), &tasks.store(), Instant::now());
     let permits = Arc::new(Semaphore::new(shared.config.binds_in_flight.max(1)));
-    let writers = TaskTracker::new();
+    let writers = shared.writers.clone();
     let mut algorithm = Algorithm::new(shared.config.sampling);
     let mut last_expiry = Instant::now();
     info!(identity = %shared.config.identity, "scheduler running");
@@ -465,7 +472,7 @@ fn roll_back(shared: &Shared, task: &TaskInfo, retry_now: bool) {
 
 /// Binds an assumed task: claims the node (if configured), writes `spec.nodeName`
 /// conditioned on the task's resourceVersion, then the Scheduled condition and Event.
-async fn bind(shared: &Shared, task: TaskInfo, node: &str) {
+async fn bind(shared: &Arc<Shared>, task: TaskInfo, node: &str) {
     if shared.config.claim_nodes && !claim(shared, &task, node).await {
         roll_back(shared, &task, true);
         return;
@@ -504,17 +511,29 @@ async fn bind(shared: &Shared, task: TaskInfo, node: &str) {
         state.cache.bound(&task.key, Instant::now());
         state.told.remove(&task.key);
     }
-    let message = format!("bound to {node}");
-    set_scheduled(
-        shared,
-        &bound,
-        ConditionStatus::True,
-        "Scheduled",
-        &message,
-        true,
-    )
-    .await;
-    record_scheduled(shared, &bound, node).await;
+    // The condition and Event follow in the background: the next bind need not wait.
+    let Ok(permit) = shared.follow_ups.clone().acquire_owned().await else {
+        return;
+    };
+    let (shared, node) = (shared.clone(), node.to_owned());
+    let span = info_span!("scheduled", task = %task.key);
+    shared.writers.clone().spawn(
+        async move {
+            let message = format!("bound to {node}");
+            set_scheduled(
+                &shared,
+                &bound,
+                ConditionStatus::True,
+                "Scheduled",
+                &message,
+                true,
+            )
+            .await;
+            record_scheduled(&shared, &bound, &node).await;
+            drop(permit);
+        }
+        .instrument(span),
+    );
 }
 
 /// Writes the Scheduled condition; with `exact`, only onto the version given.
