@@ -1,5 +1,7 @@
 //! The HTTP client under every `Api`: requests, Status errors, retries with backoff.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,11 +12,15 @@ use serde::de::DeserializeOwned;
 use crate::config::Config;
 use crate::error::{Error, Result};
 
-/// A connection to one API server; cheap to clone.
+/// A connection to an API server; cheap to clone. The config's `server` may list
+/// several API servers of one cluster, comma-separated: requests go to one of them
+/// and move to the next when it cannot be reached.
 #[derive(Clone, Debug)]
 pub struct Client {
     http: reqwest::Client,
     config: Config,
+    servers: Arc<Vec<String>>,
+    current: Arc<AtomicUsize>,
 }
 
 /// A request body and its content type.
@@ -33,7 +39,76 @@ impl Client {
             .user_agent(concat!("loom-client/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
             .build()?;
-        Ok(Client { http, config })
+        let servers: Vec<String> = config
+            .server
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let servers = if servers.is_empty() {
+            vec![config.server.clone()]
+        } else {
+            servers
+        };
+        Ok(Client {
+            http,
+            config,
+            servers: Arc::new(servers),
+            current: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The API server requests go to now.
+    pub fn server(&self) -> &str {
+        let index = self.current.load(Ordering::Relaxed) % self.servers.len();
+        &self.servers[index]
+    }
+
+    /// After `server` could not be reached: use the next one (once, however many
+    /// requests failed on it at the same time).
+    fn fail_over(&self, server: &str) {
+        if self.servers.len() < 2 {
+            return;
+        }
+        let index = self.current.load(Ordering::Relaxed);
+        if self.servers[index % self.servers.len()] == server {
+            let _ = self.current.compare_exchange(
+                index,
+                index.wrapping_add(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            tracing::warn!(
+                unreachable = server,
+                next = self.server(),
+                "API server unreachable; failing over"
+            );
+        }
+    }
+
+    /// Sends with failover: a request that could not connect is tried on the
+    /// other servers (it never reached the first, so it is safe to repeat).
+    async fn send_with_failover<F>(&self, build: F) -> Result<reqwest::Response>
+    where
+        F: Fn(&str) -> reqwest::RequestBuilder,
+    {
+        let mut tries = 0;
+        loop {
+            let server = self.server().to_owned();
+            match build(&server).send().await {
+                Err(error) if error.is_connect() && tries + 1 < self.servers.len() => {
+                    self.fail_over(&server);
+                    tries += 1;
+                }
+                Err(error) => {
+                    if error.is_connect() {
+                        self.fail_over(&server);
+                    }
+                    return Err(error.into());
+                }
+                Ok(response) => return Ok(response),
+            }
+        }
     }
 
     /// A client for the config `Config::infer` finds.
@@ -95,16 +170,20 @@ impl Client {
     }
 
     async fn send_once(&self, method: Method, path: &str, body: Option<Body>) -> Result<Bytes> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.config.server))
-            .timeout(self.config.timeout);
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, body.content_type)
-                .body(body.bytes);
-        }
-        let response = request.send().await?;
+        let response = self
+            .send_with_failover(|server| {
+                let mut request = self
+                    .http
+                    .request(method.clone(), format!("{server}{path}"))
+                    .timeout(self.config.timeout);
+                if let Some(body) = &body {
+                    request = request
+                        .header(reqwest::header::CONTENT_TYPE, body.content_type)
+                        .body(body.bytes.clone());
+                }
+                request
+            })
+            .await?;
         let code = response.status();
         let bytes = response.bytes().await?;
         if code.is_success() {
@@ -116,11 +195,12 @@ impl Client {
     /// A GET with an `Accept` header (e.g. a server-side Table), decoded.
     pub async fn get_as<T: DeserializeOwned>(&self, path: &str, accept: &str) -> Result<T> {
         let response = self
-            .http
-            .get(format!("{}{path}", self.config.server))
-            .header(reqwest::header::ACCEPT, accept)
-            .timeout(self.config.timeout)
-            .send()
+            .send_with_failover(|server| {
+                self.http
+                    .get(format!("{server}{path}"))
+                    .header(reqwest::header::ACCEPT, accept)
+                    .timeout(self.config.timeout)
+            })
             .await?;
         let code = response.status();
         let bytes = response.bytes().await?;
@@ -145,10 +225,11 @@ impl Client {
         accept: &str,
     ) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static + use<>> {
         let response = self
-            .http
-            .get(format!("{}{path}", self.config.server))
-            .header(reqwest::header::ACCEPT, accept)
-            .send()
+            .send_with_failover(|server| {
+                self.http
+                    .get(format!("{server}{path}"))
+                    .header(reqwest::header::ACCEPT, accept)
+            })
             .await?;
         let code = response.status();
         if !code.is_success() {

@@ -1,0 +1,41 @@
+//! A client given several API servers uses the one it can reach.
+#![allow(clippy::unwrap_used)]
+
+use api_types::Namespace;
+use apiserver::testing::{TestServer, free_port};
+use client::{Api, Client, ListParams};
+use futures::StreamExt as _;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_fails_over_to_the_next() {
+    let server = TestServer::embedded(apiserver::Config::default())
+        .await
+        .unwrap();
+    let dead = format!("http://127.0.0.1:{}", free_port().unwrap());
+    let client = Client::for_server(&format!("{dead}, {}/", server.url)).unwrap();
+    assert_eq!(client.server(), dead);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let list = namespaces.list(&ListParams::default()).await.unwrap();
+    assert!(list.items.iter().any(|n| n.metadata.name == "default"));
+    assert_eq!(client.server(), server.url.trim_end_matches('/'));
+    // Streams fail over too.
+    let client = Client::for_server(&format!("{dead},{}", server.url)).unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut stream = Box::pin(
+        namespaces
+            .watch(
+                &client::api::WatchParams {
+                    timeout_seconds: Some(1),
+                    ..Default::default()
+                },
+                "0",
+            )
+            .await
+            .unwrap(),
+    );
+    assert!(stream.next().await.is_some());
+    // A single unreachable server is an error, not a hang.
+    let client = Client::for_server(&dead).unwrap();
+    let namespaces: Api<Namespace> = Api::all(client);
+    assert!(namespaces.list(&ListParams::default()).await.is_err());
+}
