@@ -1,0 +1,479 @@
+//! Loom end to end: a real cluster of separate processes (etcd, two API servers,
+//! the controllers, the scheduler, three nodelets in their own network
+//! namespaces) driven through loomctl only, with real containers.
+//!
+//! One cluster serves every scenario, in order, because starting one is the
+//! expensive part.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Cluster, wait_for};
+
+#[test]
+fn cluster_runs_jobs_and_services_and_survives_failures() {
+    if let Some(reason) = support::unsupported() {
+        eprintln!("skipping the e2e suite: {reason}");
+        return;
+    }
+    let started = Instant::now();
+    let mut cluster = Cluster::start();
+    let footprint = cluster.footprint();
+    eprintln!("cluster up in {:?}", started.elapsed());
+
+    let step = Instant::now();
+    pipeline_and_failed_dependency(&cluster);
+    eprintln!("pipeline and failed dependency: {:?}", step.elapsed());
+
+    let step = Instant::now();
+    service_rollout(&cluster);
+    eprintln!("service rollout: {:?}", step.elapsed());
+
+    let step = Instant::now();
+    job_survives_control_plane_kills(&mut cluster);
+    eprintln!("job through control-plane kills: {:?}", step.elapsed());
+
+    let step = Instant::now();
+    cut_node_loses_and_replaces_tasks(&mut cluster);
+    eprintln!("cut node: {:?}", step.elapsed());
+
+    let step = Instant::now();
+    drop(cluster);
+    let left = footprint.leftovers();
+    assert!(left.is_empty(), "left behind after teardown: {left:#?}");
+    eprintln!(
+        "teardown: {:?}; whole suite {:?}",
+        step.elapsed(),
+        started.elapsed()
+    );
+}
+
+/// A DAG of three jobs with per-task overrides writes every output file; a job
+/// whose dependency fails never runs.
+fn pipeline_and_failed_dependency(cluster: &Cluster) {
+    let out = |job: &str| cluster.output_dir(job).display().to_string();
+    cluster.apply(
+        "pipeline",
+        &format!(
+            r#"
+apiVersion: loom.dev/v1
+kind: Job
+metadata: {{name: prep}}
+spec:
+  replicas: 1
+  outputDir: {prep}
+  template:
+    spec:
+      image: busybox
+      command: ["sh", "-c", "echo prepared > $LOOM_OUTPUT_DIR/data.txt; echo prep done"]
+      resources: {{cpu: 100m, memory: 32Mi}}
+---
+apiVersion: loom.dev/v1
+kind: Job
+metadata: {{name: train}}
+spec:
+  replicas: 4
+  parallelism: 2
+  dependsOn: [prep]
+  outputDir: {train}
+  template:
+    spec:
+      image: busybox
+      command: ["sh", "-c", "echo shard {{{{index}}}} of {{{{replicas}}}} $0 > $LOOM_OUTPUT_DIR/shard.txt"]
+      args: ["cold"]
+      resources: {{cpu: 100m, memory: 32Mi}}
+  overrides:
+    - indexes: "0"
+      spec: {{args: ["warm"]}}
+    - indexes: "2-3"
+      spec: {{args: ["late"]}}
+---
+apiVersion: loom.dev/v1
+kind: Job
+metadata: {{name: report}}
+spec:
+  replicas: 1
+  dependsOn: [train]
+  outputDir: {report}
+  template:
+    spec:
+      image: busybox
+      command: ["sh", "-c", "echo report > $LOOM_OUTPUT_DIR/report.txt"]
+      resources: {{cpu: 100m, memory: 32Mi}}
+---
+apiVersion: loom.dev/v1
+kind: Job
+metadata: {{name: doomed}}
+spec:
+  replicas: 1
+  template:
+    spec:
+      image: busybox
+      command: ["sh", "-c", "exit 3"]
+      resources: {{cpu: 100m, memory: 32Mi}}
+---
+apiVersion: loom.dev/v1
+kind: Job
+metadata: {{name: after-doomed}}
+spec:
+  replicas: 1
+  dependsOn: [doomed]
+  template:
+    spec:
+      image: busybox
+      command: ["sh", "-c", "echo must not run"]
+      resources: {{cpu: 100m, memory: 32Mi}}
+"#,
+            prep = out("prep"),
+            train = out("train"),
+            report = out("report"),
+        ),
+    );
+    cluster.loomctl_ok(&[
+        "wait",
+        "job/report",
+        "--for=phase=Completed",
+        "--timeout",
+        "90",
+    ]);
+    cluster.loomctl_ok(&[
+        "wait",
+        "job/after-doomed",
+        "--for=phase=Failed",
+        "--timeout",
+        "60",
+    ]);
+
+    let read = |path: &str| {
+        let path = cluster.output_dir("").join(path);
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    assert_eq!(read("prep/0/data.txt"), "prepared\n");
+    assert_eq!(read("train/0/shard.txt"), "shard 0 of 4 warm\n");
+    assert_eq!(read("train/1/shard.txt"), "shard 1 of 4 cold\n");
+    assert_eq!(read("train/2/shard.txt"), "shard 2 of 4 late\n");
+    assert_eq!(read("train/3/shard.txt"), "shard 3 of 4 late\n");
+    assert_eq!(read("report/0/report.txt"), "report\n");
+
+    // The log, proxied by an API server from the node that ran the task.
+    let prep_task = tasks_of_job(cluster, "prep")
+        .first()
+        .and_then(|t| t["metadata"]["name"].as_str().map(str::to_owned))
+        .expect("a prep task");
+    let log = cluster.loomctl_ok(&["logs", &prep_task]);
+    assert!(log.contains("prep done"), "log of {prep_task}: {log:?}");
+
+    let jobs = cluster.list("jobs");
+    let job = |name: &str| {
+        jobs.iter()
+            .find(|j| j["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no job {name}"))
+            .clone()
+    };
+    assert_eq!(job("doomed")["status"]["phase"], "Failed");
+    let after = job("after-doomed");
+    assert_eq!(after["status"]["phase"], "Failed", "{after:#}");
+    assert_eq!(after["status"]["reason"], "DependencyFailed", "{after:#}");
+    assert!(
+        tasks_of_job(cluster, "after-doomed").is_empty(),
+        "a job whose dependency failed made tasks"
+    );
+}
+
+fn service_manifest(version: &str) -> String {
+    format!(
+        r#"
+apiVersion: loom.dev/v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  replicas: 3
+  strategy: {{maxSurge: 1, maxUnavailable: 0}}
+  template:
+    spec:
+      image: busybox
+      command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+      env: [{{name: VERSION, value: "{version}"}}]
+      resources: {{cpu: 100m, memory: 32Mi}}
+      restartPolicy: Always
+      terminationGracePeriodSeconds: 3
+"#
+    )
+}
+
+/// The Service's tasks that are not finished.
+fn live_web_tasks(cluster: &Cluster) -> Vec<Value> {
+    cluster
+        .list("tasks")
+        .into_iter()
+        .filter(|t| t["metadata"]["labels"]["loom.dev/service"] == "web")
+        .filter(|t| !is_terminal(t))
+        .collect()
+}
+
+fn version_of(task: &Value) -> Option<&str> {
+    task["spec"]["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == "VERSION")?["value"]
+        .as_str()
+}
+
+/// A rollout from v1 to v2 with maxUnavailable 0 completes and leaves only v2 tasks.
+fn service_rollout(cluster: &Cluster) {
+    cluster.apply("web-v1", &service_manifest("v1"));
+    cluster.loomctl_ok(&["rollout", "status", "service/web", "--timeout", "60"]);
+    cluster.apply("web-v2", &service_manifest("v2"));
+    cluster.loomctl_ok(&["rollout", "status", "service/web", "--timeout", "90"]);
+    // The old tasks may still be stopping when the rollout is reported done.
+    let tasks = wait_for(
+        "only the three v2 tasks of web",
+        Duration::from_secs(30),
+        || {
+            let tasks = live_web_tasks(cluster);
+            if tasks.len() == 3
+                && tasks
+                    .iter()
+                    .all(|t| version_of(t) == Some("v2") && t["status"]["phase"] == "Running")
+            {
+                Ok(tasks)
+            } else {
+                Err(summary(&tasks))
+            }
+        },
+    );
+    assert_eq!(tasks.len(), 3);
+}
+
+/// Kills an API server, the scheduler and the controller-manager with SIGKILL in the
+/// middle of a job; with them restarted the job still completes, and no index ever
+/// ran twice at once.
+fn job_survives_control_plane_kills(cluster: &mut Cluster) {
+    let out = cluster.output_dir("chaos");
+    cluster.apply(
+        "chaos",
+        &format!(
+            r#"
+apiVersion: loom.dev/v1
+kind: Job
+metadata: {{name: chaos}}
+spec:
+  replicas: 12
+  parallelism: 4
+  outputDir: {out}
+  template:
+    spec:
+      image: busybox
+      command: ["sh", "-c", "echo start $(cut -d' ' -f1 /proc/uptime) >> $LOOM_OUTPUT_DIR/runs; sleep 1; echo end $(cut -d' ' -f1 /proc/uptime) >> $LOOM_OUTPUT_DIR/runs"]
+      resources: {{cpu: 100m, memory: 32Mi}}
+"#,
+            out = out.display()
+        ),
+    );
+    wait_for("two chaos tasks completed", Duration::from_secs(60), || {
+        let done = tasks_of_job(cluster, "chaos")
+            .iter()
+            .filter(|t| t["status"]["phase"] == "Completed")
+            .count();
+        if done >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{done} completed"))
+        }
+    });
+    cluster.kill_apiserver(0);
+    cluster.kill_scheduler();
+    cluster.kill_controllers();
+    cluster.start_scheduler();
+    cluster.start_controllers();
+    cluster.loomctl_ok(&[
+        "wait",
+        "job/chaos",
+        "--for=phase=Completed",
+        "--timeout",
+        "120",
+    ]);
+    cluster.assert_running();
+
+    for index in 0..12 {
+        let path = out.join(index.to_string()).join("runs");
+        let runs = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut events: Vec<(f64, bool)> = runs
+            .lines()
+            .map(|line| {
+                let (what, at) = line.split_once(' ').unwrap();
+                (at.parse::<f64>().unwrap(), what == "start")
+            })
+            .collect();
+        // An end and a start in the same clock tick are one run after the other.
+        events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut running = 0;
+        for (_, start) in &events {
+            running += if *start { 1 } else { -1 };
+            assert!(running <= 1, "index {index} ran twice at once:\n{runs}");
+        }
+        assert!(
+            events.iter().any(|(_, start)| !start),
+            "index {index} never finished a run:\n{runs}"
+        );
+    }
+}
+
+/// A node whose link is cut has its tasks marked Lost and replaced on the other
+/// nodes within 60 s: a Job's task stays on record as Lost, a Service's goes.
+fn cut_node_loses_and_replaces_tasks(cluster: &mut Cluster) {
+    cluster.apply(
+        "steady",
+        r#"
+apiVersion: loom.dev/v1
+kind: Job
+metadata: {name: steady}
+spec:
+  replicas: 3
+  parallelism: 3
+  template:
+    spec:
+      image: busybox
+      command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+      resources: {cpu: 100m, memory: 32Mi}
+      terminationGracePeriodSeconds: 3
+"#,
+    );
+    let steady = wait_for("3 steady tasks Running", Duration::from_secs(60), || {
+        let tasks = tasks_of_job(cluster, "steady");
+        if tasks.len() == 3 && tasks.iter().all(|t| t["status"]["phase"] == "Running") {
+            Ok(tasks)
+        } else {
+            Err(summary(&tasks))
+        }
+    });
+    let web = live_web_tasks(cluster);
+    // The node with the most of both, so both kinds of owner lose a task.
+    let node_of = |t: &Value| {
+        t["spec"]["nodeName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let name_of = |t: &Value| {
+        t["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let n = (0..cluster.nodes.len())
+        .max_by_key(|&n| {
+            let name = &cluster.nodes[n].name;
+            let jobs = steady.iter().filter(|t| node_of(t) == *name).count();
+            let services = web.iter().filter(|t| node_of(t) == *name).count();
+            (jobs.min(1) + services.min(1), jobs + services)
+        })
+        .unwrap();
+    let node = cluster.nodes[n].name.clone();
+    let lost_steady: Vec<Value> = steady.into_iter().filter(|t| node_of(t) == node).collect();
+    let lost_web: Vec<String> = web
+        .iter()
+        .filter(|t| node_of(t) == node)
+        .map(name_of)
+        .collect();
+    assert!(
+        !lost_steady.is_empty() || !lost_web.is_empty(),
+        "no task on {node}"
+    );
+
+    let cut = Instant::now();
+    cluster.cut_link(n);
+    wait_for(
+        &format!("the tasks of {node} Lost and replaced on other nodes"),
+        Duration::from_secs(60),
+        || {
+            let all = cluster.list("tasks");
+            let mut problems = Vec::new();
+            for task in &lost_steady {
+                let name = name_of(task);
+                let now = all.iter().find(|t| name_of(t) == name);
+                if now.is_none_or(|t| t["status"]["phase"] != "Lost") {
+                    problems.push(format!("{name} not Lost"));
+                }
+                let index = &task["metadata"]["labels"]["loom.dev/job-index"];
+                let replaced = all.iter().any(|t| {
+                    t["metadata"]["labels"]["loom.dev/job"] == "steady"
+                        && t["metadata"]["labels"]["loom.dev/job-index"] == *index
+                        && t["status"]["phase"] == "Running"
+                        && node_of(t) != node
+                });
+                if !replaced {
+                    problems.push(format!("index {index} of steady not running elsewhere"));
+                }
+            }
+            let web: Vec<Value> = all
+                .into_iter()
+                .filter(|t| t["metadata"]["labels"]["loom.dev/service"] == "web")
+                .collect();
+            for name in &lost_web {
+                if web.iter().any(|t| name_of(t) == *name && !is_terminal(t)) {
+                    problems.push(format!("{name} still live"));
+                }
+            }
+            let running_elsewhere = web
+                .iter()
+                .filter(|t| t["status"]["phase"] == "Running" && node_of(t) != node)
+                .count();
+            if running_elsewhere != 3 {
+                problems.push(format!("{running_elsewhere} web tasks running elsewhere"));
+            }
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{problems:?}; web: {}", summary(&web)))
+            }
+        },
+    );
+    let lost = cluster.list("tasks");
+    for task in &lost_steady {
+        let name = name_of(task);
+        let now = lost.iter().find(|t| name_of(t) == name).unwrap();
+        assert_eq!(now["status"]["reason"], "NodeLost", "{now:#}");
+    }
+    eprintln!(
+        "{node}'s tasks ({} of steady, {lost_web:?} of web) Lost and replaced {:?} after its link was cut",
+        lost_steady.len(),
+        cut.elapsed()
+    );
+}
+
+fn tasks_of_job(cluster: &Cluster, job: &str) -> Vec<Value> {
+    cluster
+        .list("tasks")
+        .into_iter()
+        .filter(|t| t["metadata"]["labels"]["loom.dev/job"] == job)
+        .collect()
+}
+
+fn is_terminal(task: &Value) -> bool {
+    matches!(
+        task["status"]["phase"].as_str(),
+        Some("Completed" | "Failed" | "Killed" | "Lost")
+    )
+}
+
+/// Each task's name, node, phase and reason, for failure messages.
+fn summary(tasks: &[Value]) -> String {
+    tasks
+        .iter()
+        .map(|t| {
+            format!(
+                "{} on {} {} {}",
+                t["metadata"]["name"].as_str().unwrap_or("?"),
+                t["spec"]["nodeName"].as_str().unwrap_or("-"),
+                t["status"]["phase"].as_str().unwrap_or("-"),
+                t["status"]["reason"].as_str().unwrap_or(""),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
