@@ -35,7 +35,7 @@ pub struct ScheduleArgs {
     #[arg(long, default_value_t = 50_000)]
     tasks: usize,
     /// Binds in flight while decisions go on.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 64)]
     binds_in_flight: usize,
     /// Concurrent clients creating the nodes and tasks.
     #[arg(long, default_value_t = 64)]
@@ -223,6 +223,8 @@ async fn end_to_end(
         claim_nodes: claims,
         ..Default::default()
     };
+    let server_pid = server_pid(url);
+    let cpu_before = (cpu_of("self"), server_pid.as_deref().map(cpu_of));
     let stop = CancellationToken::new();
     let started = Instant::now();
     let scheduler = tokio::spawn(scheduler::run_with(client.clone(), config, stop.clone()));
@@ -254,6 +256,7 @@ async fn end_to_end(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed();
+    let cpu_after = (cpu_of("self"), server_pid.as_deref().map(cpu_of));
     let first_bind = first_bind.unwrap_or(elapsed);
     stop.cancel();
     scheduler.await.context("the scheduler panicked")?;
@@ -266,7 +269,57 @@ async fn end_to_end(
         first_bind.as_secs_f64(),
         args.tasks as f64 / (elapsed - first_bind).as_secs_f64().max(1e-9),
     );
+    let per_task = |cpu: Duration| cpu.as_micros() as f64 / args.tasks.max(1) as f64;
+    let scheduler_cpu = cpu_after.0.saturating_sub(cpu_before.0);
+    let server_cpu = match (cpu_before.1, cpu_after.1) {
+        (Some(before), Some(after)) => format!(
+            "{:.1} s CPU ({:.0} µs a task)",
+            after.saturating_sub(before).as_secs_f64(),
+            per_task(after.saturating_sub(before))
+        ),
+        _ => "unknown CPU".to_owned(),
+    };
+    println!(
+        "  meanwhile the scheduler (with the watch counting binds) used {:.1} s CPU ({:.0} µs a task), the API server {server_cpu}",
+        scheduler_cpu.as_secs_f64(),
+        per_task(scheduler_cpu),
+    );
     check_placements(&client, args).await
+}
+
+/// The CPU time (user + system) of process `pid` (or `self`), from `/proc`.
+fn cpu_of(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros((ticks(11) + ticks(12)) * 1_000_000 / hz)
+}
+
+/// The pid of the `loom apiserver` process listening at `url`.
+fn server_pid(url: &str) -> Option<String> {
+    let listen = url.trim_start_matches("http://");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.contains(" apiserver ") && cmdline.contains(listen)).then_some(pid)
+        })
 }
 
 /// Follows a watch of the tasks and counts each first seen with a node.
