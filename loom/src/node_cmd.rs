@@ -138,6 +138,23 @@ pub enum ImageCommand {
         #[arg(long, env = "LOOM_STATE_DIR", default_value = "/var/lib/loom/nodelet")]
         state_dir: PathBuf,
     },
+    /// Pull an image from a registry into a node's image store.
+    Pull {
+        /// The image: `host[:port]/repository[:tag|@digest]`.
+        reference: String,
+        /// The nodelet's state directory.
+        #[arg(long, env = "LOOM_STATE_DIR", default_value = "/var/lib/loom/nodelet")]
+        state_dir: PathBuf,
+        /// Reach the registry over plain HTTP (loopback registries always are).
+        #[arg(long)]
+        insecure: bool,
+        /// The registry user (token and basic auth); anonymous without it.
+        #[arg(long, env = "LOOM_REGISTRY_USERNAME")]
+        username: Option<String>,
+        /// The registry user's password or token.
+        #[arg(long, env = "LOOM_REGISTRY_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
     /// List the images of a node's image store.
     List {
         /// The nodelet's state directory.
@@ -161,6 +178,48 @@ pub fn image(args: ImageArgs) -> anyhow::Result<()> {
             for name in names {
                 println!("imported {name}");
             }
+        }
+        ImageCommand::Pull {
+            reference,
+            state_dir,
+            insecure,
+            username,
+            password,
+        } => {
+            let store = nodelet::image::ImageStore::new(&state_dir.join("images"));
+            let auth = match username {
+                Some(user) => {
+                    nodelet::pull::RegistryAuth::Basic(user, password.unwrap_or_default())
+                }
+                None => nodelet::pull::RegistryAuth::Anonymous,
+            };
+            let plain: Vec<String> = if insecure {
+                reference
+                    .split('/')
+                    .next()
+                    .map(str::to_owned)
+                    .into_iter()
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            // The other image commands run without a runtime; a pull needs one.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let started = std::time::Instant::now();
+            let pulled =
+                runtime.block_on(nodelet::pull::pull(&store, &reference, &auth, &plain))?;
+            println!(
+                "pulled {} ({}): {} blobs fetched ({} bytes), {} cached, in {:.2}s",
+                nodelet::image::normalize(&reference),
+                pulled.image.config.digest,
+                pulled.fetched,
+                pulled.bytes,
+                pulled.cached,
+                started.elapsed().as_secs_f64()
+            );
         }
         ImageCommand::List { state_dir } => {
             let store = nodelet::image::ImageStore::new(&state_dir.join("images"));

@@ -58,6 +58,9 @@ pub enum ImageError {
     /// Reading or writing failed.
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// Pulling from a registry failed.
+    #[error("{0}")]
+    Pull(String),
 }
 
 /// The image store under a directory.
@@ -88,7 +91,7 @@ impl ImageStore {
         }
     }
 
-    fn blob(&self, digest: &str) -> Result<PathBuf, ImageError> {
+    pub(crate) fn blob(&self, digest: &str) -> Result<PathBuf, ImageError> {
         let hex = digest
             .strip_prefix("sha256:")
             .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -111,13 +114,12 @@ impl ImageStore {
     /// Finds an image by name (`busybox`, `busybox:1.36`) or digest.
     pub fn resolve(&self, name: &str) -> Result<Image, ImageError> {
         let name = normalize(name);
-        let digest = match name.split_once('@') {
-            Some((_, digest)) => digest.to_owned(),
-            None => self
-                .refs()
-                .get(&name)
-                .cloned()
-                .ok_or_else(|| ImageError::NotFound(name.clone()))?,
+        // A name pulled by the digest of an index is recorded with the digest of
+        // the manifest chosen for this platform.
+        let digest = match (self.refs().get(&name), name.split_once('@')) {
+            (Some(digest), _) => digest.clone(),
+            (None, Some((_, digest))) => digest.to_owned(),
+            (None, None) => return Err(ImageError::NotFound(name.clone())),
         };
         let hex = digest.trim_start_matches("sha256:");
         let rootfs = self.root.join("rootfs").join(hex);
@@ -204,6 +206,21 @@ impl ImageStore {
         Ok(imported)
     }
 
+    /// Records `name` (normalized) as the manifest `digest`.
+    pub(crate) fn set_ref(&self, name: &str, digest: &str) -> Result<(), ImageError> {
+        // Concurrent pulls of different names must not lose each other's entry.
+        static REFS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = REFS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut refs = self.refs();
+        refs.insert(normalize(name), digest.to_owned());
+        std::fs::create_dir_all(&self.root)?;
+        let bytes = serde_json::to_vec_pretty(&refs).map_err(io::Error::other)?;
+        write_atomic(&self.root.join("refs.json"), &bytes)?;
+        Ok(())
+    }
+
     /// Copies a blob from the layout into the store, verifying its digest.
     fn copy_blob(&self, layout: &Path, digest: &str) -> Result<PathBuf, ImageError> {
         let target = self.blob(digest)?;
@@ -259,7 +276,7 @@ impl ImageStore {
     }
 
     /// Unpacks the layers of manifest `digest` into `rootfs/HEX` (once).
-    fn unpack(
+    pub(crate) fn unpack(
         &self,
         digest: &str,
         config: &serde_json::Value,
@@ -303,7 +320,7 @@ impl ImageStore {
     }
 }
 
-fn platform_arch() -> &'static str {
+pub(crate) fn platform_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

@@ -9,6 +9,7 @@ pub mod driver;
 pub mod image;
 pub mod logfile;
 pub mod node;
+pub mod pull;
 pub mod run;
 pub mod server;
 pub mod shim;
@@ -76,6 +77,9 @@ pub struct Config {
     /// Stop every task when the nodelet exits (`loom up`); otherwise tasks keep
     /// running and the next nodelet adopts them.
     pub stop_tasks_on_exit: bool,
+    /// Registries (`host:port`) pulled from over plain HTTP; loopback ones are
+    /// always.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Config {
@@ -102,6 +106,7 @@ impl Config {
             renew_interval: Duration::from_secs(10),
             status_interval: Duration::from_secs(30),
             stop_tasks_on_exit: false,
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -218,6 +223,10 @@ pub async fn run_with(
         config: config.clone(),
         driver,
         images: image::ImageStore::new(&config.state_dir.join("images")),
+        puller: pull::Puller::new(
+            image::ImageStore::new(&config.state_dir.join("images")),
+            config.insecure_registries.clone(),
+        ),
         client: client.clone(),
         recorder: Recorder::new(client.clone(), "loom-nodelet", &config.name),
         shutdown: shutdown.clone(),

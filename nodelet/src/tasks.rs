@@ -39,6 +39,8 @@ pub struct Ctx {
     pub driver: Arc<dyn Driver>,
     /// The node's images.
     pub images: ImageStore,
+    /// Pulls registry images, once for all the tasks needing one.
+    pub puller: crate::pull::Puller,
     /// The API.
     pub client: Client,
     /// Events.
@@ -695,6 +697,11 @@ async fn start(ctx: &Ctx, dir: &Path, task: &Task, n: u32) -> Result<Started, Ex
         name: task.metadata.name.clone(),
         uid: task.metadata.uid.clone(),
     };
+    let pulled = ctx
+        .puller
+        .pull_missing(task)
+        .await
+        .map_err(|e| failed("ImagePullFailed", e.to_string()));
     let prepared = (|| -> Result<(), ExitRecord> {
         std::fs::create_dir_all(&run.0)
             .map_err(|e| failed("StartFailed", format!("{}: {e}", run.0.display())))?;
@@ -702,6 +709,7 @@ async fn start(ctx: &Ctx, dir: &Path, task: &Task, n: u32) -> Result<Started, Ex
             serde_json::to_vec(&record).map_err(|e| failed("StartFailed", e.to_string()))?;
         write_atomic(&dir.join("task.json"), &bytes)
             .map_err(|e| failed("StartFailed", e.to_string()))?;
+        pulled?;
         let spec = run_spec(ctx, task, n)?;
         let bytes =
             serde_json::to_vec_pretty(&spec).map_err(|e| failed("StartFailed", e.to_string()))?;

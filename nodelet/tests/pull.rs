@@ -1,0 +1,349 @@
+//! Registry pulls against Debian's `docker-registry` on loopback, holding a
+//! busybox image built from the host's busybox and pushed with `skopeo`. The
+//! registry's access log tells what was fetched. Skipped without the two tools;
+//! the tests that run containers also need root.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nodelet::image::ImageStore;
+use nodelet::pull::{RegistryAuth, pull};
+use serde_json::json;
+use support::{Harness, is_root, phase};
+
+const LONG: Duration = Duration::from_secs(20);
+
+/// A `docker-registry` on a free loopback port, killed on drop.
+struct Registry {
+    child: Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts one, or says why not and returns None.
+    fn start() -> Option<Registry> {
+        for tool in ["/usr/bin/docker-registry", "/usr/bin/skopeo"] {
+            if !Path::new(tool).exists() {
+                eprintln!("skipped: no {tool} (apt install docker-registry skopeo)");
+                return None;
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let registry = Registry { child, addr, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !registry.ready() {
+            assert!(
+                Instant::now() < deadline,
+                "the registry did not answer: {}",
+                registry.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(registry)
+    }
+
+    fn ready(&self) -> bool {
+        let Ok(mut stream) = std::net::TcpStream::connect(&self.addr) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        if stream
+            .write_all(b"GET /v2/ HTTP/1.0\r\nHost: x\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut reply = String::new();
+        let _ = stream.read_to_string(&mut reply);
+        reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Access-log lines of GETs of `path` (e.g. `/v2/busybox/manifests/1`).
+    fn gets(&self, path: &str) -> usize {
+        let needle = format!("\"GET {path} ");
+        self.log().lines().filter(|l| l.contains(&needle)).count()
+    }
+
+    /// Builds the busybox layout and pushes it as `busybox:TAG`.
+    fn push_busybox(&self, tag: &str) {
+        let layout = self.dir.path().join(format!("layout-{tag}"));
+        nodelet::image::busybox_layout(&layout, Path::new("/bin/busybox"), "latest").unwrap();
+        let output = Command::new("/usr/bin/skopeo")
+            .args([
+                "--insecure-policy",
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+            ])
+            .arg(format!("oci:{}:latest", layout.display()))
+            .arg(format!("docker://{}/busybox:{tag}", self.addr))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "skopeo push failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// The blob files the registry serves, largest first.
+    fn stored_blobs(&self) -> Vec<PathBuf> {
+        let root = self.dir.path().join("data/docker/registry/v2/blobs/sha256");
+        let mut blobs: Vec<PathBuf> = std::fs::read_dir(root)
+            .unwrap()
+            .flatten()
+            .flat_map(|prefix| std::fs::read_dir(prefix.path()).unwrap().flatten())
+            .map(|d| d.path().join("data"))
+            .collect();
+        blobs.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
+        blobs
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The layer digests of the image `name` in `store`.
+fn layers(store_root: &Path, name: &str) -> Vec<String> {
+    let refs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store_root.join("refs.json")).unwrap()).unwrap();
+    let digest = refs[name].as_str().unwrap().to_owned();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            store_root
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_runs_a_pulled_image_and_a_second_pull_fetches_only_the_manifest() {
+    if !is_root() {
+        eprintln!("skipped: running containers needs root");
+        return;
+    }
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    registry.push_busybox("1");
+    let image = format!("{}/busybox:1", registry.addr);
+    let h = Harness::new("pull").await;
+    let nodelet = h.start(h.config(), None);
+    let started = Instant::now();
+    h.create(json!({"metadata": {"name": "pulled"}, "spec": {
+        "image": image, "command": ["sh", "-c", "echo from the registry; ls /bin/busybox"]
+    }}))
+    .await;
+    let task = h
+        .wait_for("pulled", LONG, |t| phase(t) == "Completed")
+        .await;
+    eprintln!(
+        "task created -> Completed with the pull: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(task.status.unwrap().exit_code, Some(0));
+    nodelet.stop().await;
+
+    let images = h.state.join("images");
+    let layer = layers(&images, &image).pop().unwrap();
+    let layer_path = format!("/v2/busybox/blobs/{layer}");
+    assert_eq!(registry.gets(&layer_path), 1);
+    assert_eq!(registry.gets("/v2/busybox/manifests/1"), 1);
+
+    // Pulled again: only the manifest crosses the wire.
+    let store = ImageStore::new(&images);
+    let again = pull(&store, &image, &RegistryAuth::Anonymous, &[])
+        .await
+        .unwrap();
+    assert_eq!((again.fetched, again.cached, again.bytes), (0, 2, 0));
+    assert_eq!(
+        registry.gets(&layer_path),
+        1,
+        "the layer is not fetched again"
+    );
+    assert_eq!(registry.gets("/v2/busybox/manifests/1"), 2);
+    assert!(registry.log().matches("\"GET /v2/busybox/blobs/").count() == 2);
+
+    // Into an empty store: everything is fetched, and timed.
+    let fresh = tempfile::tempdir().unwrap();
+    let store = ImageStore::new(fresh.path());
+    let started = Instant::now();
+    let first = pull(&store, &image, &RegistryAuth::Anonymous, &[])
+        .await
+        .unwrap();
+    eprintln!(
+        "first pull of {image}: {:?}, {} blobs, {} bytes",
+        started.elapsed(),
+        first.fetched,
+        first.bytes
+    );
+    assert_eq!(first.fetched, 2);
+    assert!(first.image.rootfs.join("bin/busybox").is_file());
+    assert_eq!(first.image.config.cmd, vec!["sh"]);
+    assert_eq!(
+        store.resolve(&image).unwrap().config.digest,
+        first.image.config.digest
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_tasks_needing_one_image_pull_it_once_and_a_missing_image_fails_its_task() {
+    if !is_root() {
+        eprintln!("skipped: running containers needs root");
+        return;
+    }
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    registry.push_busybox("1");
+    let image = format!("{}/busybox:1", registry.addr);
+    let h = Harness::new("pull5").await;
+    let nodelet = h.start(h.config(), None);
+    for i in 0..5 {
+        h.create(json!({"metadata": {"name": format!("t{i}")}, "spec": {
+            "image": image, "command": ["true"]
+        }}))
+        .await;
+    }
+    h.create(json!({"metadata": {"name": "missing"}, "spec": {
+        "image": format!("{}/nope:1", registry.addr), "command": ["true"]
+    }}))
+    .await;
+    for i in 0..5 {
+        h.wait_for(&format!("t{i}"), LONG, |t| phase(t) == "Completed")
+            .await;
+    }
+    let missing = h.wait_for("missing", LONG, |t| phase(t) == "Failed").await;
+    let status = missing.status.unwrap();
+    assert_eq!(status.reason, "ImagePullFailed");
+    assert!(status.message.contains("nope:1"), "{}", status.message);
+    nodelet.stop().await;
+
+    let layer = layers(&h.state.join("images"), &image).pop().unwrap();
+    assert_eq!(registry.gets("/v2/busybox/manifests/1"), 1, "one pull");
+    assert_eq!(registry.gets(&format!("/v2/busybox/blobs/{layer}")), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_layers_and_manifests_are_refused() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    registry.push_busybox("1");
+    let image = format!("{}/busybox:1", registry.addr);
+    let blobs = registry.stored_blobs();
+
+    // A layer whose bytes are not those of its digest.
+    let layer = &blobs[0];
+    let mut bytes = std::fs::read(layer).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(layer, &bytes).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::new(dir.path());
+    let error = pull(&store, &image, &RegistryAuth::Anonymous, &[])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("digest") && error.contains("busybox:1"),
+        "{error}"
+    );
+    let layer_digest = format!(
+        "sha256:{}",
+        layer
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+    );
+    assert!(error.contains(&layer_digest), "{error}");
+    let stored: Vec<String> = std::fs::read_dir(dir.path().join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !stored
+            .iter()
+            .any(|n| layer_digest.ends_with(n.split('.').next().unwrap())),
+        "nothing of the layer is kept: {stored:?}"
+    );
+    assert!(store.list().is_empty());
+    assert!(store.resolve(&image).is_err());
+
+    // A manifest whose bytes are not those of its digest (still valid JSON).
+    let manifest = blobs
+        .iter()
+        .find(|p| {
+            serde_json::from_slice::<serde_json::Value>(&std::fs::read(p).unwrap())
+                .is_ok_and(|v| v["layers"].is_array())
+        })
+        .unwrap();
+    let mut text = std::fs::read(manifest).unwrap();
+    text.push(b'\n');
+    std::fs::write(manifest, text).unwrap();
+    let error = pull(&store, &image, &RegistryAuth::Anonymous, &[])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("igest"), "{error}");
+    assert!(store.list().is_empty());
+
+    // A digest the registry does not have.
+    let unknown = format!("{}/busybox@sha256:{}", registry.addr, "0".repeat(64));
+    let error = pull(&store, &unknown, &RegistryAuth::Anonymous, &[])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("cannot pull"), "{error}");
+}
