@@ -229,6 +229,84 @@ impl Footprint {
     }
 }
 
+/// Removes what runs of the suite that died without tearing down left behind
+/// (a test killed by a timeout), found by their names.
+fn sweep_dead_runs() {
+    let mut pids = Vec::new();
+    let mut places = vec![PathBuf::from("/run/netns"), std::env::temp_dir()];
+    if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {
+        places.extend(entries.flatten().map(|e| e.path()));
+    }
+    for place in &places {
+        let Ok(entries) = fs::read_dir(place) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("loom-e2e-")) else {
+                continue;
+            };
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            if let Ok(pid) = digits.parse::<u32>() {
+                pids.push(pid);
+            }
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    for pid in pids {
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let id = format!("loom-e2e-{pid}");
+        let netns: Vec<String> = fs::read_dir("/run/netns")
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(&format!("{id}-")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut dirs: Vec<PathBuf> = fs::read_dir(std::env::temp_dir())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_str()
+                            .is_some_and(|n| n.starts_with(&format!("{id}-")))
+                    })
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if dirs.is_empty() {
+            dirs.push(std::env::temp_dir().join(format!("{id}-gone")));
+        }
+        for dir in dirs {
+            eprintln!("removing what the dead e2e run {pid} left behind");
+            Footprint {
+                dir,
+                cgroup_parent: id.clone(),
+                netns: netns.clone(),
+                veths: (1..=NODES).map(|n| format!("le{pid}h{n}")).collect(),
+            }
+            .remove();
+        }
+    }
+}
+
+/// The second octet of a 10.X.0.0/16 that no interface of this machine uses, for
+/// the nodes' links (so two runs on one machine do not collide).
+fn free_net() -> u8 {
+    let output = quiet("ip", &["-o", "-4", "addr", "show"]).expect("ip runs");
+    let addrs = String::from_utf8_lossy(&output.stdout).into_owned();
+    (200..=254)
+        .find(|x| !addrs.contains(&format!(" 10.{x}.")))
+        .expect("a free 10.X.0.0/16 among 10.200-10.254")
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -344,8 +422,10 @@ impl Cluster {
                 bin.display()
             );
         }
+        sweep_dead_runs();
         let pid = std::process::id();
         let id = format!("loom-e2e-{pid}");
+        let net = free_net();
         let dir = tempfile::Builder::new()
             .prefix(&format!("{id}-"))
             .tempdir()
@@ -356,8 +436,8 @@ impl Cluster {
                 name: format!("e2e-node-{n}"),
                 netns: format!("{id}-{n}"),
                 host_veth: format!("le{pid}h{n}"),
-                host_ip: format!("10.231.{n}.1"),
-                ip: format!("10.231.{n}.2"),
+                host_ip: format!("10.{net}.{n}.1"),
+                ip: format!("10.{net}.{n}.2"),
             })
             .collect();
         let footprint = Footprint {
