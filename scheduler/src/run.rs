@@ -4,6 +4,7 @@
 //! when nothing can.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -50,10 +51,13 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
+        // Unique across machines too: a scheduler ignores claims bearing its own name.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
         Config {
             identity: format!(
-                "loom-scheduler-{}-{}",
-                std::process::id(),
+                "loom-scheduler-{random:016x}-{}",
                 NEXT.fetch_add(1, Ordering::Relaxed)
             ),
             binds_in_flight: 64,
