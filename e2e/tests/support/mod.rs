@@ -396,8 +396,8 @@ pub struct Cluster {
     loom: PathBuf,
     loomctl: PathBuf,
     etcd_url: String,
-    /// The API servers' addresses: the first on loopback, the second on node 1's host
-    /// veth, which every node reaches through its default route.
+    /// The API servers' addresses, on the host ends of the first two nodes' veths:
+    /// every node reaches both through its default route, and so can fail over.
     api: Vec<SocketAddr>,
     etcd: Option<Proc>,
     apiservers: Vec<Option<Proc>>,
@@ -462,22 +462,16 @@ impl Cluster {
         fs::create_dir_all(cluster.logs()).expect("the log dir");
         cluster.network();
         cluster.start_etcd();
-        let loopback = free_port("127.0.0.1");
-        let veth = free_port(&cluster.nodes[0].host_ip);
-        cluster.api = vec![loopback, veth];
+        cluster.api = vec![
+            free_port(&cluster.nodes[1].host_ip),
+            free_port(&cluster.nodes[0].host_ip),
+        ];
         for i in 0..cluster.api.len() {
             let proc = cluster.spawn_apiserver(i);
             cluster.apiservers.push(Some(proc));
         }
         for &addr in &cluster.api {
-            wait_for(
-                &format!("the API server at {addr}"),
-                Duration::from_secs(30),
-                || match http_get(addr, "/readyz") {
-                    Some((200, _)) => Ok(()),
-                    other => Err(format!("{other:?}")),
-                },
-            );
+            wait_api_ready(addr);
         }
         cluster.start_controllers();
         cluster.start_scheduler();
@@ -504,7 +498,7 @@ impl Cluster {
         self.footprint.dir.join("logs")
     }
 
-    /// The servers every control-plane client is given, in failover order.
+    /// The servers every client is given, in failover order.
     pub fn servers(&self) -> String {
         self.api
             .iter()
@@ -686,8 +680,7 @@ impl Cluster {
             self.loom.display().to_string(),
             "nodelet".to_owned(),
             "--server".to_owned(),
-            // The loopback API server is out of a node's reach; the other is on its route.
-            format!("http://{}", self.api[1]),
+            self.servers(),
             "--name".to_owned(),
             node.name.clone(),
             "--state-dir".to_owned(),
@@ -791,6 +784,13 @@ impl Cluster {
         }
     }
 
+    /// Starts a killed API server again and waits until it is ready.
+    pub fn restart_apiserver(&mut self, i: usize) {
+        let proc = self.spawn_apiserver(i);
+        self.apiservers[i] = Some(proc);
+        wait_api_ready(self.api[i]);
+    }
+
     /// Kills the scheduler with SIGKILL.
     pub fn kill_scheduler(&mut self) {
         if let Some(mut proc) = self.scheduler.take() {
@@ -872,6 +872,17 @@ impl Drop for Cluster {
 fn free_port(ip: &str) -> SocketAddr {
     let listener = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("no port on {ip}: {e}"));
     listener.local_addr().expect("a bound address")
+}
+
+fn wait_api_ready(addr: SocketAddr) {
+    wait_for(
+        &format!("the API server at {addr}"),
+        Duration::from_secs(30),
+        || match http_get(addr, "/readyz") {
+            Some((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
 }
 
 /// A plain HTTP GET: the status code and body, or None if nothing answered.
