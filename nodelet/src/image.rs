@@ -91,6 +91,11 @@ impl ImageStore {
         }
     }
 
+    /// The store's directory.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub(crate) fn blob(&self, digest: &str) -> Result<PathBuf, ImageError> {
         let hex = digest
             .strip_prefix("sha256:")

@@ -365,7 +365,56 @@ async fn download(
 
 type Flight = Arc<OnceCell<Result<Image, String>>>;
 
+/// The credentials for `registry` in a containers `auth.json` (the `auths` map
+/// of a Docker `config.json`): `{"auths": {"HOST[:PORT]": {"auth":
+/// "base64(user:password)"}}}` or `{"username": ..., "password": ...}`. None
+/// when the file or the entry is missing: the pull is anonymous.
+pub fn credentials(file: &std::path::Path, registry: &str) -> Result<Option<RegistryAuth>, String> {
+    use base64::Engine as _;
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+    };
+    let config: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not JSON: {e}", file.display()))?;
+    let hub = matches!(
+        registry,
+        "docker.io" | "index.docker.io" | "registry-1.docker.io"
+    );
+    let entry = [registry, "https://index.docker.io/v1/", "docker.io"]
+        .iter()
+        .take(if hub { 3 } else { 1 })
+        .find_map(|key| config["auths"].get(*key));
+    let Some(entry) = entry else {
+        return Ok(None);
+    };
+    if let (Some(user), Some(password)) = (entry["username"].as_str(), entry["password"].as_str()) {
+        return Ok(Some(RegistryAuth::Basic(
+            user.to_owned(),
+            password.to_owned(),
+        )));
+    }
+    let bad = || {
+        format!(
+            "{}: the auth of {registry} is not base64 of user:password",
+            file.display()
+        )
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(entry["auth"].as_str().unwrap_or_default())
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (user, password) = text.split_once(':').ok_or_else(bad)?;
+    Ok(Some(RegistryAuth::Basic(
+        user.to_owned(),
+        password.to_owned(),
+    )))
+}
+
 /// A node's puller: the tasks needing an image that is not here share one pull.
+/// Credentials come from `auth.json` in the image store's directory, read at
+/// each pull (see [`credentials`]).
 #[derive(Debug)]
 pub struct Puller {
     store: ImageStore,
@@ -391,7 +440,7 @@ impl Puller {
         self.pulls.load(Ordering::Relaxed)
     }
 
-    /// The image `reference`, from the store or else pulled (anonymously). Calls
+    /// The image `reference`, from the store or else pulled. Calls
     /// for one reference while its pull runs wait for that pull and share its
     /// result; a failed pull is tried again by the next call after it.
     pub async fn ensure(&self, reference: &str) -> Result<Image, ImageError> {
@@ -409,7 +458,13 @@ impl Puller {
                     return Ok(image);
                 }
                 self.pulls.fetch_add(1, Ordering::Relaxed);
-                pull(&self.store, &key, &RegistryAuth::Anonymous, &self.insecure)
+                let registry = key
+                    .parse::<Reference>()
+                    .map(|r| r.resolve_registry().to_owned())
+                    .map_err(|e| format!("{key:?} is not an image reference: {e}"))?;
+                let file = self.store.root().join("auth.json");
+                let auth = credentials(&file, &registry)?.unwrap_or(RegistryAuth::Anonymous);
+                pull(&self.store, &key, &auth, &self.insecure)
                     .await
                     .map(|p| p.image)
                     .map_err(|e| e.to_string())
@@ -466,6 +521,38 @@ mod tests {
         assert!(is_loopback("[::1]:5000"));
         assert!(!is_loopback("docker.io"));
         assert!(!is_loopback("10.0.0.1:5000"));
+    }
+
+    #[test]
+    fn credentials_come_from_auth_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("auth.json");
+        assert!(credentials(&file, "r.example:5000").unwrap().is_none());
+        std::fs::write(
+            &file,
+            serde_json::json!({"auths": {
+                "r.example:5000": {"username": "u", "password": "p"},
+                "https://index.docker.io/v1/": {"auth": "aHViOnNlY3JldA=="},
+                "bad.example": {"auth": "!!"},
+            }})
+            .to_string(),
+        )
+        .unwrap();
+        let basic = |auth: Option<RegistryAuth>| match auth {
+            Some(RegistryAuth::Basic(user, password)) => Some((user, password)),
+            _ => None,
+        };
+        assert_eq!(
+            basic(credentials(&file, "r.example:5000").unwrap()),
+            Some(("u".into(), "p".into()))
+        );
+        assert_eq!(
+            basic(credentials(&file, "index.docker.io").unwrap()),
+            Some(("hub".into(), "secret".into()))
+        );
+        assert!(credentials(&file, "other.example").unwrap().is_none());
+        let error = credentials(&file, "bad.example").unwrap_err();
+        assert!(error.contains("not base64"), "{error}");
     }
 
     #[test]

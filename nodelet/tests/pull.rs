@@ -28,6 +28,11 @@ struct Registry {
 impl Registry {
     /// Starts one, or says why not and returns None.
     fn start() -> Option<Registry> {
+        Registry::start_with(None)
+    }
+
+    /// Starts one; with `htpasswd` (a `user:bcrypt` line) it wants basic auth.
+    fn start_with(htpasswd: Option<&str>) -> Option<Registry> {
         for tool in ["/usr/bin/docker-registry", "/usr/bin/skopeo"] {
             if !Path::new(tool).exists() {
                 eprintln!("skipped: no {tool} (apt install docker-registry skopeo)");
@@ -42,14 +47,19 @@ impl Registry {
             .port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        if let Some(line) = htpasswd {
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, format!("{line}\n")).unwrap();
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: loom-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        std::fs::write(&config, yaml).unwrap();
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
         let child = Command::new("/usr/bin/docker-registry")
             .arg("serve")
@@ -84,7 +94,8 @@ impl Registry {
         }
         let mut reply = String::new();
         let _ = stream.read_to_string(&mut reply);
-        reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200")
+        // 200, or 401 when it wants credentials.
+        reply.starts_with("HTTP/") && matches!(reply.split(' ').nth(1), Some("200" | "401"))
     }
 
     fn log(&self) -> String {
@@ -99,6 +110,11 @@ impl Registry {
 
     /// Builds the busybox layout and pushes it as `busybox:TAG`.
     fn push_busybox(&self, tag: &str) {
+        self.push_busybox_as(tag, None);
+    }
+
+    /// Pushes it with `user:password` credentials.
+    fn push_busybox_as(&self, tag: &str, creds: Option<&str>) {
         let layout = self.dir.path().join(format!("layout-{tag}"));
         nodelet::image::busybox_layout(&layout, Path::new("/bin/busybox"), "latest").unwrap();
         let output = Command::new("/usr/bin/skopeo")
@@ -108,6 +124,7 @@ impl Registry {
                 "--quiet",
                 "--dest-tls-verify=false",
             ])
+            .args(creds.map(|c| format!("--dest-creds={c}")))
             .arg(format!("oci:{}:latest", layout.display()))
             .arg(format!("docker://{}/busybox:{tag}", self.addr))
             .stdin(Stdio::null())
@@ -346,4 +363,49 @@ async fn corrupted_layers_and_manifests_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("cannot pull"), "{error}");
+}
+
+/// `loom` with password `loom-test-password`, bcrypt cost 4.
+const HTPASSWD: &str = "loom:$2b$04$fKapqBK9K2xBNhkurjMKzOGQP//iIy9wNHfuW12rcO5q01jfdfzxK";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_used_and_anonymous_pulls_refused() {
+    let Some(registry) = Registry::start_with(Some(HTPASSWD)) else {
+        return;
+    };
+    registry.push_busybox_as("1", Some("loom:loom-test-password"));
+    let image = format!("{}/busybox:1", registry.addr);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::new(&dir.path().join("anonymous"));
+    let error = pull(&store, &image, &RegistryAuth::Anonymous, &[])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("cannot pull"), "{error}");
+    assert!(store.list().is_empty());
+    let basic = RegistryAuth::Basic("loom".into(), "loom-test-password".into());
+    let pulled = pull(&store, &image, &basic, &[]).await.unwrap();
+    assert_eq!(pulled.fetched, 2);
+
+    // The node's puller reads them from auth.json beside its store.
+    let root = dir.path().join("node");
+    let puller = nodelet::pull::Puller::new(ImageStore::new(&root), Vec::new());
+    assert!(puller.ensure(&image).await.is_err(), "no credentials yet");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(
+        root.join("auth.json"),
+        json!({"auths": {registry.addr.clone(): {"auth": "bG9vbTpsb29tLXRlc3QtcGFzc3dvcmQ="}}})
+            .to_string(),
+    )
+    .unwrap();
+    let image_here = puller.ensure(&image).await.unwrap();
+    assert!(image_here.rootfs.join("bin/busybox").is_file());
+    assert_eq!(puller.pulls(), 2);
+    puller.ensure(&image).await.unwrap();
+    assert_eq!(
+        puller.pulls(),
+        2,
+        "an image on the node is not pulled again"
+    );
 }
