@@ -301,6 +301,16 @@ spec:
     cluster.assert_running();
     cluster.restart_apiserver(0);
 
+    let mut completed: Vec<String> = tasks_of_job(cluster, "chaos")
+        .iter()
+        .filter(|t| t["status"]["phase"] == "Completed")
+        .filter_map(|t| t["metadata"]["labels"]["loom.dev/job-index"].as_str())
+        .map(str::to_owned)
+        .collect();
+    completed.sort_by_key(|i| i.parse::<u32>().unwrap());
+    let want: Vec<String> = (0..12).map(|i| i.to_string()).collect();
+    assert_eq!(completed, want, "one Completed task an index");
+
     for index in 0..12 {
         let path = out.join(index.to_string()).join("runs");
         let runs = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
