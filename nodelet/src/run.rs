@@ -160,6 +160,15 @@ impl RunDir {
     }
 }
 
+/// Writes `bytes` to `path` atomically (temp file, rename), without waiting for
+/// the disk: run files guard against the nodelet or a shim dying, which loses
+/// nothing written; a machine crash ends every run anyway.
+pub fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");

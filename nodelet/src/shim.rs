@@ -22,7 +22,7 @@ use chrono::Utc;
 
 use crate::cgroup::Cgroup;
 use crate::logfile::RotatingWriter;
-use crate::run::{DriverKind, ExitRecord, RunDir, RunSpec, Started, write_atomic};
+use crate::run::{DriverKind, ExitRecord, RunDir, RunSpec, Started, write_replace};
 
 /// Runs the shim for the run directory `dir`. Returns non-zero only when it could
 /// not even record why it failed.
@@ -54,7 +54,7 @@ pub fn main(dir: &Path) -> ExitCode {
         Ok(bytes) => bytes,
         Err(_) => return ExitCode::FAILURE,
     };
-    match write_atomic(&run_dir.exit(), &bytes) {
+    match write_replace(&run_dir.exit(), &bytes) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             shim_log(&run_dir, &format!("cannot write the exit record: {error}"));
@@ -111,7 +111,7 @@ fn run(dir: &RunDir, spec: &RunSpec) -> ExitRecord {
     let started_at = Utc::now();
     let report = Started { pid, started_at };
     if let Ok(line) = serde_json::to_vec(&report) {
-        let _ = write_atomic(&dir.started(), &line);
+        let _ = write_replace(&dir.started(), &line);
         let mut stdout = std::io::stdout();
         let _ = stdout.write_all(&line);
         let _ = stdout.write_all(b"\n");

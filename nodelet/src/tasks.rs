@@ -28,7 +28,7 @@ use crate::Config;
 use crate::driver::{Driver, Found};
 use crate::image::ImageStore;
 use crate::run::{
-    DriverKind, ExitRecord, Limits, MountSpec, RunDir, RunSpec, Started, write_atomic,
+    DriverKind, ExitRecord, Limits, MountSpec, RunDir, RunSpec, Started, write_replace,
 };
 
 /// What the actors share.
@@ -404,9 +404,20 @@ async fn step(
 ) -> Result<Step, client::Error> {
     match local {
         Local::Running {
-            n, started, stop, ..
+            n,
+            started,
+            stop,
+            exit,
         } => {
             let n = *n;
+            // A short run may be over before its start is reported: report the
+            // end alone.
+            if stop.is_none()
+                && let Ok(record) = exit.try_recv()
+            {
+                *local = Local::Exited { n, record };
+                return Ok(Step::Again);
+            }
             let run = run_dir(dir, n);
             if let Some(stopping) = stop.as_mut() {
                 if !stopping.killed && tokio::time::Instant::now() >= stopping.kill_at {
@@ -427,7 +438,7 @@ async fn step(
                     at: Utc::now(),
                 };
                 if let Ok(bytes) = serde_json::to_vec(&record) {
-                    let _ = write_atomic(&run.0.join("stop.json"), &bytes);
+                    let _ = write_replace(&run.0.join("stop.json"), &bytes);
                 }
                 let grace = grace(&ctx.config, task);
                 info!(run = %run.0.display(), %reason, ?grace, "stopping: SIGTERM");
@@ -572,36 +583,38 @@ async fn step(
                 }
             };
             let written = write_status(ctx, task, patch).await?;
-            if let Some(phase) = terminal {
-                let event_type = if phase == TaskPhase::Completed {
-                    EventType::Normal
-                } else {
-                    EventType::Warning
-                };
-                let event_reason = if reason.is_empty() {
-                    phase.to_string()
-                } else {
-                    reason.clone()
-                };
-                let _ = ctx
-                    .recorder
-                    .publish(
-                        &ObjectReference::to(task),
-                        event_type,
-                        &event_reason,
-                        &message,
-                    )
-                    .await;
-            } else {
-                let _ = ctx
-                    .recorder
-                    .publish(
-                        &ObjectReference::to(task),
-                        EventType::Warning,
-                        "BackOff",
-                        &format!("{message}: restarting"),
-                    )
-                    .await;
+            // Events for what a user must look at: failures, kills, restarts (a
+            // completion is in the status; an event for each would double the
+            // writes of a batch job).
+            match terminal {
+                Some(TaskPhase::Completed) => {}
+                Some(phase) => {
+                    let event_reason = if reason.is_empty() {
+                        phase.to_string()
+                    } else {
+                        reason.clone()
+                    };
+                    let _ = ctx
+                        .recorder
+                        .publish(
+                            &ObjectReference::to(task),
+                            EventType::Warning,
+                            &event_reason,
+                            &message,
+                        )
+                        .await;
+                }
+                None => {
+                    let _ = ctx
+                        .recorder
+                        .publish(
+                            &ObjectReference::to(task),
+                            EventType::Warning,
+                            "BackOff",
+                            &format!("{message}: restarting"),
+                        )
+                        .await;
+                }
             }
             *local = Local::Idle {
                 last: n,
@@ -707,19 +720,24 @@ async fn start(ctx: &Ctx, dir: &Path, task: &Task, n: u32) -> Result<Started, Ex
             .map_err(|e| failed("StartFailed", format!("{}: {e}", run.0.display())))?;
         let bytes =
             serde_json::to_vec(&record).map_err(|e| failed("StartFailed", e.to_string()))?;
-        write_atomic(&dir.join("task.json"), &bytes)
-            .map_err(|e| failed("StartFailed", e.to_string()))?;
+        let record_path = dir.join("task.json");
+        if !record_path.exists() {
+            write_replace(&record_path, &bytes)
+        } else {
+            Ok(())
+        }
+        .map_err(|e| failed("StartFailed", e.to_string()))?;
         pulled?;
         let spec = run_spec(ctx, task, n)?;
         let bytes =
             serde_json::to_vec_pretty(&spec).map_err(|e| failed("StartFailed", e.to_string()))?;
-        write_atomic(&run.spec(), &bytes).map_err(|e| failed("StartFailed", e.to_string()))?;
+        write_replace(&run.spec(), &bytes).map_err(|e| failed("StartFailed", e.to_string()))?;
         Ok(())
     })();
     if let Err(record) = prepared {
         // Remember the failure as this run's end.
         if let Ok(bytes) = serde_json::to_vec(&record) {
-            let _ = write_atomic(&run.exit(), &bytes);
+            let _ = write_replace(&run.exit(), &bytes);
         }
         return Err(record);
     }
