@@ -1,8 +1,10 @@
 //! `loom-bench`: Loom's benchmarks, each reported beside the raw baseline measured in the same run.
 
 mod api;
+mod job;
 mod measure;
 mod nodelet;
+mod report;
 mod runtime;
 mod schedule;
 mod store;
@@ -41,6 +43,10 @@ enum Command {
     /// The nodelet: task bound -> process running and -> Completed, beside bare
     /// libcontainer create -> exit.
     Nodelet(nodelet::NodeletArgs),
+    /// Runs every benchmark and writes docs/perf.md and docs/perf.json.
+    Report(report::ReportArgs),
+    /// One Job of many exec tasks through every part, submit -> Completed.
+    Job(job::JobArgs),
     /// Bare libcontainer create -> exit (run as a child of `nodelet`).
     #[command(hide = true)]
     BareContainer(nodelet::BareArgs),
@@ -70,6 +76,16 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    // The report runs each benchmark as a child process.
+    if let Command::Report(args) = cli.command {
+        return match report::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("loom-bench: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // libcontainer forks and changes the working directory: no runtime, no threads.
     if let Command::BareContainer(args) = cli.command {
         return match nodelet::bare_container(args) {
@@ -98,7 +114,8 @@ fn main() -> ExitCode {
             Command::Schedule(args) => schedule::run(args).await,
             Command::TouchTasks(args) => runtime::touch_tasks(args).await,
             Command::Nodelet(args) => nodelet::run(args).await,
-            Command::BareContainer(_) => Ok(()),
+            Command::Job(args) => job::run(args).await,
+            Command::BareContainer(_) | Command::Report(_) => Ok(()),
         }
     });
     match result {
