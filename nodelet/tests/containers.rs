@@ -35,7 +35,7 @@ async fn exit_codes_env_args_mounts_and_logs() {
     let nodelet = h.start(h.config(), None);
 
     h.create(json!({"metadata": {"name": "ok"}, "spec": {
-        "command": ["sh", "-c", "echo \"$GREETING $1 $LOOM_TASK_NAME\"; cat /input/in.txt > /output/out.txt; echo x > /input/y || echo input-is-read-only; ip -o link show lo; exit 0", "sh", "world"],
+        "command": ["sh", "-c", "echo \"$GREETING $1 $LOOM_TASK_NAME\"; cat /input/in.txt > /output/out.txt; echo x > /input/y || echo input-is-read-only; ip -o link show lo; grep -E '^(Seccomp|NoNewPrivs|CapBnd):' /proc/self/status; exit 0", "sh", "world"],
         "env": [{"name": "GREETING", "value": "hello"}],
         "mounts": [
             {"source": input.display().to_string(), "target": "/input"},
@@ -72,6 +72,10 @@ async fn exit_codes_env_args_mounts_and_logs() {
     assert!(log.contains("hello world ok"), "{log}");
     assert!(log.contains("input-is-read-only"), "{log}");
     assert!(log.contains("UP"), "lo is up: {log}");
+    // Seccomp filtering on, no new privileges, Docker's default capability set only.
+    assert!(log.contains("Seccomp:\t2"), "{log}");
+    assert!(log.contains("NoNewPrivs:\t1"), "{log}");
+    assert!(log.contains("CapBnd:\t00000000a80425fb"), "{log}");
 
     let fails = h.wait_for("fails", LONG, |t| phase(t) == "Failed").await;
     let status = fails.status.unwrap();
