@@ -611,8 +611,14 @@ mod tests {
         builder.append_dir_all(".", &layout).unwrap();
         builder.finish().unwrap();
         let from_tar = ImageStore::new(&dir.path().join("images-tar"));
-        assert_eq!(from_tar.import(&tarball, Some("demo:tar")).unwrap(), vec!["demo:tar".to_owned()]);
-        assert_eq!(from_tar.resolve("demo:tar").unwrap().config.digest, image.config.digest);
+        assert_eq!(
+            from_tar.import(&tarball, Some("demo:tar")).unwrap(),
+            vec!["demo:tar".to_owned()]
+        );
+        assert_eq!(
+            from_tar.resolve("demo:tar").unwrap().config.digest,
+            image.config.digest
+        );
         // Without a name the tag annotation names it after the layout.
         let names = store.import(&layout, None).unwrap();
         assert_eq!(names, vec!["layout:1.0".to_owned()]);
