@@ -116,16 +116,30 @@ pub async fn pull(
     auth: &RegistryAuth,
     insecure: &[String],
 ) -> Result<Pulled, ImageError> {
-    let parsed: Reference = reference
+    let parsed = parse(reference)?;
+    let client = client_for(parsed.resolve_registry(), insecure);
+    pull_with(&client, store, reference, &parsed, auth).await
+}
+
+fn parse(reference: &str) -> Result<Reference, ImageError> {
+    reference
         .trim()
         .parse()
-        .map_err(|e| ImageError::Pull(format!("{reference:?} is not an image reference: {e}")))?;
-    let registry = parsed.resolve_registry().to_owned();
-    let client = client_for(&registry, insecure);
+        .map_err(|e| ImageError::Pull(format!("{reference:?} is not an image reference: {e}")))
+}
+
+/// [`pull`] with a client made for the reference's registry.
+async fn pull_with(
+    client: &Client,
+    store: &ImageStore,
+    reference: &str,
+    parsed: &Reference,
+    auth: &RegistryAuth,
+) -> Result<Pulled, ImageError> {
     let fail = |what: String| ImageError::Pull(format!("cannot pull {reference}: {what}"));
     let started = std::time::Instant::now();
 
-    let (bytes, digest) = fetch_manifest(&client, store, &parsed, auth)
+    let (bytes, digest) = fetch_manifest(client, store, parsed, auth)
         .await
         .map_err(&fail)?;
     let mut manifest: Value = serde_json::from_slice(&bytes)
@@ -140,7 +154,7 @@ pub async fn pull(
         })?;
         debug!(%reference, index = %manifest_digest, manifest = %chosen, "index resolved to this platform");
         let inner = parsed.clone_with_digest(chosen.clone());
-        let (bytes, digest) = fetch_manifest(&client, store, &inner, auth)
+        let (bytes, digest) = fetch_manifest(client, store, &inner, auth)
             .await
             .map_err(&fail)?;
         manifest = serde_json::from_slice(&bytes)
@@ -172,13 +186,13 @@ pub async fn pull(
         layers.push(descriptor(layer)?);
     }
 
-    let (config_path, config_fetched) = fetch_blob(&client, store, &parsed, &config)
+    let (config_path, config_fetched) = fetch_blob(client, store, parsed, &config)
         .await
         .map_err(&fail)?;
     let fetched_layers = futures::future::try_join_all(
         layers
             .iter()
-            .map(|layer| fetch_blob(&client, store, &parsed, layer)),
+            .map(|layer| fetch_blob(client, store, parsed, layer)),
     )
     .await
     .map_err(&fail)?;
@@ -415,12 +429,24 @@ pub fn credentials(file: &std::path::Path, registry: &str) -> Result<Option<Regi
 /// A node's puller: the tasks needing an image that is not here share one pull.
 /// Credentials come from `auth.json` in the image store's directory, read at
 /// each pull (see [`credentials`]).
-#[derive(Debug)]
 pub struct Puller {
     store: ImageStore,
     insecure: Vec<String>,
     inflight: Mutex<HashMap<String, Flight>>,
+    /// Clients by registry and credentials: making one loads the system's CA
+    /// certificates, which takes a good part of a second.
+    clients: Mutex<HashMap<(String, String), Client>>,
     pulls: AtomicU64,
+}
+
+impl std::fmt::Debug for Puller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Puller")
+            .field("store", &self.store)
+            .field("insecure", &self.insecure)
+            .field("pulls", &self.pulls)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Puller {
@@ -431,6 +457,7 @@ impl Puller {
             store,
             insecure,
             inflight: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
             pulls: AtomicU64::new(0),
         }
     }
@@ -458,13 +485,12 @@ impl Puller {
                     return Ok(image);
                 }
                 self.pulls.fetch_add(1, Ordering::Relaxed);
-                let registry = key
-                    .parse::<Reference>()
-                    .map(|r| r.resolve_registry().to_owned())
-                    .map_err(|e| format!("{key:?} is not an image reference: {e}"))?;
+                let parsed = parse(&key).map_err(|e| e.to_string())?;
+                let registry = parsed.resolve_registry().to_owned();
                 let file = self.store.root().join("auth.json");
                 let auth = credentials(&file, &registry)?.unwrap_or(RegistryAuth::Anonymous);
-                pull(&self.store, &key, &auth, &self.insecure)
+                let client = self.client(&registry, &auth).await?;
+                pull_with(&client, &self.store, &key, &parsed, &auth)
                     .await
                     .map(|p| p.image)
                     .map_err(|e| e.to_string())
@@ -478,6 +504,35 @@ impl Puller {
             }
         }
         result.map_err(ImageError::Pull)
+    }
+
+    /// The client for `registry` with `auth`, made once.
+    async fn client(&self, registry: &str, auth: &RegistryAuth) -> Result<Client, String> {
+        let who = match auth {
+            RegistryAuth::Anonymous => String::new(),
+            RegistryAuth::Basic(user, password) => sha256(format!("{user}:{password}").as_bytes()),
+            RegistryAuth::Bearer(token) => sha256(token.as_bytes()),
+        };
+        let key = (registry.to_owned(), who);
+        if let Some(client) = self
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(client.clone());
+        }
+        let (registry, insecure) = (registry.to_owned(), self.insecure.clone());
+        let client = tokio::task::spawn_blocking(move || client_for(&registry, &insecure))
+            .await
+            .map_err(|e| format!("cannot make a registry client: {e}"))?;
+        Ok(self
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key)
+            .or_insert(client)
+            .clone())
     }
 
     /// Pulls the image of a container task when it names a registry and is not

@@ -409,3 +409,108 @@ async fn credentials_are_used_and_anonymous_pulls_refused() {
         "an image on the node is not pulled again"
     );
 }
+
+/// Writes blob `value` (JSON) into `layout`; returns its digest and size.
+fn put_json(layout: &Path, value: &serde_json::Value) -> (String, usize) {
+    use sha2::Digest as _;
+    let bytes = serde_json::to_vec(value).unwrap();
+    let hex = format!("{:x}", sha2::Sha256::digest(&bytes));
+    std::fs::write(layout.join("blobs/sha256").join(&hex), &bytes).unwrap();
+    (format!("sha256:{hex}"), bytes.len())
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_is_resolved_to_this_nodes_platform() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let other = if arch == "s390x" { "riscv64" } else { "s390x" };
+    // The busybox image, and a twin whose config says another architecture,
+    // listed first in an index.
+    let layout = registry.dir.path().join("multi");
+    nodelet::image::busybox_layout(&layout, Path::new("/bin/busybox"), "multi").unwrap();
+    let blob = |digest: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let entry = read_json(&layout.join("index.json"))["manifests"][0].clone();
+    let manifest = read_json(&blob(entry["digest"].as_str().unwrap()));
+    let mut config = read_json(&blob(manifest["config"]["digest"].as_str().unwrap()));
+    config["architecture"] = other.into();
+    let (config_digest, config_size) = put_json(&layout, &config);
+    let mut twin = manifest.clone();
+    twin["config"]["digest"] = config_digest.into();
+    twin["config"]["size"] = config_size.into();
+    let (twin_digest, twin_size) = put_json(&layout, &twin);
+    let media = "application/vnd.oci.image.manifest.v1+json";
+    let (index_digest, index_size) = put_json(
+        &layout,
+        &json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+            {"mediaType": media, "digest": twin_digest, "size": twin_size, "platform": {"os": "linux", "architecture": other}},
+            {"mediaType": media, "digest": entry["digest"], "size": entry["size"], "platform": {"os": "linux", "architecture": arch}},
+        ]}),
+    );
+    std::fs::write(
+        layout.join("index.json"),
+        json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_digest, "size": index_size,
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }]})
+        .to_string(),
+    )
+    .unwrap();
+    let output = Command::new("/usr/bin/skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--all",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci:{}:multi", layout.display()))
+        .arg(format!("docker://{}/busybox:multi", registry.addr))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "skopeo push failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::new(dir.path());
+    let image = format!("{}/busybox:multi", registry.addr);
+    let pulled = pull(&store, &image, &RegistryAuth::Anonymous, &[])
+        .await
+        .unwrap();
+    assert!(pulled.image.rootfs.join("bin/busybox").is_file());
+    // The manifest recorded is this platform's, not the index's first entry.
+    let stored = |digest: &str| {
+        read_json(
+            &dir.path()
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+        )
+    };
+    let manifest = stored(&pulled.image.config.digest);
+    let config = stored(manifest["config"]["digest"].as_str().unwrap());
+    assert_eq!(config["architecture"], arch);
+    assert_eq!(
+        store.resolve(&image).unwrap().config.digest,
+        pulled.image.config.digest
+    );
+    // Only that platform's config was fetched.
+    assert_eq!(pulled.fetched, 2);
+}
