@@ -37,6 +37,12 @@ struct Assumption {
     claim_of: Option<String>,
 }
 
+/// A claim's entry: per claimer and node, since one scheduler may claim a task on
+/// one node, lose the bind to a stale version, and claim it on another.
+fn claim_key(task: &str, by: &str, node: &str) -> String {
+    format!("{task}#{by}@{node}")
+}
+
 /// Nodes and their reservations, changed incrementally.
 #[derive(Debug, Default)]
 pub struct Cache {
@@ -133,8 +139,40 @@ impl Cache {
                 self.generation += 1;
             }
         }
+        // Claims gone from the node were withdrawn (their binds failed) or aged out.
+        let current: std::collections::HashSet<String> = foreign
+            .iter()
+            .map(|c| claim_key(&c.task, &c.by, &name))
+            .collect();
+        let withdrawn: Vec<String> = self
+            .node(&name)
+            .map(|info| {
+                info.tasks
+                    .iter()
+                    .filter(|(k, p)| p.assumed && k.contains('#') && !current.contains(*k))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for key in withdrawn {
+            self.forget_claim(&key);
+        }
         for claim in foreign {
             self.assume_claim(&name, claim, now);
+        }
+    }
+
+    /// Drops one claim entry.
+    fn forget_claim(&mut self, key: &str) {
+        let task = self.assumed.get(key).and_then(|a| a.claim_of.clone());
+        if self.forget_one(key)
+            && let Some(task) = task
+            && let Some(entries) = self.claims_of.get_mut(&task)
+        {
+            entries.retain(|e| e != key);
+            if entries.is_empty() {
+                self.claims_of.remove(&task);
+            }
         }
     }
 
@@ -289,9 +327,7 @@ impl Cache {
             return;
         }
         let mut info = claim.task_info();
-        // Per claimer and node: one scheduler may claim a task on one node, lose the
-        // bind to a stale version, and claim it on another.
-        info.key = format!("{}#{}@{node}", claim.task, claim.by);
+        info.key = claim_key(&claim.task, &claim.by, node);
         if self.placed.contains_key(&info.key) {
             return;
         }
@@ -339,18 +375,15 @@ impl Cache {
             .collect();
         let mut tasks = Vec::with_capacity(lapsed.len());
         for (key, claim_of) in lapsed {
-            self.forget_one(&key);
             match claim_of {
                 Some(task) => {
-                    if let Some(entries) = self.claims_of.get_mut(&task) {
-                        entries.retain(|e| *e != key);
-                        if entries.is_empty() {
-                            self.claims_of.remove(&task);
-                        }
-                    }
+                    self.forget_claim(&key);
                     tasks.push(task);
                 }
-                None => tasks.push(key),
+                None => {
+                    self.forget_one(&key);
+                    tasks.push(key);
+                }
             }
         }
         tasks
@@ -507,5 +540,16 @@ mod tests {
         assert_eq!(cache.node("n").unwrap().requested.cpu_milli, 2500);
         assert_eq!(cache.expire(now + ASSUME_TTL), vec!["default/w".to_owned()]);
         assert_eq!(cache.node("n").unwrap().requested.cpu_milli, 1500);
+        // A claim withdrawn from the node is dropped at once.
+        let mut n = (*cache.node("n").unwrap().node).clone();
+        let v = Claim::of(&TaskInfo::new(Arc::new(task("v", "1", "1Gi"))), "other", 0);
+        claims::write(&mut n.metadata.annotations, std::slice::from_ref(&v));
+        cache.upsert_node(Arc::new(n.clone()), now);
+        assert_eq!(cache.node("n").unwrap().requested.cpu_milli, 2500);
+        let g = cache.generation();
+        claims::write(&mut n.metadata.annotations, &[]);
+        cache.upsert_node(Arc::new(n), now);
+        assert_eq!(cache.node("n").unwrap().requested.cpu_milli, 1500);
+        assert!(cache.generation() > g);
     }
 }

@@ -462,6 +462,60 @@ async fn claim(shared: &Shared, task: &TaskInfo, node: &str) -> bool {
     false
 }
 
+/// Takes back this scheduler's claim for a task it failed to bind, so that other
+/// schedulers need not hold the room until the claim ages out. Best effort.
+async fn withdraw(shared: &Shared, task: &TaskInfo, node: &str) {
+    let lock = shared.claim_lock(node);
+    let _held = lock.lock().await;
+    let api: Api<Node> = Api::all(shared.client.clone());
+    for _ in 0..3 {
+        let Some(current) = shared.lock().cache.node(node).map(|n| n.node.clone()) else {
+            return;
+        };
+        let before = claims::read(&current);
+        let kept: Vec<Claim> = before
+            .iter()
+            .filter(|c| c.task != task.key || c.by != shared.config.identity)
+            .cloned()
+            .collect();
+        if kept.len() == before.len() {
+            return;
+        }
+        let mut annotations = BTreeMap::new();
+        claims::write(&mut annotations, &kept);
+        let patch = Patch::Merge(json!({
+            "metadata": {
+                "resourceVersion": current.metadata.resource_version,
+                "annotations": annotations,
+            }
+        }));
+        match api.patch(node, &hot_params(), &patch).await {
+            Ok(mut updated) => {
+                updated.metadata.managed_fields.clear();
+                shared
+                    .lock()
+                    .cache
+                    .upsert_node(Arc::new(updated), Instant::now());
+                return;
+            }
+            Err(error) if error.is_conflict() => match api.get(node).await {
+                Ok(mut fresh) => {
+                    fresh.metadata.managed_fields.clear();
+                    shared
+                        .lock()
+                        .cache
+                        .upsert_node(Arc::new(fresh), Instant::now());
+                }
+                Err(_) => return,
+            },
+            Err(error) => {
+                debug!(%error, "cannot withdraw the claim");
+                return;
+            }
+        }
+    }
+}
+
 /// Drops an assumption that will not hold and tries the task again.
 fn roll_back(shared: &Shared, task: &TaskInfo, retry_now: bool) {
     let mut state = shared.lock();
@@ -494,7 +548,11 @@ async fn bind(shared: &Arc<Shared>, task: TaskInfo, node: &str) {
         "spec": {"nodeName": node},
     }));
     let params = hot_params();
-    let bound = match api.patch(&meta.name, &params, &patch).await {
+    let result = api.patch(&meta.name, &params, &patch).await;
+    if result.is_err() && shared.config.claim_nodes {
+        withdraw(shared, &task, node).await;
+    }
+    let bound = match result {
         Ok(bound) => bound,
         Err(error) if error.is_conflict() || error.is_not_found() => {
             debug!(%error, "lost the bind");
