@@ -828,7 +828,8 @@ impl Cluster {
 
     /// Copies the parts' logs out of the run's directory, and shows their ends.
     fn keep_logs(&self) {
-        let kept = std::env::temp_dir().join(format!("{}-logs", self.footprint.cgroup_parent));
+        // Not named like a run's directory, which the next run would sweep away.
+        let kept = std::env::temp_dir().join(format!("loom-e2e-logs-{}", std::process::id()));
         let _ = fs::create_dir_all(&kept);
         let Ok(entries) = fs::read_dir(self.logs()) else {
             return;
