@@ -74,6 +74,11 @@ struct SchedulerArgs {
     /// The API server.
     #[arg(long, env = "LOOM_SERVER", default_value = "http://127.0.0.1:7443")]
     server: String,
+    /// Also claim a node (a conditional write on it) before each bind, so that
+    /// schedulers running at once never over-commit it. Leader election already
+    /// runs one scheduler at a time; claims cost a write per task.
+    #[arg(long)]
+    claim_nodes: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -206,7 +211,13 @@ fn main() -> ExitCode {
                 let work = tokio::spawn(client::while_leading(
                     leadership,
                     shutdown.clone(),
-                    move |lead| scheduler::run(client.clone(), lead),
+                    move |lead| {
+                        let config = scheduler::run::Config {
+                            claim_nodes: args.claim_nodes,
+                            ..scheduler::run::Config::default()
+                        };
+                        scheduler::run_with(client.clone(), config, lead)
+                    },
                 ));
                 tracing::info!(%identity, "scheduler started; waiting for the lease");
                 shutdown_signal().await?;
@@ -313,7 +324,16 @@ async fn all_in_one(
         controllers_config,
         parts.clone(),
     ));
-    let scheduler = tokio::spawn(scheduler::run(client.clone(), parts.clone()));
+    // One scheduler in this process: no claims needed.
+    let scheduler_config = scheduler::run::Config {
+        claim_nodes: false,
+        ..scheduler::run::Config::default()
+    };
+    let scheduler = tokio::spawn(scheduler::run_with(
+        client.clone(),
+        scheduler_config,
+        parts.clone(),
+    ));
     let node_shutdown = CancellationToken::new();
     let node_name = nodelet_config.name.clone();
     let mut node = tokio::spawn(nodelet::run(client, nodelet_config, node_shutdown.clone()));
