@@ -80,6 +80,10 @@ pub struct RunSpec {
     pub log_max_bytes: u64,
     /// The container's hostname.
     pub hostname: String,
+    /// The task's grace period between SIGTERM and SIGKILL, kept with the run so
+    /// that it holds even when the task object is already gone.
+    #[serde(default)]
+    pub grace_seconds: Option<u64>,
 }
 
 /// What the shim reports once the process runs (one JSON line on its stdout).

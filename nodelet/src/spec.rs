@@ -158,6 +158,7 @@ mod tests {
             log_path: "/tmp/log".into(),
             log_max_bytes: 1 << 20,
             hostname: "t".into(),
+            grace_seconds: None,
         }
     }
 

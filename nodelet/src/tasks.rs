@@ -148,9 +148,18 @@ fn revision(task: &Task) -> u64 {
 }
 
 /// The grace period of a task's stop.
-fn grace(config: &Config, task: Option<&Task>) -> Duration {
+/// The grace period of a stop: the task's, else the one its run recorded (the
+/// task may be gone), else the node's default.
+fn grace(config: &Config, task: Option<&Task>, run: &RunDir) -> Duration {
     task.and_then(|t| t.spec.termination_grace_period_seconds)
-        .map(|s| Duration::from_secs(s.max(0) as u64))
+        .map(|s| s.max(0) as u64)
+        .or_else(|| {
+            std::fs::read(run.spec())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<RunSpec>(&b).ok())
+                .and_then(|spec| spec.grace_seconds)
+        })
+        .map(Duration::from_secs)
         .unwrap_or(config.default_grace)
 }
 
@@ -303,7 +312,7 @@ fn recover(ctx: &Ctx, dir: &Path) -> Local {
                 stop: read_stop(&run).map(|s| Stopping {
                     // A stop in progress continues where it was.
                     kill_at: tokio::time::Instant::now()
-                        + grace(&ctx.config, None)
+                        + grace(&ctx.config, None, &run)
                             .saturating_sub((Utc::now() - s.at).to_std().unwrap_or_default()),
                     killed: false,
                 }),
@@ -440,7 +449,7 @@ async fn step(
                 if let Ok(bytes) = serde_json::to_vec(&record) {
                     let _ = write_replace(&run.0.join("stop.json"), &bytes);
                 }
-                let grace = grace(&ctx.config, task);
+                let grace = grace(&ctx.config, task, &run);
                 info!(run = %run.0.display(), %reason, ?grace, "stopping: SIGTERM");
                 ctx.driver.signal(&run, libc::SIGTERM);
                 *stop = Some(Stopping {
@@ -899,6 +908,9 @@ fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
         log_path: ctx.log_path(task),
         log_max_bytes: ctx.config.log_max_bytes,
         hostname,
+        grace_seconds: spec
+            .termination_grace_period_seconds
+            .map(|s| s.max(0) as u64),
     })
 }
 
