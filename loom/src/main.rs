@@ -162,69 +162,36 @@ fn main() -> ExitCode {
             Command::Shim { .. } | Command::Image(_) => Ok(()),
             Command::Controllers(args) => {
                 let client = client::Client::for_server(&args.server)?;
-                let shutdown = CancellationToken::new();
-                // Several controller-managers may run; the one holding the lease reconciles.
-                let identity = format!("{}-{}", hostname(), std::process::id());
-                let leases: client::Api<api_types::Lease> =
-                    client::Api::namespaced(client.clone(), "loom-system");
-                let elector = client::LeaderElector::new(
-                    client::ApiLease::new(leases, "loom-controllers"),
-                    "loom-system",
-                    "loom-controllers",
-                    &identity,
-                    client::ElectionConfig::default(),
-                );
+                let identity = leader_identity();
                 let config = controllers::Config {
                     identity: identity.clone(),
                     node_grace: std::time::Duration::from_secs(args.node_grace_seconds),
                     lost_grace: std::time::Duration::from_secs(args.lost_grace_seconds),
                     ..controllers::Config::default()
                 };
-                let (leadership, elector_task) = elector.run(shutdown.clone());
-                let work = tokio::spawn(client::while_leading(
-                    leadership,
-                    shutdown.clone(),
-                    move |lead| controllers::run_manager(client.clone(), config.clone(), lead),
-                ));
-                tracing::info!(%identity, "controllers started; waiting for the lease");
-                shutdown_signal().await?;
-                shutdown.cancel();
-                work.await.context("the controllers panicked")?;
-                elector_task.await.context("the elector panicked")?;
-                Ok(())
+                let leader_client = client.clone();
+                run_elected(&leader_client, "loom-controllers", &identity, move |lead| {
+                    controllers::run_manager(client.clone(), config.clone(), lead)
+                })
+                .await
             }
             Command::Scheduler(args) => {
                 let client = client::Client::for_server(&args.server)?;
-                let shutdown = CancellationToken::new();
-                // Several schedulers may run; the one holding the lease schedules.
-                let identity = format!("{}-{}", hostname(), std::process::id());
-                let leases: client::Api<api_types::Lease> =
-                    client::Api::namespaced(client.clone(), "loom-system");
-                let elector = client::LeaderElector::new(
-                    client::ApiLease::new(leases, "loom-scheduler"),
-                    "loom-system",
+                let claim_nodes = args.claim_nodes;
+                let leader_client = client.clone();
+                run_elected(
+                    &leader_client,
                     "loom-scheduler",
-                    &identity,
-                    client::ElectionConfig::default(),
-                );
-                let (leadership, elector_task) = elector.run(shutdown.clone());
-                let work = tokio::spawn(client::while_leading(
-                    leadership,
-                    shutdown.clone(),
+                    &leader_identity(),
                     move |lead| {
                         let config = scheduler::run::Config {
-                            claim_nodes: args.claim_nodes,
+                            claim_nodes,
                             ..scheduler::run::Config::default()
                         };
                         scheduler::run_with(client.clone(), config, lead)
                     },
-                ));
-                tracing::info!(%identity, "scheduler started; waiting for the lease");
-                shutdown_signal().await?;
-                shutdown.cancel();
-                work.await.context("the scheduler panicked")?;
-                elector_task.await.context("the elector panicked")?;
-                Ok(())
+                )
+                .await
             }
         }
     });
@@ -460,6 +427,43 @@ async fn serve_on(store: Arc<dyn Store>, listener: tokio::net::TcpListener) -> a
         .await
         .context("the API server panicked")?
         .context("the API server failed")?;
+    Ok(())
+}
+
+/// Who this process is in a leader election: host and pid.
+fn leader_identity() -> String {
+    format!("{}-{}", hostname(), std::process::id())
+}
+
+/// Runs `work` whenever this process holds the Lease `name` in `loom-system`
+/// (several replicas may run; one leads), until Ctrl-C or SIGTERM.
+async fn run_elected<F, Fut>(
+    client: &client::Client,
+    name: &str,
+    identity: &str,
+    work: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(CancellationToken) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let shutdown = CancellationToken::new();
+    let leases: client::Api<api_types::Lease> =
+        client::Api::namespaced(client.clone(), "loom-system");
+    let elector = client::LeaderElector::new(
+        client::ApiLease::new(leases, name),
+        "loom-system",
+        name,
+        identity,
+        client::ElectionConfig::default(),
+    );
+    let (leadership, elector_task) = elector.run(shutdown.clone());
+    let work = tokio::spawn(client::while_leading(leadership, shutdown.clone(), work));
+    tracing::info!(%identity, "{name} started; waiting for the lease");
+    shutdown_signal().await?;
+    shutdown.cancel();
+    work.await.with_context(|| format!("{name} panicked"))?;
+    elector_task.await.context("the elector panicked")?;
     Ok(())
 }
 
