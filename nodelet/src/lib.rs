@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod driver;
 pub mod image;
 pub mod logfile;
+pub mod metrics;
 pub mod node;
 pub mod pull;
 pub mod run;
@@ -230,6 +231,7 @@ pub async fn run_with(
         client: client.clone(),
         recorder: Recorder::new(client.clone(), "loom-nodelet", &config.name),
         shutdown: shutdown.clone(),
+        metrics: metrics::Metrics::default(),
     });
 
     let server_shutdown = shutdown.clone();

@@ -44,7 +44,19 @@ pub fn router(state: ServerState) -> Router {
     Router::new()
         .route("/logs/{namespace}/{name}", get(logs))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+async fn metrics(State(state): State<ServerState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.ctx.metrics.encode(),
+    )
+        .into_response()
 }
 
 fn plain(status: StatusCode, message: String) -> Response {

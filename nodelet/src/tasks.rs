@@ -47,6 +47,8 @@ pub struct Ctx {
     pub recorder: Recorder,
     /// Cancelled when the nodelet stops.
     pub shutdown: CancellationToken,
+    /// Its metrics.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -258,6 +260,7 @@ pub async fn drive(ctx: Arc<Ctx>, uid: String, mut updates: watch::Receiver<Opti
             record = exited => {
                 if let Local::Running { n, .. } = local {
                     let record = record.unwrap_or_else(|| ctx.driver.find(&run_dir(&dir, n)).exit_or_lost());
+                    ctx.metrics.running.dec();
                     local = Local::Exited { n, record };
                 }
             }
@@ -304,6 +307,7 @@ fn recover(ctx: &Ctx, dir: &Path) -> Local {
     let run = run_dir(dir, n);
     match ctx.driver.find(&run) {
         Found::Running(started) => {
+            ctx.metrics.running.inc();
             info!(dir = %run.0.display(), pid = started.pid, "adopting a running task");
             Local::Running {
                 n,
@@ -424,6 +428,7 @@ async fn step(
             if stop.is_none()
                 && let Ok(record) = exit.try_recv()
             {
+                ctx.metrics.running.dec();
                 *local = Local::Exited { n, record };
                 return Ok(Step::Again);
             }
@@ -592,6 +597,13 @@ async fn step(
                 }
             };
             let written = write_status(ctx, task, patch).await?;
+            ctx.metrics
+                .runs_ended
+                .get_or_create(&crate::metrics::EndLabels {
+                    phase: terminal.map_or("Running", |p| p.as_str()).to_owned(),
+                    reason: reason.clone(),
+                })
+                .inc();
             // Events for what a user must look at: failures, kills, restarts (a
             // completion is in the status; an event for each would double the
             // writes of a batch job).
@@ -750,7 +762,15 @@ async fn start(ctx: &Ctx, dir: &Path, task: &Task, n: u32) -> Result<Started, Ex
         }
         return Err(record);
     }
+    let asked = std::time::Instant::now();
     let result = ctx.driver.start(&run).await;
+    if result.is_ok() {
+        ctx.metrics.runs_started.inc();
+        ctx.metrics.running.inc();
+        ctx.metrics
+            .start_seconds
+            .observe(asked.elapsed().as_secs_f64());
+    }
     match &result {
         Ok(started) => {
             info!(task = %format!("{}/{}", record.namespace, record.name), run = n, pid = started.pid, "started")

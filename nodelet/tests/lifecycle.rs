@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api_types::{Lease, Node};
-use client::Api;
+use client::{Api, Client};
 use nodelet::{FakeDriver, FakeOutcome};
 use serde_json::json;
 use support::{Harness, phase};
@@ -94,6 +94,27 @@ async fn always_restarts_with_doubling_backoff() {
     assert!(
         spread >= chrono::Duration::milliseconds(1300),
         "restarts too fast: {spread}"
+    );
+    // The nodelet's metrics count them.
+    let node: Node = Api::<Node>::all(h.client.clone())
+        .get(&h.name)
+        .await
+        .unwrap();
+    let endpoint = Client::for_server(&node.status.unwrap().nodelet_endpoint).unwrap();
+    let text = endpoint
+        .request_bytes(client::client::Method::GET, "/metrics", None)
+        .await
+        .unwrap();
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    let started: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("loom_nodelet_runs_started_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no runs_started in {text}"));
+    assert!(started >= 4, "{text}");
+    assert!(
+        text.contains("loom_nodelet_runs_ended_total{phase=\"Running\",reason=\"Completed\"}"),
+        "{text}"
     );
     nodelet.stop().await;
 }
