@@ -107,12 +107,7 @@ async fn wait_gone(pid: i32) {
 }
 
 fn lost(message: &str) -> ExitRecord {
-    ExitRecord {
-        error: Some(message.to_owned()),
-        reason: Some("ShimLost".into()),
-        finished_at: Some(Utc::now()),
-        ..ExitRecord::default()
-    }
+    ExitRecord::failed("ShimLost", message)
 }
 
 #[async_trait]
@@ -315,12 +310,9 @@ impl Driver for FakeDriver {
             s.starts.push(dir.0.clone());
         }
         match self.outcome(&dir.0) {
-            FakeOutcome::FailStart(message) => Err(ExitRecord {
-                error: Some(message),
-                reason: Some("ContainerCreateFailed".into()),
-                finished_at: Some(Utc::now()),
-                ..ExitRecord::default()
-            }),
+            FakeOutcome::FailStart(message) => {
+                Err(ExitRecord::failed("ContainerCreateFailed", message))
+            }
             FakeOutcome::Exit(code, after) => {
                 let this = self.clone();
                 let path = dir.0.clone();

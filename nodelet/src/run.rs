@@ -116,6 +116,19 @@ pub struct ExitRecord {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+impl ExitRecord {
+    /// The record of a run that could not start or whose end was lost: `reason`
+    /// is one word (`ImageNotFound`, `ShimLost`, ...), `error` says why.
+    pub fn failed(reason: &str, error: impl Into<String>) -> ExitRecord {
+        ExitRecord {
+            error: Some(error.into()),
+            reason: Some(reason.to_owned()),
+            finished_at: Some(Utc::now()),
+            ..ExitRecord::default()
+        }
+    }
+}
+
 /// The files of one run directory.
 #[derive(Debug, Clone)]
 pub struct RunDir(pub PathBuf);

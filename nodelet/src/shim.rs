@@ -43,12 +43,7 @@ pub fn main(dir: &Path) -> ExitCode {
             let _ = std::fs::write(run_dir.shim_pid(), std::process::id().to_string());
             run(&run_dir, &spec)
         }
-        Err(error) => ExitRecord {
-            error: Some(error),
-            reason: Some("ShimFailed".into()),
-            finished_at: Some(Utc::now()),
-            ..ExitRecord::default()
-        },
+        Err(error) => ExitRecord::failed("ShimFailed", error),
     };
     let bytes = match serde_json::to_vec(&record) {
         Ok(bytes) => bytes,
@@ -73,15 +68,6 @@ fn shim_log(dir: &RunDir, line: &str) {
     }
 }
 
-fn failed(reason: &str, error: String) -> ExitRecord {
-    ExitRecord {
-        error: Some(error),
-        reason: Some(reason.into()),
-        finished_at: Some(Utc::now()),
-        ..ExitRecord::default()
-    }
-}
-
 /// A started run: what must be waited for and cleaned up.
 enum Running {
     Container {
@@ -94,7 +80,9 @@ enum Running {
 fn run(dir: &RunDir, spec: &RunSpec) -> ExitRecord {
     let (read, write) = match pipe() {
         Ok(pair) => pair,
-        Err(e) => return failed("ShimFailed", format!("cannot create the output pipe: {e}")),
+        Err(e) => {
+            return ExitRecord::failed("ShimFailed", format!("cannot create the output pipe: {e}"));
+        }
     };
     let cgroup = Cgroup::new(&spec.cgroup_path);
     let started = match spec.driver {
@@ -105,7 +93,7 @@ fn run(dir: &RunDir, spec: &RunSpec) -> ExitRecord {
         Ok(started) => started,
         Err((reason, error)) => {
             shim_log(dir, &format!("{reason}: {error}"));
-            return failed(reason, error);
+            return ExitRecord::failed(reason, error);
         }
     };
     let started_at = Utc::now();

@@ -274,12 +274,7 @@ impl Found {
     fn exit_or_lost(self) -> ExitRecord {
         match self {
             Found::Exited(record) => record,
-            _ => ExitRecord {
-                error: Some("the run's end was not recorded".into()),
-                reason: Some("ShimLost".into()),
-                finished_at: Some(Utc::now()),
-                ..ExitRecord::default()
-            },
+            _ => ExitRecord::failed("ShimLost", "the run's end was not recorded"),
         }
     }
 }
@@ -720,12 +715,6 @@ async fn write_status(ctx: &Ctx, task: &Task, mut patch: Value) -> Result<Task, 
 /// Prepares run `n` of `task` and starts it.
 async fn start(ctx: &Ctx, dir: &Path, task: &Task, n: u32) -> Result<Started, ExitRecord> {
     let run = run_dir(dir, n);
-    let failed = |reason: &str, error: String| ExitRecord {
-        error: Some(error),
-        reason: Some(reason.to_owned()),
-        finished_at: Some(Utc::now()),
-        ..ExitRecord::default()
-    };
     let record = TaskRecord {
         namespace: task.metadata.namespace.clone(),
         name: task.metadata.name.clone(),
@@ -735,24 +724,25 @@ async fn start(ctx: &Ctx, dir: &Path, task: &Task, n: u32) -> Result<Started, Ex
         .puller
         .pull_missing(task)
         .await
-        .map_err(|e| failed("ImagePullFailed", e.to_string()));
+        .map_err(|e| ExitRecord::failed("ImagePullFailed", e.to_string()));
     let prepared = (|| -> Result<(), ExitRecord> {
         std::fs::create_dir_all(&run.0)
-            .map_err(|e| failed("StartFailed", format!("{}: {e}", run.0.display())))?;
-        let bytes =
-            serde_json::to_vec(&record).map_err(|e| failed("StartFailed", e.to_string()))?;
+            .map_err(|e| ExitRecord::failed("StartFailed", format!("{}: {e}", run.0.display())))?;
+        let bytes = serde_json::to_vec(&record)
+            .map_err(|e| ExitRecord::failed("StartFailed", e.to_string()))?;
         let record_path = dir.join("task.json");
         if !record_path.exists() {
             write_replace(&record_path, &bytes)
         } else {
             Ok(())
         }
-        .map_err(|e| failed("StartFailed", e.to_string()))?;
+        .map_err(|e| ExitRecord::failed("StartFailed", e.to_string()))?;
         pulled?;
         let spec = run_spec(ctx, task, n)?;
-        let bytes =
-            serde_json::to_vec_pretty(&spec).map_err(|e| failed("StartFailed", e.to_string()))?;
-        write_replace(&run.spec(), &bytes).map_err(|e| failed("StartFailed", e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| ExitRecord::failed("StartFailed", e.to_string()))?;
+        write_replace(&run.spec(), &bytes)
+            .map_err(|e| ExitRecord::failed("StartFailed", e.to_string()))?;
         Ok(())
     })();
     if let Err(record) = prepared {
@@ -786,12 +776,6 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// The run spec of run `n` of `task`.
 fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
-    let failed = |reason: &str, error: String| ExitRecord {
-        error: Some(error),
-        reason: Some(reason.to_owned()),
-        finished_at: Some(Utc::now()),
-        ..ExitRecord::default()
-    };
     let spec = &task.spec;
     let driver = match spec.driver.unwrap_or_default() {
         api_types::Driver::Container => DriverKind::Container,
@@ -801,7 +785,7 @@ fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
         DriverKind::Container => Some(
             ctx.images
                 .resolve(&spec.image)
-                .map_err(|e| failed("ImageNotFound", e.to_string()))?,
+                .map_err(|e| ExitRecord::failed("ImageNotFound", e.to_string()))?,
         ),
         DriverKind::Exec => None,
     };
@@ -819,9 +803,9 @@ fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
         }
     }
     if args.is_empty() {
-        return Err(failed(
+        return Err(ExitRecord::failed(
             "InvalidCommand",
-            "the task has no command and its image no entrypoint or cmd".into(),
+            "the task has no command and its image no entrypoint or cmd",
         ));
     }
     let mut mounts = Vec::new();
@@ -830,7 +814,7 @@ fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
         let source = PathBuf::from(&mount.source);
         if !source.exists() {
             if read_only {
-                return Err(failed(
+                return Err(ExitRecord::failed(
                     "MountNotFound",
                     format!(
                         "mount source {} does not exist on node {}",
@@ -839,7 +823,7 @@ fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
                 ));
             }
             std::fs::create_dir_all(&source).map_err(|e| {
-                failed(
+                ExitRecord::failed(
                     "MountFailed",
                     format!("cannot create {}: {e}", mount.source),
                 )
@@ -890,8 +874,9 @@ fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
         }
         if cwd.is_empty() {
             let sandbox = ctx.task_dir(&task.metadata.uid).join("sandbox");
-            std::fs::create_dir_all(&sandbox)
-                .map_err(|e| failed("StartFailed", format!("{}: {e}", sandbox.display())))?;
+            std::fs::create_dir_all(&sandbox).map_err(|e| {
+                ExitRecord::failed("StartFailed", format!("{}: {e}", sandbox.display()))
+            })?;
             cwd = sandbox.display().to_string();
         }
         set(&mut env, "HOME", cwd.clone());
