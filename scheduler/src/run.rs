@@ -431,22 +431,14 @@ async fn claim(shared: &Shared, task: &TaskInfo, node: &str) -> bool {
         }));
         let params = hot_params();
         match api.patch(node, &params, &patch).await {
-            Ok(mut updated) => {
-                updated.metadata.managed_fields.clear();
-                shared
-                    .lock()
-                    .cache
-                    .upsert_node(Arc::new(updated), Instant::now());
+            Ok(updated) => {
+                remember_node(shared, updated);
                 return true;
             }
             // Someone else wrote the node: read it, with their claims, and check again.
             Err(error) if error.is_conflict() => match api.get(node).await {
-                Ok(mut fresh) => {
-                    fresh.metadata.managed_fields.clear();
-                    shared
-                        .lock()
-                        .cache
-                        .upsert_node(Arc::new(fresh), Instant::now());
+                Ok(fresh) => {
+                    remember_node(shared, fresh);
                 }
                 Err(error) => {
                     debug!(%error, "cannot read the node after a claim conflict");
@@ -460,6 +452,16 @@ async fn claim(shared: &Shared, task: &TaskInfo, node: &str) -> bool {
         }
     }
     false
+}
+
+/// Puts a node this scheduler just wrote or read into its cache (without the
+/// managed fields, which nothing here reads).
+fn remember_node(shared: &Shared, mut node: Node) {
+    node.metadata.managed_fields.clear();
+    shared
+        .lock()
+        .cache
+        .upsert_node(Arc::new(node), Instant::now());
 }
 
 /// Takes back this scheduler's claim for a task it failed to bind, so that other
@@ -490,21 +492,13 @@ async fn withdraw(shared: &Shared, task: &TaskInfo, node: &str) {
             }
         }));
         match api.patch(node, &hot_params(), &patch).await {
-            Ok(mut updated) => {
-                updated.metadata.managed_fields.clear();
-                shared
-                    .lock()
-                    .cache
-                    .upsert_node(Arc::new(updated), Instant::now());
+            Ok(updated) => {
+                remember_node(shared, updated);
                 return;
             }
             Err(error) if error.is_conflict() => match api.get(node).await {
-                Ok(mut fresh) => {
-                    fresh.metadata.managed_fields.clear();
-                    shared
-                        .lock()
-                        .cache
-                        .upsert_node(Arc::new(fresh), Instant::now());
+                Ok(fresh) => {
+                    remember_node(shared, fresh);
                 }
                 Err(_) => return,
             },
