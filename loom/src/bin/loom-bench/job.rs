@@ -27,8 +27,9 @@ pub struct JobArgs {
     max_tasks: u32,
 }
 
-/// Child processes killed (SIGTERM, then SIGKILL) when dropped.
-struct Children(Vec<Child>);
+/// Child processes stopped when dropped: SIGTERM (a nodelet then stops its
+/// tasks), SIGKILL after 30 s.
+pub struct Children(pub Vec<Child>);
 
 impl Drop for Children {
     fn drop(&mut self) {

@@ -5,7 +5,7 @@
 //! process calling libcontainer directly).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -17,6 +17,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use crate::api::{ServerProcess, loom_binary};
+use crate::job::Children;
 
 /// `loom-bench nodelet`.
 #[derive(Debug, clap::Args)]
@@ -83,28 +84,6 @@ pub fn bare_container(args: BareArgs) -> anyhow::Result<()> {
     }
     println!("{}", serde_json::to_string(&micros)?);
     Ok(())
-}
-
-struct NodeletProcess {
-    child: Child,
-}
-
-impl Drop for NodeletProcess {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of our child: SIGTERM, so it stops its tasks.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn histogram() -> anyhow::Result<Histogram<u64>> {
@@ -174,7 +153,7 @@ pub async fn run(args: NodeletArgs) -> anyhow::Result<()> {
         .stderr(log)
         .spawn()
         .context("cannot start the nodelet")?;
-    let _nodelet = NodeletProcess { child };
+    let nodelet = Children(vec![child]);
     let client = Client::for_server(&server.url)?;
     let nodes: Api<api_types::Node> = Api::all(client.clone());
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -233,7 +212,7 @@ pub async fn run(args: NodeletArgs) -> anyhow::Result<()> {
     }
     let total = began.elapsed();
     informer.stop();
-    drop(_nodelet);
+    drop(nodelet);
     nodelet::cgroup::remove_tree("/loom-bench");
 
     println!(
