@@ -92,6 +92,13 @@ pub fn resource_list(catalog: &Catalog, group: &str, version: &str) -> Option<Va
                 "kind": "Task",
                 "verbs": ["get"],
             }));
+            resources.push(json!({
+                "name": "tasks/binding",
+                "singularName": "",
+                "namespaced": true,
+                "kind": "Binding",
+                "verbs": ["create"],
+            }));
         }
         if r.info.has_status {
             resources.push(json!({

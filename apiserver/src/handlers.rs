@@ -4,7 +4,12 @@
 
 use std::sync::Arc;
 
-use api_types::{FieldError, FieldValidation, Namespace, ResourceDefinition, Status};
+use api_types::kinds::task::TASK_CONDITION_SCHEDULED;
+use api_types::meta::set_condition;
+use api_types::{
+    Condition, ConditionStatus, FieldError, FieldValidation, GroupKind, Namespace,
+    ResourceDefinition, Status,
+};
 use bytes::Bytes;
 use chrono::{SecondsFormat, Utc};
 use serde::Deserialize;
@@ -43,6 +48,8 @@ pub enum Part {
     Main,
     /// The status subresource: only status.
     Status,
+    /// Spec and status in one write, as the binding subresource makes.
+    Whole,
 }
 
 /// A write's outcome.
@@ -683,6 +690,126 @@ impl Api {
     /// Reads, transforms and writes an object conditionally, retrying lost races
     /// unless the caller pinned a resourceVersion.
     #[allow(clippy::too_many_arguments)]
+    /// Binds a task to a node (`POST tasks/{name}/binding`, as Kubernetes'
+    /// `pods/{name}/binding`): one conditional write sets `spec.nodeName` and the
+    /// `Scheduled=True` condition. A task already bound, being deleted, or not at
+    /// the binding's `metadata.resourceVersion`/`uid` is a conflict.
+    pub async fn bind(
+        &self,
+        res: &ServedResource,
+        namespace: &str,
+        name: &str,
+        binding: &Value,
+        options: &WriteOptions,
+    ) -> ApiResult<Status> {
+        let kind = GroupKind::new(&res.info.group, "Binding");
+        let mut errors = Vec::new();
+        let node = binding
+            .get("target")
+            .and_then(|t| t.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if node.is_empty() {
+            errors.push(FieldError::required(
+                "target.name",
+                "the node to bind the task to",
+            ));
+        }
+        match binding.get("target").and_then(|t| t.get("kind")) {
+            None => {}
+            Some(Value::String(k)) if k == "Node" => {}
+            Some(other) => errors.push(FieldError::not_supported(
+                "target.kind",
+                other.to_string(),
+                &["Node"],
+            )),
+        }
+        if let Some(named) = object::meta_str(binding, "name")
+            && !named.is_empty()
+            && named != name
+        {
+            errors.push(FieldError::invalid(
+                "metadata.name",
+                named,
+                "must match the task named in the path",
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::from(Status::invalid(&kind, name, &errors)));
+        }
+        let precondition = match object::meta_str(binding, "resourceVersion") {
+            Some(rv) if !rv.is_empty() => Some(parse_revision(rv, "metadata.resourceVersion")?),
+            _ => None,
+        };
+        let uid = object::meta_str(binding, "uid").filter(|u| !u.is_empty());
+        let message = binding
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("bound to {node}"));
+        let resource = res.group_resource();
+        self.guaranteed_update(
+            res,
+            namespace,
+            name,
+            precondition,
+            Part::Whole,
+            options,
+            |current| {
+                let refuse =
+                    |why: String| Err(ApiError::from(Status::conflict(&resource, name, &why)));
+                if let Some(uid) = uid
+                    && object::meta_str(current, "uid") != Some(uid)
+                {
+                    return refuse(format!("Precondition failed: UID in precondition: {uid}"));
+                }
+                if object::meta_str(current, "deletionTimestamp").is_some() {
+                    return refuse("the task is being deleted and cannot be bound".to_owned());
+                }
+                let bound = current
+                    .get("spec")
+                    .and_then(|s| s.get("nodeName"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                if !bound.is_empty() {
+                    return refuse(format!("the task is already bound to node {bound:?}"));
+                }
+                let mut new = current.clone();
+                if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+                    spec.insert("nodeName".to_owned(), json!(node));
+                }
+                let mut conditions: Vec<Condition> = new
+                    .get("status")
+                    .and_then(|s| s.get("conditions"))
+                    .and_then(|c| serde_json::from_value(c.clone()).ok())
+                    .unwrap_or_default();
+                set_condition(
+                    &mut conditions,
+                    Condition {
+                        type_: TASK_CONDITION_SCHEDULED.into(),
+                        status: ConditionStatus::True,
+                        reason: "Scheduled".into(),
+                        message: message.clone(),
+                        ..Default::default()
+                    },
+                    Utc::now(),
+                );
+                let conditions = serde_json::to_value(conditions).map_err(ApiError::internal)?;
+                match new.get_mut("status").and_then(Value::as_object_mut) {
+                    Some(status) => {
+                        status.insert("conditions".to_owned(), conditions);
+                    }
+                    None => set_status(&mut new, Some(json!({"conditions": conditions}))),
+                }
+                Ok(new)
+            },
+        )
+        .await?;
+        let mut done = Status::success();
+        done.code = 201;
+        Ok(done)
+    }
+
     async fn guaranteed_update(
         &self,
         res: &ServedResource,
@@ -696,18 +823,35 @@ impl Api {
         if part == Part::Status && !res.info.has_status {
             return Err(ApiError::no_route(&format!("{}/status", res.info.plural)));
         }
-        for _ in 0..RETRIES {
-            let kv = self.load(res, namespace, name).await?;
+        let key = res.key(namespace, name);
+        for attempt in 0..RETRIES {
+            // The first attempt starts from the watch cache's copy, as Kubernetes'
+            // GuaranteedUpdate does: the write is conditioned on that copy's
+            // revision, so a stale copy only costs a retry from the store. A copy
+            // that cannot meet the caller's precondition is never trusted.
+            let cached = res.cache.get(&key).filter(|cached| {
+                attempt == 0
+                    && !options.dry_run
+                    && precondition.is_none_or(|expected| expected == cached.revision)
+            });
+            let from_cache = cached.is_some();
+            let (current, mod_revision) = match cached {
+                Some(cached) => (cached.value(), cached.revision),
+                None => {
+                    let kv = self.load(res, namespace, name).await?;
+                    let current = object::from_stored(&kv.value, kv.mod_revision)
+                        .map_err(ApiError::internal)?;
+                    (current, kv.mod_revision)
+                }
+            };
             if let Some(expected) = precondition
-                && expected != kv.mod_revision
+                && expected != mod_revision
             {
                 return Err(ApiError::from(Status::conflict_modified(
                     &res.group_resource(),
                     name,
                 )));
             }
-            let current =
-                object::from_stored(&kv.value, kv.mod_revision).map_err(ApiError::internal)?;
             let mut new = transform(&current)?;
             self.check_identity(res, Some(namespace), Some(name), &mut new)?;
             // The part not written keeps its stored value.
@@ -718,6 +862,7 @@ impl Api {
                         None
                     }
                     Part::Status => Some(new.get("status").cloned()),
+                    Part::Whole => None,
                 };
                 if let Some(status) = keep_from_current {
                     let labels = new.get("metadata").cloned();
@@ -801,6 +946,10 @@ impl Api {
             let mut unchanged = current.clone();
             object::set_meta(&mut unchanged, "resourceVersion", Value::Null);
             if new == unchanged {
+                if from_cache {
+                    // No write to catch a stale copy: confirm against the store.
+                    continue;
+                }
                 return Ok(Written {
                     object: current,
                     warnings,
@@ -814,13 +963,12 @@ impl Api {
                     created: false,
                 });
             }
-            let key = res.key(namespace, name);
             let finished = object::meta_str(&new, "deletionTimestamp").is_some()
                 && object::finalizers(&new).is_empty();
             let result = if finished {
                 // The last finalizer is gone: the delete that was waiting for it happens now.
                 self.store
-                    .delete(&key, Some(kv.mod_revision))
+                    .delete(&key, Some(mod_revision))
                     .await
                     .map(|deleted| {
                         let mut gone = new.clone();
@@ -834,11 +982,19 @@ impl Api {
             } else {
                 match self
                     .store
-                    .update(&key, object::to_stored(&new), kv.mod_revision)
+                    .update(&key, object::to_stored(&new), mod_revision)
                     .await
                 {
-                    Ok(kv) => object::from_stored(&kv.value, kv.mod_revision)
-                        .map_err(|e| store::Error::Backend(e.to_string())),
+                    // The stored bytes are `new` serialized: no need to parse them back.
+                    Ok(kv) => {
+                        let mut written = new;
+                        object::set_meta(
+                            &mut written,
+                            "resourceVersion",
+                            json!(kv.mod_revision.to_string()),
+                        );
+                        Ok(written)
+                    }
                     Err(error) => Err(error),
                 }
             };

@@ -440,6 +440,24 @@ async fn serve(
     {
         return crate::logs::task_log(api, res, namespace, name, query).await;
     }
+    if target.subresource.as_deref() == Some("binding")
+        && res.info.kind == "Task"
+        && res.definition.is_none()
+        && let Some(name) = target.name.as_deref()
+    {
+        if method != Method::POST {
+            return Err(ApiError::from(api_types::Status::method_not_allowed(
+                &api_types::GroupResource::new(&res.info.group, "tasks/binding"),
+                method.as_str(),
+            )));
+        }
+        // As Kubernetes' binding, the write leaves managedFields as they are.
+        let options = write_options(query, headers, "")?;
+        let binding = parse_body(headers, &body)?;
+        let done = api.bind(res, namespace, name, &binding, &options).await?;
+        let done = serde_json::to_value(done).map_err(ApiError::internal)?;
+        return Ok(json_response(StatusCode::CREATED, &done));
+    }
     let part = match target.subresource.as_deref() {
         None => Part::Main,
         Some("status") if res.info.has_status => Part::Status,

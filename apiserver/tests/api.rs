@@ -416,6 +416,137 @@ mod cases {
         assert!(quiet.next().await.is_none());
     }
 
+    /// `tasks/{name}/binding` sets `spec.nodeName` and `Scheduled=True` in one write,
+    /// once, and only on the version and uid it names.
+    pub async fn binding(server: TestServer) {
+        let c = Client::new(&server);
+        let (code, created) = c.post(TASKS, &task("b")).await;
+        assert_eq!(code, 201, "{created}");
+        let binding = |node: &str, object: &Value| {
+            json!({
+                "apiVersion": "loom.dev/v1", "kind": "Binding",
+                "metadata": {
+                    "name": "b",
+                    "uid": object["metadata"]["uid"],
+                    "resourceVersion": object["metadata"]["resourceVersion"],
+                },
+                "target": {"kind": "Node", "name": node},
+            })
+        };
+        let path = format!("{TASKS}/b/binding");
+
+        let mut stranger = binding("n1", &created);
+        stranger["metadata"]["uid"] = json!("not-the-uid");
+        let (code, refused) = c.post(&path, &stranger).await;
+        assert_eq!(
+            (code, refused["reason"].as_str()),
+            (409, Some("Conflict")),
+            "{refused}"
+        );
+        let (code, invalid) = c
+            .post(
+                &path,
+                &json!({"kind": "Binding", "target": {"kind": "Pod"}}),
+            )
+            .await;
+        assert_eq!(code, 422, "{invalid}");
+        let message = invalid["message"].as_str().unwrap();
+        assert!(message.contains("target.name: Required value"), "{message}");
+        assert!(
+            message.contains("target.kind: Unsupported value"),
+            "{message}"
+        );
+        let (code, _) = c.get(&path).await;
+        assert_eq!(code, 405);
+        let (code, missing) = c
+            .post(
+                &format!("{TASKS}/nope/binding"),
+                &json!({"target": {"name": "n1"}}),
+            )
+            .await;
+        assert_eq!(
+            (code, missing["reason"].as_str()),
+            (404, Some("NotFound")),
+            "{missing}"
+        );
+        let (_, unchanged) = c.get(&format!("{TASKS}/b")).await;
+        assert_eq!(unchanged, created, "refused bindings write nothing");
+
+        let (code, done) = c.post(&path, &binding("n1", &created)).await;
+        assert_eq!(code, 201, "{done}");
+        assert_eq!(
+            (done["kind"].as_str(), done["status"].as_str()),
+            (Some("Status"), Some("Success"))
+        );
+        let (_, bound) = c.get(&format!("{TASKS}/b")).await;
+        assert_eq!(bound["spec"]["nodeName"], "n1");
+        assert_eq!(
+            bound["metadata"]["generation"], 2,
+            "binding changes the spec"
+        );
+        let scheduled: Vec<&Value> = bound["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["type"] == "Scheduled")
+            .collect();
+        assert_eq!(scheduled.len(), 1, "{bound}");
+        assert_eq!(scheduled[0]["status"], "True");
+        assert_eq!(scheduled[0]["reason"], "Scheduled");
+        assert!(scheduled[0]["lastTransitionTime"].is_string());
+        assert_eq!(bound["status"]["phase"], created["status"]["phase"]);
+
+        // Once bound, no binding moves it: not with the old version, not with the new.
+        let (code, stale) = c.post(&path, &binding("n2", &created)).await;
+        assert_eq!(
+            (code, stale["reason"].as_str()),
+            (409, Some("Conflict")),
+            "{stale}"
+        );
+        let (code, again) = c.post(&path, &binding("n2", &bound)).await;
+        assert_eq!(code, 409, "{again}");
+        assert!(
+            again["message"]
+                .as_str()
+                .unwrap()
+                .contains("already bound to node \"n1\""),
+            "{again}"
+        );
+        let (_, still) = c.get(&format!("{TASKS}/b")).await;
+        assert_eq!(still, bound);
+    }
+
+    /// Writes start from the watch cache's copy: a patch that would leave that copy
+    /// as it is must still reach an object changed since.
+    pub async fn writes_after_other_writes(server: TestServer) {
+        let c = Client::new(&server);
+        let (_, created) = c.post(JOBS, &job("w", 1)).await;
+        for round in 0..20 {
+            let odd = round % 2 == 1;
+            let (code, a) = c
+                .patch(
+                    &format!("{JOBS}/w"),
+                    "application/merge-patch+json",
+                    &format!(r#"{{"spec":{{"replicas":{}}}}}"#, if odd { 3 } else { 4 }),
+                )
+                .await;
+            assert_eq!(code, 200, "{a}");
+            let (code, b) = c
+                .patch(
+                    &format!("{JOBS}/w"),
+                    "application/merge-patch+json",
+                    r#"{"spec":{"replicas":5}}"#,
+                )
+                .await;
+            assert_eq!(code, 200, "{b}");
+            assert_eq!(b["spec"]["replicas"], 5, "round {round}: {b}");
+            let (_, read) = c.get(&format!("{JOBS}/w")).await;
+            assert_eq!(read["spec"]["replicas"], 5, "round {round}: {read}");
+            assert_eq!(read, b, "round {round}: the answer is what is stored");
+        }
+        assert!(rv(&created) > 0);
+    }
+
     pub async fn status_and_spec_are_separate(server: TestServer) {
         let c = Client::new(&server);
         let mut object = job("s", 1);
@@ -1007,6 +1138,8 @@ macro_rules! api_suite {
             api_suite!(@case $backend, watch_from_too_old_is_gone);
             api_suite!(@case $backend, bookmarks);
             api_suite!(@case $backend, status_and_spec_are_separate);
+            api_suite!(@case $backend, binding);
+            api_suite!(@case $backend, writes_after_other_writes);
             api_suite!(@case $backend, finalizers_hold_deletion);
             api_suite!(@case $backend, patches);
             api_suite!(@case $backend, custom_kinds);

@@ -413,6 +413,23 @@ impl<K: Object> Api<K> {
             .await
     }
 
+    /// Posts `body` to the subresource `sub` of object `name` (e.g. a task's
+    /// `binding`), as kube-rs's `create_subresource`; the answer is decoded as `R`.
+    pub async fn create_subresource<B: Serialize, R: DeserializeOwned>(
+        &self,
+        sub: &str,
+        name: &str,
+        params: &PostParams,
+        body: &B,
+    ) -> Result<R> {
+        let mut query = Query::default();
+        params.query(&mut query);
+        let path = format!("{}/{sub}{}", self.item(name), query.render());
+        self.client
+            .request(Method::POST, &path, Some(Self::json_body(body)?))
+            .await
+    }
+
     async fn patch_at<P: Serialize>(
         &self,
         path: &str,

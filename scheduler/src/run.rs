@@ -36,8 +36,8 @@ use crate::resources::{TaskInfo, key_of};
 pub struct Config {
     /// Its name: the field manager of its writes and the author of its node claims.
     pub identity: String,
-    /// Binds written at once while decisions go on; as many Scheduled conditions
-    /// and Events are written at once behind them.
+    /// Binds written at once while decisions go on; as many Scheduled Events are
+    /// written at once behind them.
     pub binds_in_flight: usize,
     /// Claim each node before binding to it, so that several schedulers binding at
     /// once never over-commit a node. Off only where one scheduler binds alone.
@@ -71,7 +71,7 @@ impl Default for Config {
 /// The scheduler's name in Events and on rare writes (preemptions).
 const FIELD_MANAGER: &str = "loom-scheduler";
 
-/// Params of the writes made for every task (claims, binds, Scheduled conditions).
+/// Params of the patches made for every task (claims, Unschedulable conditions).
 /// They name no field manager: tracking managed fields on each cost the API server
 /// about 15 % more CPU a task in `loom-bench schedule`, and what they own
 /// (`spec.nodeName`, the Scheduled condition, the claims annotation) is the
@@ -175,7 +175,7 @@ struct Shared {
     recorder: Recorder,
     /// Serializes this scheduler's own claims on each node.
     claim_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Bounds the Scheduled conditions and Events written behind the binds.
+    /// Bounds the Scheduled Events written behind the binds.
     follow_ups: Arc<Semaphore>,
     /// Every write in the background.
     writers: TaskTracker,
@@ -528,8 +528,9 @@ fn roll_back(shared: &Shared, task: &TaskInfo, retry_now: bool) {
     // Else the newer version is still on its way; its watch event requeues the task.
 }
 
-/// Binds an assumed task: claims the node (if configured), writes `spec.nodeName`
-/// conditioned on the task's resourceVersion, then the Scheduled condition and Event.
+/// Binds an assumed task: claims the node (if configured), then posts the task's
+/// `binding` (`spec.nodeName` and the Scheduled condition in one write, conditioned
+/// on the task's resourceVersion and uid), then records the Event.
 async fn bind(shared: &Arc<Shared>, task: TaskInfo, node: &str) {
     if shared.config.claim_nodes && !claim(shared, &task, node).await {
         roll_back(shared, &task, true);
@@ -537,17 +538,27 @@ async fn bind(shared: &Arc<Shared>, task: TaskInfo, node: &str) {
     }
     let meta = &task.task.metadata;
     let api: Api<Task> = Api::namespaced(shared.client.clone(), &meta.namespace);
-    let patch = Patch::Merge(json!({
-        "metadata": {"resourceVersion": meta.resource_version},
-        "spec": {"nodeName": node},
-    }));
-    let params = hot_params();
-    let result = api.patch(&meta.name, &params, &patch).await;
+    // One write: `spec.nodeName` and the Scheduled condition, on this version only.
+    let binding = json!({
+        "apiVersion": api_types::API_VERSION,
+        "kind": "Binding",
+        "metadata": {
+            "name": meta.name,
+            "namespace": meta.namespace,
+            "uid": meta.uid,
+            "resourceVersion": meta.resource_version,
+        },
+        "target": {"kind": "Node", "name": node},
+        "message": format!("bound to {node}"),
+    });
+    let result: Result<serde_json::Value, _> = api
+        .create_subresource("binding", &meta.name, &PostParams::default(), &binding)
+        .await;
     if result.is_err() && shared.config.claim_nodes {
         withdraw(shared, &task, node).await;
     }
-    let bound = match result {
-        Ok(bound) => bound,
+    match result {
+        Ok(_) => {}
         Err(error) if error.is_conflict() || error.is_not_found() => {
             debug!(%error, "lost the bind");
             roll_back(shared, &task, false);
@@ -564,13 +575,13 @@ async fn bind(shared: &Arc<Shared>, task: TaskInfo, node: &str) {
                 .unschedulable(&task.key, Instant::now(), generation);
             return;
         }
-    };
+    }
     {
         let mut state = shared.lock();
         state.cache.bound(&task.key, Instant::now());
         state.told.remove(&task.key);
     }
-    // The condition and Event follow in the background: the next bind need not wait.
+    // The Event follows in the background: the next bind need not wait.
     let Ok(permit) = shared.follow_ups.clone().acquire_owned().await else {
         return;
     };
@@ -578,31 +589,20 @@ async fn bind(shared: &Arc<Shared>, task: TaskInfo, node: &str) {
     let span = info_span!("scheduled", task = %task.key);
     shared.writers.clone().spawn(
         async move {
-            let message = format!("bound to {node}");
-            set_scheduled(
-                &shared,
-                &bound,
-                ConditionStatus::True,
-                "Scheduled",
-                &message,
-                true,
-            )
-            .await;
-            record_scheduled(&shared, &bound, &node).await;
+            record_scheduled(&shared, &task.task, &node).await;
             drop(permit);
         }
         .instrument(span),
     );
 }
 
-/// Writes the Scheduled condition; with `exact`, only onto the version given.
+/// Writes the Scheduled condition (a task that fits nowhere; binds set it themselves).
 async fn set_scheduled(
     shared: &Shared,
     task: &Task,
     status: ConditionStatus,
     reason: &str,
     message: &str,
-    exact: bool,
 ) {
     let api: Api<Task> = Api::namespaced(shared.client.clone(), &task.metadata.namespace);
     let mut conditions = task
@@ -621,10 +621,7 @@ async fn set_scheduled(
         },
         Utc::now(),
     );
-    let mut patch = json!({"status": {"conditions": conditions}});
-    if exact {
-        patch["metadata"] = json!({"resourceVersion": task.metadata.resource_version});
-    }
+    let patch = json!({"status": {"conditions": conditions}});
     let params = hot_params();
     if let Err(error) = api
         .patch_status(&task.metadata.name, &params, &Patch::Merge(patch))
@@ -674,7 +671,6 @@ async fn tell_unschedulable(shared: &Shared, task: &Task, message: &str) {
         ConditionStatus::False,
         "Unschedulable",
         message,
-        false,
     )
     .await;
     if let Err(error) = shared
