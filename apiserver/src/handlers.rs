@@ -687,9 +687,6 @@ impl Api {
         }
     }
 
-    /// Reads, transforms and writes an object conditionally, retrying lost races
-    /// unless the caller pinned a resourceVersion.
-    #[allow(clippy::too_many_arguments)]
     /// Binds a task to a node (`POST tasks/{name}/binding`, as Kubernetes'
     /// `pods/{name}/binding`): one conditional write sets `spec.nodeName` and the
     /// `Scheduled=True` condition. A task already bound, being deleted, or not at
@@ -810,6 +807,9 @@ impl Api {
         Ok(done)
     }
 
+    /// Reads, transforms and writes an object conditionally, retrying lost races
+    /// unless the caller pinned a resourceVersion.
+    #[allow(clippy::too_many_arguments)]
     async fn guaranteed_update(
         &self,
         res: &ServedResource,
