@@ -40,9 +40,11 @@ pub struct ScheduleArgs {
     /// Concurrent clients creating the nodes and tasks.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Bind without claiming nodes (as a lone leader-elected scheduler may) as well as with.
+    /// Only the exclusive run (one leader-elected scheduler binding alone, as
+    /// `loom scheduler` runs by default), not also the run claiming nodes (as
+    /// `loom scheduler --claim-nodes` does so that several may race).
     #[arg(long)]
-    also_exclusive: bool,
+    exclusive_only: bool,
     /// Only the in-memory decisions.
     #[arg(long)]
     decisions_only: bool,
@@ -89,10 +91,10 @@ pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
     if args.decisions_only {
         return Ok(());
     }
-    let modes: &[bool] = if args.also_exclusive {
-        &[true, false]
+    let modes: &[bool] = if args.exclusive_only {
+        &[false]
     } else {
-        &[true]
+        &[false, true]
     };
     if matches!(args.backend, Backend::Embedded | Backend::All) {
         for &claims in modes {
