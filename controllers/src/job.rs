@@ -51,6 +51,11 @@ pub const REASON_TIME_LIMIT: &str = "TimeLimitExceeded";
 /// Requests in flight at once when a reconcile makes or kills many tasks.
 const IN_FLIGHT: usize = 16;
 
+/// Tasks one reconcile creates at most (Kubernetes' job controller also caps a
+/// sync at 500): a wide job is created over several reconciles, each writing
+/// the status its tasks have reached meanwhile instead of one long silence.
+pub const CREATES_PER_SYNC: usize = 500;
+
 /// Where a container sees its own output directory.
 pub const OUTPUT_MOUNT: &str = "/output";
 
@@ -167,6 +172,8 @@ pub struct Decision {
     pub status: JobStatus,
     /// Events: type, reason, message.
     pub events: Vec<(EventType, String, String)>,
+    /// More tasks are due than `create` holds: reconcile again at once.
+    pub more: bool,
 }
 
 fn attempt_of(task: &Task) -> u32 {
@@ -543,7 +550,8 @@ fn decide_phase(
         .unwrap_or(usize::MAX)
         .saturating_sub(active.len());
     let mut retried = Vec::new();
-    for (index, attempt) in next.into_iter().take(room) {
+    decision.more = next.len().min(room) > CREATES_PER_SYNC;
+    for (index, attempt) in next.into_iter().take(room.min(CREATES_PER_SYNC)) {
         let task = build_task(job, index, attempt);
         if attempt > 0 {
             retried.push(task.metadata.name.clone());
@@ -766,6 +774,9 @@ async fn apply(job: &Job, decision: Decision, ctx: &Context) -> Result<Action> {
             publish(&recorder, job, *type_, reason, message).await;
         }
     }
+    if decision.more {
+        return Ok(Action::requeue(std::time::Duration::ZERO));
+    }
     Ok(Action::await_change())
 }
 
@@ -901,6 +912,40 @@ mod tests {
         assert_eq!(names, ["train-2"]);
         assert_eq!(d.status.phase, JobPhase::Running);
         assert_eq!((d.status.completed, d.status.running), (1, 1));
+    }
+
+    #[test]
+    fn a_wide_job_is_created_a_bounded_batch_at_a_time() {
+        let job = job(
+            json!({"replicas": 1200, "parallelism": 1100, "template": {"spec": {"image": "x"}}}),
+        );
+        let d = decide(&job, &[], &[], None, Utc::now());
+        assert_eq!(d.create.len(), CREATES_PER_SYNC);
+        assert!(d.more);
+        assert_eq!(d.create[0].metadata.name, "train-0");
+        // The next reconcile sees the first batch and goes on from there.
+        let tasks: Vec<Arc<Task>> = d
+            .create
+            .iter()
+            .map(|t| with_phase(t.clone(), TaskPhase::Pending, "", None))
+            .collect();
+        let d = decide(&job, &tasks, &[], None, Utc::now());
+        assert_eq!(d.create.len(), CREATES_PER_SYNC);
+        assert_eq!(
+            d.create[0].metadata.name,
+            format!("train-{CREATES_PER_SYNC}")
+        );
+        assert!(d.more, "100 are still due within parallelism 1100");
+        let mut all = tasks;
+        all.extend(
+            d.create
+                .iter()
+                .map(|t| with_phase(t.clone(), TaskPhase::Pending, "", None)),
+        );
+        let d = decide(&job, &all, &[], None, Utc::now());
+        assert_eq!(d.create.len(), 100, "parallelism bounds the last batch");
+        assert!(!d.more);
+        assert_eq!(d.status.pending, 1000);
     }
 
     #[test]
