@@ -236,9 +236,12 @@ impl NodeInfo {
 
     /// Tasks on the node whose `label` is `value` (a job's or service's tasks).
     pub fn tasks_of(&self, label: &str, value: &str) -> usize {
-        self.labels
-            .get(&label_hash(label, value))
-            .map_or(0, |n| *n as usize)
+        self.tasks_with(label_hash(label, value))
+    }
+
+    /// Tasks on the node with the label whose [`label_hash`] is `hash`.
+    pub fn tasks_with(&self, hash: u64) -> usize {
+        self.labels.get(&hash).map_or(0, |n| *n as usize)
     }
 
     /// Whether what is placed exceeds what the node offers (or two tasks share a port).

@@ -5,7 +5,7 @@
 //! which spreads load convexly. Least-allocated and balanced allocation are the
 //! Kubernetes scorers; spreading keeps a job's or service's tasks apart.
 
-use crate::resources::{NodeInfo, Resources, TaskInfo};
+use crate::resources::{NodeInfo, Resources, TaskInfo, label_hash};
 
 /// Gives a node a score from 0 (worst) to 100 (best) for a task.
 pub trait Scorer: Send + Sync {
@@ -13,6 +13,20 @@ pub trait Scorer: Send + Sync {
     fn name(&self) -> &'static str;
     /// The node's score for the task.
     fn score(&self, node: &NodeInfo, task: &TaskInfo) -> f64;
+    /// The same scores for one task over many nodes, with what depends only on
+    /// the task worked out once.
+    fn prepare<'a>(&'a self, task: &'a TaskInfo) -> Box<dyn Fn(&NodeInfo) -> f64 + 'a> {
+        Box::new(move |node| self.score(node, task))
+    }
+}
+
+/// `v` as a float; through i64 when it fits (the i128 conversion is a slow
+/// library call, and quantities here always fit).
+fn to_f64(v: i128) -> f64 {
+    match i64::try_from(v) {
+        Ok(v) => v as f64,
+        Err(_) => v as f64,
+    }
 }
 
 /// Fractions of CPU and memory in use after placing `want`.
@@ -21,7 +35,7 @@ fn fractions(node: &NodeInfo, want: &Resources) -> [(f64, f64); 2] {
         if alloc <= 0 {
             1.0
         } else {
-            (used as f64 / alloc as f64).clamp(0.0, 1.0)
+            (to_f64(used) / to_f64(alloc)).clamp(0.0, 1.0)
         }
     };
     let a = &node.allocatable;
@@ -106,18 +120,22 @@ impl Scorer for Spread {
     }
 
     fn score(&self, node: &NodeInfo, task: &TaskInfo) -> f64 {
-        let same: usize = self
+        self.prepare(task)(node)
+    }
+
+    fn prepare<'a>(&'a self, task: &'a TaskInfo) -> Box<dyn Fn(&NodeInfo) -> f64 + 'a> {
+        let owners: Vec<u64> = self
             .labels
             .iter()
             .filter_map(|label| {
-                task.task
-                    .metadata
-                    .labels
-                    .get(label)
-                    .map(|v| node.tasks_of(label, v))
+                let value = task.task.metadata.labels.get(label)?;
+                Some(label_hash(label, value))
             })
-            .sum();
-        100.0 / (1.0 + same as f64)
+            .collect();
+        Box::new(move |node| {
+            let same: usize = owners.iter().map(|&owner| node.tasks_with(owner)).sum();
+            100.0 / (1.0 + same as f64)
+        })
     }
 }
 
@@ -183,9 +201,18 @@ impl Weighted {
         candidates: impl IntoIterator<Item = (usize, &'a NodeInfo)>,
         task: &TaskInfo,
     ) -> Option<usize> {
+        let total: f64 = self.scorers.iter().map(|(w, _)| w).sum();
+        if total <= 0.0 {
+            return candidates.into_iter().next().map(|(id, _)| id);
+        }
+        let scorers: Vec<(f64, Box<dyn Fn(&NodeInfo) -> f64 + '_>)> = self
+            .scorers
+            .iter()
+            .map(|(w, s)| (*w, s.prepare(task)))
+            .collect();
         let mut best: Option<(usize, f64)> = None;
         for (id, node) in candidates {
-            let score = self.score(node, task);
+            let score = scorers.iter().map(|(w, s)| w * s(node)).sum::<f64>() / total;
             if best.is_none_or(|(_, s)| score > s) {
                 best = Some((id, score));
             }
