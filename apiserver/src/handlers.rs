@@ -711,6 +711,10 @@ impl Api {
                 "target.name",
                 "the node to bind the task to",
             ));
+        } else {
+            for why in api_types::names::is_dns1123_subdomain(node) {
+                errors.push(FieldError::invalid("target.name", node, why));
+            }
         }
         match binding.get("target").and_then(|t| t.get("kind")) {
             None => {}
@@ -912,8 +916,14 @@ impl Api {
             if !errors.is_empty() {
                 return Err(invalid(res, name, &errors));
             }
-            let mut warnings =
-                self.admit(res, &mut new, Some(&current), options.field_validation)?;
+            // A binding changes only `spec.nodeName` (checked by `bind`) and a typed
+            // condition of an object admitted before: like Kubernetes' binding, it
+            // does not run the kind's admission again.
+            let mut warnings = if part == Part::Whole {
+                Vec::new()
+            } else {
+                self.admit(res, &mut new, Some(&current), options.field_validation)?
+            };
             self.check_definition(res, &new)?;
             let mut generation = current
                 .get("metadata")

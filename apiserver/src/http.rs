@@ -452,7 +452,8 @@ async fn serve(
             )));
         }
         // As Kubernetes' binding, the write leaves managedFields as they are.
-        let options = write_options(query, headers, "")?;
+        let mut options = write_options(query, headers, "")?;
+        options.field_manager.clear();
         let binding = parse_body(headers, &body)?;
         let done = api.bind(res, namespace, name, &binding, &options).await?;
         let done = serde_json::to_value(done).map_err(ApiError::internal)?;

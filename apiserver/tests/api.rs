@@ -456,6 +456,17 @@ mod cases {
             message.contains("target.kind: Unsupported value"),
             "{message}"
         );
+        let (code, bad_node) = c
+            .post(&path, &json!({"target": {"name": "Not_A_Node"}}))
+            .await;
+        assert_eq!(code, 422, "{bad_node}");
+        assert!(
+            bad_node["message"]
+                .as_str()
+                .unwrap()
+                .contains("target.name: Invalid value"),
+            "{bad_node}"
+        );
         let (code, _) = c.get(&path).await;
         assert_eq!(code, 405);
         let (code, missing) = c
@@ -472,7 +483,12 @@ mod cases {
         let (_, unchanged) = c.get(&format!("{TASKS}/b")).await;
         assert_eq!(unchanged, created, "refused bindings write nothing");
 
-        let (code, done) = c.post(&path, &binding("n1", &created)).await;
+        let (code, done) = c
+            .post(
+                &format!("{path}?fieldManager=loom-scheduler"),
+                &binding("n1", &created),
+            )
+            .await;
         assert_eq!(code, 201, "{done}");
         assert_eq!(
             (done["kind"].as_str(), done["status"].as_str()),
@@ -483,6 +499,10 @@ mod cases {
         assert_eq!(
             bound["metadata"]["generation"], 2,
             "binding changes the spec"
+        );
+        assert_eq!(
+            bound["metadata"]["managedFields"], created["metadata"]["managedFields"],
+            "binding leaves managedFields as they are"
         );
         let scheduled: Vec<&Value> = bound["status"]["conditions"]
             .as_array()
