@@ -7,6 +7,9 @@
 
 use crate::resources::{NodeInfo, Resources, TaskInfo, label_hash};
 
+/// A scorer readied for one task: scores nodes for it.
+pub type Prepared<'a> = Box<dyn Fn(&NodeInfo) -> f64 + 'a>;
+
 /// Gives a node a score from 0 (worst) to 100 (best) for a task.
 pub trait Scorer: Send + Sync {
     /// The scorer's name (for logs and metrics).
@@ -15,7 +18,7 @@ pub trait Scorer: Send + Sync {
     fn score(&self, node: &NodeInfo, task: &TaskInfo) -> f64;
     /// The same scores for one task over many nodes, with what depends only on
     /// the task worked out once.
-    fn prepare<'a>(&'a self, task: &'a TaskInfo) -> Box<dyn Fn(&NodeInfo) -> f64 + 'a> {
+    fn prepare<'a>(&'a self, task: &'a TaskInfo) -> Prepared<'a> {
         Box::new(move |node| self.score(node, task))
     }
 }
@@ -123,7 +126,7 @@ impl Scorer for Spread {
         self.prepare(task)(node)
     }
 
-    fn prepare<'a>(&'a self, task: &'a TaskInfo) -> Box<dyn Fn(&NodeInfo) -> f64 + 'a> {
+    fn prepare<'a>(&'a self, task: &'a TaskInfo) -> Prepared<'a> {
         let owners: Vec<u64> = self
             .labels
             .iter()
@@ -205,7 +208,7 @@ impl Weighted {
         if total <= 0.0 {
             return candidates.into_iter().next().map(|(id, _)| id);
         }
-        let scorers: Vec<(f64, Box<dyn Fn(&NodeInfo) -> f64 + '_>)> = self
+        let scorers: Vec<(f64, Prepared<'_>)> = self
             .scorers
             .iter()
             .map(|(w, s)| (*w, s.prepare(task)))
