@@ -181,15 +181,22 @@ impl Weighted {
 
     /// The weighted mean score, 0–100.
     pub fn score(&self, node: &NodeInfo, task: &TaskInfo) -> f64 {
+        self.prepare(task)(node)
+    }
+
+    /// The weighted mean score for one task over many nodes, each scorer readied
+    /// for the task once; 0 everywhere when no scorer has weight.
+    pub fn prepare<'a>(&'a self, task: &'a TaskInfo) -> Prepared<'a> {
         let total: f64 = self.scorers.iter().map(|(w, _)| w).sum();
         if total <= 0.0 {
-            return 0.0;
+            return Box::new(|_| 0.0);
         }
-        self.scorers
+        let scorers: Vec<(f64, Prepared<'a>)> = self
+            .scorers
             .iter()
-            .map(|(w, s)| w * s.score(node, task))
-            .sum::<f64>()
-            / total
+            .map(|(w, s)| (*w, s.prepare(task)))
+            .collect();
+        Box::new(move |node| scorers.iter().map(|(w, s)| w * s(node)).sum::<f64>() / total)
     }
 
     /// The best node for `task` among `candidates` (ties go to the first).
@@ -204,18 +211,10 @@ impl Weighted {
         candidates: impl IntoIterator<Item = (usize, &'a NodeInfo)>,
         task: &TaskInfo,
     ) -> Option<usize> {
-        let total: f64 = self.scorers.iter().map(|(w, _)| w).sum();
-        if total <= 0.0 {
-            return candidates.into_iter().next().map(|(id, _)| id);
-        }
-        let scorers: Vec<(f64, Prepared<'_>)> = self
-            .scorers
-            .iter()
-            .map(|(w, s)| (*w, s.prepare(task)))
-            .collect();
+        let score_of = self.prepare(task);
         let mut best: Option<(usize, f64)> = None;
         for (id, node) in candidates {
-            let score = scorers.iter().map(|(w, s)| w * s(node)).sum::<f64>() / total;
+            let score = score_of(node);
             if best.is_none_or(|(_, s)| score > s) {
                 best = Some((id, score));
             }
