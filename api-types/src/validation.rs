@@ -646,7 +646,7 @@ pub fn validate_task_spec(
                     ));
                 }
             }
-            Driver::Exec => {
+            Driver::Exec | Driver::Raw => {
                 if spec.command.is_empty() {
                     errs.push(FieldError::required(
                         child(path, "command"),

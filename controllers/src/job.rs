@@ -111,7 +111,7 @@ pub fn build_task(job: &Job, index: i32, attempt: u32) -> Task {
         // A host process has no mount namespace of its own: it writes to the host path.
         let seen_at = match spec.driver() {
             Driver::Container => OUTPUT_MOUNT.to_owned(),
-            Driver::Exec => dir.clone(),
+            Driver::Exec | Driver::Raw => dir.clone(),
         };
         spec.mounts.push(Mount {
             source: dir,

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use api_types::{TaintEffect, Task};
+use api_types::node::{LABEL_ALLOW_HOST_PATHS, LABEL_ALLOW_RAW_EXEC};
+use api_types::{Driver, TaintEffect, Task};
 
 use crate::resources::{NodeInfo, TaskInfo};
 
@@ -22,6 +23,9 @@ pub enum Unfit {
     Constraint(String),
     /// A NoSchedule or NoExecute taint the task does not tolerate.
     Taint(String),
+    /// The task needs a permission the node's operator has not given it
+    /// (the `raw` driver, host-path mounts).
+    NotAllowed(&'static str),
 }
 
 impl fmt::Display for Unfit {
@@ -33,6 +37,7 @@ impl fmt::Display for Unfit {
             Unfit::PortTaken(p) => write!(f, "port {p} in use"),
             Unfit::Constraint(c) => write!(f, "constraint {c} not met"),
             Unfit::Taint(t) => write!(f, "taint {t} not tolerated"),
+            Unfit::NotAllowed(what) => write!(f, "{what} not allowed"),
         }
     }
 }
@@ -70,6 +75,25 @@ pub fn admits(node: &NodeInfo, task: &Task) -> Result<(), Unfit> {
         if !constraint.matches(&node.node.metadata.labels) {
             return Err(Unfit::Constraint(constraint.to_string()));
         }
+    }
+    permits(node, task)
+}
+
+/// The permissions of the node's operator the task needs: the node advertises
+/// each with a label set to `true` (the nodelet checks them again itself).
+fn permits(node: &NodeInfo, task: &Task) -> Result<(), Unfit> {
+    let granted = |label: &str| {
+        node.node
+            .metadata
+            .labels
+            .get(label)
+            .is_some_and(|v| v == "true")
+    };
+    if task.spec.driver() == Driver::Raw && !granted(LABEL_ALLOW_RAW_EXEC) {
+        return Err(Unfit::NotAllowed("raw exec"));
+    }
+    if !task.spec.mounts.is_empty() && !granted(LABEL_ALLOW_HOST_PATHS) {
+        return Err(Unfit::NotAllowed("host paths"));
     }
     Ok(())
 }
@@ -192,6 +216,47 @@ mod tests {
 
         Arc::make_mut(&mut info.node).spec.unschedulable = true;
         assert_eq!(fits(&info, &ti(&tolerant)), Err(Unfit::Unschedulable));
+    }
+
+    #[test]
+    fn raw_exec_and_host_paths_go_only_where_the_operator_allows_them() {
+        let mut info = NodeInfo::new(node("n", "1", "1Gi"));
+        let mut raw = task("raw", "1m", "1Mi");
+        raw.spec.driver = Some(Driver::Raw);
+        raw.spec.command = vec!["true".into()];
+        let mut mounting = task("mounting", "1m", "1Mi");
+        mounting.spec.mounts.push(api_types::Mount {
+            source: "/data/in".into(),
+            target: "/in".into(),
+            read_only: Some(true),
+        });
+        let mut exec = task("exec", "1m", "1Mi");
+        exec.spec.driver = Some(Driver::Exec);
+        assert_eq!(
+            fits(&info, &ti(&raw)),
+            Err(Unfit::NotAllowed("raw exec"))
+        );
+        assert_eq!(
+            fits(&info, &ti(&mounting)),
+            Err(Unfit::NotAllowed("host paths"))
+        );
+        // The confined exec driver needs no permission.
+        assert_eq!(fits(&info, &ti(&exec)), Ok(()));
+        // Only the value `true` grants.
+        let labels = &mut Arc::make_mut(&mut info.node).metadata.labels;
+        labels.insert(LABEL_ALLOW_RAW_EXEC.into(), "false".into());
+        labels.insert(LABEL_ALLOW_HOST_PATHS.into(), "yes".into());
+        assert!(fits(&info, &ti(&raw)).is_err());
+        assert!(fits(&info, &ti(&mounting)).is_err());
+        let labels = &mut Arc::make_mut(&mut info.node).metadata.labels;
+        labels.insert(LABEL_ALLOW_RAW_EXEC.into(), "true".into());
+        labels.insert(LABEL_ALLOW_HOST_PATHS.into(), "true".into());
+        assert_eq!(fits(&info, &ti(&raw)), Ok(()));
+        assert_eq!(fits(&info, &ti(&mounting)), Ok(()));
+        assert_eq!(
+            explain(2, &[Unfit::NotAllowed("raw exec"), Unfit::NotAllowed("raw exec")]),
+            "0/2 nodes: 2 raw exec not allowed"
+        );
     }
 
     #[test]

@@ -20,6 +20,13 @@ pub const LABEL_OS: &str = "loom.dev/os";
 pub const LABEL_KERNEL: &str = "loom.dev/kernel";
 /// The label carrying a node's host name.
 pub const LABEL_HOSTNAME: &str = "loom.dev/hostname";
+/// Set to `true` on a node whose operator allows the unconfined `raw` driver
+/// (`loom nodelet --allow-raw-exec`); the scheduler places `raw` tasks only there.
+pub const LABEL_ALLOW_RAW_EXEC: &str = "loom.dev/allow-raw-exec";
+/// Set to `true` on a node whose operator allows host-path mounts under some
+/// prefixes (`loom nodelet --allow-host-paths`); the scheduler places tasks with
+/// mounts only there, and the nodelet checks each path against its prefixes.
+pub const LABEL_ALLOW_HOST_PATHS: &str = "loom.dev/allow-host-paths";
 
 /// A Node: a machine that runs tasks. Cluster-scoped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

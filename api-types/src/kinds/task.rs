@@ -67,8 +67,13 @@ pub enum Driver {
     /// A container through libcontainer: its own namespaces, cgroup and root filesystem.
     #[default]
     Container,
-    /// A host process in its own cgroup.
+    /// A confined host process: its own mount, pid and ipc namespaces over the
+    /// host's root read-only, a writable work directory, an unprivileged uid,
+    /// seccomp and no capabilities; the host's network.
     Exec,
+    /// An unconfined host process in its own cgroup, as root: only on nodes whose
+    /// operator allows it (`loom nodelet --allow-raw-exec`).
+    Raw,
 }
 
 /// When a task's process is started again after it exits.
