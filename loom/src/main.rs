@@ -118,6 +118,13 @@ struct UpArgs {
     /// Run only the API server (no controllers, scheduler or nodelet).
     #[arg(long)]
     api_only: bool,
+    /// Host directories tasks may mount, comma-separated (default: DATA_DIR/volumes
+    /// and the examples' output directory /var/tmp/loom-demo).
+    #[arg(long, value_delimiter = ',')]
+    allow_host_paths: Option<Vec<PathBuf>>,
+    /// Let tasks use the unconfined `raw` driver (a root process on this machine).
+    #[arg(long)]
+    allow_raw_exec: bool,
 }
 
 fn main() -> ExitCode {
@@ -268,8 +275,40 @@ async fn all_in_one(
         max_tasks: 110,
         import_images: Vec::new(),
         stop_tasks_on_exit: true,
+        allow_host_paths: args.allow_host_paths.clone().unwrap_or_else(|| {
+            vec![
+                args.data_dir.join("volumes"),
+                PathBuf::from("/var/tmp/loom-demo"),
+            ]
+        }),
+        allow_raw_exec: args.allow_raw_exec,
     };
     let nodelet_config = nodelet_args.config()?;
+    for dir in &nodelet_config.allow_host_paths {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the allowed host path {}", dir.display()))?;
+    }
+    println!(
+        "Tasks may mount host paths under: {}",
+        if nodelet_config.allow_host_paths.is_empty() {
+            "nothing".to_owned()
+        } else {
+            let dirs: Vec<String> = nodelet_config
+                .allow_host_paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            dirs.join(", ")
+        }
+    );
+    println!(
+        "The raw (unconfined) driver is {}",
+        if nodelet_config.allow_raw_exec {
+            "allowed"
+        } else {
+            "not allowed (--allow-raw-exec allows it)"
+        }
+    );
     import_busybox(&nodelet_config.state_dir);
     println!("Loom API server at {server}");
 

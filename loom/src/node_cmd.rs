@@ -48,6 +48,14 @@ pub struct NodeletArgs {
     /// the next nodelet adopts them).
     #[arg(long)]
     pub stop_tasks_on_exit: bool,
+    /// Host directories tasks may mount, comma-separated (none by default): each
+    /// mount's source must resolve under one of them.
+    #[arg(long, value_delimiter = ',')]
+    pub allow_host_paths: Vec<PathBuf>,
+    /// Let tasks use the unconfined `raw` driver (a root process on this machine;
+    /// off by default).
+    #[arg(long)]
+    pub allow_raw_exec: bool,
 }
 
 impl NodeletArgs {
@@ -75,6 +83,15 @@ impl NodeletArgs {
         config.memory = self.memory;
         config.max_tasks = self.max_tasks;
         config.stop_tasks_on_exit = self.stop_tasks_on_exit;
+        for dir in &self.allow_host_paths {
+            anyhow::ensure!(
+                dir.is_absolute(),
+                "--allow-host-paths {}: must be an absolute path",
+                dir.display()
+            );
+        }
+        config.allow_host_paths = self.allow_host_paths.clone();
+        config.allow_raw_exec = self.allow_raw_exec;
         config.shim = shim_command()?;
         Ok(config)
     }

@@ -10,6 +10,7 @@ pub mod image;
 pub mod logfile;
 pub mod metrics;
 pub mod node;
+pub mod permissions;
 pub mod pull;
 pub mod run;
 pub mod server;
@@ -81,6 +82,12 @@ pub struct Config {
     /// Registries (`host:port`) pulled from over plain HTTP; loopback ones are
     /// always.
     pub insecure_registries: Vec<String>,
+    /// Host directories tasks may mount (each mount's source, resolved, must lie
+    /// under one of them); none by default. The node's own state directory is
+    /// never mountable, nor any directory holding it.
+    pub allow_host_paths: Vec<PathBuf>,
+    /// Whether tasks may use the unconfined `raw` driver (root on the host).
+    pub allow_raw_exec: bool,
 }
 
 impl Config {
@@ -108,6 +115,8 @@ impl Config {
             status_interval: Duration::from_secs(30),
             stop_tasks_on_exit: false,
             insecure_registries: Vec::new(),
+            allow_host_paths: Vec::new(),
+            allow_raw_exec: false,
         }
     }
 }

@@ -136,6 +136,21 @@ pub async fn register(
     let nodes: Api<Node> = Api::all(client.clone());
     let mut labels = attribute_labels();
     labels.extend(config.labels.clone());
+    // The operator's permissions, as the node advertises them; a permission not
+    // given is removed (a null in the merge patch), whatever the labels say.
+    let permissions = crate::permissions::labels(config);
+    for (key, value) in &permissions {
+        match value {
+            Some(value) => labels.insert(key.clone(), value.clone()),
+            None => labels.remove(key),
+        };
+    }
+    let mut label_patch = serde_json::to_value(&labels).unwrap_or_default();
+    for (key, value) in &permissions {
+        if value.is_none() {
+            label_patch[key] = serde_json::Value::Null;
+        }
+    }
     let node = match nodes.get_opt(&config.name).await? {
         None => {
             let mut node = Node::new(
@@ -166,7 +181,8 @@ pub async fn register(
                     taints.push(taint.clone());
                 }
             }
-            let patch = json!({"metadata": {"labels": labels}, "spec": {"taints": taints}});
+            let patch =
+                json!({"metadata": {"labels": label_patch}, "spec": {"taints": taints}});
             nodes
                 .patch(&config.name, &PatchParams::default(), &Patch::Merge(patch))
                 .await?

@@ -82,20 +82,33 @@ async fn logs(
             ),
         );
     };
+    // The node chose the path (tasks name only a file in their own log
+    // directory) and reads only regular files, never through a link, at most a
+    // whole log's worth: the current file and its rotated part.
     let path = state.ctx.log_path(&task);
-    let all = match logfile::read_all(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => {
-            return plain(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot read the log: {e}"),
-            );
-        }
-    };
+    let max = state.ctx.config.log_max_bytes.saturating_mul(2);
     let head = match query.tail_lines {
-        Some(lines) => logfile::tail(&all, lines).to_vec(),
-        None => all,
+        Some(lines) => match logfile::read_all(&path, max) {
+            Ok(all) => logfile::tail(&all, lines).to_vec(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return cannot_read(e),
+        },
+        None if !query.follow => {
+            return match logfile::stream(&path, max) {
+                Ok(stream) => Response::builder()
+                    .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                    .body(Body::from_stream(stream))
+                    .unwrap_or_else(|_| {
+                        plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot stream".into())
+                    }),
+                Err(e) => cannot_read(e),
+            };
+        }
+        None => match logfile::read_all(&path, max) {
+            Ok(all) => all,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return cannot_read(e),
+        },
     };
     if !query.follow {
         return ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], head).into_response();
@@ -121,6 +134,13 @@ async fn logs(
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot stream".into()))
+}
+
+fn cannot_read(error: std::io::Error) -> Response {
+    plain(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("cannot read the log: {error}"),
+    )
 }
 
 /// A stream of the head, then of what `poll` returns every 100 ms until it

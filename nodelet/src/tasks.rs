@@ -65,13 +65,15 @@ impl Ctx {
         self.config.state_dir.join("tasks").join(uid)
     }
 
-    /// The log file of a task.
+    /// The log file of a task: always in the task's own log directory, which the
+    /// node chooses; the task may only name the file (`spec.logPath`, a bare file
+    /// name, checked by the API and again here).
     pub fn log_path(&self, task: &Task) -> PathBuf {
-        if task.spec.log_path.is_empty() {
-            self.task_dir(&task.metadata.uid).join("log")
-        } else {
-            PathBuf::from(&task.spec.log_path)
-        }
+        let name = match task.spec.log_path.as_str() {
+            name if crate::permissions::is_log_file_name(name) => name,
+            _ => "log",
+        };
+        self.task_dir(&task.metadata.uid).join("logs").join(name)
     }
 }
 
@@ -780,6 +782,8 @@ fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
     let driver = match spec.driver.unwrap_or_default() {
         api_types::Driver::Container => DriverKind::Container,
         api_types::Driver::Exec => DriverKind::Exec,
+        // Until the nodelet confines `exec`, both run as host processes.
+        api_types::Driver::Raw => DriverKind::Exec,
     };
     let image = match driver {
         DriverKind::Container => Some(
@@ -808,27 +812,15 @@ fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
             "the task has no command and its image no entrypoint or cmd",
         ));
     }
+    let refused = |r: crate::permissions::Refused| ExitRecord::failed(r.reason, r.message);
+    if spec.driver.unwrap_or_default() == api_types::Driver::Raw {
+        crate::permissions::check_raw_exec(&ctx.config).map_err(refused)?;
+    }
     let mut mounts = Vec::new();
     for mount in &spec.mounts {
         let read_only = mount.read_only.unwrap_or(true);
-        let source = PathBuf::from(&mount.source);
-        if !source.exists() {
-            if read_only {
-                return Err(ExitRecord::failed(
-                    "MountNotFound",
-                    format!(
-                        "mount source {} does not exist on node {}",
-                        mount.source, ctx.config.name
-                    ),
-                ));
-            }
-            std::fs::create_dir_all(&source).map_err(|e| {
-                ExitRecord::failed(
-                    "MountFailed",
-                    format!("cannot create {}: {e}", mount.source),
-                )
-            })?;
-        }
+        let source = crate::permissions::resolve_mount(&ctx.config, &mount.source, read_only)
+            .map_err(refused)?;
         mounts.push(MountSpec {
             source,
             target: mount.target.clone(),
