@@ -126,7 +126,10 @@ impl Cluster {
     /// Registers a Ready node with room for many tasks, served by the test nodelet.
     pub async fn add_node(&self, name: &str) {
         let node: Node = serde_json::from_value(json!({
-            "apiVersion": "loom.dev/v1", "kind": "Node", "metadata": {"name": name},
+            "apiVersion": "loom.dev/v1", "kind": "Node",
+            // The test nodelet runs whatever it is given: jobs with inputs and
+            // output directories (host mounts) may be placed on it.
+            "metadata": {"name": name, "labels": {"loom.dev/allow-host-paths": "true"}},
             "status": {"allocatable": {"cpu": "64", "memory": "64Gi"},
                        "conditions": [{"type": "Ready", "status": "True"}]}
         }))

@@ -674,6 +674,7 @@ impl Cluster {
 
     fn spawn_nodelet(&self, n: usize) -> Proc {
         let node = &self.nodes[n];
+        std::fs::create_dir_all(self.dir().join("out")).expect("the output directory");
         let port = 7444;
         let args = vec![
             format!("--net=/run/netns/{}", node.netns),
@@ -692,6 +693,9 @@ impl Cluster {
             "--advertise".to_owned(),
             format!("http://{}:{port}", node.ip),
             "--stop-tasks-on-exit".to_owned(),
+            // The jobs' output directories are host paths: allowed here only.
+            "--allow-host-paths".to_owned(),
+            self.dir().join("out").display().to_string(),
         ];
         let nsenter = which("nsenter").expect("nsenter");
         self.spawn(&node.name, &nsenter, &args)

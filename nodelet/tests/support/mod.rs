@@ -93,6 +93,8 @@ impl Harness {
         config.backoff_base = Duration::from_millis(200);
         config.backoff_max = Duration::from_secs(2);
         config.default_grace = Duration::from_secs(2);
+        // The tests' input and output directories are temporary directories.
+        config.allow_host_paths = vec![std::env::temp_dir()];
         config
     }
 
