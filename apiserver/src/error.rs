@@ -76,11 +76,23 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&*self.0).unwrap_or_default();
+        let retry_after = self
+            .0
+            .details
+            .as_ref()
+            .and_then(|d| d.retry_after_seconds)
+            .filter(|seconds| *seconds > 0);
         let mut response = (code, body).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        // As Kubernetes, a Status that says when to retry says it in the header too.
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }

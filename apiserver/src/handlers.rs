@@ -25,6 +25,11 @@ use crate::watch_cache::{CachedObject, Filter};
 
 /// How many times a write retries after losing a race it did not ask to lose.
 const RETRIES: usize = 16;
+/// Objects a deletecollection reads and deletes at a time.
+const DELETE_PAGE: usize = 500;
+/// The largest object a JSON Patch may build while it is applied (the request
+/// body limit), and the most bytes its `copy` operations may copy in all.
+const MAX_PATCHED_BYTES: usize = crate::http::MAX_BODY_BYTES;
 
 /// What a write may do.
 #[derive(Clone, Debug, Default)]
@@ -132,6 +137,10 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     /// What is served.
     pub catalog: Arc<Catalog>,
+    /// The most objects a list without `limit` returns (413 beyond).
+    pub max_list_objects: usize,
+    /// The most operations one JSON Patch may have (413 beyond).
+    pub max_patch_operations: usize,
 }
 
 impl std::fmt::Debug for Api {
@@ -292,6 +301,7 @@ impl Api {
             .strategy
             .admit(std::mem::take(object), old)
             .map_err(|errors| invalid(res, &name, &errors))?;
+        warnings.extend(res.strategy.warnings(object));
         Ok(warnings)
     }
 
@@ -565,18 +575,30 @@ impl Api {
                 let patch: json_patch::Patch = serde_json::from_slice(body).map_err(|e| {
                     ApiError::bad_request(format!("the JSON patch is not valid: {e}"))
                 })?;
+                if patch.len() > self.max_patch_operations {
+                    return Err(ApiError::from(Status::request_entity_too_large(&format!(
+                        "the JSON patch has {} operations, more than the {} allowed",
+                        patch.len(),
+                        self.max_patch_operations
+                    ))));
+                }
                 self.guaranteed_update(res, namespace, name, None, part, options, |current| {
                     let mut patched = current.clone();
-                    json_patch::patch(&mut patched, &patch).map_err(|e| {
-                        ApiError::from(Status::invalid(
-                            &res.info.group_kind(),
-                            name,
-                            &[FieldError::invalid(
-                                "",
-                                "",
-                                format!("the JSON patch cannot be applied: {e}"),
-                            )],
-                        ))
+                    apply_json_patch(&mut patched, &patch, MAX_PATCHED_BYTES).map_err(|refused| {
+                        match refused {
+                            PatchRefused::TooLarge(why) => {
+                                ApiError::from(Status::request_entity_too_large(&why))
+                            }
+                            PatchRefused::Failed(e) => ApiError::from(Status::invalid(
+                                &res.info.group_kind(),
+                                name,
+                                &[FieldError::invalid(
+                                    "",
+                                    "",
+                                    format!("the JSON patch cannot be applied: {e}"),
+                                )],
+                            )),
+                        }
                     })?;
                     Ok(patched)
                 })
@@ -1240,82 +1262,169 @@ impl Api {
         }
     }
 
-    /// Deletes every object a list query selects.
+    /// Deletes every object a list query selects, a page at a time (never the
+    /// whole collection in memory at once), and returns the deleted objects as JSON.
     pub async fn delete_collection(
         &self,
         res: &ServedResource,
         query: ListQuery,
         options: &DeleteOptions,
-    ) -> ApiResult<Vec<Value>> {
-        let page = self
-            .list(
-                res,
-                ListQuery {
-                    limit: None,
-                    continue_token: None,
-                    ..query
-                },
-            )
-            .await?;
+    ) -> ApiResult<Vec<Bytes>> {
+        let query = ListQuery {
+            limit: None,
+            continue_token: None,
+            ..query
+        };
         let mut deleted = Vec::new();
-        for item in page.items {
-            let item: Value = serde_json::from_slice(&item).map_err(ApiError::internal)?;
-            match self
-                .delete(res, object::namespace(&item), object::name(&item), options)
-                .await
-            {
-                Ok(object) => deleted.push(object),
-                Err(error) if error.code() == 404 => {}
-                Err(error) => return Err(error),
+        match list_source(&query)? {
+            ListSource::Cache(wanted) => {
+                self.cache_at(res, wanted).await?;
+                // Pages by key: objects that stay (held by finalizers) are not seen twice.
+                let mut after: Option<String> = None;
+                loop {
+                    let page = res
+                        .cache
+                        .list_page(&query.filter, after.as_deref(), DELETE_PAGE);
+                    let Some(last) = page.last() else { break };
+                    after = Some(last.key.clone());
+                    for object in &page {
+                        self.delete_member(res, &object.namespace, &object.name, options, &mut deleted)
+                            .await?;
+                    }
+                }
+            }
+            ListSource::Store(exact) => {
+                let prefix = res.prefix(query.filter.namespace.as_deref());
+                let selectable = res.selectable_fields();
+                let mut revision = exact;
+                let mut after: Option<String> = None;
+                loop {
+                    let continue_token = match (&after, revision) {
+                        (Some(key), Some(revision)) => Some(
+                            ContinueToken {
+                                revision,
+                                last_key: key.clone(),
+                            }
+                            .encode(),
+                        ),
+                        _ => None,
+                    };
+                    let options_page = ListOptions {
+                        revision: if continue_token.is_some() { None } else { revision },
+                        limit: Some(DELETE_PAGE),
+                        continue_token,
+                    };
+                    let page = match self.store.list(&prefix, options_page).await {
+                        Ok(page) => page,
+                        Err(store::Error::Compacted { .. }) if after.is_some() => {
+                            // The snapshot the pages read went while deleting: go on
+                            // from the same key at the latest revision.
+                            let latest = self.store.current_revision().await.map_err(|e| {
+                                ApiError::from_store(e, &res.group_resource(), "")
+                            })?;
+                            revision = Some(latest);
+                            continue;
+                        }
+                        Err(e) => return Err(ApiError::from_store(e, &res.group_resource(), "")),
+                    };
+                    revision = Some(page.revision);
+                    let Some(last) = page.items.last() else { break };
+                    after = Some(last.key.clone());
+                    for kv in &page.items {
+                        let Some(object) = CachedObject::from_kv(kv, kv.mod_revision, &selectable)
+                        else {
+                            continue;
+                        };
+                        if !query.filter.matches(&object) {
+                            continue;
+                        }
+                        self.delete_member(res, &object.namespace, &object.name, options, &mut deleted)
+                            .await?;
+                    }
+                    if page.continue_token.is_none() {
+                        break;
+                    }
+                }
             }
         }
         Ok(deleted)
     }
 
+    /// Deletes one member of a collection being deleted; one already gone is skipped.
+    async fn delete_member(
+        &self,
+        res: &ServedResource,
+        namespace: &str,
+        name: &str,
+        options: &DeleteOptions,
+        deleted: &mut Vec<Bytes>,
+    ) -> ApiResult<()> {
+        match self.delete(res, namespace, name, options).await {
+            Ok(object) => {
+                deleted.push(Bytes::from(
+                    serde_json::to_vec(&object).map_err(ApiError::internal)?,
+                ));
+                Ok(())
+            }
+            Err(error) if error.code() == 404 => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Waits until the watch cache has caught up with `wanted` (a revision the
+    /// client has seen), so a list from it is not older than that.
+    async fn cache_at(&self, res: &ServedResource, wanted: Revision) -> ApiResult<()> {
+        if res
+            .cache
+            .wait_for(wanted, std::time::Duration::from_secs(3))
+            .await
+        {
+            return Ok(());
+        }
+        Err(ApiError::from_store(
+            store::Error::FutureRevision {
+                requested: wanted,
+                current: res.cache.revision(),
+            },
+            &res.group_resource(),
+            "",
+        ))
+    }
+
+    fn list_too_large(&self, res: &ServedResource) -> ApiError {
+        ApiError::from(Status::request_entity_too_large(&format!(
+            "the list of {} has more than {} objects, the most a list without limit may return: list in pages with limit and continue",
+            res.group_resource(),
+            self.max_list_objects
+        )))
+    }
+
     /// Lists objects: from the watch cache when the request allows any recent
     /// state (`resourceVersion=0` or `NotOlderThan`), else from the store, exactly
-    /// at the revision asked or the latest.
+    /// at the revision asked or the latest. Without `limit`, more than
+    /// `max_list_objects` objects is a 413, decided before they are all
+    /// gathered; a `limit` above it is lowered to it (the client pages on).
     pub async fn list(&self, res: &ServedResource, query: ListQuery) -> ApiResult<ListPage> {
-        let rv = query.resource_version.as_deref().filter(|v| !v.is_empty());
-        let from_cache = query.continue_token.is_none()
-            && matches!(
-                (rv, query.resource_version_match.as_deref()),
-                (Some("0"), _) | (Some(_), Some("NotOlderThan"))
-            );
-        if from_cache {
-            let wanted = parse_revision(rv.unwrap_or("0"), "resourceVersion")?;
-            if !res
-                .cache
-                .wait_for(wanted, std::time::Duration::from_secs(3))
-                .await
-            {
-                return Err(ApiError::from_store(
-                    store::Error::FutureRevision {
-                        requested: wanted,
-                        current: res.cache.revision(),
-                    },
-                    &res.group_resource(),
-                    "",
-                ));
+        let max = self.max_list_objects;
+        let exact = match list_source(&query)? {
+            ListSource::Cache(wanted) => {
+                self.cache_at(res, wanted).await?;
+                match res.cache.list_at_most(&query.filter, max) {
+                    Some((items, revision)) => {
+                        return Ok(ListPage {
+                            items: items.iter().map(|o| o.json.clone()).collect(),
+                            revision,
+                            continue_token: None,
+                        });
+                    }
+                    // Too many for one answer; the client can page, so read the
+                    // store a page at a time (at the latest revision, which is
+                    // not older than what it asked for).
+                    None if query.limit.is_some() => None,
+                    None => return Err(self.list_too_large(res)),
+                }
             }
-            let (items, revision) = res.cache.list(&query.filter);
-            return Ok(ListPage {
-                items: items.iter().map(|o| o.json.clone()).collect(),
-                revision,
-                continue_token: None,
-            });
-        }
-        let exact = match (rv, query.resource_version_match.as_deref()) {
-            (Some(rv), Some("Exact")) => Some(parse_revision(rv, "resourceVersion")?),
-            (Some(rv), None) if query.continue_token.is_none() => {
-                Some(parse_revision(rv, "resourceVersion")?)
-            }
-            (Some(_), Some(other)) if other != "Exact" && other != "NotOlderThan" => {
-                return Err(ApiError::bad_request(format!(
-                    "resourceVersionMatch {other:?} is not supported: use Exact or NotOlderThan"
-                )));
-            }
-            _ => None,
+            ListSource::Store(exact) => exact,
         };
         let prefix = res.prefix(query.filter.namespace.as_deref());
         let selectable = res.selectable_fields();
@@ -1323,7 +1432,7 @@ impl Api {
         let mut items = Vec::new();
         let mut token = query.continue_token.clone();
         let mut revision = exact;
-        let wanted = query.limit.filter(|l| *l > 0);
+        let wanted = query.limit.filter(|l| *l > 0).map(|l| l.min(max));
         loop {
             let page_size = wanted
                 .map(|w| (w - items.len()).clamp(50, 10_000))
@@ -1356,6 +1465,9 @@ impl Api {
                 } else {
                     object::with_resource_version(&kv.value, kv.mod_revision)
                 };
+                if wanted.is_none() && items.len() == max {
+                    return Err(self.list_too_large(res));
+                }
                 items.push(json);
                 if let Some(wanted) = wanted
                     && items.len() >= wanted
@@ -1387,6 +1499,44 @@ impl Api {
             }
         }
     }
+}
+
+/// Where a list reads.
+enum ListSource {
+    /// The watch cache, once it has seen this revision.
+    Cache(Revision),
+    /// The store, at this revision or the latest.
+    Store(Option<Revision>),
+}
+
+/// Where a list query reads: any recent state (`resourceVersion=0` or
+/// `NotOlderThan`) comes from the watch cache; the rest from the store.
+fn list_source(query: &ListQuery) -> ApiResult<ListSource> {
+    let rv = query.resource_version.as_deref().filter(|v| !v.is_empty());
+    let from_cache = query.continue_token.is_none()
+        && matches!(
+            (rv, query.resource_version_match.as_deref()),
+            (Some("0"), _) | (Some(_), Some("NotOlderThan"))
+        );
+    if from_cache {
+        return Ok(ListSource::Cache(parse_revision(
+            rv.unwrap_or("0"),
+            "resourceVersion",
+        )?));
+    }
+    let exact = match (rv, query.resource_version_match.as_deref()) {
+        (Some(rv), Some("Exact")) => Some(parse_revision(rv, "resourceVersion")?),
+        (Some(rv), None) if query.continue_token.is_none() => {
+            Some(parse_revision(rv, "resourceVersion")?)
+        }
+        (Some(_), Some(other)) if other != "Exact" && other != "NotOlderThan" => {
+            return Err(ApiError::bad_request(format!(
+                "resourceVersionMatch {other:?} is not supported: use Exact or NotOlderThan"
+            )));
+        }
+        _ => None,
+    };
+    Ok(ListSource::Store(exact))
 }
 
 fn set_status(object: &mut Value, status: Option<Value>) {
@@ -1443,5 +1593,157 @@ fn remove_path(object: &mut Value, path: &str) {
             }
         }
         _ => {}
+    }
+}
+
+/// Why a JSON Patch was not applied.
+#[derive(Debug)]
+enum PatchRefused {
+    /// It would build too large a document, or copy too much.
+    TooLarge(String),
+    /// An operation failed (a `test`, a missing path).
+    Failed(json_patch::PatchError),
+}
+
+/// Applies a JSON Patch one operation at a time, keeping an estimate of the
+/// document's serialized size: an operation that would take it over
+/// `max_bytes`, or `copy` operations copying more than `max_bytes` in all, stop
+/// the patch there. (Applied whole, ten `copy` operations of the document into
+/// itself would build it 1,024 times over before anything could look at it.)
+///
+/// Every value the estimate walks is bounded: an added or copied value is
+/// walked only up to what is left of the limit, and a removed one was built
+/// from the document, the patch body or a bounded copy.
+fn apply_json_patch(
+    doc: &mut Value,
+    patch: &[json_patch::PatchOperation],
+    max_bytes: usize,
+) -> Result<(), PatchRefused> {
+    use json_patch::PatchOperation;
+    let too_large = |index: usize| {
+        PatchRefused::TooLarge(format!(
+            "the JSON patch would make the object larger than {max_bytes} bytes (at operation {index})"
+        ))
+    };
+    let mut size = json_size(doc, usize::MAX).unwrap_or(usize::MAX);
+    let mut copied = 0usize;
+    for (index, operation) in patch.iter().enumerate() {
+        // What the operation takes away, then what it adds, within what is left.
+        let path = operation.path().as_str();
+        let shrink = match operation {
+            PatchOperation::Move(op) if op.from.as_str() == path => 0,
+            // A member moved up over its ancestor: the ancestor goes, the member stays.
+            PatchOperation::Move(op) if op.from.as_str().starts_with(&format!("{path}/")) => {
+                let moved = doc
+                    .pointer(op.from.as_str())
+                    .and_then(|v| json_size(v, usize::MAX))
+                    .unwrap_or(0);
+                replaced_member(doc, path).saturating_sub(moved)
+            }
+            PatchOperation::Add(_) | PatchOperation::Copy(_) | PatchOperation::Move(_) => {
+                replaced_member(doc, path)
+            }
+            PatchOperation::Remove(_) | PatchOperation::Replace(_) => doc
+                .pointer(path)
+                .and_then(|old| json_size(old, usize::MAX))
+                .unwrap_or(0),
+            PatchOperation::Test(_) => 0,
+        };
+        let room = (max_bytes + shrink).saturating_sub(size);
+        let key = path.rsplit('/').next().map_or(0, |k| k.len() + 4);
+        let grow = match operation {
+            PatchOperation::Add(op) => json_size(&op.value, room).map(|n| n + key),
+            PatchOperation::Replace(op) => json_size(&op.value, room),
+            PatchOperation::Move(_) => Some(key),
+            PatchOperation::Copy(op) => {
+                let budget = room.min(max_bytes - copied);
+                match doc.pointer(op.from.as_str()) {
+                    Some(from) => match json_size(from, budget) {
+                        Some(n) => {
+                            copied += n;
+                            Some(n + key)
+                        }
+                        None if budget < room => {
+                            return Err(PatchRefused::TooLarge(format!(
+                                "the JSON patch copies more than {max_bytes} bytes in all (at operation {index})"
+                            )));
+                        }
+                        None => None,
+                    },
+                    // The operation fails below, naming the bad path.
+                    None => Some(0),
+                }
+            }
+            PatchOperation::Remove(_) | PatchOperation::Test(_) => Some(0),
+        };
+        let Some(grow) = grow.filter(|grow| *grow <= room) else {
+            return Err(too_large(index));
+        };
+        json_patch::patch_unsafe(doc, std::slice::from_ref(operation)).map_err(|mut error| {
+            error.operation = index;
+            PatchRefused::Failed(error)
+        })?;
+        size = (size + grow).saturating_sub(shrink);
+    }
+    Ok(())
+}
+
+/// The size of the value an `add` (or `copy`, `move`) to `path` replaces: the
+/// whole document for `""`, an object's existing member; nothing for a new
+/// member or an array insert.
+fn replaced_member(doc: &Value, path: &str) -> usize {
+    if path.is_empty() {
+        return json_size(doc, usize::MAX).unwrap_or(0);
+    }
+    let Some((parent, last)) = path.rsplit_once('/') else {
+        return 0;
+    };
+    let key = last.replace("~1", "/").replace("~0", "~");
+    match doc.pointer(parent) {
+        Some(Value::Object(map)) => map
+            .get(&key)
+            .and_then(|old| json_size(old, usize::MAX))
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// About the length of `value` as compact JSON (string escapes aside), or
+/// `None` once it is over `budget`: the walk stops there, so measuring a huge
+/// value against a small budget is cheap. Iterative: patched documents can be
+/// deep.
+fn json_size(value: &Value, budget: usize) -> Option<usize> {
+    let mut total = 0usize;
+    let mut pending = vec![value];
+    while let Some(value) = pending.pop() {
+        total += match value {
+            Value::Null => 4,
+            Value::Bool(b) => 4 + usize::from(!b),
+            Value::Number(n) => number_size(n),
+            Value::String(text) => text.len() + 2,
+            Value::Array(items) => {
+                pending.extend(items.iter());
+                items.len() + 1
+            }
+            Value::Object(map) => {
+                total += map.keys().map(|k| k.len() + 4).sum::<usize>();
+                pending.extend(map.values());
+                2
+            }
+        };
+        if total > budget {
+            return None;
+        }
+    }
+    Some(total)
+}
+
+/// Digits (and sign) of an integer; a float counts as its longest form.
+fn number_size(n: &serde_json::Number) -> usize {
+    let digits = |u: u64| u.checked_ilog10().map_or(1, |d| d as usize + 1);
+    match (n.as_u64(), n.as_i64()) {
+        (Some(u), _) => digits(u),
+        (None, Some(i)) => digits(i.unsigned_abs()) + 1,
+        _ => 24,
     }
 }

@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use api_types::{FieldSelector, FieldValidation, Selector};
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -20,7 +21,7 @@ use crate::catalog::{Catalog, ServedResource};
 use crate::discovery;
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::{Api, DeleteOptions, ListQuery, Part, PatchKind, WriteOptions};
-use crate::metrics::{Metrics, ResourceLabels};
+use crate::metrics::{Metrics, ResourceLabels, resource_label};
 use crate::registry::Column;
 use crate::watch_cache::{CachedObject, EventType, Filter, WatchError, WatchItem};
 
@@ -31,6 +32,9 @@ const LIST_BATCH: usize = 512;
 /// At most this many queued watch events are written as one chunk.
 const WATCH_BATCH: usize = 256;
 
+/// A watch refused for being over a limit is told to come back after this long.
+const WATCH_RETRY_AFTER_SECONDS: i32 = 10;
+
 /// What every request handler shares.
 #[derive(Clone, Debug)]
 pub struct AppState {
@@ -38,6 +42,122 @@ pub struct AppState {
     pub api: Arc<Api>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The watch slots, per source address and in all.
+    pub watches: Arc<WatchSlots>,
+    /// A watch without `timeoutSeconds` ends after between this and twice this.
+    pub min_watch_timeout: Duration,
+    /// Time a client has to send a request's whole body.
+    pub body_read_timeout: Duration,
+}
+
+/// The address a request came from, set on each request by the accept loop.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+/// Counts open watches per source address and in all, against their caps.
+#[derive(Debug)]
+pub struct WatchSlots {
+    per_source: usize,
+    total: usize,
+    open: Mutex<WatchCounts>,
+}
+
+#[derive(Debug, Default)]
+struct WatchCounts {
+    total: usize,
+    by_source: HashMap<IpAddr, usize>,
+}
+
+/// One open watch's slot, given back when the watch's stream is dropped.
+#[derive(Debug)]
+pub struct WatchSlot {
+    slots: Arc<WatchSlots>,
+    source: Option<IpAddr>,
+}
+
+impl WatchSlots {
+    /// Caps of `per_source` watches from one address and `total` in all.
+    pub fn new(per_source: usize, total: usize) -> Arc<Self> {
+        Arc::new(WatchSlots {
+            per_source,
+            total,
+            open: Mutex::new(WatchCounts::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WatchCounts> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a slot for a watch from `source` (`None`: a request that did not
+    /// come through a listener, counted in the total only), or says which cap
+    /// is reached.
+    pub fn acquire(self: &Arc<Self>, source: Option<IpAddr>) -> Result<WatchSlot, String> {
+        let mut open = self.lock();
+        if open.total >= self.total {
+            return Err(format!(
+                "too many watches open on this server (the limit is {}); retry later",
+                self.total
+            ));
+        }
+        if let Some(source) = source {
+            let mine = open.by_source.entry(source).or_insert(0);
+            if *mine >= self.per_source {
+                return Err(format!(
+                    "too many watches open from {source} (the limit is {} per source address); close some or retry later",
+                    self.per_source
+                ));
+            }
+            *mine += 1;
+        }
+        open.total += 1;
+        Ok(WatchSlot {
+            slots: self.clone(),
+            source,
+        })
+    }
+
+    /// Open watches in all, and from `source`.
+    pub fn open(&self, source: IpAddr) -> (usize, usize) {
+        let open = self.lock();
+        (
+            open.total,
+            open.by_source.get(&source).copied().unwrap_or(0),
+        )
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.lock();
+        open.total = open.total.saturating_sub(1);
+        if let Some(source) = self.source
+            && let Some(mine) = open.by_source.get_mut(&source)
+        {
+            *mine = mine.saturating_sub(1);
+            if *mine == 0 {
+                open.by_source.remove(&source);
+            }
+        }
+    }
+}
+
+/// How long a watch without `timeoutSeconds` lasts: `min` stretched by
+/// `spread` in [0, 1), so between `min` and twice `min` (Kubernetes'
+/// `minRequestTimeout * (1 + rand)`).
+pub fn default_watch_timeout(min: Duration, spread: f64) -> Duration {
+    min.mul_f64(1.0 + spread.clamp(0.0, 1.0 - f64::EPSILON))
+}
+
+/// A uniformly random number in [0, 1).
+fn random_fraction() -> f64 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    // A v4 uuid's bytes 6 and 8 carry its version and variant; the rest are random.
+    let word = [
+        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[10], bytes[11],
+    ];
+    // 53 random bits fill an f64's mantissa exactly.
+    (u64::from_le_bytes(word) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The router of the whole API.
@@ -364,7 +484,8 @@ async fn resource_request(
     Path(rest): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    peer: Option<Extension<Peer>>,
+    body: Body,
 ) -> Response {
     let started = Instant::now();
     let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
@@ -392,22 +513,14 @@ async fn resource_request(
         }
     };
     let verb = verb_of(&method, &target, &query);
-    let resource_label = match &target.subresource {
-        Some(sub) => format!("{}/{sub}", target.resource.info.plural),
-        None => target.resource.info.plural.clone(),
-    };
-    let response = match body {
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::from(api_types::Status::request_entity_too_large(&format!(
-                "the request body is larger than {MAX_BODY_BYTES} bytes"
-            )))
-            .into_response()
-        }
-        Err(rejection) => {
-            ApiError::bad_request(format!("cannot read the request body: {rejection}"))
-                .into_response()
-        }
-        Ok(body) => match serve(&state, &method, &target, &query, &headers, body).await {
+    let resource_label = resource_label(
+        &target.resource.info.plural,
+        target.subresource.as_deref(),
+    );
+    let peer = peer.map(|Extension(Peer(address))| address.ip());
+    let response = match read_body(body, &headers, state.body_read_timeout).await {
+        Err(error) => error.into_response(),
+        Ok(body) => match serve(&state, &method, &target, &query, &headers, peer, body).await {
             Ok(response) => response,
             Err(error) => error.into_response(),
         },
@@ -421,12 +534,63 @@ async fn resource_request(
     response
 }
 
+/// Reads a request body of at most `MAX_BODY_BYTES`, all of it within `timeout`
+/// (a client trickling its body a byte at a time would otherwise hold the
+/// request, and its connection, forever).
+async fn read_body(body: Body, headers: &HeaderMap, timeout: Duration) -> ApiResult<Bytes> {
+    let too_large = || {
+        ApiError::from(api_types::Status::request_entity_too_large(&format!(
+            "the request body is larger than {MAX_BODY_BYTES} bytes"
+        )))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut length = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|error| {
+                ApiError::bad_request(format!("cannot read the request body: {error}"))
+            })?;
+            length += chunk.len();
+            if length > MAX_BODY_BYTES {
+                return Err(too_large());
+            }
+            chunks.push(chunk);
+        }
+        Ok(match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.swap_remove(0),
+            _ => Bytes::from(chunks.concat()),
+        })
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(read) => read,
+        Err(_) => {
+            let mut status = api_types::Status::timeout(format!(
+                "the request body was not received within {} s",
+                timeout.as_secs_f64()
+            ));
+            status.code = 408;
+            Err(ApiError::from(status))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     state: &AppState,
     method: &Method,
     target: &Target,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
+    peer: Option<IpAddr>,
     body: Bytes,
 ) -> ApiResult<Response> {
     let api = &state.api;
@@ -470,7 +634,7 @@ async fn serve(
         ("GET", None) => {
             let list = list_query(target, query)?;
             if query_flag(query, "watch") {
-                return watch(state, target, query, headers, list).await;
+                return watch(state, target, query, headers, peer, list).await;
             }
             let page = api.list(res, list).await?;
             Ok(list_response(res, page, wants_table(headers)))
@@ -577,15 +741,7 @@ async fn serve(
                 None => {
                     let list = list_query(target, query)?;
                     let deleted = api.delete_collection(res, list, &options).await?;
-                    Ok(json_response(
-                        StatusCode::OK,
-                        &json!({
-                            "apiVersion": res.info.api_version(),
-                            "kind": res.info.list_kind,
-                            "metadata": {},
-                            "items": deleted,
-                        }),
-                    ))
+                    Ok(items_response(res, &json!({}), deleted))
                 }
             }
         }
@@ -633,6 +789,11 @@ fn list_response(
     if let Some(token) = &page.continue_token {
         meta["continue"] = json!(token);
     }
+    items_response(res, &meta, page.items)
+}
+
+/// A list of objects already serialized, written a few hundred at a time.
+fn items_response(res: &ServedResource, meta: &Value, items: Vec<Bytes>) -> Response {
     let head = format!(
         "{{\"apiVersion\":{},\"kind\":{},\"metadata\":{},\"items\":[",
         json!(res.info.api_version()),
@@ -642,7 +803,7 @@ fn list_response(
     // Streamed a few hundred objects at a time: a list of 100,000 objects is not
     // copied into one more buffer of its own size.
     let mut first = true;
-    let batches = futures::stream::iter(page.items)
+    let batches = futures::stream::iter(items)
         .chunks(LIST_BATCH)
         .map(move |batch| {
             let mut chunk = Vec::with_capacity(batch.iter().map(|o| o.len() + 1).sum());
@@ -709,10 +870,11 @@ fn table(
     })
 }
 
-/// Decrements the watcher gauge when a watch stream ends.
+/// Decrements the watcher gauge and gives back the watch slot when a watch stream ends.
 struct WatcherGuard {
     metrics: Arc<Metrics>,
     labels: ResourceLabels,
+    _slot: WatchSlot,
 }
 
 impl Drop for WatcherGuard {
@@ -726,6 +888,7 @@ async fn watch(
     target: &Target,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
+    peer: Option<IpAddr>,
     list: ListQuery,
 ) -> ApiResult<Response> {
     let res = target.resource.clone();
@@ -740,11 +903,19 @@ async fn watch(
     let bookmarks = query_flag(query, "allowWatchBookmarks");
     let as_table = wants_table(headers);
     let timeout = match query.get("timeoutSeconds").filter(|s| !s.is_empty()) {
-        Some(t) => Some(Duration::from_secs(t.parse::<u64>().map_err(|_| {
+        Some(t) => Duration::from_secs(t.parse::<u64>().map_err(|_| {
             ApiError::bad_request(format!("timeoutSeconds {t:?} is not a number"))
-        })?)),
-        None => None,
+        })?),
+        None => default_watch_timeout(state.min_watch_timeout, random_fraction()),
     };
+    // Taken before the watch starts (which may wait for the cache) and held by
+    // the stream, so a watch counts until its connection lets go of it.
+    let slot = state.watches.acquire(peer).map_err(|why| {
+        ApiError::from(api_types::Status::too_many_requests(
+            why,
+            WATCH_RETRY_AFTER_SECONDS,
+        ))
+    })?;
     let started = res.cache.watch(from, list.filter).await;
     let watch = match started {
         Ok(watch) => watch,
@@ -776,6 +947,7 @@ async fn watch(
     let guard = WatcherGuard {
         metrics: state.metrics.clone(),
         labels,
+        _slot: slot,
     };
     let items = futures::stream::iter(watch.initial)
         .chain(tokio_stream::wrappers::ReceiverStream::new(watch.live));
@@ -794,10 +966,9 @@ async fn watch(
         };
         async move { chunk.map(Ok::<Bytes, Infallible>) }
     });
-    let body = match timeout {
-        Some(timeout) => Body::from_stream(lines.take_until(tokio::time::sleep(timeout))),
-        None => Body::from_stream(lines),
-    };
+    // At the timeout the stream ends: the chunked body is finished properly and
+    // the client starts a new watch from its last resourceVersion.
+    let body = Body::from_stream(lines.take_until(tokio::time::sleep(timeout)));
     let mut response = Response::new(body);
     let content_type = if as_table {
         "application/json;as=Table;v=v1;g=meta.k8s.io"

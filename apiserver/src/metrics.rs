@@ -51,6 +51,22 @@ pub struct OperationLabels {
     pub operation: String,
 }
 
+/// The subresources the API serves: only these become part of a `resource`
+/// label. Any other path segment is a client's choice and would add a label
+/// value (and a time series) forever.
+pub const KNOWN_SUBRESOURCES: &[&str] = &["status", "log", "binding", "finalize"];
+
+/// The `resource` label of a request for `plural` (a resource the catalog
+/// serves) and its subresource: `tasks`, `tasks/status`, or `tasks/unknown`
+/// for a subresource the API does not have.
+pub fn resource_label(plural: &str, subresource: Option<&str>) -> String {
+    match subresource {
+        None => plural.to_owned(),
+        Some(sub) if KNOWN_SUBRESOURCES.contains(&sub) => format!("{plural}/{sub}"),
+        Some(_) => format!("{plural}/unknown"),
+    }
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.5, 14))
 }

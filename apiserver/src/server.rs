@@ -7,11 +7,18 @@ use api_types::{Namespace, Resource};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tracing::{Instrument, debug, info, warn};
 
 use crate::catalog::{CacheConfig, Catalog};
 use crate::handlers::{Api, WriteOptions};
-use crate::http::{AppState, router};
+use crate::http::{AppState, Peer, WatchSlots, router};
 use crate::metrics::{MeteredStore, Metrics};
 use crate::registry::namespace::BUILT_IN;
 use crate::store::{EmbeddedOptions, EmbeddedStore, EtcdOptions, EtcdStore, Store};
@@ -78,11 +85,88 @@ pub async fn open_store(url: &StoreUrl, prefix: &str) -> Result<Arc<dyn Store>, 
     }
 }
 
-/// How the API server runs.
-#[derive(Clone, Debug, Default)]
+/// How the API server runs, with the limits that keep one client from taking
+/// the server's memory, connections or watch slots from the others.
+#[derive(Clone, Debug)]
 pub struct Config {
     /// Watch cache sizes and bookmark interval.
     pub cache: CacheConfig,
+    /// A list without `limit` that would return more objects than this is
+    /// refused (413): such clients must page with `limit` and `continue`.
+    pub max_list_objects: usize,
+    /// Concurrent watches from one source address; more get 429.
+    pub max_watches_per_source: usize,
+    /// Concurrent watches in all; more get 429.
+    pub max_watches: usize,
+    /// A watch without `timeoutSeconds` ends after a random time between this
+    /// and twice this (Kubernetes' `--min-request-timeout`), so long-lived
+    /// watches spread over restarts and load balancers.
+    pub min_watch_timeout: Duration,
+    /// Operations in one JSON Patch.
+    pub max_patch_operations: usize,
+    /// Time a client has to send a request's headers (also how long an idle
+    /// keep-alive connection is kept); at most 30 s.
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a request's whole body; 408 after it.
+    pub body_read_timeout: Duration,
+    /// Open connections; further ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
+}
+
+/// The longest header read timeout allowed.
+pub const MAX_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a shutdown waits for open requests to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            cache: CacheConfig::default(),
+            max_list_objects: 250_000,
+            max_watches_per_source: 2_000,
+            max_watches: 20_000,
+            min_watch_timeout: Duration::from_secs(30 * 60),
+            max_patch_operations: 10_000,
+            header_read_timeout: MAX_HEADER_READ_TIMEOUT,
+            body_read_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Checks every limit is usable, naming the one that is not.
+    pub fn validate(&self) -> Result<(), String> {
+        let counts = [
+            ("max_list_objects", self.max_list_objects),
+            ("max_watches_per_source", self.max_watches_per_source),
+            ("max_watches", self.max_watches),
+            ("max_patch_operations", self.max_patch_operations),
+            ("max_connections", self.max_connections),
+        ];
+        for (name, value) in counts {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if self.header_read_timeout.is_zero() || self.header_read_timeout > MAX_HEADER_READ_TIMEOUT
+        {
+            return Err(format!(
+                "header_read_timeout must be more than 0 and at most {} s, not {:?}",
+                MAX_HEADER_READ_TIMEOUT.as_secs(),
+                self.header_read_timeout
+            ));
+        }
+        for (name, value) in [
+            ("body_read_timeout", self.body_read_timeout),
+            ("min_watch_timeout", self.min_watch_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{name} must be more than 0"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Serves the API on `listener` over `store` until `shutdown` is cancelled.
@@ -92,21 +176,126 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    config
+        .validate()
+        .map_err(|why| std::io::Error::new(std::io::ErrorKind::InvalidInput, why))?;
     let metrics = Metrics::new();
     let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
     let caches = shutdown.child_token();
     let catalog = Catalog::new(store.clone(), config.cache.clone(), caches.clone());
     catalog.follow_definitions();
-    let api = Arc::new(Api { store, catalog });
+    let api = Arc::new(Api {
+        store,
+        catalog,
+        max_list_objects: config.max_list_objects,
+        max_patch_operations: config.max_patch_operations,
+    });
     ensure_namespaces(&api).await;
-    let app = router(AppState { api, metrics });
+    let app = router(AppState {
+        api,
+        metrics,
+        watches: WatchSlots::new(config.max_watches_per_source, config.max_watches),
+        min_watch_timeout: config.min_watch_timeout,
+        body_read_timeout: config.body_read_timeout,
+    });
     info!(address = %listener.local_addr()?, "API server listening");
-    let stop = shutdown.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
+    serve(listener, app, &config, shutdown).await;
     caches.cancel();
-    served
+    Ok(())
+}
+
+/// The accept loop: every connection gets the header read timeout, at most
+/// `max_connections` are open at once, and a shutdown stops accepting, lets the
+/// open requests finish (under a timeout) and closes idle connections.
+///
+/// HTTP/1 only: hyper-util's HTTP/1-or-2 detection waits for the client's first
+/// bytes without any timeout, and no Loom client speaks cleartext HTTP/2.
+async fn serve(listener: TcpListener, app: Router, config: &Config, shutdown: CancellationToken) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
+    let builder = Arc::new(builder);
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let connections = TaskTracker::new();
+    loop {
+        // A connection over the limit is not accepted: it waits in the kernel's
+        // backlog (bounded by the listen backlog) until an open one closes.
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    accept_failed(error).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |request: http::Request<hyper::body::Incoming>| {
+                let mut request = request.map(axum::body::Body::new);
+                request.extensions_mut().insert(Peer(peer));
+                request
+            },
+        ));
+        let builder = builder.clone();
+        let stop = shutdown.clone();
+        connections.spawn(
+            async move {
+                let _slot = slot;
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                let mut connection = std::pin::pin!(connection);
+                let served = tokio::select! {
+                    served = connection.as_mut() => served,
+                    _ = stop.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(error) = served {
+                    debug!(%error, "connection ended with an error");
+                }
+            }
+            .instrument(tracing::debug_span!("connection", %peer)),
+        );
+    }
+    // Free the address at once (a restart may bind it again), then drain.
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open = connections.len(),
+            "connections still open {} s after shutdown; leaving them",
+            DRAIN_TIMEOUT.as_secs()
+        );
+    }
+}
+
+/// Errors of `accept`: a connection reset before it was accepted is the
+/// client's business; anything else (out of file descriptors) is waited out,
+/// as hyper's and axum's servers do, rather than spinning.
+async fn accept_failed(error: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    warn!(%error, "cannot accept a connection; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Creates the namespaces every cluster has, if they are missing.

@@ -336,6 +336,49 @@ impl WatchCache {
         (items, state.revision)
     }
 
+    /// Like `list`, but `None` as soon as more than `max` objects pass: a list
+    /// too large to answer is refused without being gathered first.
+    pub fn list_at_most(
+        &self,
+        filter: &Filter,
+        max: usize,
+    ) -> Option<(Vec<Arc<CachedObject>>, Revision)> {
+        let state = self.lock();
+        let mut items = Vec::new();
+        for object in state.objects.values().filter(|o| filter.matches(o)) {
+            if items.len() == max {
+                return None;
+            }
+            items.push(object.clone());
+        }
+        Some((items, state.revision))
+    }
+
+    /// At most `limit` objects passing `filter` whose keys come after `after`
+    /// (from the first key without it), in key order: one page of a walk over
+    /// the cache that stays valid while objects come and go.
+    pub fn list_page(
+        &self,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<Arc<CachedObject>> {
+        use std::ops::Bound;
+        let state = self.lock();
+        let start = match after {
+            Some(key) => Bound::Excluded(key),
+            None => Bound::Unbounded,
+        };
+        state
+            .objects
+            .range::<str, _>((start, Bound::Unbounded))
+            .map(|(_, object)| object)
+            .filter(|o| filter.matches(o))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
     /// One object by key.
     pub fn get(&self, key: &str) -> Option<Arc<CachedObject>> {
         self.lock().objects.get(key).cloned()

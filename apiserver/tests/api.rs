@@ -168,6 +168,7 @@ fn test_config() -> Config {
             capacity: 64,
             bookmark_interval: Duration::from_millis(200),
         },
+        ..Default::default()
     }
 }
 

@@ -25,6 +25,7 @@ fn server_config() -> ServerConfig {
             capacity: 256,
             bookmark_interval: Duration::from_millis(200),
         },
+        ..Default::default()
     }
 }
 
