@@ -518,7 +518,7 @@ async fn resource_request(
         target.subresource.as_deref(),
     );
     let peer = peer.map(|Extension(Peer(address))| address.ip());
-    let response = match read_body(body, &headers, state.body_read_timeout).await {
+    let response = match read_body(body, state.body_read_timeout).await {
         Err(error) => error.into_response(),
         Ok(body) => match serve(&state, &method, &target, &query, &headers, peer, body).await {
             Ok(response) => response,
@@ -537,19 +537,15 @@ async fn resource_request(
 /// Reads a request body of at most `MAX_BODY_BYTES`, all of it within `timeout`
 /// (a client trickling its body a byte at a time would otherwise hold the
 /// request, and its connection, forever).
-async fn read_body(body: Body, headers: &HeaderMap, timeout: Duration) -> ApiResult<Bytes> {
+async fn read_body(body: Body, timeout: Duration) -> ApiResult<Bytes> {
     let too_large = || {
         ApiError::from(api_types::Status::request_entity_too_large(&format!(
             "the request body is larger than {MAX_BODY_BYTES} bytes"
         )))
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
-    }
+    // Read up to the limit even when Content-Length already says too much: a
+    // refusal sent while the client is still writing its body would reach it as
+    // a reset connection rather than a 413.
     let read = async {
         let mut stream = body.into_data_stream();
         let mut chunks: Vec<Bytes> = Vec::new();
