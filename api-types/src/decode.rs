@@ -440,7 +440,7 @@ mod tests {
                 "spec.parallelism: invalid type: floating point `-1.5`, expected i32",
                 "spec.replicas: invalid type: string \"three\", expected i32",
                 "spec.template.spec.command[1]: invalid type: integer `2`, expected a string",
-                "spec.template.spec.driver: unknown variant `docker`, expected `container` or `exec`",
+                "spec.template.spec.driver: unknown variant `docker`, expected one of `container`, `exec`, `raw`",
                 "unknown field \"metadata.colour\"",
                 "unknown field \"spec.template.spec.imagePullPolicy\"",
             ]

@@ -22,6 +22,29 @@ use crate::selector::{Operator, Requirement};
 pub const TOTAL_ANNOTATION_SIZE_LIMIT: usize = 256 * 1024;
 /// The longest an event's reason may be.
 pub const EVENT_REASON_MAX_LENGTH: usize = 128;
+/// The most tasks a Job or Service may ask for (`replicas`), and a Job's `parallelism`.
+pub const MAX_REPLICAS: i32 = 100_000;
+/// The most times a Job may replace a failed task (`maxRetries`).
+pub const MAX_RETRIES: i32 = 1_000;
+/// The most overrides a Job may have.
+pub const MAX_OVERRIDES: usize = 1_000;
+/// The most jobs a Job may depend on.
+pub const MAX_DEPENDS_ON: usize = 1_000;
+/// The most environment variables in one list (a task's, or a Job's).
+pub const MAX_ENV: usize = 4_096;
+/// The most mounts of a task, and inputs of a Job.
+pub const MAX_MOUNTS: usize = 256;
+/// The most host ports a task may ask for.
+pub const MAX_PORTS: usize = 1_024;
+/// The most constraints, tolerations or taints in one list.
+pub const MAX_RULES: usize = 1_024;
+/// The most items of a task's `command` and `args` together.
+pub const MAX_ARGV_ITEMS: usize = 4_096;
+/// The most bytes of a task's `command` and `args` together (Linux's own
+/// `ARG_MAX` is commonly 2 MiB, environment included).
+pub const MAX_ARGV_BYTES: usize = 1 << 20;
+/// The longest a task's `logPath` file name may be.
+pub const MAX_LOG_FILE_NAME: usize = 255;
 
 /// What kind of problem a [`FieldError`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +59,8 @@ pub enum FieldErrorKind {
     Duplicate,
     /// The value is too long.
     TooLong,
+    /// The list has too many items.
+    TooMany,
     /// The field may not be set (here, or now).
     Forbidden,
 }
@@ -49,6 +74,7 @@ impl FieldErrorKind {
             FieldErrorKind::NotSupported => "Unsupported value",
             FieldErrorKind::Duplicate => "Duplicate value",
             FieldErrorKind::TooLong => "Too long",
+            FieldErrorKind::TooMany => "Too many",
             FieldErrorKind::Forbidden => "Forbidden",
         }
     }
@@ -61,6 +87,7 @@ impl FieldErrorKind {
             FieldErrorKind::NotSupported => "FieldValueNotSupported",
             FieldErrorKind::Duplicate => "FieldValueDuplicate",
             FieldErrorKind::TooLong => "FieldValueTooLong",
+            FieldErrorKind::TooMany => "FieldValueTooMany",
             FieldErrorKind::Forbidden => "FieldValueForbidden",
         }
     }
@@ -190,6 +217,16 @@ impl FieldError {
         }
     }
 
+    /// The list has `count` items, more than `max`.
+    pub fn too_many(field: impl Into<String>, count: usize, max: usize) -> FieldError {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::TooMany,
+            value: Some(count.to_string()),
+            message: format!("must have at most {max} items"),
+        }
+    }
+
     /// The field may not be set.
     pub fn forbidden(field: impl Into<String>, message: impl Into<String>) -> FieldError {
         FieldError {
@@ -206,7 +243,10 @@ impl FieldError {
         let mut s = self.kind.as_str().to_string();
         let shows_value = matches!(
             self.kind,
-            FieldErrorKind::Invalid | FieldErrorKind::NotSupported | FieldErrorKind::Duplicate
+            FieldErrorKind::Invalid
+                | FieldErrorKind::NotSupported
+                | FieldErrorKind::Duplicate
+                | FieldErrorKind::TooMany
         );
         if shows_value && let Some(value) = &self.value {
             s.push_str(": ");
@@ -301,6 +341,98 @@ fn positive_i64(errs: &mut Vec<FieldError>, field: &str, value: Option<i64>) {
     }
 }
 
+fn at_most(errs: &mut Vec<FieldError>, field: &str, value: Option<i32>, max: i32) {
+    if let Some(v) = value
+        && v > max
+    {
+        errs.push(FieldError::invalid(
+            field,
+            v,
+            format!("must be less than or equal to {max}"),
+        ));
+    }
+}
+
+fn at_most_items(errs: &mut Vec<FieldError>, field: &str, count: usize, max: usize) {
+    if count > max {
+        errs.push(FieldError::too_many(field, count, max));
+    }
+}
+
+/// The rule a task's `logPath` follows, as shown in messages.
+pub const LOG_FILE_NAME_RULE: &str = "must be a file name inside the task's log directory: 1 to 255 characters of [A-Za-z0-9._-], not starting with '.' (no '/')";
+
+/// Whether `name` may be a task's `logPath`: a bare file name the node places in
+/// the task's own log directory, so that no value reaches another file.
+pub fn is_log_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_LOG_FILE_NAME
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The rule a node's `status.nodeletEndpoint` follows, as shown in messages.
+pub const NODELET_ENDPOINT_RULE: &str = "must be http://IP:PORT: an IP address literal (IPv6 in brackets), a port from 1 to 65535, no path other than '/', and no user info, query or fragment";
+
+/// The address a nodelet endpoint names, if it follows [`NODELET_ENDPOINT_RULE`]
+/// and is not an address no nodelet has (unspecified, multicast, broadcast,
+/// link-local such as the cloud metadata service at 169.254.169.254). Until nodes
+/// have an identity, the API server calls only such endpoints, so a Node object
+/// cannot point it at a name, a path or a service of its own choosing.
+pub fn parse_nodelet_endpoint(endpoint: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::{IpAddr, SocketAddr};
+    let rule = || NODELET_ENDPOINT_RULE.to_owned();
+    let rest = endpoint.strip_prefix("http://").ok_or_else(rule)?;
+    let authority = match rest.strip_suffix('/') {
+        Some(authority) => authority,
+        None => rest,
+    };
+    if authority.is_empty()
+        || authority
+            .bytes()
+            .any(|b| matches!(b, b'/' | b'?' | b'#' | b'@' | b'%' | b'\\') || !b.is_ascii_graphic())
+    {
+        return Err(rule());
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (host, port) = bracketed.split_once("]:").ok_or_else(rule)?;
+        let ip: std::net::Ipv6Addr = host.parse().map_err(|_| rule())?;
+        (IpAddr::V6(ip), port)
+    } else {
+        let (host, port) = authority.rsplit_once(':').ok_or_else(rule)?;
+        let ip: std::net::Ipv4Addr = host.parse().map_err(|_| rule())?;
+        (IpAddr::V4(ip), port)
+    };
+    if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(rule());
+    }
+    let port: u16 = port.parse().map_err(|_| rule())?;
+    if port == 0 {
+        return Err(rule());
+    }
+    let v4 = match host {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    };
+    let forbidden = match (host, v4) {
+        (_, Some(ip)) => {
+            ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_link_local()
+        }
+        (IpAddr::V6(ip), None) => {
+            ip.is_unspecified() || ip.is_multicast() || ip.is_unicast_link_local()
+        }
+        (IpAddr::V4(_), None) => false,
+    };
+    if forbidden {
+        return Err(format!(
+            "must not be an unspecified, multicast, broadcast or link-local address (got {host}): use the address the API server reaches the nodelet at"
+        ));
+    }
+    Ok(SocketAddr::new(host, port))
+}
+
 fn non_negative_quantity(errs: &mut Vec<FieldError>, field: &str, value: Option<&Quantity>) {
     if let Some(q) = value
         && q.is_negative()
@@ -323,6 +455,12 @@ fn absolute_path(errs: &mut Vec<FieldError>, field: &str, value: &str, required:
             field,
             value,
             "must be an absolute path",
+        ));
+    } else if value.split('/').any(|part| part == "..") || value.contains('\0') {
+        errs.push(FieldError::invalid(
+            field,
+            value,
+            "must not contain '..' or NUL",
         ));
     }
 }
@@ -535,6 +673,7 @@ fn validate_common<K: Resource>(
 /// Checks environment variables: names are unique C identifiers.
 pub fn validate_env(env: &[EnvVar], path: &str) -> Vec<FieldError> {
     let mut errs = Vec::new();
+    at_most_items(&mut errs, path, env.len(), MAX_ENV);
     let mut seen = BTreeSet::new();
     for (i, var) in env.iter().enumerate() {
         let p = child(&index(path, i), "name");
@@ -656,6 +795,16 @@ pub fn validate_task_spec(
             }
         }
     }
+    let argv = spec.command.len().saturating_add(spec.args.len());
+    at_most_items(&mut errs, &child(path, "args"), argv, MAX_ARGV_ITEMS);
+    let argv_bytes = spec
+        .command
+        .iter()
+        .chain(&spec.args)
+        .fold(0usize, |sum, part| sum.saturating_add(part.len()));
+    if argv_bytes > MAX_ARGV_BYTES {
+        errs.push(FieldError::too_long(child(path, "args"), MAX_ARGV_BYTES));
+    }
     errs.extend(validate_env(&spec.env, &child(path, "env")));
 
     let res = child(path, "resources");
@@ -671,6 +820,7 @@ pub fn validate_task_spec(
         spec.resources.disk.as_ref(),
     );
     let ports = child(&res, "ports");
+    at_most_items(&mut errs, &ports, spec.resources.ports.len(), MAX_PORTS);
     let mut seen_ports = BTreeSet::new();
     for (i, &port) in spec.resources.ports.iter().enumerate() {
         let p = index(&ports, i);
@@ -696,7 +846,14 @@ pub fn validate_task_spec(
         &child(path, "constraints"),
     ));
 
+    at_most_items(
+        &mut errs,
+        &child(path, "constraints"),
+        spec.constraints.len(),
+        MAX_RULES,
+    );
     let tolerations = child(path, "tolerations");
+    at_most_items(&mut errs, &tolerations, spec.tolerations.len(), MAX_RULES);
     for (i, t) in spec.tolerations.iter().enumerate() {
         let p = index(&tolerations, i);
         let operator = t.operator.unwrap_or_default();
@@ -752,6 +909,7 @@ pub fn validate_task_spec(
     );
 
     let mounts = child(path, "mounts");
+    at_most_items(&mut errs, &mounts, spec.mounts.len(), MAX_MOUNTS);
     let mut targets = BTreeSet::new();
     for (i, m) in spec.mounts.iter().enumerate() {
         let p = index(&mounts, i);
@@ -762,7 +920,13 @@ pub fn validate_task_spec(
         }
     }
 
-    absolute_path(&mut errs, &child(path, "logPath"), &spec.log_path, false);
+    if !spec.log_path.is_empty() && !is_log_file_name(&spec.log_path) {
+        errs.push(FieldError::invalid(
+            child(path, "logPath"),
+            &spec.log_path,
+            LOG_FILE_NAME_RULE,
+        ));
+    }
 
     let node_path = child(path, "nodeName");
     let index_path = child(path, "index");
@@ -850,8 +1014,9 @@ impl Validate for Task {
         errs
     }
 
-    /// Besides `validate`: the spec is immutable, except that `nodeName` (binding) and
-    /// `logPath` (the node's default) may each be set once; a terminal phase never changes.
+    /// Besides `validate`: the spec is immutable, except that `nodeName` (binding) may
+    /// be set once; `logPath` is fixed at creation (the node opens the log when it
+    /// starts the task); a terminal phase never changes.
     fn validate_update(&self, old: &Self) -> Vec<FieldError> {
         let mut errs = self.validate();
         errs.extend(validate_object_meta_update(&self.metadata, &old.metadata));
@@ -862,11 +1027,11 @@ impl Validate for Task {
                 "may not change once set",
             ));
         }
-        if !old.spec.log_path.is_empty() && self.spec.log_path != old.spec.log_path {
+        if self.spec.log_path != old.spec.log_path {
             errs.push(FieldError::invalid(
                 "spec.logPath",
                 &self.spec.log_path,
-                "may not change once set",
+                "field is immutable",
             ));
         }
         let mut comparable = self.spec.clone();
@@ -875,7 +1040,7 @@ impl Validate for Task {
         if comparable != old.spec {
             errs.push(FieldError::forbidden(
                 "spec",
-                "a task's spec may not change after creation, except to set spec.nodeName and spec.logPath once",
+                "a task's spec may not change after creation, except to set spec.nodeName once",
             ));
         }
         let phase = |t: &Task| t.status.as_ref().map(|s| s.phase);
@@ -894,6 +1059,7 @@ impl Validate for Task {
 pub fn validate_job_spec(spec: &JobSpec, job_name: &str) -> Vec<FieldError> {
     let mut errs = Vec::new();
     non_negative(&mut errs, "spec.replicas", spec.replicas);
+    at_most(&mut errs, "spec.replicas", spec.replicas, MAX_REPLICAS);
     if let Some(p) = spec.parallelism
         && p < 1
     {
@@ -903,7 +1069,27 @@ pub fn validate_job_spec(spec: &JobSpec, job_name: &str) -> Vec<FieldError> {
             "must be greater than or equal to 1",
         ));
     }
+    at_most(
+        &mut errs,
+        "spec.parallelism",
+        spec.parallelism,
+        MAX_REPLICAS,
+    );
     non_negative(&mut errs, "spec.maxRetries", spec.max_retries);
+    at_most(&mut errs, "spec.maxRetries", spec.max_retries, MAX_RETRIES);
+    at_most_items(
+        &mut errs,
+        "spec.overrides",
+        spec.overrides.len(),
+        MAX_OVERRIDES,
+    );
+    at_most_items(&mut errs, "spec.inputs", spec.inputs.len(), MAX_MOUNTS);
+    at_most_items(
+        &mut errs,
+        "spec.dependsOn",
+        spec.depends_on.len(),
+        MAX_DEPENDS_ON,
+    );
     positive_i64(&mut errs, "spec.timeLimitSeconds", spec.time_limit_seconds);
     errs.extend(validate_template(&spec.template, "spec.template"));
 
@@ -945,7 +1131,8 @@ pub fn validate_job_spec(spec: &JobSpec, job_name: &str) -> Vec<FieldError> {
         }
     }
     absolute_path(&mut errs, "spec.outputDir", &spec.output_dir, false);
-    absolute_path(&mut errs, "spec.logDir", &spec.log_dir, false);
+    // `logDir` is deprecated and ignored (the node chooses log locations); it is
+    // still accepted, with a warning from the API server, so old manifests apply.
     errs.extend(validate_env(&spec.env, "spec.env"));
 
     let mut seen = BTreeSet::new();
@@ -1068,6 +1255,7 @@ impl Validate for Service {
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = validate_common::<Service>(&self.api_version, &self.kind, &self.metadata);
         non_negative(&mut errs, "spec.replicas", self.spec.replicas);
+        at_most(&mut errs, "spec.replicas", self.spec.replicas, MAX_REPLICAS);
         errs.extend(validate_template(&self.spec.template, "spec.template"));
         if let Some(policy) = self.spec.template.spec.restart_policy
             && policy != RestartPolicy::Always
@@ -1096,6 +1284,7 @@ impl Validate for Service {
 impl Validate for Node {
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = validate_common::<Node>(&self.api_version, &self.kind, &self.metadata);
+        at_most_items(&mut errs, "spec.taints", self.spec.taints.len(), MAX_RULES);
         let mut seen = BTreeSet::new();
         for (i, taint) in self.spec.taints.iter().enumerate() {
             let p = index("spec.taints", i);
@@ -1136,13 +1325,40 @@ impl Validate for Node {
                     non_negative_quantity(&mut errs, &p, Some(q));
                 }
             }
+            let endpoint = &status.nodelet_endpoint;
+            if !endpoint.is_empty()
+                && let Err(rule) = parse_nodelet_endpoint(endpoint)
+            {
+                errs.push(FieldError::invalid(
+                    "status.nodeletEndpoint",
+                    endpoint,
+                    rule,
+                ));
+            }
         }
         errs
     }
 
+    /// Besides `validate`: `status.nodeletEndpoint` may not change once set, so a
+    /// Node cannot send the API server's calls somewhere else later (until nodes
+    /// have an identity); a nodelet that moves needs its Node deleted first.
     fn validate_update(&self, old: &Self) -> Vec<FieldError> {
         let mut errs = self.validate();
         errs.extend(validate_object_meta_update(&self.metadata, &old.metadata));
+        let endpoint = |n: &Node| {
+            n.status
+                .as_ref()
+                .map(|s| s.nodelet_endpoint.clone())
+                .unwrap_or_default()
+        };
+        let (new_endpoint, old_endpoint) = (endpoint(self), endpoint(old));
+        if !old_endpoint.is_empty() && new_endpoint != old_endpoint {
+            errs.push(FieldError::invalid(
+                "status.nodeletEndpoint",
+                new_endpoint,
+                "field is immutable",
+            ));
+        }
         errs
     }
 }
@@ -1724,7 +1940,7 @@ mod tests {
                 },
                 Mount::default(),
             ],
-            log_path: "log.txt".into(),
+            log_path: "../../etc/shadow".into(),
             index: Some(-1),
             ..TaskSpec::default()
         };
@@ -1748,7 +1964,7 @@ mod tests {
             "spec.mounts[1].target: Duplicate value: \"/in\"",
             "spec.mounts[2].source: Required value",
             "spec.mounts[2].target: Required value",
-            "spec.logPath: Invalid value: \"log.txt\": must be an absolute path",
+            "spec.logPath: Invalid value: \"../../etc/shadow\": must be a file name inside the task's log directory: 1 to 255 characters of [A-Za-z0-9._-], not starting with '.' (no '/')",
             "spec.index: Invalid value: -1: must be greater than or equal to 0",
         ] {
             assert_has(&errs, expected);
@@ -1787,14 +2003,22 @@ mod tests {
         let old = valid_task();
         let mut bound = old.clone();
         bound.spec.node_name = "node-1".into();
-        bound.spec.log_path = "/var/log/loom/t.log".into();
         assert!(bound.validate_update(&old).is_empty());
-        let mut moved = bound.clone();
-        moved.spec.log_path = "/elsewhere".into();
+        // The node opens the log when it starts the task: a name given later, or
+        // changed, would not be the file it writes.
+        let mut named = bound.clone();
+        named.spec.log_path = "t.log".into();
         assert_has(
-            &moved.validate_update(&bound),
-            "spec.logPath: Invalid value: \"/elsewhere\": may not change once set",
+            &named.validate_update(&bound),
+            "spec.logPath: Invalid value: \"t.log\": field is immutable",
         );
+        let mut moved = named.clone();
+        moved.spec.log_path = "other.log".into();
+        assert_has(
+            &moved.validate_update(&named),
+            "spec.logPath: Invalid value: \"other.log\": field is immutable",
+        );
+        assert!(named.validate_update(&named).is_empty());
         let mut rebound = bound.clone();
         rebound.spec.node_name = "node-2".into();
         assert_has(
@@ -1840,6 +2064,309 @@ mod tests {
             ..JobStatus::default()
         });
         assert_eq!(job2.validate_update(&job).len(), 1);
+    }
+
+    #[test]
+    fn log_path_is_a_bare_file_name() {
+        for good in ["train.log", "a", "x-1_2.txt", "log..1", &"a".repeat(255)] {
+            assert!(is_log_file_name(good), "{good:?} refused");
+            let mut task = valid_task();
+            task.spec.log_path = good.to_owned();
+            assert_eq!(fields(&task.validate()), Vec::<String>::new(), "{good:?}");
+        }
+        let long = "a".repeat(256);
+        for bad in [
+            "/etc/shadow",
+            "/dev/zero",
+            "../x",
+            "..",
+            ".",
+            ".hidden",
+            "a/b",
+            "logs/",
+            "a\0b",
+            "a b",
+            "a\\b",
+            "\u{e9}t\u{e9}.log",
+            long.as_str(),
+        ] {
+            assert!(!is_log_file_name(bad), "{bad:?} accepted");
+            let mut task = valid_task();
+            task.spec.log_path = bad.to_owned();
+            assert_eq!(
+                fields(&task.validate()),
+                vec![format!(
+                    "spec.logPath: Invalid value: {bad:?}: {LOG_FILE_NAME_RULE}"
+                )]
+            );
+        }
+        // Templates and overrides follow the same rule.
+        let mut job = valid_job();
+        job.spec.template.spec.log_path = "/etc/passwd".into();
+        job.spec.overrides = vec![TaskOverride {
+            indexes: "1".into(),
+            spec: TaskSpec {
+                log_path: "../../root/.ssh/authorized_keys".into(),
+                ..TaskSpec::default()
+            },
+        }];
+        let errs = job.validate();
+        assert!(errs.iter().any(|e| e.field == "spec.template.spec.logPath"));
+        assert!(
+            errs.iter()
+                .any(|e| e.field == "spec.overrides[0].spec.logPath")
+        );
+        let mut svc = Service::new(
+            "web",
+            ServiceSpec {
+                template: TaskTemplate {
+                    spec: TaskSpec {
+                        image: "nginx".into(),
+                        log_path: "/proc/self/mem".into(),
+                        ..TaskSpec::default()
+                    },
+                    ..TaskTemplate::default()
+                },
+                ..ServiceSpec::default()
+            },
+        );
+        svc.metadata.namespace = "default".into();
+        assert!(
+            svc.validate()
+                .iter()
+                .any(|e| e.field == "spec.template.spec.logPath")
+        );
+    }
+
+    #[test]
+    fn job_log_dir_is_accepted_and_ignored() {
+        let mut job = valid_job();
+        job.spec.log_dir = "/var/log/anything".into();
+        assert_eq!(fields(&job.validate()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn counts_are_bounded() {
+        let mut job = valid_job();
+        job.spec.replicas = Some(MAX_REPLICAS);
+        job.spec.parallelism = Some(MAX_REPLICAS);
+        job.spec.max_retries = Some(MAX_RETRIES);
+        assert_eq!(fields(&job.validate()), Vec::<String>::new());
+        job.spec.replicas = Some(100_001);
+        job.spec.parallelism = Some(i32::MAX);
+        job.spec.max_retries = Some(1_001);
+        job.spec.depends_on = (0..=MAX_DEPENDS_ON).map(|i| format!("d{i}")).collect();
+        job.spec.overrides = vec![
+            TaskOverride {
+                indexes: "0".into(),
+                spec: TaskSpec::default(),
+            };
+            MAX_OVERRIDES + 1
+        ];
+        job.spec.inputs = vec![
+            JobInput {
+                source: "/a".into(),
+                target: "/a".into(),
+            };
+            1
+        ];
+        job.spec.env = (0..=MAX_ENV)
+            .map(|i| EnvVar::new(format!("V{i}"), ""))
+            .collect();
+        let errs = job.validate();
+        assert_has(
+            &errs,
+            "spec.replicas: Invalid value: 100001: must be less than or equal to 100000",
+        );
+        assert_has(
+            &errs,
+            "spec.parallelism: Invalid value: 2147483647: must be less than or equal to 100000",
+        );
+        assert_has(
+            &errs,
+            "spec.maxRetries: Invalid value: 1001: must be less than or equal to 1000",
+        );
+        assert_has(
+            &errs,
+            "spec.dependsOn: Too many: 1001: must have at most 1000 items",
+        );
+        assert_has(
+            &errs,
+            "spec.overrides: Too many: 1001: must have at most 1000 items",
+        );
+        assert_has(
+            &errs,
+            "spec.env: Too many: 4097: must have at most 4096 items",
+        );
+        assert!(!errs.iter().any(|e| e.field == "spec.inputs"));
+
+        let mut svc = Service::new(
+            "web",
+            ServiceSpec {
+                replicas: Some(1_000_000),
+                template: TaskTemplate {
+                    spec: TaskSpec {
+                        image: "nginx".into(),
+                        ..TaskSpec::default()
+                    },
+                    ..TaskTemplate::default()
+                },
+                ..ServiceSpec::default()
+            },
+        );
+        svc.metadata.namespace = "default".into();
+        assert_eq!(
+            fields(&svc.validate()),
+            vec!["spec.replicas: Invalid value: 1000000: must be less than or equal to 100000"]
+        );
+
+        let mut task = valid_task();
+        task.spec.resources.ports = (1..=1025).collect();
+        task.spec.mounts = (0..=MAX_MOUNTS)
+            .map(|i| Mount {
+                source: format!("/s{i}"),
+                target: format!("/t{i}"),
+                read_only: None,
+            })
+            .collect();
+        task.spec.command = vec!["x".into(); MAX_ARGV_ITEMS + 1];
+        task.spec.args = vec!["y".repeat(MAX_ARGV_BYTES)];
+        task.spec.tolerations = vec![
+            Toleration {
+                key: "k".into(),
+                operator: Some(TolerationOperator::Exists),
+                ..Toleration::default()
+            };
+            MAX_RULES + 1
+        ];
+        let errs = task.validate();
+        assert_has(
+            &errs,
+            "spec.resources.ports: Too many: 1025: must have at most 1024 items",
+        );
+        assert_has(
+            &errs,
+            "spec.mounts: Too many: 257: must have at most 256 items",
+        );
+        assert_has(
+            &errs,
+            "spec.args: Too many: 4098: must have at most 4096 items",
+        );
+        assert_has(
+            &errs,
+            "spec.args: Too long: may not be more than 1048576 bytes",
+        );
+        assert_has(
+            &errs,
+            "spec.tolerations: Too many: 1025: must have at most 1024 items",
+        );
+    }
+
+    #[test]
+    fn nodelet_endpoint_rules() {
+        for (good, address) in [
+            ("http://127.0.0.1:7444", "127.0.0.1:7444"),
+            ("http://10.0.0.5:7444/", "10.0.0.5:7444"),
+            ("http://[::1]:1", "[::1]:1"),
+            ("http://[2001:db8::5]:65535", "[2001:db8::5]:65535"),
+        ] {
+            assert_eq!(
+                parse_nodelet_endpoint(good).map(|a| a.to_string()),
+                Ok(address.to_owned()),
+                "{good}"
+            );
+        }
+        for bad in [
+            "http://169.254.169.254/latest",
+            "http://user@1.2.3.4:1/",
+            "http://user:pw@1.2.3.4:1",
+            "file:///etc/shadow",
+            "https://1.2.3.4:443",
+            "HTTP://1.2.3.4:80",
+            "http://1.2.3.4",
+            "http://1.2.3.4:",
+            "http://1.2.3.4:0",
+            "http://1.2.3.4:65536",
+            "http://1.2.3.4:+80",
+            "http://1.2.3.4:80/logs",
+            "http://1.2.3.4:80//",
+            "http://1.2.3.4:80?x=1",
+            "http://1.2.3.4:80#x",
+            "http://1.2.3.4:80\\x",
+            "http://metadata.google.internal:80",
+            "http://localhost:7444",
+            "http://2130706433:80",
+            "http://01.2.3.4:80",
+            "http://::1:80",
+            "http://[::1]",
+            "http://[fe80::1%eth0]:80",
+            "http://1.2.3.4 :80",
+            "",
+            "http://",
+        ] {
+            assert_eq!(
+                parse_nodelet_endpoint(bad),
+                Err(NODELET_ENDPOINT_RULE.to_owned()),
+                "{bad:?}"
+            );
+        }
+        for reserved in [
+            "http://169.254.169.254:80",
+            "http://0.0.0.0:7444",
+            "http://255.255.255.255:80",
+            "http://224.0.0.1:80",
+            "http://[::]:80",
+            "http://[fe80::1]:80",
+            "http://[ff02::1]:80",
+            "http://[::ffff:169.254.169.254]:80",
+        ] {
+            let error = parse_nodelet_endpoint(reserved).unwrap_err();
+            assert!(
+                error.starts_with("must not be an unspecified"),
+                "{reserved}: {error}"
+            );
+        }
+
+        let mut node = Node::new("n1", NodeSpec::default());
+        node.status = Some(NodeStatus {
+            nodelet_endpoint: "http://169.254.169.254/latest".into(),
+            ..NodeStatus::default()
+        });
+        assert_eq!(
+            fields(&node.validate()),
+            vec![format!(
+                "status.nodeletEndpoint: Invalid value: \"http://169.254.169.254/latest\": {NODELET_ENDPOINT_RULE}"
+            )]
+        );
+    }
+
+    #[test]
+    fn nodelet_endpoint_is_immutable_once_set() {
+        let with = |endpoint: &str| {
+            let mut node = Node::new("n1", NodeSpec::default());
+            node.status = Some(NodeStatus {
+                nodelet_endpoint: endpoint.into(),
+                ..NodeStatus::default()
+            });
+            node
+        };
+        let unset = with("");
+        let set = with("http://10.0.0.5:7444");
+        assert!(set.validate_update(&unset).is_empty(), "setting it once");
+        assert!(set.validate_update(&set).is_empty(), "keeping it");
+        assert_eq!(
+            fields(&with("http://10.0.0.6:7444").validate_update(&set)),
+            vec![
+                "status.nodeletEndpoint: Invalid value: \"http://10.0.0.6:7444\": field is immutable"
+            ]
+        );
+        assert_eq!(
+            fields(&unset.validate_update(&set)),
+            vec!["status.nodeletEndpoint: Invalid value: \"\": field is immutable"]
+        );
+        let mut no_status = set.clone();
+        no_status.status = None;
+        assert!(!no_status.validate_update(&set).is_empty());
     }
 
     #[test]

@@ -108,7 +108,7 @@ spec:
     - source: /data/out/0
       target: /output
       readOnly: false
-  logPath: /var/lib/loom/logs/train-0.log
+  logPath: train-0.log
   nodeName: node-1
   index: 0
 status:

@@ -118,6 +118,16 @@ impl std::fmt::Debug for Catalog {
 impl Catalog {
     /// The built-in kinds over `store`.
     pub fn new(store: Arc<dyn Store>, config: CacheConfig, cancel: CancellationToken) -> Arc<Self> {
+        Catalog::with_defaults(store, config, &registry::Defaults::default(), cancel)
+    }
+
+    /// The built-in kinds over `store`, admitting objects with `defaults`.
+    pub fn with_defaults(
+        store: Arc<dyn Store>,
+        config: CacheConfig,
+        defaults: &registry::Defaults,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
         let catalog = Arc::new(Catalog {
             store,
             cancel,
@@ -125,7 +135,7 @@ impl Catalog {
             served: RwLock::new(BTreeMap::new()),
             caches: Mutex::new(HashMap::new()),
         });
-        catalog.builtin::<Task>(Arc::new(registry::task::strategy()));
+        catalog.builtin::<Task>(Arc::new(registry::task::strategy(defaults)));
         catalog.builtin::<Job>(Arc::new(registry::job::strategy()));
         catalog.builtin::<Service>(Arc::new(registry::service::strategy()));
         catalog.builtin::<Node>(Arc::new(registry::node::strategy()));

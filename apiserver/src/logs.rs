@@ -1,18 +1,40 @@
 //! Task logs: the API server proxies `GET …/tasks/NAME/log` to the nodelet that
 //! runs the task, at `{node.status.nodeletEndpoint}/logs/{namespace}/{task}`
 //! with the same `follow` and `tailLines` parameters, streaming the answer back.
+//!
+//! Until nodes have an identity, a Node object is only a claim, so the call goes
+//! only to an endpoint that follows the rule of
+//! [`api_types::validation::parse_nodelet_endpoint`] (checked again here, for
+//! objects stored before the rule), never through a proxy, never after a
+//! redirect, and never waits forever: connecting and the answer's headers have
+//! deadlines, a whole log must keep coming and is bounded in size, and a
+//! followed log lasts as long as the client stays.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use api_types::{Node, Status};
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use futures::TryStreamExt;
+use futures::{Stream, StreamExt};
 
 use crate::catalog::ServedResource;
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::Api;
+
+/// How long connecting to a nodelet may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a nodelet may take to answer with its headers.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a whole (not followed) log may pause between two chunks.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most bytes of a whole (not followed) log: the nodelet's own bound with
+/// its default cap (the log and its rotated part, 10 MiB each).
+pub const MAX_LOG_BYTES: u64 = 20 << 20;
+/// The most bytes of a nodelet's error answer that are read.
+const MAX_ERROR_BYTES: u64 = 64 << 10;
 
 fn unavailable(message: String) -> ApiError {
     let mut status = Status::internal_error(&message);
@@ -20,6 +42,22 @@ fn unavailable(message: String) -> ApiError {
     status.reason = "ServiceUnavailable".to_owned();
     status.message = message;
     ApiError::from(status)
+}
+
+/// The one client for nodelets: no redirects, no proxy, a connect timeout.
+fn client() -> Result<&'static reqwest::Client, String> {
+    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// Streams a task's log from its node.
@@ -49,43 +87,75 @@ pub async fn task_log(
     let endpoint = node
         .pointer("/status/nodeletEndpoint")
         .and_then(|e| e.as_str())
-        .unwrap_or("")
-        .trim_end_matches('/')
-        .to_owned();
+        .unwrap_or("");
     if endpoint.is_empty() {
         return Err(unavailable(format!(
             "node {node_name:?} does not serve logs (its nodelet reported no endpoint)"
         )));
     }
-    let mut url = format!("{endpoint}/logs/{namespace}/{name}");
-    let mut params = Vec::new();
-    if matches!(query.get("follow").map(String::as_str), Some("true" | "1")) {
-        params.push("follow=true".to_owned());
+    let address = api_types::validation::parse_nodelet_endpoint(endpoint).map_err(|rule| {
+        unavailable(format!(
+            "node {node_name:?} does not serve logs: its status.nodeletEndpoint {endpoint:?} {rule}"
+        ))
+    })?;
+    let follow = matches!(query.get("follow").map(String::as_str), Some("true" | "1"));
+    let tail =
+        match query.get("tailLines").filter(|t| !t.is_empty()) {
+            Some(tail) => Some(tail.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("tailLines {tail:?} is not a number"))
+            })?),
+            None => None,
+        };
+    // Built from the parsed address and the stored names (DNS labels and
+    // subdomains), so nothing in the Node or the request can add a path.
+    let mut url = reqwest::Url::parse(&format!("http://{address}/"))
+        .map_err(|e| unavailable(format!("node {node_name:?}: {e}")))?;
+    url.path_segments_mut()
+        .map_err(|()| unavailable(format!("node {node_name:?}: not a base URL")))?
+        .clear()
+        .extend(["logs", namespace, name]);
+    if follow {
+        url.query_pairs_mut().append_pair("follow", "true");
     }
-    if let Some(tail) = query.get("tailLines").filter(|t| !t.is_empty()) {
-        let tail: u64 = tail
-            .parse()
-            .map_err(|_| ApiError::bad_request(format!("tailLines {tail:?} is not a number")))?;
-        params.push(format!("tailLines={tail}"));
+    if let Some(tail) = tail {
+        url.query_pairs_mut()
+            .append_pair("tailLines", &tail.to_string());
     }
-    if !params.is_empty() {
-        url = format!("{url}?{}", params.join("&"));
-    }
-    let response = reqwest::get(&url)
+    let client = client().map_err(|e| unavailable(format!("no HTTP client: {e}")))?;
+    let cannot_reach = |why: String| {
+        unavailable(format!(
+            "cannot reach the nodelet of {node_name:?} at {address}: {why}"
+        ))
+    };
+    let response = tokio::time::timeout(RESPONSE_TIMEOUT, client.get(url).send())
         .await
-        .map_err(|e| unavailable(format!("cannot reach the nodelet of {node_name:?}: {e}")))?;
+        .map_err(|_| cannot_reach(format!("no answer within {} s", RESPONSE_TIMEOUT.as_secs())))?
+        .map_err(|e| cannot_reach(e.to_string()))?;
     if !response.status().is_success() {
+        // Redirects end here too: they are never followed.
         let code = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
+        let bytes = read_capped(response.bytes_stream(), MAX_ERROR_BYTES).await;
+        let text = String::from_utf8_lossy(&bytes);
         let mut status = Status::internal_error(&text);
-        status.code = i32::from(code);
+        status.code = if (400..600).contains(&code) {
+            i32::from(code)
+        } else {
+            502
+        };
         status.message = format!(
             "the nodelet of {node_name:?} answered {code}: {}",
             text.trim()
         );
         return Err(ApiError::from(status));
     }
-    let body = Body::from_stream(response.bytes_stream().map_err(std::io::Error::other));
+    let body = response.bytes_stream();
+    let body = if follow {
+        // No deadline: a followed log lasts while the client listens; when it
+        // leaves, the body is dropped and with it the call to the nodelet.
+        Body::from_stream(body.map(|chunk| chunk.map_err(std::io::Error::other)))
+    } else {
+        Body::from_stream(bounded(body, IDLE_TIMEOUT, MAX_LOG_BYTES))
+    };
     let mut out = Response::new(body);
     *out.status_mut() = StatusCode::OK;
     out.headers_mut().insert(
@@ -93,4 +163,63 @@ pub async fn task_log(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     Ok(out)
+}
+
+/// A body that must keep coming (a chunk at least every `idle`) and stay within
+/// `max` bytes; past either, it ends with an error, so the client's read fails
+/// rather than showing a log cut short as if it were whole.
+fn bounded<S>(
+    body: S,
+    idle: Duration,
+    max: u64,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static
+where
+    S: Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
+{
+    futures::stream::unfold(
+        (body, 0u64, false),
+        move |(mut body, seen, done)| async move {
+            if done {
+                return None;
+            }
+            let Ok(next) = tokio::time::timeout(idle, body.next()).await else {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the nodelet sent nothing for {} s", idle.as_secs()),
+                );
+                return Some((Err(e), (body, seen, true)));
+            };
+            match next {
+                None => None,
+                Some(Err(e)) => Some((Err(std::io::Error::other(e)), (body, seen, true))),
+                Some(Ok(chunk)) => {
+                    let seen = seen.saturating_add(chunk.len() as u64);
+                    if seen > max {
+                        let e =
+                            std::io::Error::other(format!("the log is longer than {max} bytes"));
+                        Some((Err(e), (body, seen, true)))
+                    } else {
+                        Some((Ok(chunk), (body, seen, false)))
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// At most `max` bytes of a body, each chunk within [`IDLE_TIMEOUT`]; what came
+/// before an error or a pause.
+async fn read_capped<S>(mut body: S, max: u64) -> Vec<u8>
+where
+    S: Stream<Item = reqwest::Result<Bytes>> + Unpin,
+{
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(IDLE_TIMEOUT, body.next()).await {
+        let room = usize::try_from(max).unwrap_or(usize::MAX) - out.len();
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() as u64 >= max {
+            break;
+        }
+    }
+    out
 }

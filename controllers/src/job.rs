@@ -120,9 +120,8 @@ pub fn build_task(job: &Job, index: i32, attempt: u32) -> Task {
         });
         loom_env.push(EnvVar::new("LOOM_OUTPUT_DIR", seen_at));
     }
-    if !job.spec.log_dir.is_empty() && spec.log_path.is_empty() {
-        spec.log_path = format!("{}/{name}.log", job.spec.log_dir.trim_end_matches('/'));
-    }
+    // `logDir` is ignored: the node chooses where logs go, so a job cannot point
+    // a task's log at a host file; a template's `logPath` is a bare file name there.
     let job_name = &job.metadata.name;
     for part in spec.command.iter_mut().chain(spec.args.iter_mut()) {
         *part = render(part, index, replicas, job_name);
@@ -843,7 +842,8 @@ mod tests {
         assert_eq!(t2.spec.priority, Some(7));
         assert_eq!(t2.spec.time_limit_seconds, Some(60));
         assert_eq!(t2.spec.index, Some(2));
-        assert_eq!(t2.spec.log_path, "/logs/train-2-r1.log");
+        // logDir is deprecated and ignored: the node chooses the log's place.
+        assert_eq!(t2.spec.log_path, "");
         let env: Vec<(&str, &str)> = t2
             .spec
             .env

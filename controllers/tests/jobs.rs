@@ -159,10 +159,8 @@ async fn overrides_placeholders_and_limits_reach_the_tasks() {
         assert_eq!(task.spec.command, ["run", "shards"]);
         assert_eq!(task.spec.priority, Some(if leader { 9 } else { 5 }));
         assert_eq!(task.spec.time_limit_seconds, Some(120));
-        assert_eq!(
-            task.spec.log_path,
-            format!("/var/tmp/logs/{}.log", task.metadata.name)
-        );
+        // logDir is ignored (the node chooses log locations): no logPath is derived.
+        assert_eq!(task.spec.log_path, "");
         let env = |name: &str| {
             task.spec
                 .env

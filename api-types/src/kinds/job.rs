@@ -98,7 +98,9 @@ pub struct JobSpec {
     /// A host directory; task `i` writes to `outputDir/i`, seen at `/output`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub output_dir: String,
-    /// Where the tasks' logs are kept.
+    /// Deprecated and ignored: the node chooses where logs are kept. Still
+    /// accepted so old manifests apply; the API server answers a write that sets
+    /// it with a `Warning`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub log_dir: String,
     /// Added to every task's environment.

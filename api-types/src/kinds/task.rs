@@ -261,7 +261,9 @@ pub struct TaskSpec {
     /// Host files and directories to mount.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
-    /// Where the node keeps the log (defaulted by the node).
+    /// The log's file name inside the task's own log directory on its node
+    /// (`[A-Za-z0-9._-]`, not starting with `.`; the node's default name when
+    /// empty). Never a path: the node chooses where logs are kept. Fixed at creation.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub log_path: String,
     /// The node it is bound to (set by the scheduler).

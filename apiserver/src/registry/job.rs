@@ -1,4 +1,5 @@
-//! Jobs: N tasks run to completion, selectable by phase.
+//! Jobs: N tasks run to completion, selectable by phase; `spec.logDir` is
+//! deprecated (accepted, ignored, and warned about).
 
 use api_types::Job;
 use serde_json::{Value, json};
@@ -35,6 +36,20 @@ pub fn strategy() -> Typed<Job> {
     ])
     .selectable(&["status.phase"])
     .initial_status(json!({"phase": "Pending"}))
+    .warnings(warnings)
+}
+
+/// The warning for a write that still sets `spec.logDir`.
+pub const LOG_DIR_WARNING: &str =
+    "spec.logDir is deprecated and ignored: the node chooses log locations";
+
+fn warnings(object: &Value) -> Vec<String> {
+    let log_dir = object.pointer("/spec/logDir").and_then(Value::as_str);
+    if log_dir.is_some_and(|d| !d.is_empty()) {
+        vec![LOG_DIR_WARNING.to_owned()]
+    } else {
+        Vec::new()
+    }
 }
 
 fn tasks(object: &Value) -> Value {

@@ -1,12 +1,28 @@
-//! Tasks: bound by the scheduler through `spec.nodeName`, selectable by node and phase.
+//! Tasks: bound by the scheduler through `spec.nodeName`, selectable by node and
+//! phase; a task that asks for no memory gets the cluster's default limit.
 
 use api_types::Task;
 use serde_json::{Value, json};
 
-use super::{Column, Typed, field};
+use super::{Column, Defaults, Typed, field};
+
+/// Gives a task without a memory limit the cluster's default, at creation, so
+/// the scheduler counts it and the node enforces it. A replacement that omits the
+/// field keeps the stored value (the spec is immutable; a client that sends back
+/// its own manifest did not mean to change it).
+fn default_memory(defaults: &Defaults, task: &mut Task, old: Option<&Task>) {
+    if task.spec.resources.memory.is_some() {
+        return;
+    }
+    task.spec.resources.memory = match old {
+        Some(old) => old.spec.resources.memory,
+        None => defaults.task_memory.filter(|q| !q.is_zero()),
+    };
+}
 
 /// The Task strategy.
-pub fn strategy() -> Typed<Task> {
+pub fn strategy(defaults: &Defaults) -> Typed<Task> {
+    let defaults = defaults.clone();
     Typed::new(vec![
         Column {
             name: "Phase",
@@ -39,6 +55,7 @@ pub fn strategy() -> Typed<Task> {
     ])
     .selectable(&["spec.nodeName", "status.phase"])
     .initial_status(json!({"phase": "Pending"}))
+    .prepare(move |task, old| default_memory(&defaults, task, old))
 }
 
 fn phase(object: &Value) -> Value {
