@@ -326,6 +326,32 @@ mod suite {
         }
     }
 
+    /// A watch from the past reports no progress past an event it has not sent
+    /// yet: a progress revision means every event up to it was delivered.
+    pub async fn watch_replays_before_reporting_progress(store: Arc<dyn Store>) {
+        let first = store.create("p/0", bytes("0")).await.unwrap();
+        let mut pending = Vec::new();
+        for i in 1..6 {
+            store.create("elsewhere/x", bytes("x")).await.ok();
+            pending.push(store.create(&format!("p/{i}"), bytes("x")).await.unwrap());
+        }
+        let mut stream = store.watch("p/", first.mod_revision).await.unwrap();
+        let mut pending = pending.into_iter().peekable();
+        while let Some(next) = pending.peek() {
+            match next_item(&mut stream).await.unwrap() {
+                Event::Progress { revision } => assert!(
+                    revision < next.mod_revision,
+                    "progress to {revision} before the event at {}",
+                    next.mod_revision
+                ),
+                event => {
+                    assert_eq!(event, Event::Created(next.clone()));
+                    pending.next();
+                }
+            }
+        }
+    }
+
     /// Concurrent writers: a watcher sees every write once, in revision order.
     pub async fn watch_sees_concurrent_writes_in_order(store: Arc<dyn Store>) {
         let start = store.current_revision().await.unwrap();
@@ -695,6 +721,7 @@ macro_rules! conformance {
             conformance!(@case $backend, watch_replays_history);
             conformance!(@case $backend, watch_sees_concurrent_writes_in_order);
             conformance!(@case $backend, watch_reports_progress);
+            conformance!(@case $backend, watch_replays_before_reporting_progress);
             conformance!(@case $backend, compaction);
             conformance!(@case $backend, list_at_revision_is_a_snapshot);
             conformance!(@case $backend, pagination_under_concurrent_writes);

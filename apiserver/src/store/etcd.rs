@@ -4,8 +4,10 @@
 //! `loom.dev/tasks/default/web-0` is stored at `/loom/loom.dev/tasks/default/web-0`.
 //! Conditional writes are single etcd transactions comparing the key's
 //! `create_revision` (create) or `mod_revision` (update, delete), so several API
-//! servers may share one etcd cluster.
+//! servers may share one etcd cluster. Every store compacts etcd's history
+//! periodically, together with the other API servers (see [`super::compactor`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,6 +17,10 @@ use etcd_client::{
     GetOptions, KvClient, PutOptions, Txn, TxnOp, TxnOpResponse, WatchClient, WatchOptions,
 };
 
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::Instrument as _;
+
+use super::compactor::Compactor;
 use super::{
     Deleted, Error, Event, KeyValue, ListOptions, ListPlan, ListResult, MAX_VALUE_BYTES, Result,
     Revision, Store, WatchStream, check_value_size, prefix_end,
@@ -28,6 +34,11 @@ const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 /// Responses can hold a whole list; lift tonic's 4 MiB default.
 const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 
+/// How often API servers compact etcd by default, as Kubernetes'.
+pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// Revisions every compaction keeps by default, as the embedded store's window.
+pub const DEFAULT_COMPACTION_HISTORY: i64 = 10_000;
+
 /// How to reach etcd.
 #[derive(Clone, Debug)]
 pub struct EtcdOptions {
@@ -37,6 +48,14 @@ pub struct EtcdOptions {
     pub prefix: String,
     /// How long to wait for a connection.
     pub connect_timeout: Duration,
+    /// How often this store takes part in compacting etcd's history, together
+    /// with every other API server on the same etcd; zero turns it off (for
+    /// an etcd compacted by someone else, e.g. etcd's `--auto-compaction-*`).
+    pub compaction_interval: Duration,
+    /// A compaction keeps at least this many revisions of history, and at least
+    /// one interval's: watchers and paginated lists less far behind never meet a
+    /// compacted revision.
+    pub compaction_history: i64,
 }
 
 impl EtcdOptions {
@@ -46,6 +65,8 @@ impl EtcdOptions {
             endpoints,
             prefix: "/loom/".to_owned(),
             connect_timeout: Duration::from_secs(5),
+            compaction_interval: DEFAULT_COMPACTION_INTERVAL,
+            compaction_history: DEFAULT_COMPACTION_HISTORY,
         }
     }
 }
@@ -56,6 +77,8 @@ pub struct EtcdStore {
     kv: KvClient,
     watch: WatchClient,
     prefix: String,
+    /// Stops the compactor when the last clone of the store is dropped.
+    _compaction: Option<Arc<DropGuard>>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -66,7 +89,7 @@ impl std::fmt::Debug for EtcdStore {
     }
 }
 
-fn etcd(error: etcd_client::Error) -> Error {
+pub(super) fn etcd(error: etcd_client::Error) -> Error {
     match error {
         // tonic's Display repeats the whole source chain; its message is the point.
         etcd_client::Error::GRpcStatus(status) => {
@@ -91,7 +114,7 @@ impl EtcdStore {
                     options.endpoints.join(",")
                 ))
             })?;
-        let store = EtcdStore {
+        let mut store = EtcdStore {
             kv: client
                 .kv_client()
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -100,11 +123,25 @@ impl EtcdStore {
                 .watch_client()
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             prefix: options.prefix,
+            _compaction: None,
         };
         // A connection is lazy: ask for something so an unreachable etcd fails here.
         let probe = tokio::time::timeout(options.connect_timeout, store.current_revision()).await;
         match probe {
-            Ok(Ok(_)) => Ok(store),
+            Ok(Ok(_)) => {
+                if !options.compaction_interval.is_zero() {
+                    let stop = CancellationToken::new();
+                    let compactor = store.compactor(options.compaction_history);
+                    let span = tracing::info_span!("etcd_compactor", prefix = %store.prefix);
+                    tokio::spawn(
+                        compactor
+                            .run(options.compaction_interval, stop.clone())
+                            .instrument(span),
+                    );
+                    store._compaction = Some(Arc::new(stop.drop_guard()));
+                }
+                Ok(store)
+            }
             Ok(Err(error)) => {
                 let why = match error {
                     Error::Backend(why) => why,
@@ -121,6 +158,13 @@ impl EtcdStore {
                 options.connect_timeout
             ))),
         }
+    }
+
+    /// A compactor over this store's etcd keeping at least `history` revisions,
+    /// to drive by hand; [`EtcdStore::connect`] already runs one unless
+    /// [`EtcdOptions::compaction_interval`] is zero.
+    pub fn compactor(&self, history: i64) -> Compactor {
+        Compactor::new(self.kv.clone(), history)
     }
 
     fn full_key(&self, key: &str) -> String {
@@ -149,6 +193,21 @@ impl EtcdStore {
             }
         }
         Ok(None)
+    }
+}
+
+/// Compacts etcd's history before `revision`, waiting until it is gone from disk.
+pub(super) async fn compact_to(kv: &mut KvClient, revision: Revision) -> Result<()> {
+    match kv
+        .compact(revision, Some(CompactionOptions::new().with_physical()))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Compacting to a revision already compacted is done already.
+        Err(error) => match revision_error(error, revision) {
+            Error::Compacted { .. } => Ok(()),
+            error => Err(error),
+        },
     }
 }
 
@@ -359,18 +418,7 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {
-        let mut kv = self.kv.clone();
-        match kv
-            .compact(revision, Some(CompactionOptions::new().with_physical()))
-            .await
-        {
-            Ok(_) => Ok(()),
-            // Compacting to a revision already compacted is done already.
-            Err(error) => match revision_error(error, revision) {
-                Error::Compacted { .. } => Ok(()),
-                error => Err(error),
-            },
-        }
+        compact_to(&mut self.kv.clone(), revision).await
     }
 
     async fn current_revision(&self) -> Result<Revision> {
@@ -398,7 +446,16 @@ impl EtcdStore {
         tx: &tokio::sync::mpsc::Sender<Result<Event>>,
     ) -> Result<()> {
         let (mut requests, mut responses) = stream.split();
-        let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
+        // Not at once: etcd before 3.4.24 and 3.5.8 answers a progress request
+        // with its current revision even while this watch is still replaying
+        // older events (etcd issue 15220), which would claim events not yet sent.
+        // etcd replays to a new watch within its 100 ms sync loop, so asking
+        // only after PROGRESS_INTERVAL keeps replays (and a compacted start)
+        // ahead of the first progress; fixed etcd holds the answer back itself.
+        let mut progress = tokio::time::interval_at(
+            tokio::time::Instant::now() + PROGRESS_INTERVAL,
+            PROGRESS_INTERVAL,
+        );
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = after;
         loop {

@@ -6,6 +6,7 @@
 //! replays every change after a revision, in order, with no gap and no duplicate,
 //! until history older than the last compaction is gone.
 
+pub mod compactor;
 pub mod embedded;
 pub mod etcd;
 
@@ -17,6 +18,7 @@ use bytes::Bytes;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 
+pub use compactor::{COMPACT_REV_KEY, CompactionRound, Compactor};
 pub use embedded::{EmbeddedOptions, EmbeddedStore, Health};
 pub use etcd::{EtcdOptions, EtcdStore};
 
