@@ -143,10 +143,10 @@ impl Drop for WatchSlot {
 }
 
 /// How long a watch without `timeoutSeconds` lasts: `min` stretched by
-/// `spread` in [0, 1), so between `min` and twice `min` (Kubernetes'
+/// `spread` in [0, 1], so between `min` and twice `min` (Kubernetes'
 /// `minRequestTimeout * (1 + rand)`).
 pub fn default_watch_timeout(min: Duration, spread: f64) -> Duration {
-    min.mul_f64(1.0 + spread.clamp(0.0, 1.0 - f64::EPSILON))
+    min.mul_f64(1.0 + spread.clamp(0.0, 1.0))
 }
 
 /// A uniformly random number in [0, 1).
@@ -1015,4 +1015,45 @@ fn event_line(
         return format!("{}\n", json!({"type": kind.as_str(), "object": table})).into();
     }
     object.event_line(kind)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_default_watch_timeout_is_between_the_minimum_and_twice_it() {
+        let min = Duration::from_secs(30 * 60);
+        assert_eq!(default_watch_timeout(min, 0.0), min);
+        assert_eq!(default_watch_timeout(min, 1.0), 2 * min);
+        assert_eq!(default_watch_timeout(min, 7.0), 2 * min);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..1_000 {
+            let timeout = default_watch_timeout(min, random_fraction());
+            assert!(timeout >= min && timeout <= 2 * min, "{timeout:?}");
+            seen.insert(timeout.as_secs() / 60);
+        }
+        // Randomised: the watches of one restart do not all end together.
+        assert!(seen.len() > 20, "only {} distinct minutes", seen.len());
+    }
+
+    #[test]
+    fn watch_slots_cap_each_source_and_the_total_and_come_back_on_drop() {
+        let slots = WatchSlots::new(2, 3);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = slots.acquire(Some(a)).unwrap();
+        let _second = slots.acquire(Some(a)).unwrap();
+        let refused = slots.acquire(Some(a)).unwrap_err();
+        assert!(refused.contains("from 10.0.0.1") && refused.contains("2 per source"), "{refused}");
+        let _third = slots.acquire(Some(b)).unwrap();
+        let refused = slots.acquire(Some(b)).unwrap_err();
+        assert!(refused.contains("the limit is 3"), "{refused}");
+        assert_eq!(slots.open(a), (3, 2));
+        drop(first);
+        assert_eq!(slots.open(a), (2, 1));
+        let _again = slots.acquire(Some(a)).unwrap();
+    }
 }

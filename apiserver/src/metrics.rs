@@ -278,3 +278,16 @@ impl Store for MeteredStore {
         self.inner.current_revision().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_known_subresources_become_labels() {
+        assert_eq!(resource_label("tasks", None), "tasks");
+        assert_eq!(resource_label("tasks", Some("status")), "tasks/status");
+        assert_eq!(resource_label("tasks", Some("log")), "tasks/log");
+        assert_eq!(resource_label("tasks", Some("garbage-sub")), "tasks/unknown");
+    }
+}
