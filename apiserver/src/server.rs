@@ -68,8 +68,13 @@ fn why(error: crate::store::Error) -> String {
     }
 }
 
-/// Opens the store a URL names.
-pub async fn open_store(url: &StoreUrl, prefix: &str) -> Result<Arc<dyn Store>, String> {
+/// Opens the store a URL names; an etcd store compacts etcd's history every
+/// `etcd_compaction_interval` with the other API servers (zero: never).
+pub async fn open_store(
+    url: &StoreUrl,
+    prefix: &str,
+    etcd_compaction_interval: Duration,
+) -> Result<Arc<dyn Store>, String> {
     match url {
         StoreUrl::Sqlite(path) => EmbeddedStore::open(EmbeddedOptions::new(path))
             .map(|s| Arc::new(s) as Arc<dyn Store>)
@@ -77,6 +82,7 @@ pub async fn open_store(url: &StoreUrl, prefix: &str) -> Result<Arc<dyn Store>, 
         StoreUrl::Etcd(endpoints) => {
             let mut options = EtcdOptions::new(endpoints.clone());
             options.prefix = prefix.to_owned();
+            options.compaction_interval = etcd_compaction_interval;
             EtcdStore::connect(options)
                 .await
                 .map(|s| Arc::new(s) as Arc<dyn Store>)

@@ -332,7 +332,10 @@ mod suite {
         let first = store.create("p/0", bytes("0")).await.unwrap();
         let mut pending = Vec::new();
         for i in 1..6 {
-            store.create("elsewhere/x", bytes("x")).await.ok();
+            store
+                .create(&format!("elsewhere/{i}"), bytes("x"))
+                .await
+                .unwrap();
             pending.push(store.create(&format!("p/{i}"), bytes("x")).await.unwrap());
         }
         let mut stream = store.watch("p/", first.mod_revision).await.unwrap();

@@ -96,6 +96,14 @@ struct ApiserverArgs {
     /// Key prefix in etcd.
     #[arg(long, env = "LOOM_STORE_PREFIX", default_value = "/loom/")]
     store_prefix: String,
+    /// Seconds between compactions of etcd's history, shared with the other API
+    /// servers on the same etcd; 0 leaves compaction to someone else.
+    #[arg(
+        long,
+        env = "LOOM_ETCD_COMPACTION_INTERVAL_SECONDS",
+        default_value_t = 300
+    )]
+    etcd_compaction_interval_seconds: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -435,7 +443,8 @@ fn write_context(server: &str) -> anyhow::Result<Option<std::path::PathBuf>> {
 }
 
 async fn apiserver_command(args: ApiserverArgs) -> anyhow::Result<()> {
-    let store = apiserver::open_store(&args.store, &args.store_prefix)
+    let compaction = std::time::Duration::from_secs(args.etcd_compaction_interval_seconds);
+    let store = apiserver::open_store(&args.store, &args.store_prefix, compaction)
         .await
         .map_err(anyhow::Error::msg)
         .context("cannot open the store")?;
