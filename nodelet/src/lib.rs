@@ -202,9 +202,18 @@ pub async fn run_with(
         std::fs::create_dir_all(&path)
             .with_context(|| format!("cannot create {}", path.display()))?;
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let previous = match (config.listen.port(), &config.advertise) {
+        (0, None) => node::registered_address(&client, &config.name, config.listen.ip()).await,
+        _ => None,
+    };
+    let listener = match previous {
+        Some(previous) => match tokio::net::TcpListener::bind(previous).await {
+            Ok(listener) => Ok(listener),
+            Err(_) => tokio::net::TcpListener::bind(config.listen).await,
+        },
+        None => tokio::net::TcpListener::bind(config.listen).await,
+    }
+    .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
     let endpoint = config
         .advertise

@@ -127,6 +127,21 @@ pub fn attribute_labels() -> BTreeMap<String, String> {
     ])
 }
 
+/// Where this node's nodelet served before, if the Node exists and its endpoint is
+/// on `ip`. The API server keeps a Node's `status.nodeletEndpoint` once set (until
+/// nodes have an identity), so a restarted nodelet that listens on port 0 asks
+/// for its old port again rather than being refused.
+pub async fn registered_address(
+    client: &Client,
+    name: &str,
+    ip: std::net::IpAddr,
+) -> Option<std::net::SocketAddr> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let endpoint = nodes.get_opt(name).await.ok()??.status?.nodelet_endpoint;
+    let address = api_types::validation::parse_nodelet_endpoint(&endpoint).ok()?;
+    (address.ip() == ip).then_some(address)
+}
+
 /// Creates or updates the Node, and makes sure the lease namespace exists.
 pub async fn register(
     client: &Client,
