@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api_types::{Namespace, Resource};
-use serde_json::json;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{Instrument, debug, info, warn};
@@ -117,6 +117,10 @@ pub struct Config {
     pub body_read_timeout: Duration,
     /// Open connections; further ones wait in the listen backlog until one closes.
     pub max_connections: usize,
+    /// The memory limit given at creation to a task that asks for none, so the
+    /// scheduler counts it and the node enforces it (`None`: no default; the
+    /// `loom apiserver` flag defaults to 512Mi).
+    pub default_task_memory: Option<api_types::Quantity>,
 }
 
 /// The longest header read timeout allowed.
@@ -136,6 +140,7 @@ impl Default for Config {
             header_read_timeout: MAX_HEADER_READ_TIMEOUT,
             body_read_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            default_task_memory: None,
         }
     }
 }
@@ -188,7 +193,15 @@ pub async fn run(
     let metrics = Metrics::new();
     let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
     let caches = shutdown.child_token();
-    let catalog = Catalog::new(store.clone(), config.cache.clone(), caches.clone());
+    let defaults = crate::registry::Defaults {
+        task_memory: config.default_task_memory,
+    };
+    let catalog = Catalog::with_defaults(
+        store.clone(),
+        config.cache.clone(),
+        &defaults,
+        caches.clone(),
+    );
     catalog.follow_definitions();
     let api = Arc::new(Api {
         store,

@@ -591,3 +591,78 @@ async fn log_proxy_refuses_a_stored_endpoint_that_breaks_the_rule() {
         patched.text().await.unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_without_memory_gets_the_cluster_default() {
+    let default = api_types::Quantity::parse("512Mi").unwrap();
+    let server = TestServer::embedded(apiserver::Config {
+        default_task_memory: Some(default),
+        ..apiserver::Config::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::new(&server);
+    let created = client
+        .post(
+            "/namespaces/default/tasks",
+            task_manifest("bare", json!({})),
+        )
+        .await;
+    assert_eq!(created.status().as_u16(), 201);
+    let task: Value = created.json().await.unwrap();
+    assert_eq!(task["spec"]["resources"]["memory"], "512Mi");
+    let created = client
+        .post(
+            "/namespaces/default/tasks",
+            task_manifest("own", json!({"resources": {"memory": "64Mi", "cpu": "1"}})),
+        )
+        .await;
+    let task: Value = created.json().await.unwrap();
+    assert_eq!(task["spec"]["resources"]["memory"], "64Mi");
+    assert_eq!(task["spec"]["resources"]["cpu"], "1");
+    // Sending the manifest back without the field changes nothing (the spec is
+    // immutable, and the default is part of it now).
+    let mut again = task_manifest("bare", json!({}));
+    let stored: Value = client
+        .get("/namespaces/default/tasks/bare")
+        .await
+        .json()
+        .await
+        .unwrap();
+    again["metadata"]["resourceVersion"] = stored["metadata"]["resourceVersion"].clone();
+    let replaced = client
+        .http
+        .put(format!("{}/namespaces/default/tasks/bare", client.base))
+        .json(&again)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        replaced.status().as_u16(),
+        200,
+        "{}",
+        replaced.text().await.unwrap()
+    );
+    let task: Value = client
+        .get("/namespaces/default/tasks/bare")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(task["spec"]["resources"]["memory"], "512Mi");
+
+    // Without a default (the library's, or the flag's `0`), nothing is added.
+    let plain = TestServer::embedded(apiserver::Config::default())
+        .await
+        .unwrap();
+    let task: Value = Client::new(&plain)
+        .post(
+            "/namespaces/default/tasks",
+            task_manifest("bare", json!({})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(task["spec"]["resources"]["memory"].is_null(), "{task}");
+}

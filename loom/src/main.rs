@@ -104,6 +104,32 @@ struct ApiserverArgs {
         default_value_t = 300
     )]
     etcd_compaction_interval_seconds: u64,
+    /// The memory limit given to a task that asks for none (0 or empty: none).
+    #[arg(long, env = "LOOM_DEFAULT_TASK_MEMORY", default_value = "512Mi", value_parser = task_memory)]
+    default_task_memory: TaskMemory,
+}
+
+/// `--default-task-memory`: a quantity, or none for `0` or an empty value.
+#[derive(Clone, Debug)]
+struct TaskMemory(Option<api_types::Quantity>);
+
+fn task_memory(value: &str) -> Result<TaskMemory, String> {
+    if value.trim().is_empty() {
+        return Ok(TaskMemory(None));
+    }
+    let quantity = api_types::Quantity::parse(value.trim()).map_err(|e| e.to_string())?;
+    if quantity.is_negative() {
+        return Err("must not be negative".to_owned());
+    }
+    Ok(TaskMemory(Some(quantity).filter(|q| !q.is_zero())))
+}
+
+/// The API server's configuration with a cluster's task defaults.
+fn api_config(memory: &TaskMemory) -> apiserver::Config {
+    apiserver::Config {
+        default_task_memory: memory.0,
+        ..apiserver::Config::default()
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,6 +159,9 @@ struct UpArgs {
     /// Let tasks use the unconfined `raw` driver (a root process on this machine).
     #[arg(long)]
     allow_raw_exec: bool,
+    /// The memory limit given to a task that asks for none (0 or empty: none).
+    #[arg(long, env = "LOOM_DEFAULT_TASK_MEMORY", default_value = "512Mi", value_parser = task_memory)]
+    default_task_memory: TaskMemory,
 }
 
 fn main() -> ExitCode {
@@ -251,7 +280,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         Err(error) => tracing::warn!(%error, "cannot write the loomctl context"),
     }
     if args.api_only {
-        return serve_on(store, listener).await;
+        return serve_on(store, listener, api_config(&args.default_task_memory)).await;
     }
     all_in_one(args, store, listener, server).await
 }
@@ -324,7 +353,7 @@ async fn all_in_one(
     let api = tokio::spawn(apiserver::run(
         store,
         listener,
-        apiserver::Config::default(),
+        api_config(&args.default_task_memory),
         api_shutdown.clone(),
     ));
     let client = client::Client::for_server(&server)?;
@@ -448,26 +477,29 @@ async fn apiserver_command(args: ApiserverArgs) -> anyhow::Result<()> {
         .await
         .map_err(anyhow::Error::msg)
         .context("cannot open the store")?;
-    serve(store, args.listen).await
+    serve(store, args.listen, api_config(&args.default_task_memory)).await
 }
 
 /// Serves the API until Ctrl-C or SIGTERM.
-async fn serve(store: Arc<dyn Store>, listen: SocketAddr) -> anyhow::Result<()> {
+async fn serve(
+    store: Arc<dyn Store>,
+    listen: SocketAddr,
+    config: apiserver::Config,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    serve_on(store, listener).await
+    serve_on(store, listener, config).await
 }
 
-async fn serve_on(store: Arc<dyn Store>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+async fn serve_on(
+    store: Arc<dyn Store>,
+    listener: tokio::net::TcpListener,
+    config: apiserver::Config,
+) -> anyhow::Result<()> {
     println!("Loom API server at http://{}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(apiserver::run(
-        store,
-        listener,
-        apiserver::Config::default(),
-        shutdown.clone(),
-    ));
+    let server = tokio::spawn(apiserver::run(store, listener, config, shutdown.clone()));
     shutdown_signal().await?;
     tracing::info!("shutting down");
     shutdown.cancel();
