@@ -9,17 +9,45 @@
 //!
 //! `import` reads an OCI image layout (a directory or a tar of one), checks every
 //! blob against its digest, and unpacks the layers in order, honouring whiteouts
-//! (`.wh.NAME` removes NAME, `.wh..wh..opq` empties a directory). Pulling from a
-//! registry fills the same blob store.
+//! (`.wh.NAME` removes NAME, `.wh..wh..opq` empties a directory), each path
+//! resolved inside the root being built (see [`unpack`]). Pulling from a
+//! registry fills the same blob store. A digest is checked to be `sha256:` and
+//! 64 lowercase hex digits before it is ever part of a path.
+
+mod unpack;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::run::write_atomic;
+
+pub use unpack::MAX_LAYER_ENTRIES;
+
+/// The default bound on a layer's unpacked size.
+pub const DEFAULT_MAX_LAYER_BYTES: u64 = 8 << 30;
+
+/// The largest index, manifest or image config read (real ones are a few KiB).
+pub const MAX_JSON_BYTES: u64 = 4 << 20;
+
+/// Checks that `digest` is `sha256:` and 64 lowercase hex digits (the only
+/// digests this store keeps) and returns the hex part. `what` names it in the
+/// error.
+pub fn validate_digest<'a>(what: &str, digest: &'a str) -> Result<&'a str, ImageError> {
+    digest
+        .strip_prefix("sha256:")
+        .filter(|hex| {
+            hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+        .ok_or_else(|| ImageError::Digest {
+            what: what.to_owned(),
+            digest: digest.to_owned(),
+        })
+}
 
 /// What the image says to run when the task does not.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,12 +89,33 @@ pub enum ImageError {
     /// Pulling from a registry failed.
     #[error("{0}")]
     Pull(String),
+    /// A digest that is not `sha256:` and 64 lowercase hex digits.
+    #[error(
+        "{what} {digest:?} is not a valid digest (it must be sha256: and 64 lowercase hex digits)"
+    )]
+    Digest {
+        /// What carried it (`image reference`, `layer`, …).
+        what: String,
+        /// The digest as given.
+        digest: String,
+    },
+    /// A layer entry broke an unpacking rule.
+    #[error("layer {layer}: entry {entry:?}: {rule}")]
+    Layer {
+        /// The layer's digest.
+        layer: String,
+        /// The entry's path as the archive says it.
+        entry: String,
+        /// The rule it broke, or what failed.
+        rule: String,
+    },
 }
 
 /// The image store under a directory.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     root: PathBuf,
+    limits: unpack::Limits,
 }
 
 /// Normalizes an image name: `busybox` → `busybox:latest`; digests stay.
@@ -88,7 +137,29 @@ impl ImageStore {
     pub fn new(root: &Path) -> ImageStore {
         ImageStore {
             root: root.to_owned(),
+            limits: unpack::Limits {
+                max_bytes: DEFAULT_MAX_LAYER_BYTES,
+                max_entries: MAX_LAYER_ENTRIES,
+            },
         }
+    }
+
+    /// This store, refusing layers whose entries add up to more than
+    /// `max_layer_bytes` (and blobs larger than [`Self::max_blob_bytes`]).
+    pub fn with_max_layer_bytes(mut self, max_layer_bytes: u64) -> ImageStore {
+        self.limits.max_bytes = max_layer_bytes;
+        self
+    }
+
+    /// The bound on a layer's unpacked size.
+    pub fn max_layer_bytes(&self) -> u64 {
+        self.limits.max_bytes
+    }
+
+    /// The bound on a layer blob's size: the layer's bound and an eighth for
+    /// the tar's own headers and padding.
+    pub fn max_blob_bytes(&self) -> u64 {
+        self.limits.max_stream_bytes()
     }
 
     /// The store's directory.
@@ -97,10 +168,7 @@ impl ImageStore {
     }
 
     pub(crate) fn blob(&self, digest: &str) -> Result<PathBuf, ImageError> {
-        let hex = digest
-            .strip_prefix("sha256:")
-            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .ok_or_else(|| ImageError::Invalid(format!("unsupported digest {digest:?}")))?;
+        let hex = validate_digest("blob", digest)?;
         Ok(self.root.join("blobs/sha256").join(hex))
     }
 
@@ -126,7 +194,7 @@ impl ImageStore {
             (None, Some((_, digest))) => digest.to_owned(),
             (None, None) => return Err(ImageError::NotFound(name.clone())),
         };
-        let hex = digest.trim_start_matches("sha256:");
+        let hex = validate_digest(&format!("image reference {name:?}: digest"), &digest)?;
         let rootfs = self.root.join("rootfs").join(hex);
         let config: ImageConfig =
             std::fs::read(self.root.join("rootfs").join(format!("{hex}.json")))
@@ -147,15 +215,22 @@ impl ImageStore {
         let layout = if path.is_dir() {
             path.to_owned()
         } else {
-            let dir = self
-                .root
-                .join("tmp")
-                .join(format!("import-{}", std::process::id()));
+            let dir = self.root.join("tmp").join(unique("import"));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir)?;
             let file = std::fs::File::open(path)?;
-            let mut archive = tar::Archive::new(maybe_gzip(file)?);
-            archive.unpack(&dir)?;
+            // The layout's own tar is unpacked by the rules of a layer: it may
+            // be as hostile as one.
+            let unpacked = unpack::apply(
+                &dir,
+                maybe_gzip(file)?,
+                &path.display().to_string(),
+                &self.layout_limits(),
+            );
+            if let Err(error) = unpacked {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(error);
+            }
             dir
         };
         let result = self.import_dir(&layout, path, name);
@@ -171,7 +246,7 @@ impl ImageStore {
         path: &Path,
         name: Option<&str>,
     ) -> Result<Vec<String>, ImageError> {
-        let index: serde_json::Value = read_json(&layout.join("index.json"))?;
+        let index: serde_json::Value = read_json(layout, "index.json")?;
         let manifests = index["manifests"].as_array().ok_or_else(|| {
             ImageError::Invalid(format!("{}: index.json has no manifests", path.display()))
         })?;
@@ -190,6 +265,7 @@ impl ImageStore {
         let mut imported = Vec::new();
         for (i, descriptor) in manifests.iter().enumerate() {
             let digest = descriptor["digest"].as_str().unwrap_or_default().to_owned();
+            validate_digest("index.json: manifest", &digest)?;
             let manifest_digest = self.import_manifest(layout, &digest)?;
             let annotated = descriptor["annotations"]["org.opencontainers.image.ref.name"]
                 .as_str()
@@ -226,35 +302,111 @@ impl ImageStore {
         Ok(())
     }
 
-    /// Copies a blob from the layout into the store, verifying its digest.
-    fn copy_blob(&self, layout: &Path, digest: &str) -> Result<PathBuf, ImageError> {
+    /// The bounds a layout's tar is unpacked within: every blob of it at most
+    /// a layer's bound (with room for the manifests and configs).
+    fn layout_limits(&self) -> unpack::Limits {
+        unpack::Limits {
+            max_bytes: self.limits.max_bytes.saturating_mul(4),
+            max_entries: 100_000,
+        }
+    }
+
+    /// Copies a blob from the layout into the store, verifying its digest, and
+    /// refusing one larger than `max_bytes`.
+    fn copy_blob(
+        &self,
+        layout: &Path,
+        digest: &str,
+        max_bytes: u64,
+    ) -> Result<PathBuf, ImageError> {
         let target = self.blob(digest)?;
         if target.exists() {
             return Ok(target);
         }
-        let source = layout.join("blobs").join(digest.replacen(':', "/", 1));
-        let bytes = std::fs::read(&source).map_err(|e| {
-            ImageError::Invalid(format!("blob {digest} missing from the layout: {e}"))
-        })?;
-        let actual = format!("sha256:{:x}", Sha256::digest(&bytes));
-        if actual != digest {
-            return Err(ImageError::Invalid(format!(
-                "blob {digest} does not match its digest (it is {actual})"
-            )));
+        let hex = validate_digest("blob", digest)?;
+        let mut source =
+            unpack::open_file(layout, &format!("blobs/sha256/{hex}")).map_err(|e| {
+                ImageError::Invalid(format!("blob {digest} missing from the layout: {e}"))
+            })?;
+        let partial = self.partial_path(&target)?;
+        let copied = (|| -> Result<(), ImageError> {
+            let mut out = std::fs::File::create(&partial)?;
+            let mut hasher = Sha256::new();
+            let mut len: u64 = 0;
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = source.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                len += n as u64;
+                if len > max_bytes {
+                    return Err(ImageError::Invalid(format!(
+                        "blob {digest} is larger than the node's maximum of {max_bytes} bytes"
+                    )));
+                }
+                hasher.update(&buf[..n]);
+                io::Write::write_all(&mut out, &buf[..n])?;
+            }
+            let actual = format!("sha256:{:x}", hasher.finalize());
+            if actual != digest {
+                return Err(ImageError::Invalid(format!(
+                    "blob {digest} does not match its digest (it is {actual})"
+                )));
+            }
+            out.sync_all()?;
+            std::fs::rename(&partial, &target)?;
+            Ok(())
+        })();
+        if copied.is_err() {
+            let _ = std::fs::remove_file(&partial);
         }
-        if let Some(dir) = target.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        write_atomic(&target, &bytes)?;
-        Ok(target)
+        copied.map(|()| target)
+    }
+
+    /// A unique name beside `target` (its directory created) to write it under
+    /// before renaming it into place.
+    pub(crate) fn partial_path(&self, target: &Path) -> io::Result<PathBuf> {
+        let dir = target
+            .parent()
+            .ok_or_else(|| io::Error::other("a blob path without a directory"))?;
+        std::fs::create_dir_all(dir)?;
+        let name = target.file_name().unwrap_or_default().to_string_lossy();
+        Ok(dir.join(unique(&format!("{name}.partial"))))
+    }
+
+    /// Applies the layer blob at `layer` (its file name its hex digest) to `root`.
+    fn apply_layer(&self, root: &Path, layer: &Path) -> Result<(), ImageError> {
+        let name = format!(
+            "sha256:{}",
+            layer.file_name().unwrap_or_default().to_string_lossy()
+        );
+        let file = std::fs::File::open(layer)
+            .map_err(|e| ImageError::Invalid(format!("cannot read layer {name}: {e}")))?;
+        unpack::apply(root, maybe_gzip(file)?, &name, &self.limits)
     }
 
     /// Imports a manifest (following an index to this platform's manifest) and
     /// unpacks it. Returns the digest of the image manifest.
     fn import_manifest(&self, layout: &Path, digest: &str) -> Result<String, ImageError> {
-        let path = self.copy_blob(layout, digest)?;
-        let manifest: serde_json::Value = read_json(&path)?;
+        self.import_manifest_in(layout, digest, None)
+    }
+
+    /// [`Self::import_manifest`]; `index` is the index `digest` was chosen from.
+    fn import_manifest_in(
+        &self,
+        layout: &Path,
+        digest: &str,
+        index: Option<&str>,
+    ) -> Result<String, ImageError> {
+        let path = self.copy_blob(layout, digest, MAX_JSON_BYTES)?;
+        let manifest: serde_json::Value = read_blob_json(&path)?;
         if let Some(list) = manifest["manifests"].as_array() {
+            if let Some(outer) = index {
+                return Err(ImageError::Invalid(format!(
+                    "{digest} is an index inside the index {outer}"
+                )));
+            }
             // An index: pick this machine's platform.
             let arch = platform_arch();
             let chosen = list
@@ -264,17 +416,20 @@ impl ImageStore {
                     ImageError::Invalid(format!("no linux/{arch} image in index {digest}"))
                 })?;
             let inner = chosen["digest"].as_str().unwrap_or_default().to_owned();
-            return self.import_manifest(layout, &inner);
+            validate_digest(&format!("index {digest}: manifest"), &inner)?;
+            return self.import_manifest_in(layout, &inner, Some(digest));
         }
         let config_digest = manifest["config"]["digest"]
             .as_str()
             .ok_or_else(|| ImageError::Invalid(format!("manifest {digest} has no config")))?;
-        let config_path = self.copy_blob(layout, config_digest)?;
-        let config: serde_json::Value = read_json(&config_path)?;
+        validate_digest(&format!("manifest {digest}: config"), config_digest)?;
+        let config_path = self.copy_blob(layout, config_digest, MAX_JSON_BYTES)?;
+        let config: serde_json::Value = read_blob_json(&config_path)?;
         let mut layers = Vec::new();
         for layer in manifest["layers"].as_array().into_iter().flatten() {
             let layer_digest = layer["digest"].as_str().unwrap_or_default();
-            layers.push(self.copy_blob(layout, layer_digest)?);
+            validate_digest(&format!("manifest {digest}: layer"), layer_digest)?;
+            layers.push(self.copy_blob(layout, layer_digest, self.max_blob_bytes())?);
         }
         self.unpack(digest, &config, &layers)?;
         Ok(digest.to_owned())
@@ -287,18 +442,21 @@ impl ImageStore {
         config: &serde_json::Value,
         layers: &[PathBuf],
     ) -> Result<(), ImageError> {
-        let hex = digest.trim_start_matches("sha256:");
+        let hex = validate_digest("manifest", digest)?;
         let rootfs_dir = self.root.join("rootfs");
         let target = rootfs_dir.join(hex);
         let config_file = rootfs_dir.join(format!("{hex}.json"));
         if target.is_dir() && config_file.exists() {
             return Ok(());
         }
-        let staging = rootfs_dir.join(format!("{hex}.unpacking"));
+        let staging = rootfs_dir.join(unique(&format!("{hex}.unpacking")));
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging)?;
         for layer in layers {
-            apply_layer(&staging, layer)?;
+            if let Err(error) = self.apply_layer(&staging, layer) {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(error);
+            }
         }
         let strings = |v: &serde_json::Value| -> Vec<String> {
             v.as_array()
@@ -325,7 +483,8 @@ impl ImageStore {
     }
 }
 
-pub(crate) fn platform_arch() -> &'static str {
+/// This machine's architecture as OCI names it (`amd64`, `arm64`, …).
+pub fn platform_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -333,11 +492,45 @@ pub(crate) fn platform_arch() -> &'static str {
     }
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value, ImageError> {
-    let bytes = std::fs::read(path)
+/// A name unique to this process and call, after `prefix`.
+fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Reads JSON of at most [`MAX_JSON_BYTES`] from `file`; `path` names it.
+fn parse_json(file: std::fs::File, path: &Path) -> Result<serde_json::Value, ImageError> {
+    let mut bytes = Vec::new();
+    file.take(MAX_JSON_BYTES + 1)
+        .read_to_end(&mut bytes)
         .map_err(|e| ImageError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    if bytes.len() as u64 > MAX_JSON_BYTES {
+        return Err(ImageError::Invalid(format!(
+            "{} is larger than {MAX_JSON_BYTES} bytes",
+            path.display()
+        )));
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| ImageError::Invalid(format!("{} is not JSON: {e}", path.display())))
+}
+
+/// Reads the JSON file `rel` of a layout, resolved inside it.
+fn read_json(layout: &Path, rel: &str) -> Result<serde_json::Value, ImageError> {
+    let path = layout.join(rel);
+    let file = unpack::open_file(layout, rel)
+        .map_err(|e| ImageError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    parse_json(file, &path)
+}
+
+/// Reads a JSON blob of the store.
+fn read_blob_json(path: &Path) -> Result<serde_json::Value, ImageError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| ImageError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    parse_json(file, path)
 }
 
 /// A reader that transparently gunzips gzip data.
@@ -350,64 +543,6 @@ fn maybe_gzip(mut file: std::fs::File) -> io::Result<Box<dyn io::Read>> {
         Ok(Box::new(flate2::read::GzDecoder::new(file)))
     } else {
         Ok(Box::new(file))
-    }
-}
-
-/// Applies one layer tar to `root`, honouring whiteouts.
-fn apply_layer(root: &Path, layer: &Path) -> Result<(), ImageError> {
-    let mut archive = tar::Archive::new(maybe_gzip(std::fs::File::open(layer)?)?);
-    archive.set_preserve_permissions(true);
-    archive.set_overwrite(true);
-    archive.set_unpack_xattrs(false);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.into_owned();
-        let Some(file_name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
-            entry.unpack_in(root)?;
-            continue;
-        };
-        let parent = path.parent().unwrap_or(Path::new(""));
-        if path
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(ImageError::Invalid(format!(
-                "layer entry {} escapes the root",
-                path.display()
-            )));
-        }
-        if file_name == ".wh..wh..opq" {
-            // Opaque directory: drop what lower layers put in it.
-            let dir = root.join(parent);
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                for child in entries.flatten() {
-                    remove_any(&child.path())?;
-                }
-            }
-            continue;
-        }
-        if let Some(hidden) = file_name.strip_prefix(".wh.") {
-            remove_any(&root.join(parent).join(hidden))?;
-            continue;
-        }
-        // A file replacing a directory (or the reverse) replaces it whole.
-        let target = root.join(&path);
-        if let Ok(meta) = std::fs::symlink_metadata(&target)
-            && (meta.is_dir() != entry.header().entry_type().is_dir())
-        {
-            remove_any(&target)?;
-        }
-        entry.unpack_in(root)?;
-    }
-    Ok(())
-}
-
-fn remove_any(path: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
     }
 }
 
@@ -567,8 +702,9 @@ mod tests {
                 ("var/y", Some(b"y")),
             ],
         );
-        apply_layer(&root, &lower).unwrap();
-        apply_layer(&root, &upper).unwrap();
+        let store = ImageStore::new(&dir.path().join("images"));
+        store.apply_layer(&root, &lower).unwrap();
+        store.apply_layer(&root, &upper).unwrap();
         assert!(!root.join("etc/a").exists());
         assert_eq!(std::fs::read(root.join("etc/b")).unwrap(), b"b");
         assert!(!root.join("var/x").exists());

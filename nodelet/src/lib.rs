@@ -88,6 +88,10 @@ pub struct Config {
     pub allow_host_paths: Vec<PathBuf>,
     /// Whether tasks may use the unconfined `raw` driver (root on the host).
     pub allow_raw_exec: bool,
+    /// An image layer whose entries add up to more than this many bytes is
+    /// refused, as is a layer blob larger than it and an eighth (for the tar's
+    /// headers). 8 GiB by default.
+    pub max_layer_bytes: u64,
 }
 
 impl Config {
@@ -117,6 +121,7 @@ impl Config {
             insecure_registries: Vec::new(),
             allow_host_paths: Vec::new(),
             allow_raw_exec: false,
+            max_layer_bytes: image::DEFAULT_MAX_LAYER_BYTES,
         }
     }
 }
@@ -241,9 +246,11 @@ pub async fn run_with(
     let ctx = Arc::new(tasks::Ctx {
         config: config.clone(),
         driver,
-        images: image::ImageStore::new(&config.state_dir.join("images")),
+        images: image::ImageStore::new(&config.state_dir.join("images"))
+            .with_max_layer_bytes(config.max_layer_bytes),
         puller: pull::Puller::new(
-            image::ImageStore::new(&config.state_dir.join("images")),
+            image::ImageStore::new(&config.state_dir.join("images"))
+                .with_max_layer_bytes(config.max_layer_bytes),
             config.insecure_registries.clone(),
         ),
         client: client.clone(),

@@ -31,7 +31,7 @@ use tracing::{debug, info};
 
 pub use oci_client::secrets::RegistryAuth;
 
-use crate::image::{Image, ImageError, ImageStore, platform_arch};
+use crate::image::{Image, ImageError, ImageStore, MAX_JSON_BYTES, platform_arch, validate_digest};
 
 const MANIFEST_TYPES: [&str; 4] = [
     OCI_IMAGE_MEDIA_TYPE,
@@ -122,10 +122,14 @@ pub async fn pull(
 }
 
 fn parse(reference: &str) -> Result<Reference, ImageError> {
-    reference
+    let parsed: Reference = reference
         .trim()
         .parse()
-        .map_err(|e| ImageError::Pull(format!("{reference:?} is not an image reference: {e}")))
+        .map_err(|e| ImageError::Pull(format!("{reference:?} is not an image reference: {e}")))?;
+    if let Some(digest) = parsed.digest() {
+        validate_digest(&format!("image reference {reference:?}: digest"), digest)?;
+    }
+    Ok(parsed)
 }
 
 /// [`pull`] with a client made for the reference's registry.
@@ -152,6 +156,8 @@ async fn pull_with(
                 platform_arch()
             ))
         })?;
+        validate_digest(&format!("index {manifest_digest}: manifest"), &chosen)
+            .map_err(|e| fail(e.to_string()))?;
         debug!(%reference, index = %manifest_digest, manifest = %chosen, "index resolved to this platform");
         let inner = parsed.clone_with_digest(chosen.clone());
         let (bytes, digest) = fetch_manifest(client, store, &inner, auth)
@@ -165,15 +171,31 @@ async fn pull_with(
         manifest_digest = digest;
     }
 
-    let descriptor = |d: &Value| -> Result<(String, Option<u64>), ImageError> {
+    // Every blob's digest checked and its size bounded before any request:
+    // the config by what a config may be, each layer by the node's layer bound
+    // (a layer's content bound and room for its tar headers).
+    let descriptor = |d: &Value, what: &str, max: u64| -> Result<Blob, ImageError> {
         let digest = d["digest"].as_str().ok_or_else(|| {
             fail(format!(
                 "manifest {manifest_digest} lists a blob without a digest"
             ))
         })?;
-        Ok((digest.to_owned(), d["size"].as_u64()))
+        validate_digest(&format!("manifest {manifest_digest}: {what}"), digest)
+            .map_err(|e| fail(e.to_string()))?;
+        let size = d["size"].as_u64();
+        if size.is_some_and(|size| size > max) {
+            return Err(fail(format!(
+                "{what} {digest} is {} bytes, more than the node's maximum of {max}",
+                size.unwrap_or_default()
+            )));
+        }
+        Ok(Blob {
+            digest: digest.to_owned(),
+            size,
+            max,
+        })
     };
-    let config = descriptor(&manifest["config"])?;
+    let config = descriptor(&manifest["config"], "config", MAX_JSON_BYTES)?;
     let mut layers = Vec::new();
     for layer in manifest["layers"].as_array().into_iter().flatten() {
         let media_type = layer["mediaType"].as_str().unwrap_or_default();
@@ -183,7 +205,7 @@ async fn pull_with(
                 layer["digest"].as_str().unwrap_or_default()
             )));
         }
-        layers.push(descriptor(layer)?);
+        layers.push(descriptor(layer, "layer", store.max_blob_bytes())?);
     }
 
     let (config_path, config_fetched) = fetch_blob(client, store, parsed, &config)
@@ -229,6 +251,14 @@ async fn pull_with(
         cached,
         bytes: pulled_bytes,
     })
+}
+
+/// A blob a manifest lists: its digest, its size if given, the most bytes
+/// taken of it.
+struct Blob {
+    digest: String,
+    size: Option<u64>,
+    max: u64,
 }
 
 /// Fetches a manifest, checks it against the digest it was asked by (or the
@@ -282,7 +312,7 @@ async fn fetch_blob(
     client: &Client,
     store: &ImageStore,
     reference: &Reference,
-    (digest, size): &(String, Option<u64>),
+    Blob { digest, size, max }: &Blob,
 ) -> Result<(PathBuf, Option<u64>), String> {
     let target = store.blob(digest).map_err(|e| e.to_string())?;
     if target.exists() {
@@ -295,7 +325,7 @@ async fn fetch_blob(
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot store blob {digest}: {e}"))?
     };
-    let result = download(client, reference, digest, *size, &partial).await;
+    let result = download(client, reference, digest, *size, *max, &partial).await;
     match result {
         Ok(len) => {
             tokio::fs::rename(&partial, &target)
@@ -334,6 +364,7 @@ async fn download(
     reference: &Reference,
     digest: &str,
     size: Option<u64>,
+    max: u64,
     path: &std::path::Path,
 ) -> Result<u64, String> {
     let mut stream = client
@@ -352,6 +383,11 @@ async fn download(
             return Err(format!(
                 "blob {digest} is larger than the {} bytes its manifest says",
                 size.unwrap_or_default()
+            ));
+        }
+        if len > max {
+            return Err(format!(
+                "blob {digest} is larger than the node's maximum of {max} bytes"
             ));
         }
         hasher.update(&chunk);
