@@ -319,6 +319,10 @@ async fn all_in_one(
             ]
         }),
         allow_raw_exec: args.allow_raw_exec,
+        max_layer_bytes: api_types::Quantity::from_value(
+            i64::try_from(nodelet::image::DEFAULT_MAX_LAYER_BYTES).unwrap_or(i64::MAX),
+            api_types::Format::BinarySi,
+        ),
     };
     let nodelet_config = nodelet_args.config()?;
     for dir in &nodelet_config.allow_host_paths {

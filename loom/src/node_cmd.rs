@@ -56,6 +56,18 @@ pub struct NodeletArgs {
     /// off by default).
     #[arg(long)]
     pub allow_raw_exec: bool,
+    /// The most an image layer may unpack to (its entries' sizes summed); a
+    /// larger layer is refused.
+    #[arg(long, default_value = "8Gi")]
+    pub max_layer_bytes: api_types::Quantity,
+}
+
+/// A size flag in bytes: positive and whole.
+fn bytes_flag(flag: &str, value: &api_types::Quantity) -> anyhow::Result<u64> {
+    u64::try_from(value.value())
+        .ok()
+        .filter(|b| *b > 0)
+        .ok_or_else(|| anyhow::anyhow!("{flag} {value}: must be a positive number of bytes"))
 }
 
 impl NodeletArgs {
@@ -92,6 +104,7 @@ impl NodeletArgs {
         }
         config.allow_host_paths = self.allow_host_paths.clone();
         config.allow_raw_exec = self.allow_raw_exec;
+        config.max_layer_bytes = bytes_flag("--max-layer-bytes", &self.max_layer_bytes)?;
         config.shim = shim_command()?;
         Ok(config)
     }
@@ -121,7 +134,8 @@ pub async fn nodelet(args: NodeletArgs) -> anyhow::Result<()> {
         nix_is_root(),
         "the nodelet must run as root (it creates containers, cgroups and mounts)"
     );
-    let images = nodelet::image::ImageStore::new(&config.state_dir.join("images"));
+    let images = nodelet::image::ImageStore::new(&config.state_dir.join("images"))
+        .with_max_layer_bytes(config.max_layer_bytes);
     for path in &args.import_images {
         let names = images
             .import(path, None)
@@ -165,6 +179,9 @@ pub enum ImageCommand {
         /// The nodelet's state directory.
         #[arg(long, env = "LOOM_STATE_DIR", default_value = "/var/lib/loom/nodelet")]
         state_dir: PathBuf,
+        /// The most a layer may unpack to.
+        #[arg(long, default_value = "8Gi")]
+        max_layer_bytes: api_types::Quantity,
     },
     /// Pull an image from a registry into a node's image store.
     Pull {
@@ -182,6 +199,9 @@ pub enum ImageCommand {
         /// The registry user's password or token.
         #[arg(long, env = "LOOM_REGISTRY_PASSWORD", hide_env_values = true)]
         password: Option<String>,
+        /// The most a layer may unpack to.
+        #[arg(long, default_value = "8Gi")]
+        max_layer_bytes: api_types::Quantity,
     },
     /// List the images of a node's image store.
     List {
@@ -198,8 +218,10 @@ pub fn image(args: ImageArgs) -> anyhow::Result<()> {
             path,
             name,
             state_dir,
+            max_layer_bytes,
         } => {
-            let store = nodelet::image::ImageStore::new(&state_dir.join("images"));
+            let store = nodelet::image::ImageStore::new(&state_dir.join("images"))
+                .with_max_layer_bytes(bytes_flag("--max-layer-bytes", &max_layer_bytes)?);
             let names = store
                 .import(&path, name.as_deref())
                 .with_context(|| format!("cannot import {}", path.display()))?;
@@ -213,8 +235,10 @@ pub fn image(args: ImageArgs) -> anyhow::Result<()> {
             insecure,
             username,
             password,
+            max_layer_bytes,
         } => {
-            let store = nodelet::image::ImageStore::new(&state_dir.join("images"));
+            let store = nodelet::image::ImageStore::new(&state_dir.join("images"))
+                .with_max_layer_bytes(bytes_flag("--max-layer-bytes", &max_layer_bytes)?);
             let auth = match username {
                 Some(user) => {
                     nodelet::pull::RegistryAuth::Basic(user, password.unwrap_or_default())
