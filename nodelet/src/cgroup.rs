@@ -1,5 +1,5 @@
-//! Cgroups: the exec driver's own (v1 hierarchies, or the unified v2 tree when the
-//! machine has no v1 controllers), OOM detection and usage sampling for both drivers.
+//! Cgroups: the raw driver's own (v1 hierarchies, or the unified v2 tree when the
+//! machine has no v1 controllers), OOM detection and usage sampling for every driver.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,10 @@ const ROOT: &str = "/sys/fs/cgroup";
 
 /// The controllers Loom uses, by their v1 hierarchy name.
 const CONTROLLERS: [&str; 4] = ["cpu", "cpuacct", "memory", "pids"];
+
+/// The rules libcontainer 0.7 always allows (libcgroups' `default_allow_devices`)
+/// that Loom's spec does not.
+const EXTRA_DEVICES: [&str; 4] = ["c *:* m", "b *:* m", "c 5:1 rwm", "c 10:200 rwm"];
 
 /// Whether this machine uses cgroup v1 hierarchies for memory (hybrid or legacy).
 pub fn is_v1() -> bool {
@@ -163,6 +167,27 @@ impl Cgroup {
             let text = std::fs::read_to_string(self.dir("").join("cpu.stat")).ok()?;
             Some(counter(&text, "usage_usec") * 1000)
         }
+    }
+
+    /// Takes back the device access libcontainer grants every container beyond its
+    /// spec (cgroup v1: `c *:* m`, `b *:* m`, the console and tun/tap), so the
+    /// spec's rules are the whole list. On v2 devices are an eBPF program that
+    /// cannot be amended; there the missing CAP_MKNOD and a `/dev` without those
+    /// nodes keep them out of reach.
+    pub fn deny_extra_devices(&self) -> io::Result<()> {
+        if !is_v1() {
+            return Ok(());
+        }
+        let dir = self.dir("devices");
+        for rule in EXTRA_DEVICES {
+            write(&dir, "devices.deny", rule)?;
+        }
+        Ok(())
+    }
+
+    /// The device rules in force (cgroup v1's `devices.list`).
+    pub fn device_list(&self) -> io::Result<String> {
+        std::fs::read_to_string(self.dir("devices").join("devices.list"))
     }
 
     /// Removes the cgroup's directories (it must be empty).

@@ -1,6 +1,6 @@
 //! Task drivers behind one trait. The real one ([`ShimDriver`]) starts one shim
-//! process per run, which runs the task as a libcontainer container or as a host
-//! process in its own cgroup; [`FakeDriver`] records what it is asked and lets
+//! process per run, which runs the task as a libcontainer container, as a confined
+//! host process (libcontainer too) or as a raw host process in its own cgroup; [`FakeDriver`] records what it is asked and lets
 //! tests decide how runs end.
 
 use std::collections::BTreeMap;
@@ -204,12 +204,13 @@ impl Driver for ShimDriver {
         let exec = std::fs::read(dir.spec())
             .ok()
             .and_then(|b| serde_json::from_slice::<RunSpec>(&b).ok())
-            .is_some_and(|s| s.driver == DriverKind::Exec);
+            .is_some_and(|s| matches!(s.driver, DriverKind::Exec | DriverKind::Raw));
         // SAFETY: kill(2); the pid is the run's process, which its live shim has
         // not reaped (no exit record yet), so it cannot have been reused.
         unsafe {
             if exec {
-                // The exec driver's process leads its own process group.
+                // A host process leads its own process group (a confined one as
+                // the session leader libcontainer makes of its init).
                 libc::kill(-started.pid, signal);
             }
             libc::kill(started.pid, signal);

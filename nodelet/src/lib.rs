@@ -92,6 +92,9 @@ pub struct Config {
     /// refused, as is a layer blob larger than it and an eighth (for the tar's
     /// headers). 8 GiB by default.
     pub max_layer_bytes: u64,
+    /// The uid and gid the confined `exec` driver runs tasks as (it owns their
+    /// work directories and writable mounts); `nobody` by default.
+    pub exec_uid: u32,
 }
 
 impl Config {
@@ -122,6 +125,7 @@ impl Config {
             allow_host_paths: Vec::new(),
             allow_raw_exec: false,
             max_layer_bytes: image::DEFAULT_MAX_LAYER_BYTES,
+            exec_uid: 65534,
         }
     }
 }

@@ -20,8 +20,27 @@ use serde::{Deserialize, Serialize};
 pub enum DriverKind {
     /// A container created through libcontainer.
     Container,
-    /// A host process in its own cgroup.
+    /// A confined host process: a libcontainer container whose root is the host's
+    /// root read-only, in its own mount, pid, ipc, uts and cgroup namespaces but on
+    /// the host's network, as an unprivileged user without capabilities.
     Exec,
+    /// An unconfined host process in its own cgroup (root on the host; only on
+    /// nodes that allow it).
+    Raw,
+}
+
+/// What the confined exec driver's process may see and write of the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sandbox {
+    /// The task's writable work directory, seen at its host path.
+    pub work_dir: PathBuf,
+    /// Host directories hidden behind an empty tmpfs (the nodelet's state
+    /// directory: other tasks' files).
+    pub hidden: Vec<PathBuf>,
+    /// The uid and gid the process runs as; it owns the work directory and the
+    /// writable mounts' sources.
+    pub uid: u32,
 }
 
 /// A bind mount of a host path into the container.
@@ -68,7 +87,7 @@ pub struct RunSpec {
     pub env: Vec<String>,
     /// Working directory (inside the container for `container`).
     pub cwd: String,
-    /// Bind mounts (container driver).
+    /// Bind mounts: at `target` in a container, at their source path for `exec`.
     pub mounts: Vec<MountSpec>,
     /// Limits.
     pub limits: Limits,
@@ -84,6 +103,9 @@ pub struct RunSpec {
     /// that it holds even when the task object is already gone.
     #[serde(default)]
     pub grace_seconds: Option<u64>,
+    /// The confined exec driver's sandbox (`exec` only).
+    #[serde(default)]
+    pub sandbox: Option<Sandbox>,
 }
 
 /// What the shim reports once the process runs (one JSON line on its stdout).

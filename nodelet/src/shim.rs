@@ -1,6 +1,7 @@
 //! The shim: one small single-threaded process per run of a task (`loom shim DIR`
-//! or `loom-shim DIR`). It creates the container through libcontainer (or starts
-//! the exec driver's host process in its cgroup), reports the process id on its
+//! or `loom-shim DIR`). It creates the container through libcontainer (the exec
+//! driver's confined process too, over a read-only bind of the host's root; or
+//! starts the raw driver's host process in its cgroup), reports the process id on its
 //! stdout, copies the process's output into the rotating log, waits for the exit,
 //! cleans the container, cgroup and root filesystem up, and writes `exit.json`.
 //!
@@ -14,7 +15,7 @@ use std::ffi::CString;
 use std::io::{Read as _, Write as _};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::process::CommandExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -70,11 +71,14 @@ fn shim_log(dir: &RunDir, line: &str) {
 
 /// A started run: what must be waited for and cleaned up.
 enum Running {
+    /// A libcontainer container (the `container` and `exec` drivers) over
+    /// `rootfs`.
     Container {
         container: Box<libcontainer::container::Container>,
-        rootfs: std::path::PathBuf,
+        rootfs: PathBuf,
     },
-    Exec,
+    /// A host process in its own cgroup.
+    Raw,
 }
 
 fn run(dir: &RunDir, spec: &RunSpec) -> ExitRecord {
@@ -87,7 +91,8 @@ fn run(dir: &RunDir, spec: &RunSpec) -> ExitRecord {
     let cgroup = Cgroup::new(&spec.cgroup_path);
     let started = match spec.driver {
         DriverKind::Container => start_container(dir, spec, write),
-        DriverKind::Exec => start_exec(spec, &cgroup, write),
+        DriverKind::Exec => start_confined(dir, spec, write),
+        DriverKind::Raw => start_raw(spec, &cgroup, write),
     };
     let (pid, running) = match started {
         Ok(started) => started,
@@ -128,11 +133,18 @@ fn run(dir: &RunDir, spec: &RunSpec) -> ExitRecord {
             if let Err(e) = container.delete(true) {
                 shim_log(dir, &format!("cannot delete the container: {e}"));
             }
+            // A lazy unmount of the top detaches the whole tree below it (the
+            // exec driver's recursive bind of the host's root included).
             unmount(&rootfs);
+            let left = mounts_under(&dir.0);
+            if !left.is_empty() {
+                shim_log(dir, &format!("mounts left under the run: {left:?}"));
+            }
+            let _ = std::fs::remove_dir(&rootfs);
             let _ = std::fs::remove_dir_all(dir.0.join("upper"));
             let _ = std::fs::remove_dir_all(dir.0.join("work"));
         }
-        Running::Exec => {
+        Running::Raw => {
             cgroup.kill_all();
             cgroup.remove();
         }
@@ -194,9 +206,6 @@ fn start_container(
     spec: &RunSpec,
     output: OwnedFd,
 ) -> Result<(i32, Running), StartError> {
-    use libcontainer::container::builder::ContainerBuilder;
-    use libcontainer::syscall::syscall::SyscallType;
-
     let image = spec
         .image_rootfs
         .as_ref()
@@ -214,22 +223,155 @@ fn start_container(
             format!("cannot mount the root: {e}"),
         )
     })?;
-    let result = (|| {
-        let config = crate::spec::container_spec(spec).map_err(|e| ("ContainerCreateFailed", e))?;
-        config.save(dir.0.join("config.json")).map_err(|e| {
+    create(dir, spec, output, rootfs, "ContainerCreateFailed")
+}
+
+/// Starts the confined exec driver's process: a libcontainer container over a
+/// read-only recursive bind of the host's root. The bind is made in a mount
+/// namespace of the shim's own (a slave of the host's), so it never shows on
+/// the host nor in another run's bind, and goes with the shim whatever happens.
+fn start_confined(
+    dir: &RunDir,
+    spec: &RunSpec,
+    output: OwnedFd,
+) -> Result<(i32, Running), StartError> {
+    const REASON: &str = "SandboxFailed";
+    let sandbox = spec
+        .sandbox
+        .as_ref()
+        .ok_or((REASON, "the exec run has no sandbox".to_owned()))?;
+    // The process runs as an unprivileged user: it owns its work directory and
+    // the writable mounts (their top directory; what is in them keeps its owner).
+    let writable = std::iter::once(sandbox.work_dir.as_path()).chain(
+        spec.mounts
+            .iter()
+            .filter(|m| !m.read_only)
+            .map(|m| m.source.as_path()),
+    );
+    for path in writable {
+        std::os::unix::fs::lchown(path, Some(sandbox.uid), Some(sandbox.uid)).map_err(|e| {
             (
-                "ContainerCreateFailed",
-                format!("cannot write config.json: {e}"),
+                REASON,
+                format!("cannot give {} to uid {}: {e}", path.display(), sandbox.uid),
             )
         })?;
-        let stderr = output
-            .try_clone()
-            .map_err(|e| ("ContainerCreateFailed", e.to_string()))?;
-        let stdin = std::fs::File::open("/dev/null")
-            .map_err(|e| ("ContainerCreateFailed", e.to_string()))?;
+    }
+    private_mount_namespace()
+        .map_err(|e| (REASON, format!("cannot make a mount namespace: {e}")))?;
+    let rootfs = dir.0.join("rootfs");
+    std::fs::create_dir_all(&rootfs).map_err(|e| (REASON, format!("{}: {e}", rootfs.display())))?;
+    bind_host_root(&rootfs).map_err(|e| {
+        unmount(&rootfs);
+        (
+            REASON,
+            format!("cannot bind the host's root read-only: {e}"),
+        )
+    })?;
+    create(dir, spec, output, rootfs, REASON)
+}
+
+/// Gives the shim a mount namespace of its own that receives the host's mount
+/// events but sends none back.
+fn private_mount_namespace() -> std::io::Result<()> {
+    // SAFETY: unshare and mount with constant arguments; the shim has no other
+    // thread yet (a mount namespace is unshared only by a process whose threads
+    // do not share its filesystem context).
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let root = c"/";
+        if libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// Binds the host's root, every mount below it included, onto `target`, and
+/// makes the whole tree read-only, nosuid, nodev and private.
+fn bind_host_root(target: &Path) -> std::io::Result<()> {
+    let target = cstring(target)?;
+    let root = c"/";
+    // SAFETY: mount with valid NUL-terminated paths and no data.
+    let rc = unsafe {
+        libc::mount(
+            root.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: libc::MS_PRIVATE,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads `attr`, of the size passed, for the call's
+    // duration; the path is a valid NUL-terminated string.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Creates and starts the libcontainer container of `spec` over `rootfs` (already
+/// mounted; unmounted again if the start fails).
+fn create(
+    dir: &RunDir,
+    spec: &RunSpec,
+    output: OwnedFd,
+    rootfs: PathBuf,
+    reason: &'static str,
+) -> Result<(i32, Running), StartError> {
+    use libcontainer::container::builder::ContainerBuilder;
+    use libcontainer::syscall::syscall::SyscallType;
+
+    let result = (|| {
+        let config = crate::spec::runtime_spec(spec).map_err(|e| (reason, e))?;
+        config
+            .save(dir.0.join("config.json"))
+            .map_err(|e| (reason, format!("cannot write config.json: {e}")))?;
+        let stderr = output.try_clone().map_err(|e| (reason, e.to_string()))?;
+        let stdin = std::fs::File::open("/dev/null").map_err(|e| (reason, e.to_string()))?;
         let mut container = ContainerBuilder::new(spec.container_id.clone(), SyscallType::Linux)
             .with_root_path(&spec.container_root)
-            .map_err(|e| ("ContainerCreateFailed", e.to_string()))?
+            .map_err(|e| (reason, e.to_string()))?
             .with_stdin(stdin)
             .with_stdout(output)
             .with_stderr(stderr)
@@ -237,23 +379,30 @@ fn start_container(
             .with_systemd(false)
             .with_detach(true)
             .build()
-            .map_err(|e| ("ContainerCreateFailed", format!("{e}")))?;
-        let pid = match container.pid() {
-            Some(pid) => pid.as_raw(),
-            None => {
-                let _ = container.delete(true);
-                return Err(("ContainerCreateFailed", "the container has no pid".into()));
+            .map_err(|e| (reason, format!("{e}")))?;
+        let ready = (|| {
+            let pid = container
+                .pid()
+                .map(|pid| pid.as_raw())
+                .ok_or("the container has no pid".to_owned())?;
+            Cgroup::new(&spec.cgroup_path)
+                .deny_extra_devices()
+                .map_err(|e| format!("cannot restrict its devices: {e}"))?;
+            if spec.driver == DriverKind::Container {
+                loopback_up(pid).map_err(|e| format!("cannot bring lo up: {e}"))?;
             }
-        };
-        if let Err(e) = loopback_up(pid) {
-            let _ = container.delete(true);
-            return Err(("ContainerCreateFailed", format!("cannot bring lo up: {e}")));
+            container
+                .start()
+                .map_err(|e| format!("cannot start: {e}"))?;
+            Ok::<_, String>(pid)
+        })();
+        match ready {
+            Ok(pid) => Ok((pid, container)),
+            Err(error) => {
+                let _ = container.delete(true);
+                Err((reason, error))
+            }
         }
-        if let Err(e) = container.start() {
-            let _ = container.delete(true);
-            return Err(("ContainerCreateFailed", format!("cannot start: {e}")));
-        }
-        Ok((pid, container))
     })();
     match result {
         Ok((pid, container)) => Ok((
@@ -306,6 +455,18 @@ fn unmount(target: &Path) {
     }
 }
 
+/// The mount points of this process's namespace at or below `dir`.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| Path::new(point).starts_with(&dir))
+        .map(str::to_owned)
+        .collect()
+}
+
 fn cstring(path: &Path) -> std::io::Result<CString> {
     use std::os::unix::ffi::OsStrExt as _;
     CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)
@@ -350,7 +511,9 @@ fn loopback_up(pid: i32) -> std::io::Result<()> {
     .map_err(|_| std::io::Error::other("the loopback thread panicked"))?
 }
 
-fn start_exec(
+/// Starts the `raw` driver's process: unconfined, as root on the host, in its
+/// own cgroup and session.
+fn start_raw(
     spec: &RunSpec,
     cgroup: &Cgroup,
     output: OwnedFd,
@@ -405,7 +568,7 @@ fn start_exec(
             let pid = child.id() as i32;
             // The child is reaped by `wait`, not through `Child`.
             std::mem::forget(child);
-            Ok((pid, Running::Exec))
+            Ok((pid, Running::Raw))
         }
         Err(e) => {
             cgroup.remove();

@@ -28,7 +28,7 @@ use crate::Config;
 use crate::driver::{Driver, Found};
 use crate::image::ImageStore;
 use crate::run::{
-    DriverKind, ExitRecord, Limits, MountSpec, RunDir, RunSpec, Started, write_replace,
+    DriverKind, ExitRecord, Limits, MountSpec, RunDir, RunSpec, Sandbox, Started, write_replace,
 };
 
 /// What the actors share.
@@ -782,8 +782,7 @@ fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
     let driver = match spec.driver.unwrap_or_default() {
         api_types::Driver::Container => DriverKind::Container,
         api_types::Driver::Exec => DriverKind::Exec,
-        // Until the nodelet confines `exec`, both run as host processes.
-        api_types::Driver::Raw => DriverKind::Exec,
+        api_types::Driver::Raw => DriverKind::Raw,
     };
     let image = match driver {
         DriverKind::Container => Some(
@@ -791,7 +790,7 @@ fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
                 .resolve(&spec.image)
                 .map_err(|e| ExitRecord::failed("ImageNotFound", e.to_string()))?,
         ),
-        DriverKind::Exec => None,
+        DriverKind::Exec | DriverKind::Raw => None,
     };
     let mut args: Vec<String> = Vec::new();
     let config = image.as_ref().map(|i| i.config.clone()).unwrap_or_default();
@@ -853,9 +852,11 @@ fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
     } else {
         spec.working_dir.clone()
     };
-    if driver == DriverKind::Exec {
+    let mut sandbox = None;
+    if matches!(driver, DriverKind::Exec | DriverKind::Raw) {
         // A host process sees host paths: values naming a mount's target name its
-        // source instead (e.g. LOOM_OUTPUT_DIR=/output).
+        // source instead (e.g. LOOM_OUTPUT_DIR=/output); a confined one sees each
+        // mount at its source path.
         for (_, value) in env.iter_mut() {
             if let Some(host) = host_path(&mounts, value) {
                 *value = host;
@@ -864,14 +865,26 @@ fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
         if let Some(host) = host_path(&mounts, &cwd) {
             cwd = host;
         }
+        // The task's work directory, kept across its runs. Resolved: the confined
+        // process sees it at that path, bound over the emptied state directory.
+        let failed = |path: &Path, e: std::io::Error| {
+            ExitRecord::failed("StartFailed", format!("{}: {e}", path.display()))
+        };
+        let work_dir = ctx.task_dir(&task.metadata.uid).join("sandbox");
+        std::fs::create_dir_all(&work_dir).map_err(|e| failed(&work_dir, e))?;
+        let work_dir = work_dir.canonicalize().map_err(|e| failed(&work_dir, e))?;
         if cwd.is_empty() {
-            let sandbox = ctx.task_dir(&task.metadata.uid).join("sandbox");
-            std::fs::create_dir_all(&sandbox).map_err(|e| {
-                ExitRecord::failed("StartFailed", format!("{}: {e}", sandbox.display()))
-            })?;
-            cwd = sandbox.display().to_string();
+            cwd = work_dir.display().to_string();
         }
         set(&mut env, "HOME", cwd.clone());
+        if driver == DriverKind::Exec {
+            let state = &ctx.config.state_dir;
+            sandbox = Some(Sandbox {
+                work_dir,
+                hidden: vec![state.canonicalize().map_err(|e| failed(state, e))?],
+                uid: ctx.config.exec_uid,
+            });
+        }
     }
     let resources = &spec.resources;
     let limits = Limits {
@@ -908,6 +921,7 @@ fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
         grace_seconds: spec
             .termination_grace_period_seconds
             .map(|s| s.max(0) as u64),
+        sandbox,
     })
 }
 
