@@ -584,8 +584,8 @@ impl Api {
                 }
                 self.guaranteed_update(res, namespace, name, None, part, options, |current| {
                     let mut patched = current.clone();
-                    apply_json_patch(&mut patched, &patch, MAX_PATCHED_BYTES).map_err(|refused| {
-                        match refused {
+                    apply_json_patch(&mut patched, &patch, MAX_PATCHED_BYTES).map_err(
+                        |refused| match refused {
                             PatchRefused::TooLarge(why) => {
                                 ApiError::from(Status::request_entity_too_large(&why))
                             }
@@ -598,8 +598,8 @@ impl Api {
                                     format!("the JSON patch cannot be applied: {e}"),
                                 )],
                             )),
-                        }
-                    })?;
+                        },
+                    )?;
                     Ok(patched)
                 })
                 .await
@@ -1288,8 +1288,14 @@ impl Api {
                     let Some(last) = page.last() else { break };
                     after = Some(last.key.clone());
                     for object in &page {
-                        self.delete_member(res, &object.namespace, &object.name, options, &mut deleted)
-                            .await?;
+                        self.delete_member(
+                            res,
+                            &object.namespace,
+                            &object.name,
+                            options,
+                            &mut deleted,
+                        )
+                        .await?;
                     }
                 }
             }
@@ -1310,7 +1316,11 @@ impl Api {
                         _ => None,
                     };
                     let options_page = ListOptions {
-                        revision: if continue_token.is_some() { None } else { revision },
+                        revision: if continue_token.is_some() {
+                            None
+                        } else {
+                            revision
+                        },
                         limit: Some(DELETE_PAGE),
                         continue_token,
                     };
@@ -1319,9 +1329,10 @@ impl Api {
                         Err(store::Error::Compacted { .. }) if after.is_some() => {
                             // The snapshot the pages read went while deleting: go on
                             // from the same key at the latest revision.
-                            let latest = self.store.current_revision().await.map_err(|e| {
-                                ApiError::from_store(e, &res.group_resource(), "")
-                            })?;
+                            let latest =
+                                self.store.current_revision().await.map_err(|e| {
+                                    ApiError::from_store(e, &res.group_resource(), "")
+                                })?;
                             revision = Some(latest);
                             continue;
                         }
@@ -1338,8 +1349,14 @@ impl Api {
                         if !query.filter.matches(&object) {
                             continue;
                         }
-                        self.delete_member(res, &object.namespace, &object.name, options, &mut deleted)
-                            .await?;
+                        self.delete_member(
+                            res,
+                            &object.namespace,
+                            &object.name,
+                            options,
+                            &mut deleted,
+                        )
+                        .await?;
                     }
                     if page.continue_token.is_none() {
                         break;
@@ -1871,7 +1888,10 @@ mod tests {
         let exact = serde_json::to_vec(&value).unwrap().len();
         let estimate = json_size(&value, usize::MAX).unwrap();
         // Floats count as their longest form; everything else exactly.
-        assert!(estimate >= exact && estimate <= exact + 24, "{estimate} vs {exact}");
+        assert!(
+            estimate >= exact && estimate <= exact + 24,
+            "{estimate} vs {exact}"
+        );
         assert_eq!(json_size(&value, 10), None);
     }
 }

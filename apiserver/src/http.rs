@@ -513,10 +513,8 @@ async fn resource_request(
         }
     };
     let verb = verb_of(&method, &target, &query);
-    let resource_label = resource_label(
-        &target.resource.info.plural,
-        target.subresource.as_deref(),
-    );
+    let resource_label =
+        resource_label(&target.resource.info.plural, target.subresource.as_deref());
     let peer = peer.map(|Extension(Peer(address))| address.ip());
     let response = match read_body(body, state.body_read_timeout).await {
         Err(error) => error.into_response(),
@@ -898,12 +896,13 @@ async fn watch(
     };
     let bookmarks = query_flag(query, "allowWatchBookmarks");
     let as_table = wants_table(headers);
-    let timeout = match query.get("timeoutSeconds").filter(|s| !s.is_empty()) {
-        Some(t) => Duration::from_secs(t.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!("timeoutSeconds {t:?} is not a number"))
-        })?),
-        None => default_watch_timeout(state.min_watch_timeout, random_fraction()),
-    };
+    let timeout =
+        match query.get("timeoutSeconds").filter(|s| !s.is_empty()) {
+            Some(t) => Duration::from_secs(t.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("timeoutSeconds {t:?} is not a number"))
+            })?),
+            None => default_watch_timeout(state.min_watch_timeout, random_fraction()),
+        };
     // Taken before the watch starts (which may wait for the cache) and held by
     // the stream, so a watch counts until its connection lets go of it.
     let slot = state.watches.acquire(peer).map_err(|why| {
@@ -1047,7 +1046,10 @@ mod tests {
         let first = slots.acquire(Some(a)).unwrap();
         let _second = slots.acquire(Some(a)).unwrap();
         let refused = slots.acquire(Some(a)).unwrap_err();
-        assert!(refused.contains("from 10.0.0.1") && refused.contains("2 per source"), "{refused}");
+        assert!(
+            refused.contains("from 10.0.0.1") && refused.contains("2 per source"),
+            "{refused}"
+        );
         let _third = slots.acquire(Some(b)).unwrap();
         let refused = slots.acquire(Some(b)).unwrap_err();
         assert!(refused.contains("the limit is 3"), "{refused}");

@@ -288,6 +288,9 @@ mod tests {
         assert_eq!(resource_label("tasks", None), "tasks");
         assert_eq!(resource_label("tasks", Some("status")), "tasks/status");
         assert_eq!(resource_label("tasks", Some("log")), "tasks/log");
-        assert_eq!(resource_label("tasks", Some("garbage-sub")), "tasks/unknown");
+        assert_eq!(
+            resource_label("tasks", Some("garbage-sub")),
+            "tasks/unknown"
+        );
     }
 }
