@@ -107,6 +107,8 @@ struct ApiserverArgs {
     /// The memory limit given to a task that asks for none (0 or empty: none).
     #[arg(long, env = "LOOM_DEFAULT_TASK_MEMORY", default_value = "512Mi", value_parser = task_memory)]
     default_task_memory: TaskMemory,
+    #[command(flatten)]
+    limits: ApiLimitArgs,
 }
 
 /// `--default-task-memory`: a quantity, or none for `0` or an empty value.
@@ -124,10 +126,48 @@ fn task_memory(value: &str) -> Result<TaskMemory, String> {
     Ok(TaskMemory(Some(quantity).filter(|q| !q.is_zero())))
 }
 
-/// The API server's configuration with a cluster's task defaults.
-fn api_config(memory: &TaskMemory) -> apiserver::Config {
+/// The API server's limits on what one client may take (defaults as Kubernetes').
+#[derive(Debug, clap::Args)]
+struct ApiLimitArgs {
+    /// A list without `limit` returning more objects than this is refused (413).
+    #[arg(long, env = "LOOM_MAX_LIST_OBJECTS", default_value_t = 250_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_list_objects: u64,
+    /// Concurrent watches from one source address (429 beyond).
+    #[arg(long, env = "LOOM_MAX_WATCHES_PER_SOURCE", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_watches_per_source: u64,
+    /// Concurrent watches in all (429 beyond).
+    #[arg(long, env = "LOOM_MAX_WATCHES", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_watches: u64,
+    /// Seconds: a watch without timeoutSeconds ends after between this and twice this.
+    #[arg(long, env = "LOOM_MIN_REQUEST_TIMEOUT", default_value_t = 1_800, value_parser = clap::value_parser!(u64).range(1..))]
+    min_request_timeout: u64,
+    /// Operations one JSON Patch may have (413 beyond).
+    #[arg(long, env = "LOOM_MAX_JSON_PATCH_OPERATIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_json_patch_operations: u64,
+    /// Seconds a client has to send a request's headers (1 to 30).
+    #[arg(long, env = "LOOM_HEADER_READ_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=30))]
+    header_read_timeout: u64,
+    /// Seconds a client has to send a request's whole body (408 after).
+    #[arg(long, env = "LOOM_BODY_READ_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    body_read_timeout: u64,
+    /// Open connections; more wait in the listen backlog.
+    #[arg(long, env = "LOOM_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+}
+
+/// The API server's configuration with a cluster's task defaults and limits.
+fn api_config(memory: &TaskMemory, limits: &ApiLimitArgs) -> apiserver::Config {
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     apiserver::Config {
         default_task_memory: memory.0,
+        max_list_objects: count(limits.max_list_objects),
+        max_watches_per_source: count(limits.max_watches_per_source),
+        max_watches: count(limits.max_watches),
+        min_watch_timeout: std::time::Duration::from_secs(limits.min_request_timeout),
+        max_patch_operations: count(limits.max_json_patch_operations),
+        header_read_timeout: std::time::Duration::from_secs(limits.header_read_timeout),
+        body_read_timeout: std::time::Duration::from_secs(limits.body_read_timeout),
+        max_connections: count(limits.max_connections),
         ..apiserver::Config::default()
     }
 }
@@ -162,6 +202,8 @@ struct UpArgs {
     /// The memory limit given to a task that asks for none (0 or empty: none).
     #[arg(long, env = "LOOM_DEFAULT_TASK_MEMORY", default_value = "512Mi", value_parser = task_memory)]
     default_task_memory: TaskMemory,
+    #[command(flatten)]
+    limits: ApiLimitArgs,
 }
 
 fn main() -> ExitCode {
@@ -280,7 +322,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         Err(error) => tracing::warn!(%error, "cannot write the loomctl context"),
     }
     if args.api_only {
-        return serve_on(store, listener, api_config(&args.default_task_memory)).await;
+        return serve_on(
+            store,
+            listener,
+            api_config(&args.default_task_memory, &args.limits),
+        )
+        .await;
     }
     all_in_one(args, store, listener, server).await
 }
@@ -357,7 +404,7 @@ async fn all_in_one(
     let api = tokio::spawn(apiserver::run(
         store,
         listener,
-        api_config(&args.default_task_memory),
+        api_config(&args.default_task_memory, &args.limits),
         api_shutdown.clone(),
     ));
     let client = client::Client::for_server(&server)?;
@@ -481,7 +528,12 @@ async fn apiserver_command(args: ApiserverArgs) -> anyhow::Result<()> {
         .await
         .map_err(anyhow::Error::msg)
         .context("cannot open the store")?;
-    serve(store, args.listen, api_config(&args.default_task_memory)).await
+    serve(
+        store,
+        args.listen,
+        api_config(&args.default_task_memory, &args.limits),
+    )
+    .await
 }
 
 /// Serves the API until Ctrl-C or SIGTERM.
