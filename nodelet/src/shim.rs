@@ -379,7 +379,15 @@ fn create(
             .with_systemd(false)
             .with_detach(true)
             .build()
-            .map_err(|e| (reason, format!("{e}")))?;
+            .map_err(|e| {
+                let message = e.to_string();
+                // libcontainer checks the program before it starts anything.
+                if message.contains("not found in $PATH") {
+                    ("CommandNotFound", message)
+                } else {
+                    (reason, message)
+                }
+            })?;
         let ready = (|| {
             let pid = container
                 .pid()

@@ -361,6 +361,11 @@ async fn exec_tasks_run_confined_on_a_read_only_host() {
                 .into(),
         );
     }
+    if perl {
+        // clone3(2) fails with ENOSYS, so that glibc falls back to clone(2),
+        // whose flags seccomp can see.
+        script.push("perl -e 'syscall(435, 0, 0); print \"clone3-errno=\", $!+0, \"\\n\"'".into());
+    }
     script.push("echo ready".into());
     // The test holds the shim's mount namespace, then lets the task end.
     script.push("while [ ! -e go ]; do sleep 0.05; done; echo done".into());
@@ -480,6 +485,48 @@ async fn exec_tasks_run_confined_on_a_read_only_host() {
     );
     if perl {
         assert_eq!(value(&log, "clone-newuser"), "refused", "{log}");
+        assert_eq!(
+            value(&log, "clone3-errno"),
+            libc::ENOSYS.to_string(),
+            "{log}"
+        );
     }
+    nodelet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_tasks_run_unconfined_where_allowed_and_exec_start_failures_say_why() {
+    need_root!();
+    let h = Harness::new("sbox-raw").await;
+    let mut config = h.config();
+    config.allow_raw_exec = true;
+    let nodelet = h.start(config, None);
+    let host_mnt = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    h.create(json!({"metadata": {"name": "raw"}, "spec": {
+        "driver": "raw",
+        "command": ["/bin/sh", "-c", "echo uid=$(id -u); echo mnt=$(readlink /proc/self/ns/mnt); grep memory /proc/self/cgroup | sed 's/^/cgroup=/'"],
+    }}))
+    .await;
+    h.create(json!({"metadata": {"name": "missing"}, "spec": {
+        "driver": "exec",
+        "command": ["/no/such/program"],
+    }}))
+    .await;
+    let raw = h.wait_for("raw", LONG, |t| phase(t) == "Completed").await;
+    let log = log_of(&h, &raw);
+    assert_eq!(value(&log, "uid"), "0", "{log}");
+    assert_eq!(
+        value(&log, "mnt"),
+        host_mnt.display().to_string(),
+        "the host's mounts: {log}"
+    );
+    assert!(
+        value(&log, "cgroup").contains(&h.cgroup_parent),
+        "in its cgroup: {log}"
+    );
+    let missing = h.wait_for("missing", LONG, |t| phase(t) == "Failed").await;
+    let status = missing.status.unwrap();
+    assert!(status.message.contains("/no/such/program"), "{status:?}");
+    assert_eq!(status.reason, "CommandNotFound", "{status:?}");
     nodelet.stop().await;
 }
