@@ -370,6 +370,7 @@ async fn all_in_one(
             i64::try_from(nodelet::image::DEFAULT_MAX_LAYER_BYTES).unwrap_or(i64::MAX),
             api_types::Format::BinarySi,
         ),
+        exec_uid: 65534,
     };
     let nodelet_config = nodelet_args.config()?;
     for dir in &nodelet_config.allow_host_paths {

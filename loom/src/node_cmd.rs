@@ -60,6 +60,10 @@ pub struct NodeletArgs {
     /// larger layer is refused.
     #[arg(long, default_value = "8Gi")]
     pub max_layer_bytes: api_types::Quantity,
+    /// The unprivileged uid (and gid) the confined `exec` driver runs tasks as;
+    /// it owns their work directories and writable mounts.
+    #[arg(long, default_value_t = 65534)]
+    pub exec_uid: u32,
 }
 
 /// A size flag in bytes: positive and whole.
@@ -105,6 +109,11 @@ impl NodeletArgs {
         config.allow_host_paths = self.allow_host_paths.clone();
         config.allow_raw_exec = self.allow_raw_exec;
         config.max_layer_bytes = bytes_flag("--max-layer-bytes", &self.max_layer_bytes)?;
+        anyhow::ensure!(
+            self.exec_uid != 0,
+            "--exec-uid 0: the exec driver's uid must not be root (the raw driver runs as root, with --allow-raw-exec)"
+        );
+        config.exec_uid = self.exec_uid;
         config.shim = shim_command()?;
         Ok(config)
     }
