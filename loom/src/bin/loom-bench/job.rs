@@ -25,6 +25,11 @@ pub struct JobArgs {
     /// Tasks each node runs at once.
     #[arg(long, default_value_t = 110)]
     max_tasks: u32,
+    /// The tasks' driver: `exec` (confined: its own namespaces over the host's
+    /// root, an unprivileged uid) or `raw` (an unconfined host process; the
+    /// nodelets then run with --allow-raw-exec).
+    #[arg(long, default_value = "exec", value_parser = ["exec", "raw"])]
+    driver: String,
 }
 
 /// Child processes stopped when dropped: SIGTERM (a nodelet then stops its
@@ -101,6 +106,10 @@ pub async fn run(args: JobArgs) -> anyhow::Result<()> {
             args.max_tasks.to_string(),
             "--stop-tasks-on-exit".into(),
         ];
+        let mut nodelet_args = nodelet_args;
+        if args.driver == "raw" {
+            nodelet_args.push("--allow-raw-exec".into());
+        }
         children.0.push(spawn(
             &loom,
             &nodelet_args,
@@ -137,7 +146,10 @@ pub async fn run(args: JobArgs) -> anyhow::Result<()> {
         "spec": {
             "replicas": args.tasks,
             "parallelism": args.tasks,
-            "template": {"spec": {"driver": "exec", "command": ["true"]}}
+            // The memory each `true` asks for: the nodes' capacity, not the
+            // cluster's default task memory, keeps them from running at once.
+            "template": {"spec": {"driver": args.driver, "command": ["true"],
+                                  "resources": {"memory": "64Mi"}}}
         }
     }))?;
     let submitted = Instant::now();
@@ -172,8 +184,9 @@ pub async fn run(args: JobArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "job of {} exec tasks (`true`) on {} nodelets: submit -> Completed in {:.1} s ({:.0} tasks/s); goal <= 60 s",
+        "job of {} {} tasks (`true`) on {} nodelets: submit -> Completed in {:.1} s ({:.0} tasks/s); goal <= 60 s",
         args.tasks,
+        args.driver,
         args.nodes,
         elapsed.as_secs_f64(),
         args.tasks as f64 / elapsed.as_secs_f64()

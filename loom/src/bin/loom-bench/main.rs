@@ -1,6 +1,7 @@
 //! `loom-bench`: Loom's benchmarks, each reported beside the raw baseline measured in the same run.
 
 mod api;
+mod compare;
 mod job;
 mod measure;
 mod nodelet;
@@ -47,6 +48,9 @@ enum Command {
     Report(report::ReportArgs),
     /// One Job of many exec tasks through every part, submit -> Completed.
     Job(job::JobArgs),
+    /// This build against an earlier one: API creates/s and task start latency,
+    /// medians of interleaved rounds in one run.
+    Compare(compare::CompareArgs),
     /// Bare libcontainer create -> exit (run as a child of `nodelet`).
     #[command(hide = true)]
     BareContainer(nodelet::BareArgs),
@@ -86,6 +90,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Compare(args) = cli.command {
+        return match compare::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("loom-bench: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // libcontainer forks and changes the working directory: no runtime, no threads.
     if let Command::BareContainer(args) = cli.command {
         return match nodelet::bare_container(args) {
@@ -115,7 +128,7 @@ fn main() -> ExitCode {
             Command::TouchTasks(args) => runtime::touch_tasks(args).await,
             Command::Nodelet(args) => nodelet::run(args).await,
             Command::Job(args) => job::run(args).await,
-            Command::BareContainer(_) | Command::Report(_) => Ok(()),
+            Command::BareContainer(_) | Command::Report(_) | Command::Compare(_) => Ok(()),
         }
     });
     match result {
