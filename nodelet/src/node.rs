@@ -196,8 +196,7 @@ pub async fn register(
                     taints.push(taint.clone());
                 }
             }
-            let patch =
-                json!({"metadata": {"labels": label_patch}, "spec": {"taints": taints}});
+            let patch = json!({"metadata": {"labels": label_patch}, "spec": {"taints": taints}});
             nodes
                 .patch(&config.name, &PatchParams::default(), &Patch::Merge(patch))
                 .await?

@@ -139,9 +139,8 @@ pub fn resolve_mount(config: &Config, source: &str, read_only: bool) -> Result<P
                 ),
             ));
         }
-        std::fs::create_dir_all(&target).map_err(|e| {
-            Refused::new("MountFailed", format!("cannot create {source}: {e}"))
-        })?;
+        std::fs::create_dir_all(&target)
+            .map_err(|e| Refused::new("MountFailed", format!("cannot create {source}: {e}")))?;
         // What was just created must still resolve to itself (no link raced in).
         if target.canonicalize().ok().as_ref() != Some(&target) {
             return Err(refuse("changed while it was created".into()));
@@ -179,8 +178,15 @@ mod tests {
         let config = config(dir.path(), &[]);
         let err = resolve_mount(&config, "/etc", true).unwrap_err();
         assert_eq!(err.reason, "HostPathNotAllowed");
-        assert!(err.message.contains("--allow-host-paths"), "{}", err.message);
-        assert_eq!(check_raw_exec(&config).unwrap_err().reason, "RawExecNotAllowed");
+        assert!(
+            err.message.contains("--allow-host-paths"),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            check_raw_exec(&config).unwrap_err().reason,
+            "RawExecNotAllowed"
+        );
         assert_eq!(labels(&config)[LABEL_ALLOW_RAW_EXEC], None);
         assert_eq!(labels(&config)[LABEL_ALLOW_HOST_PATHS], None);
     }
@@ -232,7 +238,11 @@ mod tests {
         // The operator allowed the whole directory that holds the node's state.
         let config = config(dir.path(), &[dir.path()]);
         let d = dir.path().display();
-        for bad in [format!("{d}/state"), format!("{d}/state/tasks"), format!("{d}")] {
+        for bad in [
+            format!("{d}/state"),
+            format!("{d}/state/tasks"),
+            format!("{d}"),
+        ] {
             let err = resolve_mount(&config, &bad, false).unwrap_err();
             assert_eq!(err.reason, "HostPathNotAllowed", "{bad}: {err:?}");
         }
@@ -244,7 +254,17 @@ mod tests {
         for good in ["log", "train-2.log", "out_1.txt"] {
             assert!(is_log_file_name(good), "{good}");
         }
-        for bad in ["", ".", "..", ".hidden", "a/b", "/etc/shadow", "../x", "a\0b", &"x".repeat(256)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "/etc/shadow",
+            "../x",
+            "a\0b",
+            &"x".repeat(256),
+        ] {
             assert!(!is_log_file_name(bad), "{bad}");
         }
     }

@@ -115,13 +115,17 @@ async fn host_mounts_and_the_raw_driver_need_the_operators_permission() {
     })
     .await;
 
-    let write_all = "for d in /x /x/etc; do echo pwned > $d/shadow; echo pwned > $d/new; done; true";
+    let write_all =
+        "for d in /x /x/etc; do echo pwned > $d/shadow; echo pwned > $d/new; done; true";
     let attacks = [
         ("etc", "/etc".to_owned()),
         ("canary", canary.display().to_string()),
         ("link", allowed.join("link").display().to_string()),
         ("rel", allowed.join("rel").display().to_string()),
-        ("through-link", allowed.join("link/etc").display().to_string()),
+        (
+            "through-link",
+            allowed.join("link/etc").display().to_string(),
+        ),
         ("state", h.state.display().to_string()),
         ("state-parent", top.display().to_string()),
     ];
@@ -146,14 +150,26 @@ async fn host_mounts_and_the_raw_driver_need_the_operators_permission() {
     for (name, source) in &attacks {
         let task = h.wait_for(name, LONG, |t| phase(t) == "Failed").await;
         let status = task.status.unwrap();
-        assert_eq!(status.reason, "HostPathNotAllowed", "{name}: {}", status.message);
-        assert!(status.message.contains(source.as_str()), "{name}: {}", status.message);
+        assert_eq!(
+            status.reason, "HostPathNotAllowed",
+            "{name}: {}",
+            status.message
+        );
+        assert!(
+            status.message.contains(source.as_str()),
+            "{name}: {}",
+            status.message
+        );
         assert_eq!(status.start_time, None, "{name} never started");
     }
     let raw = h.wait_for("raw", LONG, |t| phase(t) == "Failed").await;
     let status = raw.status.unwrap();
     assert_eq!(status.reason, "RawExecNotAllowed");
-    assert!(status.message.contains("--allow-raw-exec"), "{}", status.message);
+    assert!(
+        status.message.contains("--allow-raw-exec"),
+        "{}",
+        status.message
+    );
     let fine = h.wait_for("fine", LONG, |t| phase(t) == "Completed").await;
     assert_eq!(fine.status.unwrap().exit_code, Some(0));
     assert_eq!(
@@ -181,7 +197,8 @@ async fn host_mounts_and_the_raw_driver_need_the_operators_permission() {
         "command": ["sh", "-c", format!("id -u > {}/raw-ran", allowed.display())],
     }}))
     .await;
-    h.wait_for("raw-allowed", LONG, |t| phase(t) == "Completed").await;
+    h.wait_for("raw-allowed", LONG, |t| phase(t) == "Completed")
+        .await;
     assert_eq!(
         std::fs::read_to_string(allowed.join("raw-ran")).unwrap(),
         "0\n"
@@ -192,7 +209,9 @@ async fn host_mounts_and_the_raw_driver_need_the_operators_permission() {
         "mounts": [{"source": allowed.join("out/1").display().to_string(), "target": "/x", "readOnly": false}],
     }}))
     .await;
-    let task = h.wait_for("fine-again", LONG, |t| phase(t) == "Failed").await;
+    let task = h
+        .wait_for("fine-again", LONG, |t| phase(t) == "Failed")
+        .await;
     assert_eq!(task.status.unwrap().reason, "HostPathNotAllowed");
     assert!(!allowed.join("out/1").exists());
     nodelet.stop().await;
@@ -213,9 +232,18 @@ async fn the_api_refuses_paths_that_climb_and_log_paths_that_are_paths() {
             json!({"command": ["true"], "mounts": [{"source": "/tmp", "target": "/x/../../etc"}]}),
             "spec.mounts[0].target",
         ),
-        (json!({"command": ["true"], "logPath": "/etc/shadow"}), "spec.logPath"),
-        (json!({"command": ["true"], "logPath": "../../x"}), "spec.logPath"),
-        (json!({"command": ["true"], "logPath": "/dev/zero"}), "spec.logPath"),
+        (
+            json!({"command": ["true"], "logPath": "/etc/shadow"}),
+            "spec.logPath",
+        ),
+        (
+            json!({"command": ["true"], "logPath": "../../x"}),
+            "spec.logPath",
+        ),
+        (
+            json!({"command": ["true"], "logPath": "/dev/zero"}),
+            "spec.logPath",
+        ),
     ] {
         let mut task = json!({"apiVersion": "loom.dev/v1", "kind": "Task",
             "metadata": {"name": "bad"}, "spec": spec});

@@ -232,10 +232,7 @@ mod tests {
         });
         let mut exec = task("exec", "1m", "1Mi");
         exec.spec.driver = Some(Driver::Exec);
-        assert_eq!(
-            fits(&info, &ti(&raw)),
-            Err(Unfit::NotAllowed("raw exec"))
-        );
+        assert_eq!(fits(&info, &ti(&raw)), Err(Unfit::NotAllowed("raw exec")));
         assert_eq!(
             fits(&info, &ti(&mounting)),
             Err(Unfit::NotAllowed("host paths"))
@@ -254,7 +251,10 @@ mod tests {
         assert_eq!(fits(&info, &ti(&raw)), Ok(()));
         assert_eq!(fits(&info, &ti(&mounting)), Ok(()));
         assert_eq!(
-            explain(2, &[Unfit::NotAllowed("raw exec"), Unfit::NotAllowed("raw exec")]),
+            explain(
+                2,
+                &[Unfit::NotAllowed("raw exec"), Unfit::NotAllowed("raw exec")]
+            ),
             "0/2 nodes: 2 raw exec not allowed"
         );
     }

@@ -123,11 +123,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     }
     println!(
         "{:<40} {:>12} {:>12} {:>8}   (medians of {} interleaved rounds)",
-        "figure",
-        "before",
-        "after",
-        "ratio",
-        args.rounds
+        "figure", "before", "after", "ratio", args.rounds
     );
     for figure in &figures {
         let mut before = Vec::new();
@@ -154,7 +150,11 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         }
         let (b, a) = (median(&mut before), median(&mut after));
         // The ratio is "after as good as before": above 1 is better.
-        let ratio = if figure.higher_is_better { a / b } else { b / a };
+        let ratio = if figure.higher_is_better {
+            a / b
+        } else {
+            b / a
+        };
         println!(
             "{:<40} {:>10.1}{:<2} {:>10.1}{:<2} {:>7.3}x",
             figure.name, b, figure.unit, a, figure.unit, ratio
