@@ -357,13 +357,21 @@ fn yaml_error(e: &serde_saphyr::Error) -> DecodeError {
     }
 }
 
+/// At most this many parser events replayed from aliases in one document stream: a
+/// "billion laughs" body of a few KiB would otherwise expand to millions of values.
+pub const MAX_YAML_ALIAS_EVENTS: usize = 100_000;
+
 /// YAML 1.2 core booleans only: `n`, `no`, `on` and `yes` stay strings (a name `n` must not
-/// turn into `false`); duplicate keys are errors.
+/// turn into `false`); duplicate keys are errors; alias expansion is bounded.
 fn yaml_options() -> serde_saphyr::Options {
+    let mut alias_limits = serde_saphyr::options::AliasLimits::default();
+    alias_limits.max_total_replayed_events = MAX_YAML_ALIAS_EVENTS;
+    alias_limits.max_replay_stack_depth = 16;
     serde_saphyr::options! {
         strict_booleans: true,
         with_snippet: false,
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
+        alias_limits: alias_limits,
     }
 }
 
@@ -519,6 +527,26 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn yaml_alias_bombs_are_refused() {
+        // Five levels of ten aliases each, then two more: some 350,000 replayed
+        // parser events from 300 bytes (serde-saphyr's own default allows 1,000,000).
+        let mut text = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..5 {
+            let prev = format!("*a{}", i - 1);
+            let items = [prev.as_str(); 10].join(", ");
+            text.push_str(&format!("a{i}: &a{i} [{items}]\n"));
+        }
+        text.push_str("a5: [*a4, *a4]\n");
+        let started = std::time::Instant::now();
+        let err = yaml_str_to_value(&text).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(err.to_string().contains("alias"), "{err}");
+        // A modest use of aliases still works.
+        let value = yaml_str_to_value("base: &b {x: 1}\nuses: [*b, *b, *b]\n").unwrap();
+        assert_eq!(value["uses"][2]["x"], 1);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,9 +50,8 @@ pub struct AppState {
     pub body_read_timeout: Duration,
 }
 
-/// The address a request came from, set on each request by the accept loop.
-#[derive(Clone, Copy, Debug)]
-pub struct Peer(pub SocketAddr);
+/// The address a request came from, set on each request by the listener.
+pub use loom_listener::Peer;
 
 /// Counts open watches per source address and in all, against their caps.
 #[derive(Debug)]

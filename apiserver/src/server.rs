@@ -4,21 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api_types::{Namespace, Resource};
-use axum::Router;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{info, warn};
 
 use crate::catalog::{CacheConfig, Catalog};
 use crate::handlers::{Api, WriteOptions};
-use crate::http::{AppState, Peer, WatchSlots, router};
+use crate::http::{AppState, WatchSlots, router};
 use crate::metrics::{MeteredStore, Metrics};
 use crate::registry::namespace::BUILT_IN;
 use crate::store::{EmbeddedOptions, EmbeddedStore, EtcdOptions, EtcdStore, Store};
@@ -124,9 +117,7 @@ pub struct Config {
 }
 
 /// The longest header read timeout allowed.
-pub const MAX_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a shutdown waits for open requests to finish.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub use loom_listener::MAX_HEADER_READ_TIMEOUT;
 
 impl Default for Config {
     fn default() -> Self {
@@ -146,6 +137,15 @@ impl Default for Config {
 }
 
 impl Config {
+    /// What the HTTP listener allows each connection.
+    fn listener_limits(&self) -> loom_listener::Limits {
+        loom_listener::Limits {
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections,
+            ..loom_listener::Limits::default()
+        }
+    }
+
     /// Checks every limit is usable, naming the one that is not.
     pub fn validate(&self) -> Result<(), String> {
         let counts = [
@@ -160,14 +160,7 @@ impl Config {
                 return Err(format!("{name} must be at least 1"));
             }
         }
-        if self.header_read_timeout.is_zero() || self.header_read_timeout > MAX_HEADER_READ_TIMEOUT
-        {
-            return Err(format!(
-                "header_read_timeout must be more than 0 and at most {} s, not {:?}",
-                MAX_HEADER_READ_TIMEOUT.as_secs(),
-                self.header_read_timeout
-            ));
-        }
+        self.listener_limits().validate()?;
         for (name, value) in [
             ("body_read_timeout", self.body_read_timeout),
             ("min_watch_timeout", self.min_watch_timeout),
@@ -218,103 +211,9 @@ pub async fn run(
         body_read_timeout: config.body_read_timeout,
     });
     info!(address = %listener.local_addr()?, "API server listening");
-    serve(listener, app, &config, shutdown).await;
+    loom_listener::serve(listener, app, config.listener_limits(), shutdown).await;
     caches.cancel();
     Ok(())
-}
-
-/// The accept loop: every connection gets the header read timeout, at most
-/// `max_connections` are open at once, and a shutdown stops accepting, lets the
-/// open requests finish (under a timeout) and closes idle connections.
-///
-/// HTTP/1 only: hyper-util's HTTP/1-or-2 detection waits for the client's first
-/// bytes without any timeout, and no Loom client speaks cleartext HTTP/2.
-async fn serve(listener: TcpListener, app: Router, config: &Config, shutdown: CancellationToken) {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout);
-    let builder = Arc::new(builder);
-    let slots = Arc::new(Semaphore::new(config.max_connections));
-    let connections = TaskTracker::new();
-    loop {
-        // A connection over the limit is not accepted: it waits in the kernel's
-        // backlog (bounded by the listen backlog) until an open one closes.
-        let slot = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    accept_failed(error).await;
-                    continue;
-                }
-            },
-        };
-        let service = TowerToHyperService::new(app.clone().map_request(
-            move |request: http::Request<hyper::body::Incoming>| {
-                let mut request = request.map(axum::body::Body::new);
-                request.extensions_mut().insert(Peer(peer));
-                request
-            },
-        ));
-        let builder = builder.clone();
-        let stop = shutdown.clone();
-        connections.spawn(
-            async move {
-                let _slot = slot;
-                let connection = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                let mut connection = std::pin::pin!(connection);
-                let served = tokio::select! {
-                    served = connection.as_mut() => served,
-                    _ = stop.cancelled() => {
-                        connection.as_mut().graceful_shutdown();
-                        connection.await
-                    }
-                };
-                if let Err(error) = served {
-                    debug!(%error, "connection ended with an error");
-                }
-            }
-            .instrument(tracing::debug_span!("connection", %peer)),
-        );
-    }
-    // Free the address at once (a restart may bind it again), then drain.
-    drop(listener);
-    connections.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            open = connections.len(),
-            "connections still open {} s after shutdown; leaving them",
-            DRAIN_TIMEOUT.as_secs()
-        );
-    }
-}
-
-/// Errors of `accept`: a connection reset before it was accepted is the
-/// client's business; anything else (out of file descriptors) is waited out,
-/// as hyper's and axum's servers do, rather than spinning.
-async fn accept_failed(error: std::io::Error) {
-    use std::io::ErrorKind;
-    if matches!(
-        error.kind(),
-        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
-    ) {
-        return;
-    }
-    warn!(%error, "cannot accept a connection; retrying in 1 s");
-    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Creates the namespaces every cluster has, if they are missing.

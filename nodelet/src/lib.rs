@@ -270,9 +270,13 @@ pub async fn run_with(
             tasks: store.clone(),
         });
         async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(server_shutdown.cancelled_owned())
-                .await;
+            // Connections get the same header timeout and limit as the API
+            // server's; the endpoint serves only reads, so no body timeout.
+            let limits = loom_listener::Limits {
+                max_connections: 1_000,
+                ..loom_listener::Limits::default()
+            };
+            loom_listener::serve(listener, router, limits, server_shutdown).await;
         }
     });
     let heartbeat = tokio::spawn(node::heartbeat(
