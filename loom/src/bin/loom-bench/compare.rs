@@ -24,10 +24,18 @@ pub struct CompareArgs {
     /// Tasks a round of the nodelet benchmark (root).
     #[arg(long, default_value_t = 100)]
     tasks: usize,
+    /// Seconds of rest before each run. On a machine whose CPU slows under
+    /// sustained load (a VM's credits, heat), every run then starts alike.
+    #[arg(long, default_value_t = 0)]
+    rest_seconds: u64,
+    /// Only these figures: `api`, `nodelet` (default: both).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 /// One measured figure: how to run it and how to read it from the output.
 struct Figure {
+    key: &'static str,
     name: &'static str,
     args: Vec<String>,
     /// The output line starting with this, and the whitespace-separated column.
@@ -95,6 +103,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         args.baseline.display()
     );
     let mut figures = vec![Figure {
+        key: "api",
         name: "API creates/s (embedded, 64 clients)",
         args: vec![
             "api".into(),
@@ -111,6 +120,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         figures.push(Figure {
+            key: "nodelet",
             name: "task bound -> running p50 (container)",
             args: vec!["nodelet".into(), "--tasks".into(), args.tasks.to_string()],
             line: "bound -> process running",
@@ -121,6 +131,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     } else {
         eprintln!("not root: the nodelet figure is left out");
     }
+    figures.retain(|f| args.only.is_empty() || args.only.iter().any(|o| o == f.key));
     println!(
         "{:<40} {:>12} {:>12} {:>8}   (medians of {} interleaved rounds)",
         "figure", "before", "after", "ratio", args.rounds
@@ -135,6 +146,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                 [(&current, false), (&baseline, true)]
             };
             for (bench, is_baseline) in order {
+                std::thread::sleep(std::time::Duration::from_secs(args.rest_seconds));
                 let value = run_once(bench, figure)?;
                 eprintln!(
                     "{} round {round}: {} {value}",
@@ -174,6 +186,7 @@ mod tests {
         let api = "backend                 conc  creates    per sec   p50 ms   p99 ms\n\
                    HTTP create (embedded)    64     5000       9346     5.36    33.22\n";
         let figure = Figure {
+            key: "api",
             name: "api",
             args: Vec::new(),
             line: "HTTP create (embedded)",
