@@ -306,3 +306,53 @@ async fn logs_are_written_and_read_only_inside_the_tasks_log_dir() {
     );
     nodelet.stop().await;
 }
+
+/// Mounts under `dir` in the host's mount table.
+fn host_mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&dir))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confined_exec_task_survives_its_nodelet_killed_mid_run_and_leaks_nothing() {
+    need_root!();
+    let h = Harness::new("exec-kill").await;
+    let first = h.start(h.config(), None);
+    let task = h
+        .create(json!({"metadata": {"name": "confined"}, "spec": {
+            "driver": "exec", "logPath": "run.log",
+            "command": ["/bin/sh", "-c", "echo uid=$(id -u); sleep 2; echo done; exit 5"],
+        }}))
+        .await;
+    h.wait_for("confined", LONG, |t| phase(t) == "Running")
+        .await;
+    // Killed like `kill -9` while the task runs: the shim and its sandbox go on.
+    first.kill();
+    assert!(
+        host_mounts_under(&h.state).is_empty(),
+        "the sandbox's binds show on the host: {:?}",
+        host_mounts_under(&h.state)
+    );
+    let second = h.start(h.config(), None);
+    let done = h.wait_for("confined", LONG, |t| phase(t) == "Failed").await;
+    let status = done.status.unwrap();
+    assert_eq!(status.exit_code, Some(5));
+    assert_eq!(status.restart_count, 0);
+    assert_eq!(h.runs(&task).len(), 1, "run once");
+    let log = std::fs::read_to_string(
+        h.state
+            .join("tasks")
+            .join(&task.metadata.uid)
+            .join("logs/run.log"),
+    )
+    .unwrap();
+    assert_eq!(log, "uid=65534\ndone\n");
+    assert!(host_mounts_under(&h.state).is_empty());
+    second.stop().await;
+}
