@@ -153,18 +153,21 @@ pub async fn register(
     labels.extend(config.labels.clone());
     // The operator's permissions, as the node advertises them; a permission not
     // given is removed (a null in the merge patch), whatever the labels say.
-    let permissions = crate::permissions::labels(config);
-    for (key, value) in &permissions {
+    let mut removed = Vec::new();
+    for (key, value) in crate::permissions::labels(config) {
         match value {
-            Some(value) => labels.insert(key.clone(), value.clone()),
-            None => labels.remove(key),
-        };
+            Some(value) => {
+                labels.insert(key, value);
+            }
+            None => {
+                labels.remove(&key);
+                removed.push(key);
+            }
+        }
     }
     let mut label_patch = serde_json::to_value(&labels).unwrap_or_default();
-    for (key, value) in &permissions {
-        if value.is_none() {
-            label_patch[key] = serde_json::Value::Null;
-        }
+    for key in removed {
+        label_patch[key] = serde_json::Value::Null;
     }
     let node = match nodes.get_opt(&config.name).await? {
         None => {

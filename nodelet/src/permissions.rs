@@ -149,17 +149,6 @@ pub fn resolve_mount(config: &Config, source: &str, read_only: bool) -> Result<P
     Ok(target)
 }
 
-/// Whether `name` may be a task's log file name: a bare file name inside the
-/// task's log directory (the API refuses others; the node checks again).
-pub fn is_log_file_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -247,25 +236,5 @@ mod tests {
             assert_eq!(err.reason, "HostPathNotAllowed", "{bad}: {err:?}");
         }
         assert!(resolve_mount(&config, &format!("{d}/volumes/a"), false).is_ok());
-    }
-
-    #[test]
-    fn log_file_names_are_bare_names() {
-        for good in ["log", "train-2.log", "out_1.txt"] {
-            assert!(is_log_file_name(good), "{good}");
-        }
-        for bad in [
-            "",
-            ".",
-            "..",
-            ".hidden",
-            "a/b",
-            "/etc/shadow",
-            "../x",
-            "a\0b",
-            &"x".repeat(256),
-        ] {
-            assert!(!is_log_file_name(bad), "{bad}");
-        }
     }
 }

@@ -70,7 +70,7 @@ impl Ctx {
     /// name, checked by the API and again here).
     pub fn log_path(&self, task: &Task) -> PathBuf {
         let name = match task.spec.log_path.as_str() {
-            name if crate::permissions::is_log_file_name(name) => name,
+            name if api_types::validation::is_log_file_name(name) => name,
             _ => "log",
         };
         self.task_dir(&task.metadata.uid).join("logs").join(name)
@@ -812,7 +812,7 @@ fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
         ));
     }
     let refused = |r: crate::permissions::Refused| ExitRecord::failed(r.reason, r.message);
-    if spec.driver.unwrap_or_default() == api_types::Driver::Raw {
+    if driver == DriverKind::Raw {
         crate::permissions::check_raw_exec(&ctx.config).map_err(refused)?;
     }
     let mut mounts = Vec::new();
