@@ -328,7 +328,7 @@ impl ImageStore {
             unpack::open_file(layout, &format!("blobs/sha256/{hex}")).map_err(|e| {
                 ImageError::Invalid(format!("blob {digest} missing from the layout: {e}"))
             })?;
-        let partial = self.partial_path(&target)?;
+        let partial = partial_path(&target)?;
         let copied = (|| -> Result<(), ImageError> {
             let mut out = std::fs::File::create(&partial)?;
             let mut hasher = Sha256::new();
@@ -362,17 +362,6 @@ impl ImageStore {
             let _ = std::fs::remove_file(&partial);
         }
         copied.map(|()| target)
-    }
-
-    /// A unique name beside `target` (its directory created) to write it under
-    /// before renaming it into place.
-    pub(crate) fn partial_path(&self, target: &Path) -> io::Result<PathBuf> {
-        let dir = target
-            .parent()
-            .ok_or_else(|| io::Error::other("a blob path without a directory"))?;
-        std::fs::create_dir_all(dir)?;
-        let name = target.file_name().unwrap_or_default().to_string_lossy();
-        Ok(dir.join(unique(&format!("{name}.partial"))))
     }
 
     /// Applies the layer blob at `layer` (its file name its hex digest) to `root`.
@@ -493,6 +482,19 @@ pub fn platform_arch() -> &'static str {
 }
 
 /// A name unique to this process and call, after `prefix`.
+/// A unique name beside `target` (its directory created) to write it under
+/// before renaming it into place: a crash leaves no half blob under a digest,
+/// and two writers of one blob (two names of an image, an import or a `loom
+/// image pull` beside the nodelet) never write into the same file.
+pub(crate) fn partial_path(target: &Path) -> io::Result<PathBuf> {
+    let dir = target
+        .parent()
+        .ok_or_else(|| io::Error::other("a blob path without a directory"))?;
+    std::fs::create_dir_all(dir)?;
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    Ok(dir.join(unique(&format!("{name}.partial"))))
+}
+
 fn unique(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(

@@ -287,7 +287,7 @@ async fn fetch_manifest(
     if !path.exists() {
         let bytes = bytes.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let partial = partial_path(&path)?;
+            let partial = crate::image::partial_path(&path)?;
             let written = (|| {
                 let mut file = std::fs::File::create(&partial)?;
                 std::io::Write::write_all(&mut file, &bytes)?;
@@ -320,7 +320,7 @@ async fn fetch_blob(
     }
     let partial = {
         let target = target.clone();
-        tokio::task::spawn_blocking(move || partial_path(&target))
+        tokio::task::spawn_blocking(move || crate::image::partial_path(&target))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot store blob {digest}: {e}"))?
@@ -339,24 +339,6 @@ async fn fetch_blob(
             Err(error)
         }
     }
-}
-
-/// A unique name beside `target` (its directory created) to write it under
-/// before renaming it into place: a crash leaves no half blob under a digest,
-/// and two pulls of one blob (two names of an image, or `loom image pull` beside
-/// the nodelet) never write into the same file.
-fn partial_path(target: &std::path::Path) -> std::io::Result<PathBuf> {
-    static PARTIAL: AtomicU64 = AtomicU64::new(0);
-    let dir = target
-        .parent()
-        .ok_or_else(|| std::io::Error::other("a blob path without a directory"))?;
-    std::fs::create_dir_all(dir)?;
-    let name = target.file_name().unwrap_or_default().to_string_lossy();
-    Ok(dir.join(format!(
-        "{name}.partial-{}-{}",
-        std::process::id(),
-        PARTIAL.fetch_add(1, Ordering::Relaxed)
-    )))
 }
 
 async fn download(
