@@ -324,20 +324,9 @@ impl WatchCache {
         }
     }
 
-    /// The objects passing `filter`, in key order, and the revision they are at.
-    pub fn list(&self, filter: &Filter) -> (Vec<Arc<CachedObject>>, Revision) {
-        let state = self.lock();
-        let items = state
-            .objects
-            .values()
-            .filter(|o| filter.matches(o))
-            .cloned()
-            .collect();
-        (items, state.revision)
-    }
-
-    /// Like `list`, but `None` as soon as more than `max` objects pass: a list
-    /// too large to answer is refused without being gathered first.
+    /// The objects passing `filter`, in key order, and the revision they are at;
+    /// `None` as soon as more than `max` objects pass: a list too large to answer
+    /// is refused without being gathered first.
     pub fn list_at_most(
         &self,
         filter: &Filter,

@@ -215,10 +215,7 @@ fn decode<K: Resource>(object: &Value) -> Result<K, Vec<FieldError>> {
 impl<K: Resource + Validate> Strategy for Typed<K> {
     fn admit(&self, object: Value, old: Option<&Value>) -> Result<Value, Vec<FieldError>> {
         let mut typed: K = decode(&object)?;
-        let old = match old.map(|old| K::deserialize(old)) {
-            Some(Ok(old)) => Some(old),
-            _ => None,
-        };
+        let old = old.and_then(|old| K::deserialize(old).ok());
         if let Some(prepare) = &self.prepare {
             prepare(&mut typed, old.as_ref());
         }
