@@ -1674,18 +1674,19 @@ fn apply_json_patch(
             PatchOperation::Test(_) => 0,
         };
         let room = (max_bytes + shrink).saturating_sub(size);
-        let key = member_overhead(doc, path);
+        // Only what adds a member pays for its key: the pointer is walked then.
+        let key = || member_overhead(doc, path);
         let grow = match operation {
-            PatchOperation::Add(op) => json_size(&op.value, room).map(|n| n + key),
+            PatchOperation::Add(op) => json_size(&op.value, room).map(|n| n + key()),
             PatchOperation::Replace(op) => json_size(&op.value, room),
-            PatchOperation::Move(_) => Some(key),
+            PatchOperation::Move(_) => Some(key()),
             PatchOperation::Copy(op) => {
                 let budget = room.min(max_bytes - copied);
                 match doc.pointer(op.from.as_str()) {
                     Some(from) => match json_size(from, budget) {
                         Some(n) => {
                             copied += n;
-                            Some(n + key)
+                            Some(n + key())
                         }
                         None if budget < room => {
                             return Err(PatchRefused::TooLarge(format!(
