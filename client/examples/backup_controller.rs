@@ -5,10 +5,10 @@
 //!
 //! ```sh
 //! loom up &                                                  # or scripts/up
-//! cargo run -p client --example backup_controller -- --print-definition > manifests/backup/definition.yaml
+//! cargo run -p loom-client --example backup_controller -- --print-definition > manifests/backup/definition.yaml
 //! kubectl --server http://127.0.0.1:7443 apply -f manifests/backup/definition.yaml
 //! kubectl --server http://127.0.0.1:7443 apply -f manifests/backup/nightly.yaml
-//! cargo run -p client --example backup_controller            # LOOMCONFIG or ~/.loom/config, else 127.0.0.1:7443
+//! cargo run -p loom-client --example backup_controller            # LOOMCONFIG or ~/.loom/config, else 127.0.0.1:7443
 //! kubectl --server http://127.0.0.1:7443 get backups.example.com nightly -o yaml
 //! ```
 

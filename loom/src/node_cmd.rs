@@ -120,7 +120,7 @@ impl NodeletArgs {
 }
 
 /// The shim each run starts: `loom-shim` beside this binary when it was built
-/// (`cargo build -p loom -p nodelet`), else this binary's hidden `shim` subcommand.
+/// (`cargo build -p loom-bin -p loom-nodelet`), else this binary's hidden `shim` subcommand.
 /// The small binary starts in about a third of the CPU time: it maps no TLS
 /// libraries and far less code, and a shim starts for every run of every task.
 pub fn shim_command() -> anyhow::Result<Vec<std::ffi::OsString>> {

@@ -417,7 +417,7 @@ impl Cluster {
         for bin in [&loom, &loomctl] {
             assert!(
                 bin.is_file(),
-                "{} is missing: build it first (cargo build -p loom -p loomctl -p nodelet), \
+                "{} is missing: build it first (cargo build -p loom-bin -p loomctl -p loom-nodelet), \
                  or point LOOM_BIN_DIR at the directory holding it",
                 bin.display()
             );
