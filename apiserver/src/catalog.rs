@@ -1,5 +1,6 @@
 //! The resources the API serves: the built-in kinds and the custom kinds
-//! ResourceDefinitions add, each with its strategy, schema and watch cache.
+//! ResourceDefinitions add, each with its REST storage (strategy, hooks,
+//! subresources), schema and watch cache.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -14,7 +15,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::registry::{self, Strategy, custom::Custom};
+use crate::registry::{self, Hooks, Rest, Strategy, Subresource, custom::Custom};
 use crate::schema::{Dialect, SchemaValidator};
 use crate::store::Store;
 use crate::watch_cache::{EventType, Filter, WatchCache, WatchItem};
@@ -25,6 +26,10 @@ pub struct ServedResource {
     pub info: ResourceInfo,
     /// What is special about it.
     pub strategy: Arc<dyn Strategy>,
+    /// What happens around its writes.
+    pub hooks: Arc<dyn Hooks>,
+    /// Its subresources besides `status`, in discovery order.
+    pub subresources: Vec<Arc<dyn Subresource>>,
     /// Its schema, for validation.
     pub schema: Arc<SchemaValidator>,
     /// Its OpenAPI v3 schema, for `/openapi/v3`.
@@ -69,6 +74,17 @@ impl ServedResource {
     /// `plural.group`, as errors name it.
     pub fn group_resource(&self) -> GroupResource {
         self.info.group_resource()
+    }
+
+    /// Whether it is the built-in kind `K` (a custom kind of the same name in
+    /// another group is not).
+    pub fn is<K: Resource>(&self) -> bool {
+        self.definition.is_none() && self.info.group == K::GROUP && self.info.plural == K::PLURAL
+    }
+
+    /// Its subresource at `{plural}/{name}/{sub}`, if it has one (not `status`).
+    pub fn subresource(&self, name: &str) -> Option<&Arc<dyn Subresource>> {
+        self.subresources.iter().find(|s| s.name() == name)
     }
 
     /// Field selectors it accepts.
@@ -118,16 +134,6 @@ impl std::fmt::Debug for Catalog {
 impl Catalog {
     /// The built-in kinds over `store`.
     pub fn new(store: Arc<dyn Store>, config: CacheConfig, cancel: CancellationToken) -> Arc<Self> {
-        Catalog::with_defaults(store, config, &registry::Defaults::default(), cancel)
-    }
-
-    /// The built-in kinds over `store`, admitting objects with `defaults`.
-    pub fn with_defaults(
-        store: Arc<dyn Store>,
-        config: CacheConfig,
-        defaults: &registry::Defaults,
-        cancel: CancellationToken,
-    ) -> Arc<Self> {
         let catalog = Arc::new(Catalog {
             store,
             cancel,
@@ -135,18 +141,18 @@ impl Catalog {
             served: RwLock::new(BTreeMap::new()),
             caches: Mutex::new(HashMap::new()),
         });
-        catalog.builtin::<Task>(Arc::new(registry::task::strategy(defaults)));
-        catalog.builtin::<Job>(Arc::new(registry::job::strategy()));
-        catalog.builtin::<Service>(Arc::new(registry::service::strategy()));
-        catalog.builtin::<Node>(Arc::new(registry::node::strategy()));
-        catalog.builtin::<Namespace>(Arc::new(registry::namespace::strategy()));
-        catalog.builtin::<Event>(Arc::new(registry::event::strategy()));
-        catalog.builtin::<Lease>(Arc::new(registry::lease::strategy()));
-        catalog.builtin::<ResourceDefinition>(Arc::new(registry::resource_definition::strategy()));
+        catalog.builtin::<Task>(registry::task::rest());
+        catalog.builtin::<Job>(Rest::new(registry::job::strategy()));
+        catalog.builtin::<Service>(Rest::new(registry::service::strategy()));
+        catalog.builtin::<Node>(Rest::new(registry::node::strategy()));
+        catalog.builtin::<Namespace>(registry::namespace::rest());
+        catalog.builtin::<Event>(Rest::new(registry::event::strategy()));
+        catalog.builtin::<Lease>(Rest::new(registry::lease::strategy()));
+        catalog.builtin::<ResourceDefinition>(registry::resource_definition::rest());
         catalog
     }
 
-    fn builtin<K: Resource + JsonSchema>(&self, strategy: Arc<dyn Strategy>) {
+    fn builtin<K: Resource + JsonSchema>(&self, rest: Rest) {
         let info = K::info();
         let schema =
             match SchemaValidator::new(api_types::schema::json_schema::<K>(), Dialect::Draft2020) {
@@ -156,10 +162,12 @@ impl Catalog {
                     panic!("the schema of {} does not compile: {error}", K::KIND);
                 }
             };
-        let cache = self.cache_for(&info, strategy.selectable_fields());
+        let cache = self.cache_for(&info, rest.strategy.selectable_fields());
         self.insert(ServedResource {
             info,
-            strategy,
+            strategy: rest.strategy,
+            hooks: rest.hooks,
+            subresources: rest.subresources,
             schema: Arc::new(schema),
             openapi: api_types::schema::openapi_v3_schema::<K>(),
             cache,
@@ -261,8 +269,11 @@ impl Catalog {
                 );
             }
             let cache = self.cache_for(&info, Vec::new());
+            let rest = Rest::new(Custom::new(info.namespaced));
             self.insert(ServedResource {
-                strategy: Arc::new(Custom::new(info.namespaced)),
+                strategy: rest.strategy,
+                hooks: rest.hooks,
+                subresources: rest.subresources,
                 info,
                 schema: Arc::new(validator),
                 openapi,

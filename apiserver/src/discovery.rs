@@ -84,20 +84,13 @@ pub fn resource_list(catalog: &Catalog, group: &str, version: &str) -> Option<Va
             "verbs": VERBS,
             "shortNames": r.info.short_names,
         }));
-        if r.info.kind == "Task" && r.definition.is_none() {
+        for sub in &r.subresources {
             resources.push(json!({
-                "name": "tasks/log",
+                "name": format!("{}/{}", r.info.plural, sub.name()),
                 "singularName": "",
-                "namespaced": true,
-                "kind": "Task",
-                "verbs": ["get"],
-            }));
-            resources.push(json!({
-                "name": "tasks/binding",
-                "singularName": "",
-                "namespaced": true,
-                "kind": "Binding",
-                "verbs": ["create"],
+                "namespaced": r.info.namespaced,
+                "kind": sub.kind().unwrap_or(&r.info.kind),
+                "verbs": sub.verbs(),
             }));
         }
         if r.info.has_status {

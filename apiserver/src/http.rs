@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use api_types::{FieldSelector, FieldValidation, Selector};
+use api_types::{FieldSelector, FieldValidation, Namespace, Selector};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
@@ -16,14 +16,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use futures::StreamExt;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::catalog::{Catalog, ServedResource};
 use crate::discovery;
 use crate::error::{ApiError, ApiResult};
-use crate::handlers::{Api, DeleteOptions, ListQuery, Part, PatchKind, WriteOptions};
+use crate::generic::{
+    DeleteOptions, GenericStore, ListPage, ListQuery, Part, PatchKind, WriteOptions,
+    watch_error_status, watch_from,
+};
 use crate::metrics::{Metrics, ResourceLabels, resource_label};
 use crate::registry::Column;
-use crate::watch_cache::{CachedObject, EventType, Filter, WatchError, WatchItem};
+use crate::registry::SubresourceRequest;
+use crate::watch_cache::{CachedObject, EventType, Filter, WatchItem};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -39,7 +44,7 @@ const WATCH_RETRY_AFTER_SECONDS: i32 = 10;
 #[derive(Clone, Debug)]
 pub struct AppState {
     /// The verbs.
-    pub api: Arc<Api>,
+    pub api: Arc<GenericStore>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The watch slots, per source address and in all.
@@ -48,6 +53,27 @@ pub struct AppState {
     pub min_watch_timeout: Duration,
     /// Time a client has to send a request's whole body.
     pub body_read_timeout: Duration,
+}
+
+/// Who made a request.
+///
+/// The seam for authentication (issue 17): an authenticating tower layer,
+/// added in front of [`router`] (before the admission chain and every
+/// handler), inserts the `User` it established as a request extension. Until
+/// it lands no request carries one, and every request is [`User::anonymous`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    /// The user's name, as logs and (later) authorization see it.
+    pub name: String,
+}
+
+impl User {
+    /// The user of a request no authenticator vouched for.
+    pub fn anonymous() -> Self {
+        User {
+            name: "anonymous".to_owned(),
+        }
+    }
 }
 
 /// The address a request came from, set on each request by the listener.
@@ -184,7 +210,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn json_response(code: StatusCode, value: &Value) -> Response {
+pub(crate) fn json_response(code: StatusCode, value: &Value) -> Response {
     let body = serde_json::to_vec(value).unwrap_or_default();
     bytes_response(code, "application/json", body.into())
 }
@@ -310,7 +336,7 @@ fn parse_target(catalog: &Catalog, parts: &[&str]) -> Result<Target, String> {
     let resource = catalog.lookup(group, version, plural).ok_or_else(|| {
         format!("the server could not find the requested resource {plural}.{group}/{version}")
     })?;
-    if resource.info.plural == "namespaces" && resource.definition.is_none() {
+    if resource.is::<Namespace>() {
         // `namespaces/{name}` names the namespace itself.
         namespace = None;
     }
@@ -338,7 +364,7 @@ fn query_flag(query: &HashMap<String, String>, key: &str) -> bool {
     matches!(query.get(key).map(String::as_str), Some("true" | "1"))
 }
 
-fn write_options(
+pub(crate) fn write_options(
     query: &HashMap<String, String>,
     headers: &HeaderMap,
     default_manager: &str,
@@ -439,7 +465,7 @@ fn wants_table(headers: &HeaderMap) -> bool {
 }
 
 /// Parses a request body as JSON or YAML (by content type).
-fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
+pub(crate) fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -477,6 +503,8 @@ fn verb_of(method: &Method, target: &Target, query: &HashMap<String, String>) ->
     }
 }
 
+// Each argument is an axum extractor.
+#[allow(clippy::too_many_arguments)]
 async fn resource_request(
     State(state): State<AppState>,
     method: Method,
@@ -484,6 +512,7 @@ async fn resource_request(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     peer: Option<Extension<Peer>>,
+    user: Option<Extension<User>>,
     body: Body,
 ) -> Response {
     let started = Instant::now();
@@ -515,13 +544,28 @@ async fn resource_request(
     let resource_label =
         resource_label(&target.resource.info.plural, target.subresource.as_deref());
     let peer = peer.map(|Extension(Peer(address))| address.ip());
-    let response = match read_body(body, state.body_read_timeout).await {
-        Err(error) => error.into_response(),
-        Ok(body) => match serve(&state, &method, &target, &query, &headers, peer, body).await {
-            Ok(response) => response,
+    let user = user.map_or_else(User::anonymous, |Extension(user)| user);
+    // Every log line of the request, down to the admission steps and the
+    // store, says who asked for what.
+    let span = tracing::info_span!(
+        "request",
+        user = %user.name,
+        verb,
+        resource = %resource_label,
+        namespace = target.namespace.as_deref().unwrap_or(""),
+        name = target.name.as_deref().unwrap_or(""),
+    );
+    let response = async {
+        match read_body(body, state.body_read_timeout).await {
             Err(error) => error.into_response(),
-        },
-    };
+            Ok(body) => match serve(&state, &method, &target, &query, &headers, peer, body).await {
+                Ok(response) => response,
+                Err(error) => error.into_response(),
+            },
+        }
+    }
+    .instrument(span)
+    .await;
     state.metrics.request(
         verb,
         &resource_label,
@@ -589,32 +633,21 @@ async fn serve(
     let api = &state.api;
     let res = &*target.resource;
     let namespace = target.namespace.as_deref().unwrap_or("");
-    if target.subresource.as_deref() == Some("log")
-        && res.info.kind == "Task"
-        && res.definition.is_none()
-        && method == Method::GET
-        && let Some(name) = target.name.as_deref()
+    if let (Some(sub), Some(name)) = (target.subresource.as_deref(), target.name.as_deref())
+        && let Some(subresource) = res.subresource(sub)
     {
-        return crate::logs::task_log(api, res, namespace, name, query).await;
-    }
-    if target.subresource.as_deref() == Some("binding")
-        && res.info.kind == "Task"
-        && res.definition.is_none()
-        && let Some(name) = target.name.as_deref()
-    {
-        if method != Method::POST {
-            return Err(ApiError::from(api_types::Status::method_not_allowed(
-                &api_types::GroupResource::new(&res.info.group, "tasks/binding"),
-                method.as_str(),
-            )));
-        }
-        // As Kubernetes' binding, the write leaves managedFields as they are.
-        let mut options = write_options(query, headers, "")?;
-        options.field_manager.clear();
-        let binding = parse_body(headers, &body)?;
-        let done = api.bind(res, namespace, name, &binding, &options).await?;
-        let done = serde_json::to_value(done).map_err(ApiError::internal)?;
-        return Ok(json_response(StatusCode::CREATED, &done));
+        return subresource
+            .serve(SubresourceRequest {
+                store: api,
+                resource: res,
+                method,
+                namespace,
+                name,
+                query,
+                headers,
+                body,
+            })
+            .await;
     }
     let part = match target.subresource.as_deref() {
         None => Part::Main,
@@ -757,11 +790,7 @@ fn written_response(code: StatusCode, object: Value, warnings: &[String]) -> Res
 }
 
 /// A list as JSON, assembled from the objects' bytes without parsing them again.
-fn list_response(
-    res: &ServedResource,
-    page: crate::handlers::ListPage,
-    as_table: bool,
-) -> Response {
+fn list_response(res: &ServedResource, page: ListPage, as_table: bool) -> Response {
     if as_table {
         let objects: Vec<Value> = page
             .items
@@ -885,14 +914,7 @@ async fn watch(
     list: ListQuery,
 ) -> ApiResult<Response> {
     let res = target.resource.clone();
-    let from = match list.resource_version.as_deref() {
-        None | Some("") | Some("0") => None,
-        Some(rv) => Some(rv.parse::<i64>().map_err(|_| {
-            ApiError::bad_request(format!(
-                "resourceVersion {rv:?} is not a valid resource version"
-            ))
-        })?),
-    };
+    let from = watch_from(list.resource_version.as_deref())?;
     let bookmarks = query_flag(query, "allowWatchBookmarks");
     let as_table = wants_table(headers);
     let timeout =
@@ -910,21 +932,11 @@ async fn watch(
             WATCH_RETRY_AFTER_SECONDS,
         ))
     })?;
-    let started = res.cache.watch(from, list.filter).await;
+    let started = state.api.watch(&res, from, list.filter).await;
     let watch = match started {
         Ok(watch) => watch,
         Err(error) => {
-            let status = match &error {
-                WatchError::Gone { requested, oldest } => {
-                    api_types::Status::too_old_resource_version(*requested, *oldest)
-                }
-                WatchError::TooLarge { .. } => {
-                    let mut status = api_types::Status::timeout(error.to_string());
-                    status.code = 504;
-                    status
-                }
-                WatchError::Stopped => api_types::Status::internal_error(&error.to_string()),
-            };
+            let status = watch_error_status(&error);
             // Kubernetes reports a watch that cannot start as an ERROR event in a 200 stream.
             let line = format!("{}\n", json!({"type": "ERROR", "object": status}));
             return Ok(bytes_response(

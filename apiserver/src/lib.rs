@@ -1,10 +1,11 @@
 //! Loom's API server: the HTTP API over a versioned store, with a watch cache per resource.
 
+pub mod admission;
 pub mod apply;
 pub mod catalog;
 pub mod discovery;
 pub mod error;
-pub mod handlers;
+pub mod generic;
 pub mod http;
 pub mod logs;
 pub mod metrics;
@@ -13,7 +14,6 @@ pub mod registry;
 pub mod schema;
 pub mod server;
 pub mod store;
-pub mod testing;
 pub mod watch_cache;
 
 pub use server::{Config, StoreUrl, open_store, run};

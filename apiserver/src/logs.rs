@@ -22,7 +22,7 @@ use futures::{Stream, StreamExt};
 
 use crate::catalog::ServedResource;
 use crate::error::{ApiError, ApiResult};
-use crate::handlers::Api;
+use crate::generic::GenericStore;
 
 /// How long connecting to a nodelet may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,7 +62,7 @@ fn client() -> Result<&'static reqwest::Client, String> {
 
 /// Streams a task's log from its node.
 pub async fn task_log(
-    api: &Api,
+    api: &GenericStore,
     tasks: &ServedResource,
     namespace: &str,
     name: &str,

@@ -9,8 +9,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::admission;
 use crate::catalog::{CacheConfig, Catalog};
-use crate::handlers::{Api, WriteOptions};
+use crate::generic::{GenericStore, WriteOptions};
 use crate::http::{AppState, WatchSlots, router};
 use crate::metrics::{MeteredStore, Metrics};
 use crate::registry::namespace::BUILT_IN;
@@ -186,19 +187,15 @@ pub async fn run(
     let metrics = Metrics::new();
     let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
     let caches = shutdown.child_token();
-    let defaults = crate::registry::Defaults {
-        task_memory: config.default_task_memory,
-    };
-    let catalog = Catalog::with_defaults(
-        store.clone(),
-        config.cache.clone(),
-        &defaults,
-        caches.clone(),
-    );
+    let catalog = Catalog::new(store.clone(), config.cache.clone(), caches.clone());
     catalog.follow_definitions();
-    let api = Arc::new(Api {
+    let admission =
+        admission::Chain::standard(store.clone(), catalog.clone(), config.default_task_memory);
+    info!(steps = ?admission.steps(), "admission chain");
+    let api = Arc::new(GenericStore {
         store,
         catalog,
+        admission: Arc::new(admission),
         max_list_objects: config.max_list_objects,
         max_patch_operations: config.max_patch_operations,
     });
@@ -217,7 +214,7 @@ pub async fn run(
 }
 
 /// Creates the namespaces every cluster has, if they are missing.
-async fn ensure_namespaces(api: &Api) {
+async fn ensure_namespaces(api: &GenericStore) {
     let namespaces = api.catalog.builtin_resource::<Namespace>();
     for name in BUILT_IN {
         let object = json!({

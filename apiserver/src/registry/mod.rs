@@ -1,8 +1,11 @@
-//! One strategy per resource: how its objects are checked, normalized and shown.
+//! Per-kind REST storage: each kind's module says everything special about it
+//! — its strategy, hooks and subresources — as Kubernetes'
+//! `pkg/registry/<group>/<resource>/{strategy,storage}.go` do.
 //!
-//! The generic machinery (storage, watch, patches, deletion) lives in `handlers`;
-//! a strategy only says what is special about its kind, as Kubernetes'
-//! `pkg/registry/<group>/<resource>/strategy.go` do.
+//! The generic machinery (storage, watch, patches, deletion) lives in
+//! [`generic`](crate::generic) and never names a kind: a kind's rules go in its
+//! [`Strategy`], what must happen around its writes in its [`Hooks`], and paths
+//! below its objects (`tasks/{name}/binding`) in its [`Subresource`]s.
 
 pub mod custom;
 pub mod event;
@@ -14,12 +17,21 @@ pub mod resource_definition;
 pub mod service;
 pub mod task;
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use api_types::{FieldError, FieldValidation, Quantity, Resource, Validate};
+use api_types::{FieldError, FieldValidation, Resource, Validate};
+use async_trait::async_trait;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+
+use crate::catalog::ServedResource;
+use crate::error::ApiResult;
+use crate::generic::GenericStore;
 
 /// A column of the server-side table (`kubectl get`).
 #[derive(Clone, Copy, Debug)]
@@ -82,6 +94,13 @@ pub trait Strategy: Send + Sync + 'static {
     /// returns it normalized (defaults filled, quantities canonical).
     fn admit(&self, object: Value, old: Option<&Value>) -> Result<Value, Vec<FieldError>>;
 
+    /// Rules on an admitted object beyond its type's own (a definition's schema
+    /// must compile): the problems, each naming its field.
+    fn validate_admitted(&self, object: &Value) -> Vec<FieldError> {
+        let _ = object;
+        Vec::new()
+    }
+
     /// Warnings for a write the kind admitted (deprecated fields), sent back as
     /// `Warning` headers.
     fn warnings(&self, object: &Value) -> Vec<String> {
@@ -110,23 +129,13 @@ pub trait Strategy: Send + Sync + 'static {
     }
 }
 
-/// Cluster-wide defaults applied when objects are admitted.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Defaults {
-    /// The memory limit of a task that asks for none (`None`: no default).
-    pub task_memory: Option<Quantity>,
-}
-
-/// Fills in defaults of a new object (`old` is `None`) or of a replacement.
-type Prepare<K> = Arc<dyn Fn(&mut K, Option<&K>) + Send + Sync>;
-
 /// The strategy of a built-in kind: its Rust type decodes, normalizes and validates.
 pub struct Typed<K> {
     columns: Vec<Column>,
     initial_status: Option<Value>,
     selectable: Vec<&'static str>,
     status_on_create: bool,
-    prepare: Option<Prepare<K>>,
+    validate_admitted: Option<fn(&Value) -> Vec<FieldError>>,
     warnings: Option<fn(&Value) -> Vec<String>>,
     _kind: PhantomData<fn() -> K>,
 }
@@ -150,16 +159,15 @@ impl<K> Typed<K> {
             initial_status: None,
             selectable: Vec::new(),
             status_on_create: false,
-            prepare: None,
+            validate_admitted: None,
             warnings: None,
             _kind: PhantomData,
         }
     }
 
-    /// Defaults filled in before validation (Kubernetes' `PrepareForCreate` and
-    /// `PrepareForUpdate`): `old` is the stored object on an update.
-    pub fn prepare(mut self, prepare: impl Fn(&mut K, Option<&K>) + Send + Sync + 'static) -> Self {
-        self.prepare = Some(Arc::new(prepare));
+    /// Rules checked once the object is admitted (see [`Strategy::validate_admitted`]).
+    pub fn validate_admitted(mut self, rules: fn(&Value) -> Vec<FieldError>) -> Self {
+        self.validate_admitted = Some(rules);
         self
     }
 
@@ -214,11 +222,8 @@ fn decode<K: Resource>(object: &Value) -> Result<K, Vec<FieldError>> {
 
 impl<K: Resource + Validate> Strategy for Typed<K> {
     fn admit(&self, object: Value, old: Option<&Value>) -> Result<Value, Vec<FieldError>> {
-        let mut typed: K = decode(&object)?;
+        let typed: K = decode(&object)?;
         let old = old.and_then(|old| K::deserialize(old).ok());
-        if let Some(prepare) = &self.prepare {
-            prepare(&mut typed, old.as_ref());
-        }
         let mut errors = match &old {
             Some(old) => typed.validate_update(old),
             None => typed.validate(),
@@ -240,6 +245,12 @@ impl<K: Resource + Validate> Strategy for Typed<K> {
             .map_err(|e| vec![FieldError::invalid("", "", format!("cannot encode: {e}"))])
     }
 
+    fn validate_admitted(&self, object: &Value) -> Vec<FieldError> {
+        self.validate_admitted
+            .map(|rules| rules(object))
+            .unwrap_or_default()
+    }
+
     fn warnings(&self, object: &Value) -> Vec<String> {
         self.warnings.map(|w| w(object)).unwrap_or_default()
     }
@@ -258,5 +269,131 @@ impl<K: Resource + Validate> Strategy for Typed<K> {
 
     fn columns(&self) -> Vec<Column> {
         self.columns.clone()
+    }
+}
+
+/// What must happen around the generic store's writes of one kind, beyond
+/// storing them (Kubernetes' `AfterCreate`, `BeginDelete`, `AfterDelete`).
+/// Every hook does nothing unless the kind says otherwise.
+#[async_trait]
+pub trait Hooks: Send + Sync + 'static {
+    /// After an object was created or updated (not on a dry run): in-process
+    /// state that follows the object (a definition's kind served at once).
+    fn after_write(&self, store: &GenericStore, object: &Value) {
+        let _ = (store, object);
+    }
+
+    /// Before a delete marks or removes the object named `name`: a refusal
+    /// (403 for a namespace every cluster has) ends the delete.
+    fn check_delete(&self, res: &ServedResource, name: &str) -> ApiResult<()> {
+        let _ = (res, name);
+        Ok(())
+    }
+
+    /// Just before a delete removes the object from the store (nothing holds
+    /// it any more): what must go first (a namespace's contents).
+    async fn before_remove(&self, store: &GenericStore, object: &Value) -> ApiResult<()> {
+        let _ = (store, object);
+        Ok(())
+    }
+
+    /// After a delete removed the object: what goes with it (a definition's
+    /// kind and its objects).
+    async fn after_remove(&self, store: &GenericStore, object: &Value) {
+        let _ = (store, object);
+    }
+}
+
+/// The hooks of a kind that needs none.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoHooks;
+
+impl Hooks for NoHooks {}
+
+/// One request to a subresource, its body already read.
+#[derive(Debug)]
+pub struct SubresourceRequest<'a> {
+    /// The generic store, for the reads and writes the subresource makes.
+    pub store: &'a GenericStore,
+    /// The resource whose object the subresource is of.
+    pub resource: &'a ServedResource,
+    /// The HTTP method.
+    pub method: &'a Method,
+    /// The object's namespace (`""` for a cluster-scoped kind).
+    pub namespace: &'a str,
+    /// The object's name.
+    pub name: &'a str,
+    /// The query parameters.
+    pub query: &'a HashMap<String, String>,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+    /// The request body.
+    pub body: Bytes,
+}
+
+/// A path below a kind's objects, `{plural}/{name}/{subresource}` (Kubernetes'
+/// per-resource REST objects such as `pods/binding` and `pods/log`). `status`
+/// is not one: every kind with a status has it, in the generic store.
+///
+/// A subresource answers the whole HTTP request, so one that streams (a log)
+/// or proxies to a nodelet fits. Exec, attach and port-forward will also need
+/// the connection upgrade: give [`SubresourceRequest`] the request's upgrade
+/// handle when they come.
+#[async_trait]
+pub trait Subresource: Send + Sync + std::fmt::Debug + 'static {
+    /// Its path segment, and its name in discovery (`binding`).
+    fn name(&self) -> &'static str;
+
+    /// The kind its requests carry, if not the resource's own (`Binding`).
+    fn kind(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The verbs discovery lists for it.
+    fn verbs(&self) -> &'static [&'static str];
+
+    /// Serves one request.
+    async fn serve(&self, request: SubresourceRequest<'_>) -> ApiResult<Response>;
+}
+
+/// Everything a kind registers with the catalog: its REST storage.
+#[derive(Clone)]
+pub struct Rest {
+    /// Its rules.
+    pub strategy: Arc<dyn Strategy>,
+    /// What happens around its writes.
+    pub hooks: Arc<dyn Hooks>,
+    /// Its subresources besides `status`, in discovery order.
+    pub subresources: Vec<Arc<dyn Subresource>>,
+}
+
+impl std::fmt::Debug for Rest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rest")
+            .field("subresources", &self.subresources)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rest {
+    /// A kind with this strategy, no hooks and no subresources.
+    pub fn new(strategy: impl Strategy) -> Self {
+        Rest {
+            strategy: Arc::new(strategy),
+            hooks: Arc::new(NoHooks),
+            subresources: Vec::new(),
+        }
+    }
+
+    /// Its hooks.
+    pub fn hooks(mut self, hooks: impl Hooks) -> Self {
+        self.hooks = Arc::new(hooks);
+        self
+    }
+
+    /// Adds a subresource.
+    pub fn subresource(mut self, subresource: impl Subresource) -> Self {
+        self.subresources.push(Arc::new(subresource));
+        self
     }
 }

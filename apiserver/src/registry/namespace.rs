@@ -1,12 +1,24 @@
-//! Namespaces: objects of namespaced kinds may only live in one that exists.
+//! Namespaces: objects of namespaced kinds may only live in one that exists
+//! (the [`NamespaceLifecycle`](crate::admission::NamespaceLifecycle) step);
+//! the built-in ones may not be deleted, and a namespace's objects go with it.
 
-use api_types::Namespace;
-use serde_json::json;
+use api_types::{Namespace, Status};
+use async_trait::async_trait;
+use serde_json::{Value, json};
 
-use super::{Column, Typed};
+use super::{Column, Hooks, Rest, Typed};
+use crate::catalog::ServedResource;
+use crate::error::{ApiError, ApiResult};
+use crate::generic::GenericStore;
+use crate::object;
 
 /// Namespaces every cluster has.
 pub const BUILT_IN: [&str; 2] = ["default", "loom-system"];
+
+/// The Namespace REST storage: its strategy and its deletion hooks.
+pub fn rest() -> Rest {
+    Rest::new(strategy()).hooks(NamespaceHooks)
+}
 
 /// The Namespace strategy.
 pub fn strategy() -> Typed<Namespace> {
@@ -22,4 +34,39 @@ pub fn strategy() -> Typed<Namespace> {
     }])
     .selectable(&["status.phase"])
     .initial_status(json!({"phase": "Active"}))
+}
+
+/// A built-in namespace stays; a namespace's objects go before it does.
+#[derive(Clone, Copy, Debug)]
+struct NamespaceHooks;
+
+#[async_trait]
+impl Hooks for NamespaceHooks {
+    fn check_delete(&self, res: &ServedResource, name: &str) -> ApiResult<()> {
+        if BUILT_IN.contains(&name) {
+            return Err(ApiError::from(Status::forbidden(
+                &res.group_resource(),
+                name,
+                "this namespace may not be deleted",
+            )));
+        }
+        Ok(())
+    }
+
+    async fn before_remove(&self, store: &GenericStore, object: &Value) -> ApiResult<()> {
+        let namespace = object::name(object);
+        let mut prefixes: Vec<String> = store
+            .catalog
+            .resources()
+            .iter()
+            .filter(|r| r.info.namespaced)
+            .map(|r| r.prefix(Some(namespace)))
+            .collect();
+        prefixes.sort();
+        prefixes.dedup();
+        for prefix in prefixes {
+            store.delete_prefix(&prefix).await?;
+        }
+        Ok(())
+    }
 }
