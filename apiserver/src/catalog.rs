@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::registry::{self, Hooks, Rest, Strategy, Subresource, custom::Custom};
-use crate::schema::{Dialect, SchemaValidator};
+use crate::schema::{Dialect, InvalidSchema, SchemaValidator};
 use crate::store::Store;
 use crate::watch_cache::{EventType, Filter, WatchCache, WatchItem};
 
@@ -114,6 +114,20 @@ impl Default for CacheConfig {
 }
 
 type ResourceKey = (String, String, String);
+
+/// Why a definition's kind cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The schema of one of its served versions does not compile.
+    #[error("version {version}: {source}")]
+    Schema {
+        /// The version.
+        version: String,
+        /// What is wrong with its schema.
+        #[source]
+        source: InvalidSchema,
+    },
+}
 
 /// Every resource served, by group, version and plural.
 pub struct Catalog {
@@ -245,7 +259,7 @@ impl Catalog {
 
     /// Serves the kind a definition describes (every served version); stops
     /// serving versions it no longer serves.
-    pub fn apply_definition(&self, definition: &ResourceDefinition) -> Result<(), String> {
+    pub fn apply_definition(&self, definition: &ResourceDefinition) -> Result<(), Error> {
         let name = definition.metadata.name.clone();
         let mut served = Vec::new();
         for version in definition.spec.versions.iter().filter(|v| v.served) {
@@ -253,8 +267,13 @@ impl Catalog {
                 continue;
             };
             let schema = custom_schema(version.schema.as_ref().map(|s| &s.open_api_v3_schema));
-            let validator = SchemaValidator::new(schema.clone(), Dialect::OpenApiV3)
-                .map_err(|e| format!("version {}: {e}", version.name))?;
+            let validator =
+                SchemaValidator::new(schema.clone(), Dialect::OpenApiV3).map_err(|source| {
+                    Error::Schema {
+                        version: version.name.clone(),
+                        source,
+                    }
+                })?;
             served.push((info, validator, schema));
         }
         self.remove_definition_versions(&name, |version| {

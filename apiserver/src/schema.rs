@@ -16,6 +16,11 @@ pub enum Dialect {
     OpenApiV3,
 }
 
+/// A schema that does not compile.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid schema: {0}")]
+pub struct InvalidSchema(String);
+
 /// A kind's compiled schema.
 pub struct SchemaValidator {
     schema: Value,
@@ -30,12 +35,12 @@ impl std::fmt::Debug for SchemaValidator {
 
 impl SchemaValidator {
     /// Compiles a schema; an error says what is wrong with it.
-    pub fn new(schema: Value, dialect: Dialect) -> Result<Self, String> {
+    pub fn new(schema: Value, dialect: Dialect) -> Result<Self, InvalidSchema> {
         let validator = match dialect {
             Dialect::Draft2020 => jsonschema::draft202012::new(&schema),
             Dialect::OpenApiV3 => jsonschema::draft4::new(&with_nullable_types(&schema)),
         }
-        .map_err(|e| format!("invalid schema: {e}"))?;
+        .map_err(|e| InvalidSchema(e.to_string()))?;
         Ok(SchemaValidator { schema, validator })
     }
 

@@ -26,15 +26,49 @@ pub enum StoreUrl {
     Etcd(Vec<String>),
 }
 
-impl std::str::FromStr for StoreUrl {
-    type Err = String;
+/// What is wrong with how the API server was asked to run.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `sqlite:` without a path.
+    #[error("sqlite: needs a file path, e.g. sqlite:/var/lib/loom/loom.db")]
+    SqliteWithoutPath,
+    /// `etcd://` without a host.
+    #[error("etcd:// needs at least one HOST:PORT")]
+    EtcdWithoutHosts,
+    /// A store URL of no known scheme.
+    #[error("unsupported store {0:?}: use sqlite:PATH or etcd://HOST:PORT[,HOST:PORT]")]
+    UnsupportedStore(String),
+    /// A count limit of 0.
+    #[error("{0} must be at least 1")]
+    ZeroCount(&'static str),
+    /// A time limit of 0.
+    #[error("{0} must be more than 0")]
+    ZeroDuration(&'static str),
+    /// A limit of the HTTP listener.
+    #[error("{0}")]
+    Listener(String),
+}
 
-    fn from_str(url: &str) -> Result<Self, String> {
+/// The store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", describe(.0))]
+pub struct OpenStoreError(#[source] pub crate::store::Error);
+
+/// A backend's own words, without the store's prefix.
+fn describe(error: &crate::store::Error) -> String {
+    match error {
+        crate::store::Error::Backend(why) => why.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl std::str::FromStr for StoreUrl {
+    type Err = ConfigError;
+
+    fn from_str(url: &str) -> Result<Self, ConfigError> {
         if let Some(path) = url.strip_prefix("sqlite:") {
             if path.is_empty() {
-                return Err(
-                    "sqlite: needs a file path, e.g. sqlite:/var/lib/loom/loom.db".to_owned(),
-                );
+                return Err(ConfigError::SqliteWithoutPath);
             }
             return Ok(StoreUrl::Sqlite(path.into()));
         }
@@ -45,20 +79,11 @@ impl std::str::FromStr for StoreUrl {
                 .map(|h| format!("http://{h}"))
                 .collect();
             if endpoints.is_empty() {
-                return Err("etcd:// needs at least one HOST:PORT".to_owned());
+                return Err(ConfigError::EtcdWithoutHosts);
             }
             return Ok(StoreUrl::Etcd(endpoints));
         }
-        Err(format!(
-            "unsupported store {url:?}: use sqlite:PATH or etcd://HOST:PORT[,HOST:PORT]"
-        ))
-    }
-}
-
-fn why(error: crate::store::Error) -> String {
-    match error {
-        crate::store::Error::Backend(why) => why,
-        other => other.to_string(),
+        Err(ConfigError::UnsupportedStore(url.to_owned()))
     }
 }
 
@@ -68,11 +93,11 @@ pub async fn open_store(
     url: &StoreUrl,
     prefix: &str,
     etcd_compaction_interval: Duration,
-) -> Result<Arc<dyn Store>, String> {
+) -> Result<Arc<dyn Store>, OpenStoreError> {
     match url {
         StoreUrl::Sqlite(path) => EmbeddedStore::open(EmbeddedOptions::new(path))
             .map(|s| Arc::new(s) as Arc<dyn Store>)
-            .map_err(why),
+            .map_err(OpenStoreError),
         StoreUrl::Etcd(endpoints) => {
             let mut options = EtcdOptions::new(endpoints.clone());
             options.prefix = prefix.to_owned();
@@ -80,7 +105,7 @@ pub async fn open_store(
             EtcdStore::connect(options)
                 .await
                 .map(|s| Arc::new(s) as Arc<dyn Store>)
-                .map_err(why)
+                .map_err(OpenStoreError)
         }
     }
 }
@@ -148,7 +173,7 @@ impl Config {
     }
 
     /// Checks every limit is usable, naming the one that is not.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let counts = [
             ("max_list_objects", self.max_list_objects),
             ("max_watches_per_source", self.max_watches_per_source),
@@ -158,16 +183,18 @@ impl Config {
         ];
         for (name, value) in counts {
             if value == 0 {
-                return Err(format!("{name} must be at least 1"));
+                return Err(ConfigError::ZeroCount(name));
             }
         }
-        self.listener_limits().validate()?;
+        self.listener_limits()
+            .validate()
+            .map_err(ConfigError::Listener)?;
         for (name, value) in [
             ("body_read_timeout", self.body_read_timeout),
             ("min_watch_timeout", self.min_watch_timeout),
         ] {
             if value.is_zero() {
-                return Err(format!("{name} must be more than 0"));
+                return Err(ConfigError::ZeroDuration(name));
             }
         }
         Ok(())

@@ -60,7 +60,7 @@ fn check_definition(object: &Value) -> Vec<FieldError> {
             errors.push(FieldError::invalid(
                 format!("spec.versions[{i}].schema.openAPIV3Schema"),
                 "",
-                error,
+                error.to_string(),
             ));
         }
     }
