@@ -21,6 +21,7 @@ pub mod decode;
 pub mod kinds;
 pub mod meta;
 pub mod names;
+pub mod options;
 pub mod quantity;
 pub mod resource;
 pub mod schema;

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use api_types::options::{DeleteOptions, ListOptions, WatchOptions};
 use api_types::{FieldSelector, FieldValidation, Namespace, Selector};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -22,8 +23,8 @@ use crate::catalog::{Catalog, ServedResource};
 use crate::discovery;
 use crate::error::{ApiError, ApiResult};
 use crate::generic::{
-    DeleteOptions, GenericStore, ListPage, ListQuery, Part, PatchKind, WriteOptions,
-    watch_error_status, watch_from,
+    GenericStore, ListPage, ListQuery, Part, PatchKind, WriteOptions, watch_error_status,
+    watch_from,
 };
 use crate::metrics::{Metrics, ResourceLabels, resource_label};
 use crate::registry::Column;
@@ -93,6 +94,27 @@ struct WatchCounts {
     by_source: HashMap<IpAddr, usize>,
 }
 
+/// Why a watch got no slot.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WatchLimit {
+    /// The server has as many watches open as it allows.
+    #[error("too many watches open on this server (the limit is {limit}); retry later")]
+    Total {
+        /// The cap on watches in all.
+        limit: usize,
+    },
+    /// The source address has as many watches open as one may.
+    #[error(
+        "too many watches open from {address} (the limit is {limit} per source address); close some or retry later"
+    )]
+    PerSource {
+        /// The address.
+        address: IpAddr,
+        /// The cap per address.
+        limit: usize,
+    },
+}
+
 /// One open watch's slot, given back when the watch's stream is dropped.
 #[derive(Debug)]
 pub struct WatchSlot {
@@ -117,21 +139,18 @@ impl WatchSlots {
     /// Takes a slot for a watch from `source` (`None`: a request that did not
     /// come through a listener, counted in the total only), or says which cap
     /// is reached.
-    pub fn acquire(self: &Arc<Self>, source: Option<IpAddr>) -> Result<WatchSlot, String> {
+    pub fn acquire(self: &Arc<Self>, source: Option<IpAddr>) -> Result<WatchSlot, WatchLimit> {
         let mut open = self.lock();
         if open.total >= self.total {
-            return Err(format!(
-                "too many watches open on this server (the limit is {}); retry later",
-                self.total
-            ));
+            return Err(WatchLimit::Total { limit: self.total });
         }
         if let Some(source) = source {
             let mine = open.by_source.entry(source).or_insert(0);
             if *mine >= self.per_source {
-                return Err(format!(
-                    "too many watches open from {source} (the limit is {} per source address); close some or retry later",
-                    self.per_source
-                ));
+                return Err(WatchLimit::PerSource {
+                    address: source,
+                    limit: self.per_source,
+                });
             }
             *mine += 1;
         }
@@ -412,14 +431,16 @@ pub(crate) fn write_options(
 }
 
 fn list_query(target: &Target, query: &HashMap<String, String>) -> ApiResult<ListQuery> {
-    let labels = match query.get("labelSelector").filter(|s| !s.is_empty()) {
+    let options = ListOptions::from_query(|key| query.get(key).map(String::as_str))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let labels = match &options.label_selector {
         Some(s) => Some(
             Selector::parse(s)
                 .map_err(|e| ApiError::bad_request(format!("invalid labelSelector: {e}")))?,
         ),
         None => None,
     };
-    let fields = match query.get("fieldSelector").filter(|s| !s.is_empty()) {
+    let fields = match &options.field_selector {
         Some(s) => {
             let allowed = target.resource.selectable_fields();
             let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
@@ -430,26 +451,16 @@ fn list_query(target: &Target, query: &HashMap<String, String>) -> ApiResult<Lis
         }
         None => None,
     };
-    let limit = match query.get("limit").filter(|s| !s.is_empty()) {
-        Some(l) => Some(
-            l.parse::<usize>()
-                .map_err(|_| ApiError::bad_request(format!("limit {l:?} is not a number")))?,
-        ),
-        None => None,
-    };
     Ok(ListQuery {
         filter: Filter {
             namespace: target.namespace.clone(),
             labels,
             fields,
         },
-        resource_version: query.get("resourceVersion").cloned(),
-        resource_version_match: query
-            .get("resourceVersionMatch")
-            .cloned()
-            .filter(|s| !s.is_empty()),
-        limit: limit.filter(|l| *l > 0),
-        continue_token: query.get("continue").cloned().filter(|s| !s.is_empty()),
+        resource_version: options.resource_version,
+        resource_version_match: options.resource_version_match,
+        limit: options.limit.map(|l| l as usize),
+        continue_token: options.continue_token,
     })
 }
 
@@ -915,20 +926,19 @@ async fn watch(
 ) -> ApiResult<Response> {
     let res = target.resource.clone();
     let from = watch_from(list.resource_version.as_deref())?;
-    let bookmarks = query_flag(query, "allowWatchBookmarks");
+    let options = WatchOptions::from_query(|key| query.get(key).map(String::as_str))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let bookmarks = options.bookmarks;
     let as_table = wants_table(headers);
-    let timeout =
-        match query.get("timeoutSeconds").filter(|s| !s.is_empty()) {
-            Some(t) => Duration::from_secs(t.parse::<u64>().map_err(|_| {
-                ApiError::bad_request(format!("timeoutSeconds {t:?} is not a number"))
-            })?),
-            None => default_watch_timeout(state.min_watch_timeout, random_fraction()),
-        };
+    let timeout = match options.timeout_seconds {
+        Some(seconds) => Duration::from_secs(u64::from(seconds)),
+        None => default_watch_timeout(state.min_watch_timeout, random_fraction()),
+    };
     // Taken before the watch starts (which may wait for the cache) and held by
     // the stream, so a watch counts until its connection lets go of it.
     let slot = state.watches.acquire(peer).map_err(|why| {
         ApiError::from(api_types::Status::too_many_requests(
-            why,
+            why.to_string(),
             WATCH_RETRY_AFTER_SECONDS,
         ))
     })?;
@@ -1056,13 +1066,13 @@ mod tests {
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let first = slots.acquire(Some(a)).unwrap();
         let _second = slots.acquire(Some(a)).unwrap();
-        let refused = slots.acquire(Some(a)).unwrap_err();
+        let refused = slots.acquire(Some(a)).unwrap_err().to_string();
         assert!(
             refused.contains("from 10.0.0.1") && refused.contains("2 per source"),
             "{refused}"
         );
         let _third = slots.acquire(Some(b)).unwrap();
-        let refused = slots.acquire(Some(b)).unwrap_err();
+        let refused = slots.acquire(Some(b)).unwrap_err().to_string();
         assert!(refused.contains("the limit is 3"), "{refused}");
         assert_eq!(slots.open(a), (3, 2));
         drop(first);

@@ -3,6 +3,7 @@
 use std::fmt::Debug;
 use std::marker::PhantomData;
 
+use api_types::options::DeleteOptions;
 use api_types::{ListMeta, ObjectMeta, Resource, ResourceInfo, WatchEvent};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -67,48 +68,8 @@ pub struct ObjectList<K> {
     pub items: Vec<K>,
 }
 
-/// Options of a list.
-#[derive(Clone, Debug, Default)]
-pub struct ListParams {
-    /// `labelSelector`.
-    pub label_selector: Option<String>,
-    /// `fieldSelector`.
-    pub field_selector: Option<String>,
-    /// `limit`.
-    pub limit: Option<u32>,
-    /// `continue`.
-    pub continue_token: Option<String>,
-    /// `resourceVersion` (`"0"`: any recent state, from the server's cache).
-    pub resource_version: Option<String>,
-}
-
-impl ListParams {
-    /// Only objects whose labels match.
-    pub fn labels(mut self, selector: &str) -> Self {
-        self.label_selector = Some(selector.to_owned());
-        self
-    }
-
-    /// Only objects whose fields match.
-    pub fn fields(mut self, selector: &str) -> Self {
-        self.field_selector = Some(selector.to_owned());
-        self
-    }
-
-    /// Pages of `limit` objects.
-    pub fn limit(mut self, limit: u32) -> Self {
-        self.limit = Some(limit);
-        self
-    }
-
-    fn query(&self, query: &mut Query) {
-        query.opt("labelSelector", self.label_selector.as_deref());
-        query.opt("fieldSelector", self.field_selector.as_deref());
-        query.opt("limit", self.limit.map(|l| l.to_string()).as_deref());
-        query.opt("continue", self.continue_token.as_deref());
-        query.opt("resourceVersion", self.resource_version.as_deref());
-    }
-}
+/// Options of a list: its query parameters, as the API server reads them.
+pub type ListParams = api_types::options::ListOptions;
 
 /// Options of a write.
 #[derive(Clone, Debug, Default)]
@@ -166,42 +127,31 @@ impl PatchParams {
     }
 }
 
-/// Options of a delete.
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// What a client asks of a delete; sent as the API's
+/// [`DeleteOptions`](api_types::options::DeleteOptions).
+#[derive(Clone, Debug, Default)]
 pub struct DeleteParams {
     /// `Foreground`, `Background` or `Orphan`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub propagation_policy: Option<String>,
     /// Delete only this exact object.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub preconditions: Option<Preconditions>,
 }
 
-/// Preconditions of a delete.
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Preconditions {
-    /// The object's uid.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-    /// The object's resourceVersion.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resource_version: Option<String>,
+impl From<&DeleteParams> for api_types::options::DeleteOptions {
+    fn from(params: &DeleteParams) -> Self {
+        api_types::options::DeleteOptions {
+            propagation_policy: params.propagation_policy.clone(),
+            preconditions: params.preconditions.clone(),
+            ..Default::default()
+        }
+    }
 }
 
-/// Options of a watch.
-#[derive(Clone, Debug, Default)]
-pub struct WatchParams {
-    /// `labelSelector`.
-    pub label_selector: Option<String>,
-    /// `fieldSelector`.
-    pub field_selector: Option<String>,
-    /// Ask for BOOKMARK events.
-    pub bookmarks: bool,
-    /// End the watch after this many seconds.
-    pub timeout_seconds: Option<u32>,
-}
+/// Preconditions of a delete.
+pub use api_types::options::Preconditions;
+
+/// Options of a watch: its query parameters besides where it starts.
+pub type WatchParams = api_types::options::WatchOptions;
 
 /// Builds a query string.
 #[derive(Default)]
@@ -216,6 +166,14 @@ impl Query {
         if let Some(value) = value.filter(|v| !v.is_empty()) {
             self.push(key, value);
         }
+    }
+
+    fn extend(&mut self, pairs: Vec<(&'static str, String)>) {
+        self.0.extend(
+            pairs
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value)),
+        );
     }
 
     fn render(&self) -> String {
@@ -359,7 +317,7 @@ impl<K: Object> Api<K> {
     /// One page of objects.
     pub async fn list(&self, params: &ListParams) -> Result<ObjectList<K>> {
         let mut query = Query::default();
-        params.query(&mut query);
+        query.extend(params.query_pairs());
         self.client
             .request(
                 Method::GET,
@@ -489,7 +447,7 @@ impl<K: Object> Api<K> {
             .request(
                 Method::DELETE,
                 &self.item(name),
-                Some(Self::json_body(params)?),
+                Some(Self::json_body(&DeleteOptions::from(params))?),
             )
             .await
     }
@@ -497,7 +455,7 @@ impl<K: Object> Api<K> {
     /// Deletes every object a list selects.
     pub async fn delete_collection(&self, params: &ListParams) -> Result<ObjectList<K>> {
         let mut query = Query::default();
-        params.query(&mut query);
+        query.extend(params.query_pairs());
         self.client
             .request(
                 Method::DELETE,
@@ -514,17 +472,7 @@ impl<K: Object> Api<K> {
         resource_version: &str,
     ) -> Result<impl Stream<Item = Result<WatchEvent<K>>> + Send + 'static + use<K>> {
         let mut query = Query::default();
-        query.push("watch", "true");
-        query.opt("resourceVersion", Some(resource_version));
-        query.opt("labelSelector", params.label_selector.as_deref());
-        query.opt("fieldSelector", params.field_selector.as_deref());
-        if params.bookmarks {
-            query.push("allowWatchBookmarks", "true");
-        }
-        query.opt(
-            "timeoutSeconds",
-            params.timeout_seconds.map(|t| t.to_string()).as_deref(),
-        );
+        query.extend(params.query_pairs(resource_version));
         let bytes = self
             .client
             .stream(&format!("{}{}", self.collection(), query.render()))

@@ -3,9 +3,9 @@
 //! before the object goes, and after.
 
 use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
+use api_types::options::DeleteOptions;
 use api_types::{FieldValidation, Status};
 
 use super::get_list::{ListQuery, ListSource, list_source};
@@ -19,32 +19,6 @@ use crate::watch_cache::CachedObject;
 
 /// Objects a deletecollection reads and deletes at a time.
 const DELETE_PAGE: usize = 500;
-
-/// `DeleteOptions`, from the body or the query.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct DeleteOptions {
-    /// `Foreground`, `Background` or `Orphan`.
-    pub propagation_policy: Option<String>,
-    /// Only delete this exact object.
-    pub preconditions: Option<Preconditions>,
-    /// `["All"]` for a dry run.
-    pub dry_run: Vec<String>,
-    /// Accepted and ignored: deletion is immediate unless finalizers hold it.
-    pub grace_period_seconds: Option<i64>,
-    /// Kubernetes' older form of `propagationPolicy`.
-    pub orphan_dependents: Option<bool>,
-}
-
-/// Conditions a delete must meet.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct Preconditions {
-    /// The object's uid.
-    pub uid: Option<String>,
-    /// The object's resourceVersion.
-    pub resource_version: Option<String>,
-}
 
 impl GenericStore {
     /// Deletes an object; with finalizers (or a Foreground/Orphan policy) it is

@@ -19,7 +19,6 @@ use api_types::{FieldError, FieldValidation, Status};
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
 
-pub use delete::DeleteOptions;
 pub use get_list::{ListPage, ListQuery};
 pub use patch::PatchKind;
 pub use watch::{watch_error_status, watch_from};
