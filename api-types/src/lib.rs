@@ -29,6 +29,7 @@ pub mod selector;
 pub mod status;
 pub mod validation;
 pub mod watch;
+pub mod well_known;
 
 pub use decode::{
     DecodeError, DecodeProblem, DecodeProblemKind, Decoded, FieldValidation, YamlDocument,

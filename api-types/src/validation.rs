@@ -2504,7 +2504,7 @@ mod tests {
                 ..LeaseSpec::default()
             },
         );
-        lease.metadata.namespace = "loom-system".into();
+        lease.metadata.namespace = crate::SYSTEM_NAMESPACE.into();
         let errs = lease.validate();
         assert_eq!(
             fields(&errs),

@@ -242,10 +242,10 @@ async fn two_replicas_with_leader_election_never_both_reconcile() {
         let reconciled_by = reconciled_by.clone();
         let election = election.clone();
         tokio::spawn(async move {
-            let leases: Api<Lease> = Api::namespaced(client, "loom-system");
+            let leases: Api<Lease> = Api::namespaced(client, api_types::SYSTEM_NAMESPACE);
             let elector = LeaderElector::new(
                 ApiLease::new(leases, "test-controller"),
-                "loom-system",
+                api_types::SYSTEM_NAMESPACE,
                 "test-controller",
                 name,
                 election,

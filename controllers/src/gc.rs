@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use api_types::well_known::{FINALIZER_FOREGROUND, FINALIZER_ORPHAN};
 use api_types::{Job, OwnerReference, Resource, Service, Task};
 use client::controller::{self, Action, Controller};
 use client::{Api, DeleteParams, Informer, ObjectKey, Patch, PatchParams, Store};
@@ -26,11 +27,6 @@ use crate::{BY_OWNER, Context, Error, Result, key_of};
 
 /// How often a dependent's owners are checked again without any change.
 const RECHECK: Duration = Duration::from_secs(300);
-
-/// The finalizer a Foreground delete adds.
-pub const FOREGROUND: &str = "foregroundDeletion";
-/// The finalizer an Orphan delete adds.
-pub const ORPHAN: &str = "orphan";
 
 /// A kind the collector looks after.
 pub trait Collected: Resource {
@@ -287,7 +283,7 @@ pub async fn reconcile<K: Collected>(object: Arc<K>, ctx: Arc<Context>) -> Resul
     ctx.wait_ready().await;
     let meta = object.meta();
     if meta.deletion_timestamp.is_some() {
-        if meta.has_finalizer(ORPHAN) {
+        if meta.has_finalizer(FINALIZER_ORPHAN) {
             for d in all_dependents(&ctx, &meta.namespace, &meta.uid) {
                 let rest: Vec<&OwnerReference> = d
                     .owner_references
@@ -312,14 +308,14 @@ pub async fn reconcile<K: Collected>(object: Arc<K>, ctx: Arc<Context>) -> Resul
                     }
                 }
             }
-            remove_finalizer(&ctx, object.as_ref(), ORPHAN).await?;
+            remove_finalizer(&ctx, object.as_ref(), FINALIZER_ORPHAN).await?;
             return Ok(Action::await_change());
         }
-        if meta.has_finalizer(FOREGROUND) {
+        if meta.has_finalizer(FINALIZER_FOREGROUND) {
             let dependents = all_dependents(&ctx, &meta.namespace, &meta.uid);
             if dependents.is_empty() {
                 info!(object = %key_of(object.as_ref()), "dependents gone; deleting");
-                remove_finalizer(&ctx, object.as_ref(), FOREGROUND).await?;
+                remove_finalizer(&ctx, object.as_ref(), FINALIZER_FOREGROUND).await?;
                 return Ok(Action::await_change());
             }
             for d in dependents.iter().filter(|d| !d.deleting) {

@@ -20,6 +20,9 @@ use std::sync::Arc;
 use api_types::event::EventType;
 use api_types::kinds::task::merge_env;
 use api_types::meta::set_condition;
+use api_types::well_known::{
+    LABEL_ATTEMPT, LABEL_JOB, LABEL_JOB_INDEX, REASON_PREEMPTED, REASON_TIME_LIMIT_EXCEEDED,
+};
 use api_types::{
     Condition, ConditionStatus, Driver, EnvVar, Job, JobPhase, JobStatus, Mount, ObjectMeta,
     OwnerReference, Task, TaskPhase, TaskSpec,
@@ -30,8 +33,7 @@ use futures::StreamExt;
 use tracing::{debug, info};
 
 use crate::{
-    Context, Error, LABEL_ATTEMPT, LABEL_JOB, LABEL_JOB_INDEX, Result, at_least, key_of,
-    kill_and_observe, observe, publish, summarize,
+    Context, Error, Result, at_least, key_of, kill_and_observe, observe, publish, summarize,
 };
 
 /// The Events' component.
@@ -43,10 +45,6 @@ pub const REASON_JOB_KILLED: &str = "JobKilled";
 pub const REASON_JOB_FAILED: &str = "JobFailed";
 /// The kill reason of tasks left over when their job completed.
 pub const REASON_JOB_COMPLETED: &str = "JobCompleted";
-/// A task reason meaning preemption (such a task is replaced, not retried).
-pub const REASON_PREEMPTED: &str = "Preempted";
-/// A task reason meaning its time limit ran out.
-pub const REASON_TIME_LIMIT: &str = "TimeLimitExceeded";
 
 /// Requests in flight at once when a reconcile makes or kills many tasks.
 const IN_FLIGHT: usize = 16;
@@ -293,9 +291,9 @@ fn describe_failure(task: &Task, retries: i32) -> (String, String) {
         1 => " after 1 retry".to_owned(),
         n => format!(" after {n} retries"),
     };
-    if task.phase() == TaskPhase::Killed && status.reason == REASON_TIME_LIMIT {
+    if task.phase() == TaskPhase::Killed && status.reason == REASON_TIME_LIMIT_EXCEEDED {
         return (
-            REASON_TIME_LIMIT.to_owned(),
+            REASON_TIME_LIMIT_EXCEEDED.to_owned(),
             format!(
                 "task {} ran past its time limit and was killed{after}",
                 task.metadata.name
@@ -796,6 +794,7 @@ pub fn dependents(ctx: &Context, job: &Job) -> Vec<ObjectKey> {
 mod tests {
     use super::*;
     use api_types::TaskStatus;
+    use api_types::well_known::REASON_NODE_LOST;
     use serde_json::json;
 
     fn job(value: serde_json::Value) -> Job {
@@ -804,7 +803,7 @@ mod tests {
             "spec": value,
         }))
         .unwrap();
-        job.api_version = "loom.dev/v1".into();
+        job.api_version = api_types::API_VERSION.into();
         job
     }
 
@@ -953,7 +952,12 @@ mod tests {
         let job =
             job(json!({"replicas": 2, "maxRetries": 1, "template": {"spec": {"image": "x"}}}));
         let running = with_phase(build_task(&job, 1, 0), TaskPhase::Running, "", None);
-        let lost = with_phase(build_task(&job, 0, 0), TaskPhase::Lost, "NodeLost", None);
+        let lost = with_phase(
+            build_task(&job, 0, 0),
+            TaskPhase::Lost,
+            REASON_NODE_LOST,
+            None,
+        );
         let d = decide(
             &job,
             &[lost.clone(), running.clone()],
@@ -998,12 +1002,12 @@ mod tests {
         let killed = with_phase(
             build_task(&job, 0, 0),
             TaskPhase::Killed,
-            REASON_TIME_LIMIT,
+            REASON_TIME_LIMIT_EXCEEDED,
             None,
         );
         let d = decide(&job, &[killed], &[], None, Utc::now());
         assert_eq!(d.status.phase, JobPhase::Failed);
-        assert_eq!(d.status.reason, REASON_TIME_LIMIT);
+        assert_eq!(d.status.reason, REASON_TIME_LIMIT_EXCEEDED);
     }
 
     #[test]

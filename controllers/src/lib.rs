@@ -58,17 +58,6 @@ impl Error {
     }
 }
 
-/// The label carrying the name of a task's Job (the scheduler spreads by it).
-pub const LABEL_JOB: &str = "loom.dev/job";
-/// The label carrying a Job task's index.
-pub const LABEL_JOB_INDEX: &str = "loom.dev/job-index";
-/// The label carrying which attempt at its index a Job task is (0 for the first).
-pub const LABEL_ATTEMPT: &str = "loom.dev/attempt";
-/// The label carrying the name of a task's Service (the scheduler spreads by it).
-pub const LABEL_SERVICE: &str = "loom.dev/service";
-/// The label carrying the hash of the Service template a task was made from.
-pub const LABEL_TEMPLATE_HASH: &str = "loom.dev/template-hash";
-
 /// Task index: the uid of the task's controlling owner.
 pub(crate) const BY_CONTROLLER: &str = "controller-uid";
 /// Index of every kind: the uid of each of the object's owners.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use api_types::well_known::{LEASE_CONTROLLERS, NODE_LEASE_NAMESPACE};
 use api_types::{Job, Lease, Namespace, Node, ObjectMeta, Service, Task};
 use client::controller::{self, Action, Controller};
 use client::{Api, Client, Informer, ObjectKey, PostParams, StoreBuilder, watcher};
@@ -12,9 +13,6 @@ use tracing::{info, warn};
 
 use crate::{BY_CONTROLLER, BY_DEPENDENCY, BY_NODE, BY_OWNER, Context, Error, gc, job};
 use crate::{node_lifecycle, service, ttl};
-
-/// The namespace nodelets keep their heartbeat Leases in (one named after each node).
-pub const NODE_LEASE_NAMESPACE: &str = "loom-node-lease";
 
 /// How the controllers run.
 #[derive(Clone, Debug)]
@@ -38,7 +36,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            identity: "loom-controllers".to_owned(),
+            identity: LEASE_CONTROLLERS.to_owned(),
             node_grace: Duration::from_secs(40),
             lost_grace: Duration::from_secs(60),
             node_lease_namespace: NODE_LEASE_NAMESPACE.to_owned(),

@@ -16,6 +16,7 @@ use std::time::Duration;
 use api_types::event::EventType;
 use api_types::kinds::node::NODE_CONDITION_READY;
 use api_types::meta::set_condition;
+use api_types::well_known::{REASON_NODE_LOST, TAINT_UNREACHABLE};
 use api_types::{Condition, ConditionStatus, Node, Taint, TaintEffect, Task, TaskPhase};
 use chrono::Utc;
 use client::{Action, Api, ObjectKey, Patch, PatchParams};
@@ -27,14 +28,10 @@ use crate::{BY_NODE, Context, Error, Result, key_of, observe, publish, summarize
 
 /// The Events' component.
 pub const COMPONENT: &str = "node-lifecycle-controller";
-/// The taint an unreachable node gets.
-pub const TAINT_UNREACHABLE: &str = "loom.dev/unreachable";
 /// The Ready condition's reason while the Lease is expired.
 pub const REASON_LEASE_EXPIRED: &str = "NodeLeaseExpired";
 /// The Ready condition's reason once the Lease is renewed again.
 pub const REASON_LEASE_RENEWED: &str = "NodeLeaseRenewed";
-/// The reason of a task marked Lost with its node.
-pub const REASON_NODE_LOST: &str = "NodeLost";
 
 /// How a node is doing, by the age of its heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -409,7 +406,7 @@ mod tests {
         }))
         .unwrap();
         let mut lease: api_types::Lease = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "n1", "namespace": "loom-node-lease", "resourceVersion": "1"},
+            "metadata": {"name": "n1", "namespace": api_types::well_known::NODE_LEASE_NAMESPACE, "resourceVersion": "1"},
             "spec": {"holderIdentity": "n1"},
         }))
         .unwrap();

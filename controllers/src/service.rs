@@ -19,6 +19,7 @@ use std::sync::Arc;
 use api_types::event::EventType;
 use api_types::kinds::task::TASK_CONDITION_READY;
 use api_types::meta::{find_condition, set_condition};
+use api_types::well_known::{LABEL_SERVICE, LABEL_TEMPLATE_HASH};
 use api_types::{
     Condition, ConditionStatus, ObjectMeta, OwnerReference, RestartPolicy, Service, ServiceStatus,
     Task, TaskPhase, TaskTemplate,
@@ -27,10 +28,7 @@ use chrono::Utc;
 use client::{Action, Api, DeleteParams, ObjectKey, PostParams};
 use tracing::info;
 
-use crate::{
-    Context, Error, LABEL_SERVICE, LABEL_TEMPLATE_HASH, Result, at_least, key_of, observe, publish,
-    summarize,
-};
+use crate::{Context, Error, Result, at_least, key_of, observe, publish, summarize};
 
 /// The Events' component.
 pub const COMPONENT: &str = "service-controller";

@@ -7,6 +7,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use api_types::well_known::REASON_TIME_LIMIT_EXCEEDED;
 use api_types::{JobPhase, TaskPhase};
 use client::{Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -203,11 +204,14 @@ async fn overrides_placeholders_and_limits_reach_the_tasks() {
         .await;
     let slow = cluster.job_in("slow", JobPhase::Failed).await;
     let status = slow.status.unwrap();
-    assert_eq!(status.reason, "TimeLimitExceeded");
+    assert_eq!(status.reason, REASON_TIME_LIMIT_EXCEEDED);
     assert_eq!(status.killed, 1);
     let task = &cluster.tasks_of("slow").await[0];
     assert_eq!(task.spec.time_limit_seconds, Some(1));
-    assert_eq!(task.status.as_ref().unwrap().reason, "TimeLimitExceeded");
+    assert_eq!(
+        task.status.as_ref().unwrap().reason,
+        REASON_TIME_LIMIT_EXCEEDED
+    );
     cluster.shutdown().await;
 }
 

@@ -7,6 +7,7 @@ mod support;
 
 use std::time::Duration;
 
+use api_types::well_known::{LABEL_SERVICE, REASON_NODE_LOST, TAINT_UNREACHABLE};
 use api_types::{JobPhase, Node, TaskPhase};
 use client::{Api, ListParams};
 use serde_json::json;
@@ -46,7 +47,7 @@ async fn an_expired_lease_loses_the_tasks_and_the_job_replaces_them_elsewhere() 
         let tasks = cluster.tasks();
         async move {
             let (all, _) = tasks
-                .list_all(&ListParams::default().labels("loom.dev/service=web"))
+                .list_all(&ListParams::default().labels(&format!("{LABEL_SERVICE}=web")))
                 .await
                 .unwrap();
             all.iter()
@@ -70,11 +71,7 @@ async fn an_expired_lease_loses_the_tasks_and_the_job_replaces_them_elsewhere() 
     let nodes: Api<Node> = Api::all(cluster.client.clone());
     let node = eventually("doomed NotReady and tainted", || async {
         let node = nodes.get("doomed").await.unwrap();
-        let tainted = node
-            .spec
-            .taints
-            .iter()
-            .any(|t| t.key == "loom.dev/unreachable");
+        let tainted = node.spec.taints.iter().any(|t| t.key == TAINT_UNREACHABLE);
         (tainted && !node.is_ready()).then_some(node)
     })
     .await;
@@ -90,7 +87,7 @@ async fn an_expired_lease_loses_the_tasks_and_the_job_replaces_them_elsewhere() 
         (lost.len() == 2).then_some(lost)
     })
     .await;
-    assert_eq!(lost[0].status.as_ref().unwrap().reason, "NodeLost");
+    assert_eq!(lost[0].status.as_ref().unwrap().reason, REASON_NODE_LOST);
 
     let replacements = eventually("replacements running on healthy", || async {
         let tasks = cluster.tasks_of("resilient").await;
@@ -126,11 +123,7 @@ async fn an_expired_lease_loses_the_tasks_and_the_job_replaces_them_elsewhere() 
     cluster.alive.lock().unwrap().insert("doomed".into());
     eventually("doomed back", || async {
         let node = nodes.get("doomed").await.unwrap();
-        let tainted = node
-            .spec
-            .taints
-            .iter()
-            .any(|t| t.key == "loom.dev/unreachable");
+        let tainted = node.spec.taints.iter().any(|t| t.key == TAINT_UNREACHABLE);
         (!tainted && node.is_ready()).then_some(())
     })
     .await;
@@ -180,7 +173,7 @@ async fn the_tasks_of_a_deleted_node_are_lost_and_replaced() {
     let status = lost.status.as_ref().unwrap();
     assert_eq!(
         (status.phase, status.reason.as_str()),
-        (TaskPhase::Lost, "NodeLost")
+        (TaskPhase::Lost, REASON_NODE_LOST)
     );
     assert_eq!(status.message, "node old was deleted");
     cluster.shutdown().await;

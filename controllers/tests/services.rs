@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use api_types::well_known::{LABEL_SERVICE, LABEL_TEMPLATE_HASH};
 use api_types::{Service, Task, TaskPhase};
 use client::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -17,7 +18,7 @@ use support::{Cluster, eventually, test_config};
 async fn service_tasks(cluster: &Cluster) -> Vec<Task> {
     cluster
         .tasks()
-        .list_all(&ListParams::default().labels("loom.dev/service=web"))
+        .list_all(&ListParams::default().labels(&format!("{LABEL_SERVICE}=web")))
         .await
         .unwrap()
         .0
@@ -77,8 +78,7 @@ async fn a_rollout_never_drops_below_replicas_and_scaling_follows() {
         .await
         .unwrap();
     let v1 = rolled_out(&cluster, 3).await;
-    let v1_hash =
-        service_tasks(&cluster).await[0].metadata.labels["loom.dev/template-hash"].clone();
+    let v1_hash = service_tasks(&cluster).await[0].metadata.labels[LABEL_TEMPLATE_HASH].clone();
     for task in service_tasks(&cluster).await {
         assert_eq!(
             task.spec.restart_policy,
@@ -97,7 +97,7 @@ async fn a_rollout_never_drops_below_replicas_and_scaling_follows() {
         tokio::spawn(async move {
             while !stop.is_cancelled() {
                 let (all, _) = tasks
-                    .list_all(&ListParams::default().labels("loom.dev/service=web"))
+                    .list_all(&ListParams::default().labels(&format!("{LABEL_SERVICE}=web")))
                     .await
                     .unwrap();
                 let running = all
@@ -133,7 +133,7 @@ async fn a_rollout_never_drops_below_replicas_and_scaling_follows() {
     );
     for task in service_tasks(&cluster).await {
         assert_eq!(task.spec.image, "web:2");
-        assert_ne!(task.metadata.labels["loom.dev/template-hash"], v1_hash);
+        assert_ne!(task.metadata.labels[LABEL_TEMPLATE_HASH], v1_hash);
     }
 
     patch_spec(&cluster, json!({"replicas": 5})).await;

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use api_types::well_known::{LEASE_CONTROLLERS, LEASE_SCHEDULER, SYSTEM_NAMESPACE};
 use apiserver::StoreUrl;
 use apiserver::store::{EmbeddedOptions, EmbeddedStore, Store};
 use clap::{Parser, Subcommand};
@@ -256,7 +257,7 @@ fn main() -> ExitCode {
                     ..controllers::Config::default()
                 };
                 let leader_client = client.clone();
-                run_elected(&leader_client, "loom-controllers", &identity, move |lead| {
+                run_elected(&leader_client, LEASE_CONTROLLERS, &identity, move |lead| {
                     controllers::run_manager(client.clone(), config.clone(), lead)
                 })
                 .await
@@ -267,7 +268,7 @@ fn main() -> ExitCode {
                 let leader_client = client.clone();
                 run_elected(
                     &leader_client,
-                    "loom-scheduler",
+                    LEASE_SCHEDULER,
                     &leader_identity(),
                     move |lead| {
                         let config = scheduler::run::Config {
@@ -586,10 +587,10 @@ where
 {
     let shutdown = CancellationToken::new();
     let leases: client::Api<api_types::Lease> =
-        client::Api::namespaced(client.clone(), "loom-system");
+        client::Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     let elector = client::LeaderElector::new(
         client::ApiLease::new(leases, name),
-        "loom-system",
+        SYSTEM_NAMESPACE,
         name,
         identity,
         client::ElectionConfig::default(),

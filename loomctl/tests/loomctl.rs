@@ -346,7 +346,7 @@ async fn config_contexts_and_completion() {
         "--server".into(),
         server.url.clone(),
         "--namespace".into(),
-        "loom-system".into(),
+        api_types::SYSTEM_NAMESPACE.into(),
     ])
     .await;
     assert_eq!(code, 0);

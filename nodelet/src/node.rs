@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use api_types::Format;
+use api_types::well_known::{
+    LABEL_ARCH, LABEL_HOSTNAME, LABEL_KERNEL, LABEL_OS, NODE_LEASE_NAMESPACE,
+};
 use api_types::{
     Condition, ConditionStatus, Lease, LeaseSpec, Namespace, Node, NodeAddress, NodeInfo, NodeSpec,
     Quantity, ResourceUsage,
@@ -17,9 +20,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::Config;
-
-/// Where node leases live.
-pub const LEASE_NAMESPACE: &str = "loom-node-lease";
 
 /// What this machine offers.
 #[derive(Debug, Clone)]
@@ -120,10 +120,10 @@ pub fn attribute_labels() -> BTreeMap<String, String> {
         other => other,
     };
     BTreeMap::from([
-        ("loom.dev/arch".to_owned(), arch.to_owned()),
-        ("loom.dev/os".to_owned(), std::env::consts::OS.to_owned()),
-        ("loom.dev/kernel".to_owned(), label_value(&kernel())),
-        ("loom.dev/hostname".to_owned(), label_value(&hostname())),
+        (LABEL_ARCH.to_owned(), arch.to_owned()),
+        (LABEL_OS.to_owned(), std::env::consts::OS.to_owned()),
+        (LABEL_KERNEL.to_owned(), label_value(&kernel())),
+        (LABEL_HOSTNAME.to_owned(), label_value(&hostname())),
     ])
 }
 
@@ -206,8 +206,8 @@ pub async fn register(
         }
     };
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    if namespaces.get_opt(LEASE_NAMESPACE).await?.is_none() {
-        let namespace = Namespace::new(LEASE_NAMESPACE, Default::default());
+    if namespaces.get_opt(NODE_LEASE_NAMESPACE).await?.is_none() {
+        let namespace = Namespace::new(NODE_LEASE_NAMESPACE, Default::default());
         match namespaces.create(&PostParams::default(), &namespace).await {
             Ok(_) => {}
             Err(e) if e.code() == Some(409) => {}
@@ -300,7 +300,7 @@ fn os_image() -> String {
 
 /// Renews the node's Lease (creating it if needed).
 pub async fn renew_lease(client: &Client, config: &Config) -> Result<(), client::Error> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NODE_LEASE_NAMESPACE);
     let now = Utc::now();
     let duration = config.lease_duration.as_secs() as i32;
     match leases.get_opt(&config.name).await? {

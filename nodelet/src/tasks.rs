@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api_types::event::EventType;
+use api_types::well_known::REASON_TIME_LIMIT_EXCEEDED;
 use api_types::{ObjectReference, RestartPolicy, Task, TaskPhase};
 use chrono::{DateTime, Utc};
 use client::{Api, Client, Patch, PatchParams, Recorder};
@@ -379,7 +380,7 @@ fn stop_reason(
             .unwrap_or(started.started_at);
         if Utc::now() >= since + chrono::Duration::seconds(limit) {
             return Some((
-                "TimeLimitExceeded".into(),
+                REASON_TIME_LIMIT_EXCEEDED.into(),
                 format!("the task ran longer than its time limit of {limit}s"),
             ));
         }

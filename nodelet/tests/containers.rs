@@ -7,6 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use api_types::TaskPhase;
+use api_types::well_known::REASON_TIME_LIMIT_EXCEEDED;
 use client::{Patch, PatchParams};
 use futures::StreamExt as _;
 use serde_json::json;
@@ -155,7 +156,7 @@ async fn time_limit_grace_period_and_restarts() {
 
     let slow = h.wait_for("slow", LONG, |t| phase(t) == "Killed").await;
     let status = slow.status.unwrap();
-    assert_eq!(status.reason, "TimeLimitExceeded");
+    assert_eq!(status.reason, REASON_TIME_LIMIT_EXCEEDED);
     let ran = status.finish_time.unwrap() - status.start_time.unwrap();
     assert!(
         ran >= chrono::Duration::milliseconds(900) && ran < chrono::Duration::seconds(5),

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use api_types::node::{LABEL_ALLOW_HOST_PATHS, LABEL_ALLOW_RAW_EXEC};
+use api_types::well_known::{LABEL_ALLOW_HOST_PATHS, LABEL_ALLOW_RAW_EXEC, LABEL_ARCH};
 use api_types::{Node, Task};
 use client::{Api, PostParams};
 use futures::StreamExt as _;
@@ -111,7 +111,7 @@ async fn host_mounts_and_the_raw_driver_need_the_operators_permission() {
     wait_labels(&h, |l| {
         l.get(LABEL_ALLOW_HOST_PATHS).map(String::as_str) == Some("true")
             && !l.contains_key(LABEL_ALLOW_RAW_EXEC)
-            && l.contains_key("loom.dev/arch")
+            && l.contains_key(LABEL_ARCH)
     })
     .await;
 
@@ -189,7 +189,7 @@ async fn host_mounts_and_the_raw_driver_need_the_operators_permission() {
     wait_labels(&h, |l| {
         l.get(LABEL_ALLOW_RAW_EXEC).map(String::as_str) == Some("true")
             && !l.contains_key(LABEL_ALLOW_HOST_PATHS)
-            && l.contains_key("loom.dev/arch")
+            && l.contains_key(LABEL_ARCH)
     })
     .await;
     h.create(json!({"metadata": {"name": "raw-allowed"}, "spec": {

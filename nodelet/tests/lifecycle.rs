@@ -8,6 +8,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use api_types::well_known::{LABEL_ARCH, LABEL_HOSTNAME, LABEL_KERNEL, LABEL_OS};
 use api_types::{Lease, Node};
 use client::{Api, Client};
 use nodelet::{FakeDriver, FakeOutcome};
@@ -36,12 +37,7 @@ async fn the_node_registers_with_capacity_labels_taints_and_a_lease() {
     };
     let labels = &node.metadata.labels;
     assert_eq!(labels["zone"], "a");
-    for key in [
-        "loom.dev/arch",
-        "loom.dev/os",
-        "loom.dev/kernel",
-        "loom.dev/hostname",
-    ] {
+    for key in [LABEL_ARCH, LABEL_OS, LABEL_KERNEL, LABEL_HOSTNAME] {
         assert!(labels.contains_key(key), "{key} missing: {labels:?}");
     }
     assert_eq!(node.spec.taints.len(), 1);
@@ -54,7 +50,10 @@ async fn the_node_registers_with_capacity_labels_taints_and_a_lease() {
         );
     }
     assert!(status.nodelet_endpoint.starts_with("http://127.0.0.1:"));
-    let leases: Api<Lease> = Api::namespaced(h.client.clone(), nodelet::node::LEASE_NAMESPACE);
+    let leases: Api<Lease> = Api::namespaced(
+        h.client.clone(),
+        api_types::well_known::NODE_LEASE_NAMESPACE,
+    );
     let lease = leases.get(&h.name).await.unwrap();
     assert_eq!(lease.spec.holder_identity.as_deref(), Some(h.name.as_str()));
     assert!(lease.spec.renew_time.is_some());

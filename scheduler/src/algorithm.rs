@@ -256,7 +256,7 @@ mod tests {
                     let mut t = task("t", "100m", "100Mi");
                     t.metadata
                         .labels
-                        .insert("loom.dev/job".into(), "train".into());
+                        .insert(api_types::well_known::LABEL_JOB.into(), "train".into());
                     t
                 },
                 want: Ok("b"),
@@ -276,7 +276,7 @@ mod tests {
                 t.spec.resources.ports = vec![8080];
                 t.metadata
                     .labels
-                    .insert("loom.dev/job".into(), "train".into());
+                    .insert(api_types::well_known::LABEL_JOB.into(), "train".into());
                 cache.upsert_task(Arc::new(t));
             }
             let mut algorithm = Algorithm::new(Sampling::default());

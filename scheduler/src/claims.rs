@@ -8,13 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use api_types::well_known::ANNOTATION_CLAIMS;
 use api_types::{Node, Task, TaskSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::resources::{Resources, TaskInfo};
-
-/// The node annotation holding recent claims.
-pub const ANNOTATION: &str = "loom.dev/claims";
 
 /// How long a claim stays on the node.
 pub const CLAIM_TTL: Duration = Duration::from_secs(30);
@@ -99,7 +97,7 @@ impl Claim {
 pub fn read(node: &Node) -> Vec<Claim> {
     node.metadata
         .annotations
-        .get(ANNOTATION)
+        .get(ANNOTATION_CLAIMS)
         .and_then(|v| serde_json::from_str(v).ok())
         .unwrap_or_default()
 }
@@ -107,7 +105,7 @@ pub fn read(node: &Node) -> Vec<Claim> {
 /// Records `claims` in `annotations`.
 pub fn write(annotations: &mut BTreeMap<String, String>, claims: &[Claim]) {
     annotations.insert(
-        ANNOTATION.to_owned(),
+        ANNOTATION_CLAIMS.to_owned(),
         serde_json::to_string(claims).unwrap_or_default(),
     );
 }

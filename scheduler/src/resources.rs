@@ -262,6 +262,7 @@ impl NodeInfo {
 #[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
     use super::*;
+    use api_types::well_known::LABEL_JOB;
     use api_types::{NodeStatus, TaskSpec};
 
     pub(crate) fn node(name: &str, cpu: &str, memory: &str) -> Node {
@@ -298,18 +299,18 @@ pub(crate) mod tests {
         assert_eq!(info.allocatable.memory, 4 << 30);
         let mut a = task("a", "500m", "1Gi");
         a.spec.resources.ports = vec![80];
-        a.metadata.labels.insert("loom.dev/job".into(), "j".into());
+        a.metadata.labels.insert(LABEL_JOB.into(), "j".into());
         info.add_task(&a);
         info.add_task(&a);
-        assert_eq!(info.tasks_of("loom.dev/job", "j"), 1);
-        assert_eq!(info.tasks_of("loom.dev/job", "k"), 0);
+        assert_eq!(info.tasks_of(LABEL_JOB, "j"), 1);
+        assert_eq!(info.tasks_of(LABEL_JOB, "k"), 0);
         assert_eq!(
             info.requested.cpu_milli, 500,
             "a task placed twice counts once"
         );
         assert!(info.ports.contains_key(&80));
         info.remove_task(&a);
-        assert_eq!(info.tasks_of("loom.dev/job", "j"), 0);
+        assert_eq!(info.tasks_of(LABEL_JOB, "j"), 0);
         assert_eq!(info.requested, Resources::default());
         assert!(info.ports.is_empty());
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use api_types::event::{EventSource, EventType};
+use api_types::well_known::REASON_PREEMPTED;
 use api_types::{
     Condition, ConditionStatus, Event, Node, ObjectMeta, ObjectReference, Task, TaskPhase,
 };
@@ -704,7 +705,7 @@ async fn evict(shared: &Shared, preemptor: &TaskInfo, plan: &preempt::Plan) {
             "metadata": {"resourceVersion": meta.resource_version},
             "status": {
                 "phase": TaskPhase::Killed,
-                "reason": "Preempted",
+                "reason": REASON_PREEMPTED,
                 "message": message,
                 "finishTime": Utc::now(),
             }
@@ -723,7 +724,7 @@ async fn evict(shared: &Shared, preemptor: &TaskInfo, plan: &preempt::Plan) {
             .publish(
                 &ObjectReference::to(&*victim.task),
                 EventType::Normal,
-                "Preempted",
+                REASON_PREEMPTED,
                 &message,
             )
             .await

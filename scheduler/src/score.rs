@@ -5,6 +5,8 @@
 //! which spreads load convexly. Least-allocated and balanced allocation are the
 //! Kubernetes scorers; spreading keeps a job's or service's tasks apart.
 
+use api_types::well_known::{LABEL_JOB, LABEL_SERVICE};
+
 use crate::resources::{NodeInfo, Resources, TaskInfo, label_hash};
 
 /// A scorer readied for one task: scores nodes for it.
@@ -168,7 +170,7 @@ impl Weighted {
             (
                 1.0,
                 Box::new(Spread {
-                    labels: vec!["loom.dev/job".into(), "loom.dev/service".into()],
+                    labels: vec![LABEL_JOB.into(), LABEL_SERVICE.into()],
                 }),
             ),
         ])
@@ -289,15 +291,15 @@ mod tests {
         sibling
             .metadata
             .labels
-            .insert("loom.dev/job".into(), "train".into());
+            .insert(LABEL_JOB.into(), "train".into());
         info.add_task(&sibling);
         let spread = Spread {
-            labels: vec!["loom.dev/job".into()],
+            labels: vec![LABEL_JOB.into()],
         };
         let mut next = plain_task("next", "1m", "1Mi");
         next.metadata
             .labels
-            .insert("loom.dev/job".into(), "train".into());
+            .insert(LABEL_JOB.into(), "train".into());
         assert!((spread.score(&info, &weigh(next)) - 50.0).abs() < 1e-9);
         assert!((spread.score(&info, &task("other", "1m", "1Mi")) - 100.0).abs() < 1e-9);
         assert!(LeastAllocated.score(&info, &task("small", "1m", "1Mi")) > 99.0);

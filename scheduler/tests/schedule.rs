@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use api_types::well_known::REASON_PREEMPTED;
 use api_types::{Node, Task};
 use apiserver::testing::TestServer;
 use client::{Api, Client, ListParams, PostParams};
@@ -367,7 +368,7 @@ async fn a_high_priority_task_preempts_the_cheapest_victims() {
     let victim = killed[0];
     assert!(victim.metadata.name.starts_with("low"));
     let status = victim.status.as_ref().unwrap();
-    assert_eq!(status.reason, "Preempted");
+    assert_eq!(status.reason, REASON_PREEMPTED);
     assert!(
         status.message.contains("default/urgent"),
         "{}",
@@ -392,7 +393,7 @@ async fn a_high_priority_task_preempts_the_cheapest_victims() {
         async move {
             let (all, _) = events.list_all(&ListParams::default()).await.unwrap();
             all.into_iter()
-                .find(|e| e.involved_object.name == name && e.reason == "Preempted")
+                .find(|e| e.involved_object.name == name && e.reason == REASON_PREEMPTED)
                 .map(|e| e.message)
         }
     })
