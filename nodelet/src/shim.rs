@@ -206,10 +206,15 @@ fn start_container(
     spec: &RunSpec,
     output: OwnedFd,
 ) -> Result<(i32, Running), StartError> {
+    const REASON: &str = "ContainerCreateFailed";
     let image = spec
         .image_rootfs
         .as_ref()
         .ok_or(("ImageNotFound", "the task has no image".to_owned()))?;
+    // Its network namespace is made, and its `lo` brought up, on a thread while
+    // the root is mounted and libcontainer builds the container.
+    let netns = NetNamespace::start()
+        .map_err(|e| (REASON, format!("cannot make a network namespace: {e}")))?;
     let rootfs = dir.0.join("rootfs");
     let upper = dir.0.join("upper");
     let work = dir.0.join("work");
@@ -223,7 +228,7 @@ fn start_container(
             format!("cannot mount the root: {e}"),
         )
     })?;
-    create(dir, spec, output, rootfs, "ContainerCreateFailed")
+    create(dir, spec, output, rootfs, Some(netns), REASON)
 }
 
 /// Starts the confined exec driver's process: a libcontainer container over a
@@ -267,7 +272,7 @@ fn start_confined(
             format!("cannot bind the host's root read-only: {e}"),
         )
     })?;
-    create(dir, spec, output, rootfs, REASON)
+    create(dir, spec, output, rootfs, None, REASON)
 }
 
 /// Gives the shim a mount namespace of its own that receives the host's mount
@@ -361,13 +366,20 @@ fn create(
     spec: &RunSpec,
     output: OwnedFd,
     rootfs: PathBuf,
+    netns: Option<NetNamespace>,
     reason: &'static str,
 ) -> Result<(i32, Running), StartError> {
     use libcontainer::container::builder::ContainerBuilder;
     use libcontainer::syscall::syscall::SyscallType;
 
     let result = (|| {
-        let config = crate::spec::runtime_spec(spec).map_err(|e| (reason, e))?;
+        let mut config = crate::spec::runtime_spec(spec).map_err(|e| (reason, e))?;
+        if let Some(netns) = &netns {
+            let path = netns
+                .made()
+                .map_err(|e| (reason, format!("cannot make a network namespace: {e}")))?;
+            join_network(&mut config, &path);
+        }
         config
             .save(dir.0.join("config.json"))
             .map_err(|e| (reason, format!("cannot write config.json: {e}")))?;
@@ -400,8 +412,10 @@ fn create(
             Cgroup::new(&spec.cgroup_path)
                 .deny_extra_devices()
                 .map_err(|e| format!("cannot restrict its devices: {e}"))?;
-            if spec.driver == DriverKind::Container {
-                loopback_up(pid).map_err(|e| format!("cannot bring lo up: {e}"))?;
+            if let Some(netns) = netns {
+                netns
+                    .finish()
+                    .map_err(|e| format!("cannot bring lo up: {e}"))?;
             }
             container
                 .start()
@@ -484,43 +498,124 @@ fn cstring(path: &Path) -> std::io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)
 }
 
-/// Brings `lo` up in the network namespace of `pid` (a new namespace has it down),
-/// from a thread: setns on a network namespace changes only the calling thread.
-fn loopback_up(pid: i32) -> std::io::Result<()> {
-    let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    std::thread::spawn(move || -> std::io::Result<()> {
-        // SAFETY: setns with a namespace descriptor; affects only this thread, which
-        // exits right after.
-        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+/// A network namespace made for one container by a thread of the shim's, which
+/// brings its `lo` up (a new namespace has it down) while libcontainer builds the
+/// container; the container joins it through the thread's `/proc` path. Making
+/// a network namespace and bringing an interface up are a few milliseconds of
+/// kernel work that this takes off a task's start.
+///
+/// The thread holds the namespace until [`NetNamespace::finish`], by which time
+/// the container's process is in it. While libcontainer forks, the thread only
+/// makes system calls and waits on channels made before: nothing it does takes a
+/// lock a forked child could need.
+struct NetNamespace {
+    /// The thread's id once it is in its new namespace.
+    made: std::sync::mpsc::Receiver<std::io::Result<i32>>,
+    /// Whether `lo` came up.
+    up: std::sync::mpsc::Receiver<std::io::Result<()>>,
+    /// Dropped to let the thread end.
+    release: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NetNamespace {
+    /// Starts the thread.
+    fn start() -> std::io::Result<Self> {
+        use std::sync::mpsc::sync_channel;
+        let (made_tx, made) = sync_channel(1);
+        let (up_tx, up) = sync_channel(1);
+        let (release, released) = sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("netns".to_owned())
+            .spawn(move || {
+                // SAFETY: unsharing the network namespace changes only this
+                // thread's.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    let _ = made_tx.send(Err(std::io::Error::last_os_error()));
+                    return;
+                }
+                // SAFETY: gettid has no preconditions.
+                let _ = made_tx.send(Ok(unsafe { libc::gettid() }));
+                let _ = up_tx.send(loopback_up());
+                let _ = released.recv();
+            })?;
+        Ok(NetNamespace {
+            made,
+            up,
+            release: Some(release),
+            thread: Some(thread),
+        })
+    }
+
+    /// Waits for the namespace and returns its path, `/proc/PID/task/TID/ns/net`
+    /// (valid while the thread lives).
+    fn made(&self) -> std::io::Result<PathBuf> {
+        let tid = self
+            .made
+            .recv()
+            .map_err(|_| std::io::Error::other("the namespace thread ended"))??;
+        Ok(PathBuf::from(format!(
+            "/proc/{}/task/{tid}/ns/net",
+            std::process::id()
+        )))
+    }
+
+    /// Waits for `lo` and lets the thread go (the container holds the namespace
+    /// now).
+    fn finish(self) -> std::io::Result<()> {
+        self.up
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread ended")))
+    }
+}
+
+impl Drop for NetNamespace {
+    fn drop(&mut self) {
+        self.release.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Makes the container of `config` join the network namespace at `path`.
+fn join_network(config: &mut oci_spec::runtime::Spec, path: &Path) {
+    let namespaces = config
+        .linux_mut()
+        .as_mut()
+        .and_then(|linux| linux.namespaces_mut().as_mut());
+    for namespace in namespaces.into_iter().flatten() {
+        if namespace.typ() == oci_spec::runtime::LinuxNamespaceType::Network {
+            namespace.set_path(Some(path.to_owned()));
+        }
+    }
+}
+
+/// Brings `lo` up in the calling thread's network namespace.
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: a plain datagram socket used only for the interface ioctls.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if socket < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the socket was just created and is owned here.
+    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: the ioctls read and write the ifreq we own.
+    unsafe {
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        // SAFETY: a plain datagram socket used only for the interface ioctls.
-        let socket =
-            unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if socket < 0 {
+        request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        // SAFETY: the socket was just created and is owned here.
-        let socket = unsafe { OwnedFd::from_raw_fd(socket) };
-        // SAFETY: ifreq is plain old data; zeroed is a valid value.
-        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
-            *slot = *byte as libc::c_char;
-        }
-        // SAFETY: the ioctls read and write the ifreq we own.
-        unsafe {
-            if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(())
-    })
-    .join()
-    .map_err(|_| std::io::Error::other("the loopback thread panicked"))?
+    }
+    Ok(())
 }
 
 /// Starts the `raw` driver's process: unconfined, as root on the host, in its
