@@ -175,15 +175,18 @@ enum Local {
         last: u32,
         not_before: Option<tokio::time::Instant>,
     },
-    /// Run `n` runs.
-    Running {
-        n: u32,
-        started: Started,
-        exit: oneshot::Receiver<ExitRecord>,
-        stop: Option<Stopping>,
-    },
+    /// A run runs.
+    Running(Running),
     /// Run `n` ended; its end is not reported yet.
     Exited { n: u32, record: ExitRecord },
+}
+
+/// Run `n`, running.
+struct Running {
+    n: u32,
+    started: Started,
+    exit: oneshot::Receiver<ExitRecord>,
+    stop: Option<Stopping>,
 }
 
 struct Stopping {
@@ -232,8 +235,7 @@ pub async fn drive(ctx: Arc<Ctx>, uid: String, mut updates: watch::Receiver<Opti
                 written = None;
             }
         }
-        if shutting_down
-            && (!ctx.config.stop_tasks_on_exit || !matches!(local, Local::Running { .. }))
+        if shutting_down && (!ctx.config.stop_tasks_on_exit || !matches!(local, Local::Running(_)))
         {
             // Left running (adopted by the next nodelet), or stopped and reported.
             return;
@@ -247,7 +249,7 @@ pub async fn drive(ctx: Arc<Ctx>, uid: String, mut updates: watch::Receiver<Opti
         };
         let exited = async {
             match &mut local {
-                Local::Running { exit, .. } => exit.await.ok(),
+                Local::Running(running) => (&mut running.exit).await.ok(),
                 _ => std::future::pending().await,
             }
         };
@@ -261,7 +263,7 @@ pub async fn drive(ctx: Arc<Ctx>, uid: String, mut updates: watch::Receiver<Opti
                 }
             }
             record = exited => {
-                if let Local::Running { n, .. } = local {
+                if let Local::Running(Running { n, .. }) = local {
                     let record = record.unwrap_or_else(|| ctx.driver.find(&run_dir(&dir, n)).exit_or_lost());
                     ctx.metrics.running.dec();
                     local = Local::Exited { n, record };
@@ -307,7 +309,7 @@ fn recover(ctx: &Ctx, dir: &Path) -> Local {
         Found::Running(started) => {
             ctx.metrics.running.inc();
             info!(dir = %run.0.display(), pid = started.pid, "adopting a running task");
-            Local::Running {
+            Local::Running(Running {
                 n,
                 started,
                 exit: spawn_wait(ctx, run.clone()),
@@ -318,7 +320,7 @@ fn recover(ctx: &Ctx, dir: &Path) -> Local {
                             .saturating_sub((Utc::now() - s.at).to_std().unwrap_or_default()),
                     killed: false,
                 }),
-            }
+            })
         }
         Found::Exited(record) => Local::Exited { n, record },
         Found::NotStarted => Local::Idle {
@@ -406,6 +408,12 @@ fn time_limit_at(task: Option<&Task>, started: &Started) -> Option<tokio::time::
     Some(tokio::time::Instant::now() + left)
 }
 
+/// What a state's step decided: what the actor does next, and the task's next
+/// local state when it changes.
+type Transition = (Step, Option<Local>);
+
+/// One step of a task's state machine: what its local state and the API's view of
+/// it call for now. One function per local state.
 async fn step(
     ctx: &Ctx,
     dir: &Path,
@@ -413,279 +421,359 @@ async fn step(
     local: &mut Local,
     shutting_down: bool,
 ) -> Result<Step, client::Error> {
-    match local {
-        Local::Running {
-            n,
-            started,
-            stop,
-            exit,
-        } => {
-            let n = *n;
-            // A short run may be over before its start is reported: report the
-            // end alone.
-            if stop.is_none()
-                && let Ok(record) = exit.try_recv()
-            {
-                ctx.metrics.running.dec();
-                *local = Local::Exited { n, record };
-                return Ok(Step::Again);
-            }
-            let run = run_dir(dir, n);
-            if let Some(stopping) = stop.as_mut() {
-                if !stopping.killed && tokio::time::Instant::now() >= stopping.kill_at {
-                    info!(run = %run.0.display(), "grace period over: SIGKILL");
-                    ctx.driver.signal(&run, libc::SIGKILL);
-                    stopping.killed = true;
-                }
-                let next = (!stopping.killed).then_some(stopping.kill_at);
-                return Ok(Step::Wait(
-                    next.or(Some(tokio::time::Instant::now() + Duration::from_secs(1))),
-                ));
-            }
-            if let Some((reason, message)) = stop_reason(&ctx.config, task, started, shutting_down)
-            {
-                let record = StopRecord {
-                    reason: reason.clone(),
-                    message,
-                    at: Utc::now(),
-                };
-                if let Ok(bytes) = serde_json::to_vec(&record) {
-                    let _ = write_replace(&run.0.join("stop.json"), &bytes);
-                }
-                let grace = grace(&ctx.config, task, &run);
-                info!(run = %run.0.display(), %reason, ?grace, "stopping: SIGTERM");
-                ctx.driver.signal(&run, libc::SIGTERM);
-                *stop = Some(Stopping {
-                    kill_at: tokio::time::Instant::now() + grace,
-                    killed: false,
-                });
-                return Ok(Step::Again);
-            }
-            let Some(task) = task else {
-                return Ok(Step::Wait(None));
-            };
-            // Say it runs (again, if an earlier write failed).
-            let status = task.status.clone().unwrap_or_default();
-            if status.phase != TaskPhase::Running
-                || restarts_of(task) != n - 1
-                || !status.reason.is_empty()
-                || status.start_time.is_none()
-            {
-                let start_time = status.start_time.unwrap_or(started.started_at);
-                let patch = json!({
-                    "phase": "Running",
-                    "reason": "",
-                    "message": "",
-                    "startTime": start_time,
-                    "restartCount": n - 1,
-                    "nodeName": ctx.config.name,
-                    "logPath": ctx.log_path(task),
-                });
-                let written = write_status(ctx, task, patch).await?;
-                return Ok(Step::Wrote(Box::new(written)));
-            }
-            Ok(Step::Wait(time_limit_at(Some(task), started)))
-        }
+    let (step, next) = match local {
+        Local::Running(running) => step_running(ctx, dir, task, running, shutting_down).await?,
         Local::Exited { n, record } => {
-            let n = *n;
-            let Some(task) = task else {
-                *local = Local::Idle {
-                    last: n,
-                    not_before: None,
-                };
-                return Ok(Step::Again);
-            };
-            let phase = phase_of(task);
-            if phase.is_terminal() {
-                // Someone else ended it (a kill, preemption, node loss): fill in
-                // the end if they did not.
-                let status = task.status.clone().unwrap_or_default();
-                if status.finish_time.is_none() && restarts_of(task) == n - 1 {
-                    let patch = json!({
-                        "finishTime": record.finished_at.unwrap_or_else(Utc::now),
-                        "exitCode": record.exit_code,
-                    });
-                    let written = write_status(ctx, task, patch).await?;
-                    *local = Local::Idle {
-                        last: n,
-                        not_before: None,
-                    };
-                    return Ok(Step::Wrote(Box::new(written)));
-                }
-                *local = Local::Idle {
-                    last: n,
-                    not_before: None,
-                };
-                return Ok(Step::Again);
-            }
-            if restarts_of(task) >= n {
-                // Its end was reported and a restart decided before.
-                *local = Local::Idle {
-                    last: n,
-                    not_before: Some(restart_at(&ctx.config, record, n)),
-                };
-                return Ok(Step::Again);
-            }
-            let run = run_dir(dir, n);
-            let stopped = read_stop(&run);
-            let policy = task.spec.restart_policy.unwrap_or_default();
-            let finish = record.finished_at.unwrap_or_else(Utc::now);
-            let (terminal, reason, message) = match (&stopped, &record.error) {
-                (Some(stop), _) => (
-                    Some(TaskPhase::Killed),
-                    stop.reason.clone(),
-                    stop.message.clone(),
-                ),
-                (None, Some(error)) => (
-                    Some(TaskPhase::Failed),
-                    record
-                        .reason
-                        .clone()
-                        .unwrap_or_else(|| "StartFailed".into()),
-                    error.clone(),
-                ),
-                (None, None) => {
-                    let code = record.exit_code.unwrap_or(-1);
-                    let reason = if record.oom_killed {
-                        "OOMKilled".to_owned()
-                    } else if code == 0 {
-                        "Completed".to_owned()
-                    } else {
-                        "Error".to_owned()
-                    };
-                    let message = match record.signal {
-                        Some(signal) => format!("killed by signal {signal}"),
-                        None => format!("exited with code {code}"),
-                    };
-                    let restart = match policy {
-                        RestartPolicy::Always => true,
-                        RestartPolicy::OnFailure => code != 0,
-                        RestartPolicy::Never => false,
-                    };
-                    if restart && !shutting_down {
-                        (None, reason, message)
-                    } else if code == 0 {
-                        (Some(TaskPhase::Completed), String::new(), message)
-                    } else {
-                        (Some(TaskPhase::Failed), reason, message)
-                    }
-                }
-            };
-            let patch = match terminal {
-                Some(phase) => json!({
-                    "phase": phase,
-                    "reason": reason,
-                    "message": message,
-                    "exitCode": record.exit_code,
-                    "finishTime": finish,
-                    "startTime": task.status.as_ref().and_then(|s| s.start_time).or(record.started_at),
-                    "restartCount": n - 1,
-                    "nodeName": ctx.config.name,
-                    "logPath": ctx.log_path(task),
-                }),
-                None => {
-                    let delay = backoff(&ctx.config, n);
-                    json!({
-                        "phase": "Running",
-                        "reason": "BackOff",
-                        "message": format!("{message} ({reason}); restarting in {}s", delay.as_secs_f64()),
-                        "exitCode": record.exit_code,
-                        "restartCount": n,
-                    })
-                }
-            };
-            let written = write_status(ctx, task, patch).await?;
-            ctx.metrics
-                .runs_ended
-                .get_or_create(&crate::metrics::EndLabels {
-                    phase: terminal.map_or("Running", |p| p.as_str()).to_owned(),
-                    reason: reason.clone(),
-                })
-                .inc();
-            // Events for what a user must look at: failures, kills, restarts (a
-            // completion is in the status; an event for each would double the
-            // writes of a batch job).
-            match terminal {
-                Some(TaskPhase::Completed) => {}
-                Some(phase) => {
-                    let event_reason = if reason.is_empty() {
-                        phase.to_string()
-                    } else {
-                        reason.clone()
-                    };
-                    let _ = ctx
-                        .recorder
-                        .publish(
-                            &ObjectReference::to(task),
-                            EventType::Warning,
-                            &event_reason,
-                            &message,
-                        )
-                        .await;
-                }
-                None => {
-                    let _ = ctx
-                        .recorder
-                        .publish(
-                            &ObjectReference::to(task),
-                            EventType::Warning,
-                            "BackOff",
-                            &format!("{message}: restarting"),
-                        )
-                        .await;
-                }
-            }
-            *local = Local::Idle {
-                last: n,
-                not_before: Some(restart_at(&ctx.config, record, n)),
-            };
-            Ok(Step::Wrote(Box::new(written)))
+            step_exited(ctx, dir, task, *n, record, shutting_down).await?
         }
         Local::Idle { last, not_before } => {
-            let last = *last;
-            let Some(task) = task else {
-                cleanup(ctx, dir);
-                return Ok(Step::Done);
-            };
-            let phase = phase_of(task);
-            if task.metadata.deletion_timestamp.is_some() {
-                if !phase.is_terminal() {
-                    let written = write_status(
-                        ctx,
-                        task,
-                        json!({"phase": "Killed", "reason": "Deleted", "message": "the task was deleted", "finishTime": Utc::now()}),
-                    )
-                    .await?;
-                    return Ok(Step::Wrote(Box::new(written)));
-                }
-                return Ok(Step::Wait(None));
-            }
-            if phase.is_terminal() || shutting_down {
-                return Ok(Step::Wait(None));
-            }
-            if let Some(at) = *not_before
-                && tokio::time::Instant::now() < at
-            {
-                return Ok(Step::Wait(Some(at)));
-            }
-            let n = last + 1;
-            match start(ctx, dir, task, n).await {
-                Ok(started) => {
-                    let run = run_dir(dir, n);
-                    *local = Local::Running {
-                        n,
-                        started,
-                        exit: spawn_wait(ctx, run),
-                        stop: None,
-                    };
-                }
-                Err(record) => {
-                    *local = Local::Exited { n, record };
-                }
-            }
-            Ok(Step::Again)
+            step_idle(ctx, dir, task, *last, *not_before, shutting_down).await?
+        }
+    };
+    if let Some(next) = next {
+        *local = next;
+    }
+    Ok(step)
+}
+
+/// Run `n` runs: notice its end, finish a stop in progress, start a stop the task
+/// calls for, or report that it runs.
+async fn step_running(
+    ctx: &Ctx,
+    dir: &Path,
+    task: Option<&Task>,
+    running: &mut Running,
+    shutting_down: bool,
+) -> Result<Transition, client::Error> {
+    let n = running.n;
+    // A short run may be over before its start is reported: report the end alone.
+    if running.stop.is_none()
+        && let Ok(record) = running.exit.try_recv()
+    {
+        ctx.metrics.running.dec();
+        return Ok((Step::Again, Some(Local::Exited { n, record })));
+    }
+    let run = run_dir(dir, n);
+    if let Some(stopping) = running.stop.as_mut() {
+        return Ok((Step::Wait(escalate_stop(ctx, &run, stopping)), None));
+    }
+    if let Some((reason, message)) = stop_reason(&ctx.config, task, &running.started, shutting_down)
+    {
+        running.stop = Some(begin_stop(ctx, task, &run, reason, message));
+        return Ok((Step::Again, None));
+    }
+    let Some(task) = task else {
+        return Ok((Step::Wait(None), None));
+    };
+    if let Some(written) = report_running(ctx, task, n, &running.started).await? {
+        return Ok((Step::Wrote(Box::new(written)), None));
+    }
+    Ok((
+        Step::Wait(time_limit_at(Some(task), &running.started)),
+        None,
+    ))
+}
+
+/// A stop in progress: SIGKILL once the grace period is over. Returns when to look
+/// again.
+fn escalate_stop(ctx: &Ctx, run: &RunDir, stopping: &mut Stopping) -> Option<tokio::time::Instant> {
+    if !stopping.killed && tokio::time::Instant::now() >= stopping.kill_at {
+        info!(run = %run.0.display(), "grace period over: SIGKILL");
+        ctx.driver.signal(run, libc::SIGKILL);
+        stopping.killed = true;
+    }
+    let next = (!stopping.killed).then_some(stopping.kill_at);
+    next.or(Some(tokio::time::Instant::now() + Duration::from_secs(1)))
+}
+
+/// Starts stopping a run: records why (so the end is reported as a kill, even
+/// after a nodelet restart) and sends SIGTERM.
+fn begin_stop(
+    ctx: &Ctx,
+    task: Option<&Task>,
+    run: &RunDir,
+    reason: String,
+    message: String,
+) -> Stopping {
+    let record = StopRecord {
+        reason: reason.clone(),
+        message,
+        at: Utc::now(),
+    };
+    if let Ok(bytes) = serde_json::to_vec(&record) {
+        let _ = write_replace(&run.0.join("stop.json"), &bytes);
+    }
+    let grace = grace(&ctx.config, task, run);
+    info!(run = %run.0.display(), %reason, ?grace, "stopping: SIGTERM");
+    ctx.driver.signal(run, libc::SIGTERM);
+    Stopping {
+        kill_at: tokio::time::Instant::now() + grace,
+        killed: false,
+    }
+}
+
+/// Says that run `n` runs (again, if an earlier write failed); `None` when the
+/// status already says so.
+async fn report_running(
+    ctx: &Ctx,
+    task: &Task,
+    n: u32,
+    started: &Started,
+) -> Result<Option<Task>, client::Error> {
+    let status = task.status.clone().unwrap_or_default();
+    if status.phase == TaskPhase::Running
+        && restarts_of(task) == n - 1
+        && status.reason.is_empty()
+        && status.start_time.is_some()
+    {
+        return Ok(None);
+    }
+    let start_time = status.start_time.unwrap_or(started.started_at);
+    let patch = json!({
+        "phase": "Running",
+        "reason": "",
+        "message": "",
+        "startTime": start_time,
+        "restartCount": n - 1,
+        "nodeName": ctx.config.name,
+        "logPath": ctx.log_path(task),
+    });
+    write_status(ctx, task, patch).await.map(Some)
+}
+
+/// Run `n` ended and its end is not reported yet: report it, and decide whether
+/// the task ends or restarts after a backoff.
+async fn step_exited(
+    ctx: &Ctx,
+    dir: &Path,
+    task: Option<&Task>,
+    n: u32,
+    record: &ExitRecord,
+    shutting_down: bool,
+) -> Result<Transition, client::Error> {
+    let idle = |not_before| {
+        Some(Local::Idle {
+            last: n,
+            not_before,
+        })
+    };
+    let Some(task) = task else {
+        return Ok((Step::Again, idle(None)));
+    };
+    if phase_of(task).is_terminal() {
+        // Someone else ended it (a kill, preemption, node loss): fill in the end if
+        // they did not.
+        let step = match fill_in_end(ctx, task, n, record).await? {
+            Some(written) => Step::Wrote(Box::new(written)),
+            None => Step::Again,
+        };
+        return Ok((step, idle(None)));
+    }
+    if restarts_of(task) >= n {
+        // Its end was reported and a restart decided before.
+        let not_before = restart_at(&ctx.config, record, n);
+        return Ok((Step::Again, idle(Some(not_before))));
+    }
+    let end = RunEnd::of(
+        record,
+        read_stop(&run_dir(dir, n)).as_ref(),
+        task.spec.restart_policy.unwrap_or_default(),
+        shutting_down,
+    );
+    let written = write_status(ctx, task, end.patch(ctx, task, n, record)).await?;
+    end.record(ctx, task).await;
+    let not_before = restart_at(&ctx.config, record, n);
+    Ok((Step::Wrote(Box::new(written)), idle(Some(not_before))))
+}
+
+/// The end of run `n` of a task someone else ended: its finish time and exit code,
+/// if the status lacks them. `None` when there is nothing to fill in.
+async fn fill_in_end(
+    ctx: &Ctx,
+    task: &Task,
+    n: u32,
+    record: &ExitRecord,
+) -> Result<Option<Task>, client::Error> {
+    let status = task.status.clone().unwrap_or_default();
+    if status.finish_time.is_some() || restarts_of(task) != n - 1 {
+        return Ok(None);
+    }
+    let patch = json!({
+        "finishTime": record.finished_at.unwrap_or_else(Utc::now),
+        "exitCode": record.exit_code,
+    });
+    write_status(ctx, task, patch).await.map(Some)
+}
+
+/// How a run ended, as the task's status reports it.
+struct RunEnd {
+    /// The phase the task ends in, or `None` when it restarts.
+    terminal: Option<TaskPhase>,
+    reason: String,
+    message: String,
+}
+
+impl RunEnd {
+    /// Classifies a run's end: stopped by this node (Killed), could not start
+    /// (Failed), or exited, then ending or restarting by the restart policy (a
+    /// node shutting down restarts nothing).
+    fn of(
+        record: &ExitRecord,
+        stopped: Option<&StopRecord>,
+        policy: RestartPolicy,
+        shutting_down: bool,
+    ) -> RunEnd {
+        let end = |terminal, reason, message| RunEnd {
+            terminal,
+            reason,
+            message,
+        };
+        if let Some(stop) = stopped {
+            return end(
+                Some(TaskPhase::Killed),
+                stop.reason.clone(),
+                stop.message.clone(),
+            );
+        }
+        if let Some(error) = &record.error {
+            let reason = record
+                .reason
+                .clone()
+                .unwrap_or_else(|| "StartFailed".into());
+            return end(Some(TaskPhase::Failed), reason, error.clone());
+        }
+        let code = record.exit_code.unwrap_or(-1);
+        let reason = if record.oom_killed {
+            "OOMKilled".to_owned()
+        } else if code == 0 {
+            "Completed".to_owned()
+        } else {
+            "Error".to_owned()
+        };
+        let message = match record.signal {
+            Some(signal) => format!("killed by signal {signal}"),
+            None => format!("exited with code {code}"),
+        };
+        let restart = match policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => code != 0,
+            RestartPolicy::Never => false,
+        };
+        if restart && !shutting_down {
+            end(None, reason, message)
+        } else if code == 0 {
+            end(Some(TaskPhase::Completed), String::new(), message)
+        } else {
+            end(Some(TaskPhase::Failed), reason, message)
         }
     }
+
+    /// The status patch that reports this end of run `n`.
+    fn patch(&self, ctx: &Ctx, task: &Task, n: u32, record: &ExitRecord) -> Value {
+        let (reason, message) = (&self.reason, &self.message);
+        match self.terminal {
+            Some(phase) => json!({
+                "phase": phase,
+                "reason": reason,
+                "message": message,
+                "exitCode": record.exit_code,
+                "finishTime": record.finished_at.unwrap_or_else(Utc::now),
+                "startTime": task.status.as_ref().and_then(|s| s.start_time).or(record.started_at),
+                "restartCount": n - 1,
+                "nodeName": ctx.config.name,
+                "logPath": ctx.log_path(task),
+            }),
+            None => {
+                let delay = backoff(&ctx.config, n);
+                json!({
+                    "phase": "Running",
+                    "reason": "BackOff",
+                    "message": format!("{message} ({reason}); restarting in {}s", delay.as_secs_f64()),
+                    "exitCode": record.exit_code,
+                    "restartCount": n,
+                })
+            }
+        }
+    }
+
+    /// Counts the end, and publishes an Event for what a user must look at:
+    /// failures, kills, restarts (a completion is in the status; an event for each
+    /// would double the writes of a batch job).
+    async fn record(&self, ctx: &Ctx, task: &Task) {
+        ctx.metrics
+            .runs_ended
+            .get_or_create(&crate::metrics::EndLabels {
+                phase: self.terminal.map_or("Running", |p| p.as_str()).to_owned(),
+                reason: self.reason.clone(),
+            })
+            .inc();
+        let (event_reason, message) = match self.terminal {
+            Some(TaskPhase::Completed) => return,
+            Some(phase) if self.reason.is_empty() => (phase.to_string(), self.message.clone()),
+            Some(_) => (self.reason.clone(), self.message.clone()),
+            None => (
+                "BackOff".to_owned(),
+                format!("{}: restarting", self.message),
+            ),
+        };
+        let _ = ctx
+            .recorder
+            .publish(
+                &ObjectReference::to(task),
+                EventType::Warning,
+                &event_reason,
+                &message,
+            )
+            .await;
+    }
+}
+
+/// Runs `1..=last` are over: clean up after a deleted task, report a deletion,
+/// or start the next run once its backoff is over.
+async fn step_idle(
+    ctx: &Ctx,
+    dir: &Path,
+    task: Option<&Task>,
+    last: u32,
+    not_before: Option<tokio::time::Instant>,
+    shutting_down: bool,
+) -> Result<Transition, client::Error> {
+    let Some(task) = task else {
+        cleanup(ctx, dir);
+        return Ok((Step::Done, None));
+    };
+    let phase = phase_of(task);
+    if task.metadata.deletion_timestamp.is_some() {
+        if !phase.is_terminal() {
+            let written = write_status(
+                ctx,
+                task,
+                json!({"phase": "Killed", "reason": "Deleted", "message": "the task was deleted", "finishTime": Utc::now()}),
+            )
+            .await?;
+            return Ok((Step::Wrote(Box::new(written)), None));
+        }
+        return Ok((Step::Wait(None), None));
+    }
+    if phase.is_terminal() || shutting_down {
+        return Ok((Step::Wait(None), None));
+    }
+    if let Some(at) = not_before
+        && tokio::time::Instant::now() < at
+    {
+        return Ok((Step::Wait(Some(at)), None));
+    }
+    let n = last + 1;
+    let next = match start(ctx, dir, task, n).await {
+        Ok(started) => Local::Running(Running {
+            n,
+            started,
+            exit: spawn_wait(ctx, run_dir(dir, n)),
+            stop: None,
+        }),
+        Err(record) => Local::Exited { n, record },
+    };
+    Ok((Step::Again, Some(next)))
 }
 
 /// Writes a status change, conditional on the task's resourceVersion.
@@ -978,6 +1066,80 @@ pub fn on_disk(state_dir: &Path) -> HashMap<String, TaskRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_end_is_a_kill_a_failure_a_completion_or_a_restart() {
+        let exited = |code| ExitRecord {
+            exit_code: Some(code),
+            ..ExitRecord::default()
+        };
+        let of = |record: &ExitRecord, stop: Option<&StopRecord>, policy, shutting_down| {
+            let end = RunEnd::of(record, stop, policy, shutting_down);
+            (end.terminal, end.reason, end.message)
+        };
+        let stop = StopRecord {
+            reason: "Deleted".into(),
+            message: "the task was deleted".into(),
+            at: Utc::now(),
+        };
+        assert_eq!(
+            of(&exited(0), Some(&stop), RestartPolicy::Always, false),
+            (
+                Some(TaskPhase::Killed),
+                "Deleted".into(),
+                "the task was deleted".into()
+            )
+        );
+        let not_started = ExitRecord::failed("ImageNotFound", "no image x");
+        assert_eq!(
+            of(&not_started, None, RestartPolicy::Always, false),
+            (
+                Some(TaskPhase::Failed),
+                "ImageNotFound".into(),
+                "no image x".into()
+            )
+        );
+        let no_reason = ExitRecord {
+            error: Some("broken".into()),
+            ..ExitRecord::default()
+        };
+        assert_eq!(
+            of(&no_reason, None, RestartPolicy::Never, false).1,
+            "StartFailed"
+        );
+        assert_eq!(
+            of(&exited(0), None, RestartPolicy::OnFailure, false),
+            (
+                Some(TaskPhase::Completed),
+                String::new(),
+                "exited with code 0".into()
+            )
+        );
+        assert_eq!(
+            of(&exited(3), None, RestartPolicy::OnFailure, false),
+            (None, "Error".into(), "exited with code 3".into())
+        );
+        assert_eq!(of(&exited(0), None, RestartPolicy::Always, false).0, None);
+        // A node shutting down restarts nothing.
+        assert_eq!(
+            of(&exited(3), None, RestartPolicy::Always, true).0,
+            Some(TaskPhase::Failed)
+        );
+        let oom = ExitRecord {
+            exit_code: Some(137),
+            signal: Some(9),
+            oom_killed: true,
+            ..ExitRecord::default()
+        };
+        assert_eq!(
+            of(&oom, None, RestartPolicy::Never, false),
+            (
+                Some(TaskPhase::Failed),
+                "OOMKilled".into(),
+                "killed by signal 9".into()
+            )
+        );
+    }
 
     #[test]
     fn host_paths_map_mount_targets() {
