@@ -346,6 +346,10 @@ pub fn decide(
     decision
 }
 
+/// Decides a non-terminal job's phase and status, and the tasks to create and kill:
+/// killed by a user; before it starts, waiting on (or failed by) its dependencies;
+/// then, index by index, failed for good, completed, or running with the next
+/// attempts created.
 fn decide_phase(
     job: &Job,
     tasks: &[Arc<Task>],
@@ -353,246 +357,341 @@ fn decide_phase(
     cycle: Option<&[String]>,
     now: DateTime<Utc>,
 ) -> Decision {
-    let old = job.status.clone().unwrap_or_default();
-    let mut status = JobStatus {
-        phase: old.phase,
-        start_time: old.start_time.or_else(|| earliest_start(tasks)),
-        end_time: old.end_time,
-        exit_code: old.exit_code,
-        reason: String::new(),
-        message: String::new(),
-        conditions: old.conditions.clone(),
-        observed_generation: Some(job.metadata.generation),
-        ..JobStatus::default()
-    };
-    let mut decision = Decision::default();
-    let active: Vec<&Arc<Task>> = tasks.iter().filter(|t| !t.is_terminal()).collect();
-    let started = !tasks.is_empty() || old.start_time.is_some();
-
-    let finish = |decision: &mut Decision,
-                  status: &mut JobStatus,
-                  phase: JobPhase,
-                  reason: &str,
-                  message: String,
-                  kill_reason: &str,
-                  event_type: EventType| {
-        for task in &active {
-            decision
-                .kill
-                .push(((*task).clone(), kill_reason.to_owned(), message.clone()));
-        }
-        status.phase = phase;
-        status.reason = reason.to_owned();
-        status.message.clone_from(&message);
-        status.end_time = Some(now);
-        status.exit_code = Some(exit_code(tasks));
-        decision
-            .events
-            .push((event_type, reason.to_owned(), message));
-    };
-
+    let mut deciding = Deciding::new(job, tasks, now);
     if job.spec.killed {
-        finish(
-            &mut decision,
-            &mut status,
+        deciding.finish(
             JobPhase::Killed,
             "Killed",
             "killed by a user".to_owned(),
             REASON_JOB_KILLED,
             EventType::Normal,
         );
-    } else if !started && !dependencies.is_empty() {
-        let failed = dependencies.iter().find_map(|(name, d)| match d {
-            Dependency::Phase(p @ (JobPhase::Failed | JobPhase::Killed)) => Some((name, *p)),
-            _ => None,
-        });
-        let missing: Vec<&str> = dependencies
-            .iter()
-            .filter(|(_, d)| *d == Dependency::Missing)
-            .map(|(n, _)| n.as_str())
-            .collect();
-        let waiting: Vec<&str> = dependencies
-            .iter()
-            .filter(|(_, d)| matches!(d, Dependency::Phase(p) if !p.is_terminal()))
-            .map(|(n, _)| n.as_str())
-            .collect();
-        if let Some((name, phase)) = failed {
-            let verb = if phase == JobPhase::Killed {
-                "was killed"
-            } else {
-                "failed"
-            };
-            finish(
-                &mut decision,
-                &mut status,
+    } else if !deciding.started() && !dependencies.is_empty() {
+        deciding.follow_dependencies(dependencies, cycle);
+        if deciding.status.phase == JobPhase::Waiting {
+            return deciding.into_decision();
+        }
+    }
+    if !deciding.status.phase.is_terminal() {
+        deciding.follow_indexes();
+    }
+    deciding.into_decision()
+}
+
+/// A job's next status and what to do, as `decide_phase` works them out.
+struct Deciding<'a> {
+    job: &'a Job,
+    tasks: &'a [Arc<Task>],
+    now: DateTime<Utc>,
+    /// The status the job has.
+    old: JobStatus,
+    /// The status it will have.
+    status: JobStatus,
+    decision: Decision,
+}
+
+/// Where a job stands on its dependencies, before it starts.
+#[derive(Debug, PartialEq)]
+enum DependencyVerdict {
+    /// One failed or was killed: the job never runs (the message says which).
+    Failed(String),
+    /// The job waits: the reason and message say on what.
+    Wait(&'static str, String),
+    /// Every one completed.
+    Ready,
+}
+
+/// Reads the dependencies: a failed one decides, then a cycle, missing ones, and
+/// unfinished ones.
+fn dependency_verdict(
+    dependencies: &[(String, Dependency)],
+    cycle: Option<&[String]>,
+) -> DependencyVerdict {
+    let failed = dependencies.iter().find_map(|(name, d)| match d {
+        Dependency::Phase(p @ (JobPhase::Failed | JobPhase::Killed)) => Some((name, *p)),
+        _ => None,
+    });
+    if let Some((name, phase)) = failed {
+        let verb = if phase == JobPhase::Killed {
+            "was killed"
+        } else {
+            "failed"
+        };
+        return DependencyVerdict::Failed(format!("dependency {name} {verb}"));
+    }
+    let missing: Vec<&str> = dependencies
+        .iter()
+        .filter(|(_, d)| *d == Dependency::Missing)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let waiting: Vec<&str> = dependencies
+        .iter()
+        .filter(|(_, d)| matches!(d, Dependency::Phase(p) if !p.is_terminal()))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if let Some(cycle) = cycle {
+        DependencyVerdict::Wait(
+            "DependencyCycle",
+            format!("dependencies form a cycle: {}", cycle.join(" -> ")),
+        )
+    } else if !missing.is_empty() {
+        DependencyVerdict::Wait(
+            "DependencyNotFound",
+            format!("waiting for missing dependencies: {}", missing.join(", ")),
+        )
+    } else if !waiting.is_empty() {
+        DependencyVerdict::Wait(
+            "WaitingForDependencies",
+            format!("waiting for {}", waiting.join(", ")),
+        )
+    } else {
+        DependencyVerdict::Ready
+    }
+}
+
+/// Where a job's indexes stand.
+struct IndexProgress {
+    /// Indexes whose task completed.
+    done: i32,
+    /// Indexes that need a (next) attempt: index and attempt.
+    next: Vec<(i32, u32)>,
+    /// The failed task of the first index out of retries, if any.
+    exhausted: Option<Arc<Task>>,
+}
+
+impl IndexProgress {
+    fn of(job: &Job, tasks: &[Arc<Task>]) -> IndexProgress {
+        let mut by_index: BTreeMap<i32, Vec<Arc<Task>>> = BTreeMap::new();
+        for task in tasks {
+            if let Some(index) = task.spec.index {
+                by_index.entry(index).or_default().push(task.clone());
+            }
+        }
+        let mut progress = IndexProgress {
+            done: 0,
+            next: Vec::new(),
+            exhausted: None,
+        };
+        for index in 0..job.spec.replicas().max(0) {
+            let attempts = by_index.get(&index).map(Vec::as_slice).unwrap_or(&[]);
+            match index_state(attempts, job.spec.max_retries()) {
+                IndexState::Done => progress.done += 1,
+                IndexState::Active => {}
+                IndexState::Next(attempt) => progress.next.push((index, attempt)),
+                IndexState::Exhausted(task) => {
+                    progress.exhausted.get_or_insert(task);
+                }
+            }
+        }
+        progress
+    }
+}
+
+impl<'a> Deciding<'a> {
+    fn new(job: &'a Job, tasks: &'a [Arc<Task>], now: DateTime<Utc>) -> Self {
+        let old = job.status.clone().unwrap_or_default();
+        let status = JobStatus {
+            phase: old.phase,
+            start_time: old.start_time.or_else(|| earliest_start(tasks)),
+            end_time: old.end_time,
+            exit_code: old.exit_code,
+            reason: String::new(),
+            message: String::new(),
+            conditions: old.conditions.clone(),
+            observed_generation: Some(job.metadata.generation),
+            ..JobStatus::default()
+        };
+        Deciding {
+            job,
+            tasks,
+            now,
+            old,
+            status,
+            decision: Decision::default(),
+        }
+    }
+
+    /// Whether the job has started: it has tasks, or had once.
+    fn started(&self) -> bool {
+        !self.tasks.is_empty() || self.old.start_time.is_some()
+    }
+
+    fn active(&self) -> impl Iterator<Item = &'a Arc<Task>> + use<'a> {
+        self.tasks.iter().filter(|t| !t.is_terminal())
+    }
+
+    /// Ends the job in `phase`: its active tasks are killed with `kill_reason`, and
+    /// an Event says why.
+    fn finish(
+        &mut self,
+        phase: JobPhase,
+        reason: &str,
+        message: String,
+        kill_reason: &str,
+        event_type: EventType,
+    ) {
+        for task in self.active() {
+            self.decision
+                .kill
+                .push((task.clone(), kill_reason.to_owned(), message.clone()));
+        }
+        self.status.phase = phase;
+        self.status.reason = reason.to_owned();
+        self.status.message.clone_from(&message);
+        self.status.end_time = Some(self.now);
+        self.status.exit_code = Some(exit_code(self.tasks));
+        self.decision
+            .events
+            .push((event_type, reason.to_owned(), message));
+    }
+
+    /// Before the job starts: fails it if a dependency failed, makes it wait (with
+    /// an Event when the reason is new) or lets it go on as Pending.
+    fn follow_dependencies(
+        &mut self,
+        dependencies: &[(String, Dependency)],
+        cycle: Option<&[String]>,
+    ) {
+        match dependency_verdict(dependencies, cycle) {
+            DependencyVerdict::Failed(message) => {
+                self.finish(
+                    JobPhase::Failed,
+                    "DependencyFailed",
+                    message,
+                    REASON_JOB_FAILED,
+                    EventType::Warning,
+                );
+                self.status.exit_code = Some(0);
+            }
+            DependencyVerdict::Wait(reason, message) => {
+                self.status.phase = JobPhase::Waiting;
+                self.status.reason = reason.to_owned();
+                self.status.message = message;
+                if self.old.phase != JobPhase::Waiting || self.old.reason != reason {
+                    let type_ = if reason == "WaitingForDependencies" {
+                        EventType::Normal
+                    } else {
+                        EventType::Warning
+                    };
+                    self.decision.events.push((
+                        type_,
+                        reason.to_owned(),
+                        self.status.message.clone(),
+                    ));
+                }
+            }
+            DependencyVerdict::Ready => self.status.phase = JobPhase::Pending,
+        }
+    }
+
+    /// Once the job may run: fails it when an index is out of retries, completes it
+    /// when every index is done, else creates the next attempts its parallelism
+    /// has room for.
+    fn follow_indexes(&mut self) {
+        let replicas = self.job.spec.replicas().max(0);
+        let progress = IndexProgress::of(self.job, self.tasks);
+        if let Some(task) = progress.exhausted {
+            let (reason, message) = describe_failure(&task, self.job.spec.max_retries());
+            self.finish(
                 JobPhase::Failed,
-                "DependencyFailed",
-                format!("dependency {name} {verb}"),
+                &reason,
+                message,
                 REASON_JOB_FAILED,
                 EventType::Warning,
             );
-            status.exit_code = Some(0);
+        } else if progress.done == replicas {
+            self.complete(replicas);
         } else {
-            let wait = if let Some(cycle) = cycle {
-                Some((
-                    "DependencyCycle",
-                    format!("dependencies form a cycle: {}", cycle.join(" -> ")),
-                ))
-            } else if !missing.is_empty() {
-                Some((
-                    "DependencyNotFound",
-                    format!("waiting for missing dependencies: {}", missing.join(", ")),
-                ))
-            } else if !waiting.is_empty() {
-                Some((
-                    "WaitingForDependencies",
-                    format!("waiting for {}", waiting.join(", ")),
-                ))
-            } else {
-                None
-            };
-            if let Some((reason, message)) = wait {
-                status.phase = JobPhase::Waiting;
-                status.reason = reason.to_owned();
-                status.message = message;
-            } else {
-                status.phase = JobPhase::Pending;
-            }
+            self.create_next(progress.next);
+            self.mark_progress(progress.done, replicas);
         }
-        if status.phase == JobPhase::Waiting {
-            if old.phase != JobPhase::Waiting || old.reason != status.reason {
-                let type_ = if status.reason == "WaitingForDependencies" {
-                    EventType::Normal
-                } else {
-                    EventType::Warning
-                };
-                decision
-                    .events
-                    .push((type_, status.reason.clone(), status.message.clone()));
-            }
-            count(&mut status, tasks, &BTreeSet::new());
-            decision.status = status;
-            return decision;
-        }
-    }
-    if status.phase.is_terminal() {
-        let killing = decision
-            .kill
-            .iter()
-            .map(|(t, _, _)| t.metadata.name.clone())
-            .collect();
-        count(&mut status, tasks, &killing);
-        decision.status = status;
-        return decision;
     }
 
-    // Every index: done, running, needing a (next) attempt, or failed for good.
-    let replicas = job.spec.replicas().max(0);
-    let mut by_index: BTreeMap<i32, Vec<Arc<Task>>> = BTreeMap::new();
-    for task in tasks {
-        if let Some(index) = task.spec.index {
-            by_index.entry(index).or_default().push(task.clone());
-        }
+    /// Every index completed.
+    fn complete(&mut self, replicas: i32) {
+        self.status.phase = JobPhase::Completed;
+        self.status.reason = "Completed".to_owned();
+        self.status.message = format!("{replicas} of {replicas} tasks completed");
+        self.status.end_time = Some(latest_finish(self.tasks).unwrap_or(self.now));
+        self.status.exit_code = Some(0);
+        self.decision.events.push((
+            EventType::Normal,
+            "Completed".to_owned(),
+            self.status.message.clone(),
+        ));
     }
-    let mut done = 0;
-    let mut next = Vec::new();
-    let mut exhausted = None;
-    for index in 0..replicas {
-        let attempts = by_index.get(&index).map(Vec::as_slice).unwrap_or(&[]);
-        match index_state(attempts, job.spec.max_retries()) {
-            IndexState::Done => done += 1,
-            IndexState::Active => {}
-            IndexState::Next(attempt) => next.push((index, attempt)),
-            IndexState::Exhausted(task) => {
-                exhausted.get_or_insert(task);
+
+    /// Creates the next attempts, as many as parallelism has room for (at most
+    /// [`CREATES_PER_SYNC`]; `more` asks for another reconcile for the rest).
+    fn create_next(&mut self, next: Vec<(i32, u32)>) {
+        let room = usize::try_from(self.job.spec.parallelism().max(1))
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.active().count());
+        let mut retried = Vec::new();
+        self.decision.more = next.len().min(room) > CREATES_PER_SYNC;
+        for (index, attempt) in next.into_iter().take(room.min(CREATES_PER_SYNC)) {
+            let task = build_task(self.job, index, attempt);
+            if attempt > 0 {
+                retried.push(task.metadata.name.clone());
             }
+            self.decision.create.push(task);
+        }
+        if !self.decision.create.is_empty() {
+            let names: Vec<&str> = self
+                .decision
+                .create
+                .iter()
+                .map(|t| t.metadata.name.as_str())
+                .collect();
+            self.decision.events.push((
+                EventType::Normal,
+                "TasksCreated".to_owned(),
+                format!("created {}", summarize(&names)),
+            ));
+        }
+        if !retried.is_empty() {
+            self.decision.events.push((
+                EventType::Normal,
+                "TasksReplaced".to_owned(),
+                format!("replaced failed or lost tasks with {}", summarize(&retried)),
+            ));
         }
     }
-    if let Some(task) = exhausted {
-        let (reason, message) = describe_failure(&task, job.spec.max_retries());
-        finish(
-            &mut decision,
-            &mut status,
-            JobPhase::Failed,
-            &reason,
-            message,
-            REASON_JOB_FAILED,
-            EventType::Warning,
-        );
-        let killing = decision
+
+    /// Running once a task started (with an Event the first time), else Pending.
+    fn mark_progress(&mut self, done: i32, replicas: i32) {
+        let any_started = self.tasks.iter().any(|t| {
+            t.phase() != TaskPhase::Pending
+                || t.status.as_ref().is_some_and(|s| s.start_time.is_some())
+        });
+        self.status.phase = if any_started {
+            JobPhase::Running
+        } else {
+            JobPhase::Pending
+        };
+        if self.status.phase == JobPhase::Running && self.old.phase != JobPhase::Running {
+            self.decision.events.push((
+                EventType::Normal,
+                "Running".to_owned(),
+                "a task started".to_owned(),
+            ));
+        }
+        self.status.message = format!("{done} of {replicas} tasks completed");
+    }
+
+    /// The decision, its status counting the tasks by phase (those being killed as
+    /// killed).
+    fn into_decision(mut self) -> Decision {
+        let killing = self
+            .decision
             .kill
             .iter()
             .map(|(t, _, _)| t.metadata.name.clone())
             .collect();
-        count(&mut status, tasks, &killing);
-        decision.status = status;
-        return decision;
+        count(&mut self.status, self.tasks, &killing);
+        self.decision.status = self.status;
+        self.decision
     }
-    if done == replicas {
-        status.phase = JobPhase::Completed;
-        status.reason = "Completed".to_owned();
-        status.message = format!("{replicas} of {replicas} tasks completed");
-        status.end_time = Some(latest_finish(tasks).unwrap_or(now));
-        status.exit_code = Some(0);
-        decision.events.push((
-            EventType::Normal,
-            "Completed".to_owned(),
-            status.message.clone(),
-        ));
-        count(&mut status, tasks, &BTreeSet::new());
-        decision.status = status;
-        return decision;
-    }
-    let room = usize::try_from(job.spec.parallelism().max(1))
-        .unwrap_or(usize::MAX)
-        .saturating_sub(active.len());
-    let mut retried = Vec::new();
-    decision.more = next.len().min(room) > CREATES_PER_SYNC;
-    for (index, attempt) in next.into_iter().take(room.min(CREATES_PER_SYNC)) {
-        let task = build_task(job, index, attempt);
-        if attempt > 0 {
-            retried.push(task.metadata.name.clone());
-        }
-        decision.create.push(task);
-    }
-    if !decision.create.is_empty() {
-        let names: Vec<&str> = decision
-            .create
-            .iter()
-            .map(|t| t.metadata.name.as_str())
-            .collect();
-        decision.events.push((
-            EventType::Normal,
-            "TasksCreated".to_owned(),
-            format!("created {}", summarize(&names)),
-        ));
-    }
-    if !retried.is_empty() {
-        decision.events.push((
-            EventType::Normal,
-            "TasksReplaced".to_owned(),
-            format!("replaced failed or lost tasks with {}", summarize(&retried)),
-        ));
-    }
-    let any_started = tasks.iter().any(|t| {
-        t.phase() != TaskPhase::Pending || t.status.as_ref().is_some_and(|s| s.start_time.is_some())
-    });
-    status.phase = if any_started {
-        JobPhase::Running
-    } else {
-        JobPhase::Pending
-    };
-    if status.phase == JobPhase::Running && old.phase != JobPhase::Running {
-        decision.events.push((
-            EventType::Normal,
-            "Running".to_owned(),
-            "a task started".to_owned(),
-        ));
-    }
-    status.message = format!("{done} of {replicas} tasks completed");
-    count(&mut status, tasks, &BTreeSet::new());
-    decision.status = status;
-    decision
 }
 
 /// The chain `job -> … -> job` if following dependsOn from `job` comes back to it.
@@ -796,6 +895,40 @@ mod tests {
     use api_types::TaskStatus;
     use api_types::well_known::REASON_NODE_LOST;
     use serde_json::json;
+
+    #[test]
+    fn a_failed_dependency_decides_then_a_cycle_then_missing_then_unfinished() {
+        let dep = |name: &str, d| (name.to_owned(), d);
+        let done = dep("a", Dependency::Phase(JobPhase::Completed));
+        let running = dep("b", Dependency::Phase(JobPhase::Running));
+        let missing = dep("c", Dependency::Missing);
+        let killed = dep("d", Dependency::Phase(JobPhase::Killed));
+        let cycle = ["x".to_owned(), "y".to_owned(), "x".to_owned()];
+        let all = [done.clone(), running.clone(), missing.clone(), killed];
+        assert_eq!(
+            dependency_verdict(&all, Some(&cycle)),
+            DependencyVerdict::Failed("dependency d was killed".into())
+        );
+        assert_eq!(
+            dependency_verdict(&all[..3], Some(&cycle)),
+            DependencyVerdict::Wait(
+                "DependencyCycle",
+                "dependencies form a cycle: x -> y -> x".into()
+            )
+        );
+        assert_eq!(
+            dependency_verdict(&all[..3], None),
+            DependencyVerdict::Wait(
+                "DependencyNotFound",
+                "waiting for missing dependencies: c".into()
+            )
+        );
+        assert_eq!(
+            dependency_verdict(&all[..2], None),
+            DependencyVerdict::Wait("WaitingForDependencies", "waiting for b".into())
+        );
+        assert_eq!(dependency_verdict(&[done], None), DependencyVerdict::Ready);
+    }
 
     fn job(value: serde_json::Value) -> Job {
         let mut job: Job = serde_json::from_value(json!({
