@@ -152,3 +152,153 @@ impl Chain {
         Err(invalid(review.resource, review.name, &review.errors))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Mutex;
+
+    use api_types::{Quantity, Task};
+    use serde_json::json;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::catalog::CacheConfig;
+    use crate::registry::task::DefaultMemory;
+    use crate::store::{EmbeddedOptions, EmbeddedStore};
+
+    /// A step that writes down that it ran, and may find a problem.
+    #[derive(Debug)]
+    struct Record {
+        name: &'static str,
+        phase: Phase,
+        ran: Arc<Mutex<Vec<&'static str>>>,
+        problem: bool,
+    }
+
+    #[async_trait]
+    impl AdmissionStep for Record {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+
+        fn phase(&self) -> Phase {
+            self.phase
+        }
+
+        async fn admit(&self, review: &mut Review<'_>) -> ApiResult<()> {
+            self.ran.lock().unwrap().push(self.name);
+            if self.problem {
+                review
+                    .errors
+                    .push(FieldError::invalid(format!("spec.{}", self.name), "", "no"));
+            }
+            Ok(())
+        }
+    }
+
+    /// A catalog over an embedded store in a temporary directory.
+    fn catalog() -> (tempfile::TempDir, Arc<Catalog>, CancellationToken) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            EmbeddedStore::open(EmbeddedOptions::new(dir.path().join("loom.db"))).unwrap(),
+        );
+        let cancel = CancellationToken::new();
+        let catalog = Catalog::new(store, CacheConfig::default(), cancel.clone());
+        (dir, catalog, cancel)
+    }
+
+    fn review<'a>(
+        resource: &'a ServedResource,
+        object: Value,
+        old: Option<&'a Value>,
+    ) -> Review<'a> {
+        Review {
+            operation: if old.is_some() {
+                Operation::Update
+            } else {
+                Operation::Create
+            },
+            resource,
+            part: Part::Main,
+            namespace: "default",
+            name: "t",
+            object,
+            old,
+            field_validation: FieldValidation::Strict,
+            dry_run: false,
+            warnings: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn mutating_steps_run_first_then_validating_ones_each_in_order_and_problems_are_one_422()
+    {
+        let (_dir, catalog, cancel) = catalog();
+        let tasks = catalog.builtin_resource::<Task>();
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let step = |name, phase, problem| -> Arc<dyn AdmissionStep> {
+            Arc::new(Record {
+                name,
+                phase,
+                ran: ran.clone(),
+                problem,
+            })
+        };
+        let chain = Chain::new(vec![
+            step("a", Phase::Validating, true),
+            step("b", Phase::Mutating, false),
+            step("c", Phase::Validating, true),
+            step("d", Phase::Mutating, false),
+        ]);
+        assert_eq!(chain.steps(), ["b", "d", "a", "c"]);
+        let mut review = review(&tasks, json!({}), None);
+        let refused = chain.admit(&mut review).await.unwrap_err();
+        assert_eq!(*ran.lock().unwrap(), ["b", "d", "a", "c"]);
+        assert_eq!(refused.code(), 422);
+        let causes = refused.0.details.unwrap().causes;
+        let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(fields, ["spec.a", "spec.c"]);
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_task_without_memory_gets_the_default_at_creation_and_keeps_its_own_after() {
+        let (_dir, catalog, cancel) = catalog();
+        let tasks = catalog.builtin_resource::<Task>();
+        let step = DefaultMemory {
+            memory: Some(Quantity::parse("512Mi").unwrap()),
+        };
+        let mut new = review(&tasks, json!({"spec": {"image": "busybox"}}), None);
+        step.admit(&mut new).await.unwrap();
+        assert_eq!(new.object["spec"]["resources"]["memory"], "512Mi");
+
+        let mut asked = review(
+            &tasks,
+            json!({"spec": {"resources": {"memory": "1Gi", "cpu": "1"}}}),
+            None,
+        );
+        step.admit(&mut asked).await.unwrap();
+        assert_eq!(asked.object["spec"]["resources"]["memory"], "1Gi");
+
+        // A replacement that leaves memory out keeps the stored value, even
+        // when the stored task has none.
+        let stored = json!({"spec": {"resources": {"memory": "64Mi"}}});
+        let mut replaced = review(&tasks, json!({"spec": {"resources": {}}}), Some(&stored));
+        step.admit(&mut replaced).await.unwrap();
+        assert_eq!(replaced.object["spec"]["resources"]["memory"], "64Mi");
+        let without = json!({"spec": {}});
+        let mut replaced = review(&tasks, json!({"spec": {}}), Some(&without));
+        step.admit(&mut replaced).await.unwrap();
+        assert_eq!(replaced.object, json!({"spec": {}}));
+
+        // Other kinds are not its business.
+        let jobs = catalog.builtin_resource::<api_types::Job>();
+        let mut job = review(&jobs, json!({"spec": {}}), None);
+        step.admit(&mut job).await.unwrap();
+        assert_eq!(job.object, json!({"spec": {}}));
+        cancel.cancel();
+    }
+}
