@@ -623,7 +623,8 @@ mod tests {
     }
 
     async fn setup() -> (tempfile::TempDir, Arc<dyn Store>, Arc<WatchCache>) {
-        let (dir, path) = crate::testing::temp_dir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loom.db");
         let store: Arc<dyn Store> =
             Arc::new(EmbeddedStore::open(EmbeddedOptions::new(path)).unwrap());
         let cache = WatchCache::start(

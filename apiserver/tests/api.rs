@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apiserver::testing::TestServer;
 use apiserver::{Config, catalog::CacheConfig};
 use futures::StreamExt;
+use loom_testing::TestServer;
 use reqwest::Method;
 use serde_json::{Value, json};
 

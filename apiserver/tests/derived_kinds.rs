@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 use api_types::Resource as _;
-use apiserver::testing::TestServer;
 use loom_derive::Resource;
+use loom_testing::TestServer;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

@@ -13,9 +13,9 @@ use apiserver::store::{
     COMPACT_REV_KEY, CompactionRound, Error, EtcdOptions, EtcdStore, Event, ListOptions, Revision,
     Store, WatchStream,
 };
-use apiserver::testing::EtcdServer;
 use bytes::Bytes;
 use futures::StreamExt;
+use loom_testing::EtcdServer;
 
 const INTERVAL: Duration = Duration::from_millis(200);
 

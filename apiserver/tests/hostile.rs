@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use apiserver::testing::TestServer;
 use axum::body::Bytes;
 use futures::StreamExt;
+use loom_testing::TestServer;
 use serde_json::{Value, json};
 
 const API: &str = "/apis/loom.dev/v1";

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use apiserver::testing::TestServer;
+use loom_testing::TestServer;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{ChildStdout, Command};
@@ -91,7 +91,7 @@ struct Kubectl {
 /// returns `None` when kubectl is absent (before starting anything).
 async fn setup(
     test: &str,
-    server: impl Future<Output = Result<TestServer, String>>,
+    server: impl Future<Output = loom_testing::Result<TestServer>>,
 ) -> Option<Kubectl> {
     let Some(binary) = kubectl() else {
         println!("{test}: skipped because kubectl is absent (not on PATH)");
@@ -109,7 +109,7 @@ async fn setup(
     })
 }
 
-fn embedded() -> impl Future<Output = Result<TestServer, String>> {
+fn embedded() -> impl Future<Output = loom_testing::Result<TestServer>> {
     TestServer::embedded(apiserver::Config::default())
 }
 

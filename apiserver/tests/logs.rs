@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use apiserver::testing::TestServer;
 use axum::extract::{Path, Query};
 use futures::StreamExt;
+use loom_testing::TestServer;
 use serde_json::json;
 
 /// A stand-in for a nodelet's log endpoint.

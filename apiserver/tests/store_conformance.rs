@@ -10,9 +10,9 @@ use apiserver::store::{
     EmbeddedOptions, EmbeddedStore, Error, Event, KeyValue, ListOptions, MAX_VALUE_BYTES, Revision,
     Store, WatchStream,
 };
-use apiserver::testing::{EtcdServer, temp_dir};
 use bytes::Bytes;
 use futures::StreamExt;
+use loom_testing::{EtcdServer, temp_dir};
 
 /// A store and whatever keeps it alive (its etcd process or its temp dir).
 struct Harness {

@@ -2,9 +2,9 @@
 #![allow(clippy::unwrap_used)]
 
 use api_types::Namespace;
-use apiserver::testing::{TestServer, free_port};
 use client::{Api, Client, ListParams};
 use futures::StreamExt as _;
+use loom_testing::{TestServer, free_port};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_server_fails_over_to_the_next() {

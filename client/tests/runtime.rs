@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use api_types::{Job, JobSpec, Lease, Task, TaskSpec};
 use apiserver::Config as ServerConfig;
 use apiserver::catalog::CacheConfig;
-use apiserver::testing::TestServer;
 use client::api::{ListParams, Patch, PatchParams, PostParams};
 use client::controller::{self, Action, Controller};
 use client::leader::{ApiLease, ElectionConfig, LeaderElector};
 use client::reflector::{Informer, Store};
 use client::{Api, Client, Object, watcher};
+use loom_testing::TestServer;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 

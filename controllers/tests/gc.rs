@@ -2,12 +2,10 @@
 //! Orphan deletes, and owners deleted while the collector was down.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use api_types::{Job, JobPhase, Task};
 use client::{Api, DeleteParams, PostParams};
+use loom_testing::cluster::{Cluster, eventually, test_config};
 use serde_json::json;
-use support::{Cluster, eventually, test_config};
 
 fn sleeper(name: &str, replicas: i32) -> Job {
     serde_json::from_value(json!({

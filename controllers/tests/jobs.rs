@@ -2,16 +2,14 @@
 //! nodelet playing the tasks.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use api_types::well_known::REASON_TIME_LIMIT_EXCEEDED;
 use api_types::{JobPhase, TaskPhase};
 use client::{Patch, PatchParams, PostParams};
+use loom_testing::cluster::{Cluster, eventually, test_config};
 use serde_json::json;
-use support::{Cluster, eventually, test_config};
 
 fn job_manifest(name: &str, spec: serde_json::Value) -> serde_json::Value {
     json!({"apiVersion": "loom.dev/v1", "kind": "Job",

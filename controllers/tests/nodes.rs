@@ -3,15 +3,13 @@
 //! and Service replace them elsewhere; when it renews again it is untainted.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::Duration;
 
 use api_types::well_known::{LABEL_SERVICE, REASON_NODE_LOST, TAINT_UNREACHABLE};
 use api_types::{JobPhase, Node, TaskPhase};
 use client::{Api, ListParams};
+use loom_testing::cluster::{Cluster, eventually, test_config};
 use serde_json::json;
-use support::{Cluster, eventually, test_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_lease_loses_the_tasks_and_the_job_replaces_them_elsewhere() {

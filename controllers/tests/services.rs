@@ -3,8 +3,6 @@
 //! failed rollout stops and says why.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -12,8 +10,8 @@ use std::time::Duration;
 use api_types::well_known::{LABEL_SERVICE, LABEL_TEMPLATE_HASH};
 use api_types::{Service, Task, TaskPhase};
 use client::{ListParams, Patch, PatchParams, PostParams};
+use loom_testing::cluster::{Cluster, eventually, test_config};
 use serde_json::json;
-use support::{Cluster, eventually, test_config};
 
 async fn service_tasks(cluster: &Cluster) -> Vec<Task> {
     cluster

@@ -2,15 +2,13 @@
 //! write nothing more (no status flapping, no reconcile loops).
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use api_types::{JobPhase, Node, Service};
 use client::{Api, ListParams, Object, PostParams};
+use loom_testing::cluster::{Cluster, eventually, test_config};
 use serde_json::json;
-use support::{Cluster, eventually, test_config};
 
 async fn versions<K: Object>(api: &Api<K>) -> BTreeMap<String, String> {
     let (all, _) = api.list_all(&ListParams::default()).await.unwrap();

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use apiserver::testing::TestServer;
+use loom_testing::TestServer;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 struct Run {

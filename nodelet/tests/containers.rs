@@ -2,16 +2,14 @@
 //! exec processes, against a real API server. Needs root; skipped otherwise.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use api_types::TaskPhase;
 use api_types::well_known::REASON_TIME_LIMIT_EXCEEDED;
 use client::{Patch, PatchParams};
 use futures::StreamExt as _;
+use loom_testing::nodelet::{Harness, is_root, phase};
 use serde_json::json;
-use support::{Harness, is_root, phase};
 
 macro_rules! need_root {
     () => {

@@ -4,8 +4,6 @@
 //! real shims and containers, real API server; needs root, skipped otherwise.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,9 +12,9 @@ use api_types::well_known::{LABEL_ALLOW_HOST_PATHS, LABEL_ALLOW_RAW_EXEC, LABEL_
 use api_types::{Node, Task};
 use client::{Api, PostParams};
 use futures::StreamExt as _;
+use loom_testing::nodelet::{Harness, is_root, phase};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
-use support::{Harness, is_root, phase};
 
 macro_rules! need_root {
     () => {

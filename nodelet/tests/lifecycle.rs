@@ -3,17 +3,15 @@
 //! failures, and no second start after a restart.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api_types::well_known::{LABEL_ARCH, LABEL_HOSTNAME, LABEL_KERNEL, LABEL_OS};
 use api_types::{Lease, Node};
 use client::{Api, Client};
+use loom_testing::nodelet::{Harness, phase};
 use nodelet::{FakeDriver, FakeOutcome};
 use serde_json::json;
-use support::{Harness, phase};
 
 const LONG: Duration = Duration::from_secs(15);
 

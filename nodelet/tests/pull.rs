@@ -4,17 +4,15 @@
 //! the tests that run containers also need root.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use loom_testing::nodelet::{Harness, is_root, phase};
 use nodelet::image::ImageStore;
 use nodelet::pull::{RegistryAuth, pull};
 use serde_json::json;
-use support::{Harness, is_root, phase};
 
 const LONG: Duration = Duration::from_secs(20);
 

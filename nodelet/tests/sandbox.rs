@@ -3,8 +3,6 @@
 //! files, other tasks' files, mounts left behind. Needs root; skipped otherwise.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::io::BufRead as _;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::MetadataExt as _;
@@ -12,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use api_types::Task;
+use loom_testing::nodelet::{Harness, is_root, phase};
 use serde_json::json;
 use sha2::Digest as _;
-use support::{Harness, is_root, phase};
 
 macro_rules! need_root {
     () => {

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use api_types::well_known::REASON_PREEMPTED;
 use api_types::{Node, Task};
-use apiserver::testing::TestServer;
 use client::{Api, Client, ListParams, PostParams};
+use loom_testing::TestServer;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 

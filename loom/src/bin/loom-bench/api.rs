@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use apiserver::testing::{EtcdServer, free_port};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
+use loom_testing::{EtcdServer, free_port};
 use serde_json::{Value, json};
 
 use crate::Backend;
@@ -71,7 +71,7 @@ impl ServerProcess {
     pub async fn start(store: Option<&str>) -> anyhow::Result<Self> {
         let loom = loom_binary()?;
         let dir = tempfile::Builder::new().prefix("loom-bench-").tempdir()?;
-        let port = free_port().map_err(anyhow::Error::msg)?;
+        let port = free_port()?;
         let store = match store {
             Some(store) => store.to_owned(),
             None => format!("sqlite:{}", dir.path().join("loom.db").display()),
@@ -218,7 +218,7 @@ pub async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         report("HTTP create (embedded)", args.concurrency, &m, None);
     }
     if matches!(args.backend, Backend::Etcd | Backend::All) {
-        let etcd = EtcdServer::start().await.map_err(anyhow::Error::msg)?;
+        let etcd = EtcdServer::start().await?;
         let raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
         let value = bytes::Bytes::from(task(0));
         let before = raw_puts(

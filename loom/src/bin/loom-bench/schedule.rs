@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use api_types::{Node, Task};
-use apiserver::testing::EtcdServer;
 use client::{Api, Client, ListParams, PostParams};
 use futures::StreamExt;
+use loom_testing::EtcdServer;
 use scheduler::algorithm::{Algorithm, Sampling};
 use scheduler::cache::Cache;
 use scheduler::resources::TaskInfo;
@@ -104,7 +104,7 @@ pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
     }
     if matches!(args.backend, Backend::Etcd | Backend::All) {
         for &claims in modes {
-            let etcd = EtcdServer::start().await.map_err(anyhow::Error::msg)?;
+            let etcd = EtcdServer::start().await?;
             let store = format!("etcd://{}", etcd.endpoint().trim_start_matches("http://"));
             let server = ServerProcess::start(Some(&store)).await?;
             end_to_end(&args, &server.url, "etcd", claims).await?;

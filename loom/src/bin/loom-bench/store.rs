@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use apiserver::store::{EmbeddedOptions, EmbeddedStore, EtcdOptions, EtcdStore, Store};
-use apiserver::testing::{EtcdServer, temp_dir};
+use loom_testing::{EtcdServer, temp_dir};
 
 use crate::Backend;
 use crate::measure::{Measurement, header, measure, report};
@@ -43,7 +43,7 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     };
     if matches!(args.backend, Backend::Embedded | Backend::All) {
         for &concurrency in &args.concurrency {
-            let (_dir, path) = temp_dir().map_err(anyhow::Error::msg)?;
+            let (_dir, path) = temp_dir()?;
             let store = Arc::new(
                 EmbeddedStore::open(EmbeddedOptions::new(&path)).context("open embedded store")?,
             );
@@ -70,7 +70,7 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         let endpoint = match &args.etcd_endpoint {
             Some(endpoint) => endpoint.clone(),
             None => {
-                server = EtcdServer::start().await.map_err(anyhow::Error::msg)?;
+                server = EtcdServer::start().await?;
                 server.endpoint().to_owned()
             }
         };

@@ -1,23 +1,28 @@
 //! A real API server and a nodelet in its own runtime (so a test can drop it as
 //! abruptly as `kill -9`), with cleanup of every process, mount, cgroup and
-//! directory the nodelet made, even when the test fails.
-#![allow(clippy::unwrap_used, dead_code)]
+//! directory the nodelet made, even when the test fails; and busybox images
+//! built from the host's busybox-static. The harness panics on failure: its
+//! methods are the test's own steps.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api_types::Task;
-use apiserver::testing::TestServer;
 use client::{Api, Client, PostParams};
 use nodelet::{Config, Driver};
 use tokio_util::sync::CancellationToken;
 
+use crate::process::bin_dir;
+use crate::{Error, Result, TestServer};
+
 /// A nodelet's run in its own runtime.
+#[derive(Debug)]
 pub struct Running {
     runtime: Option<tokio::runtime::Runtime>,
     shutdown: CancellationToken,
-    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -49,31 +54,35 @@ impl Drop for Running {
     }
 }
 
+/// An API server and what one nodelet on it needs: a name, a state dir and a
+/// cgroup parent of its own.
+#[derive(Debug)]
 pub struct Harness {
     pub server: TestServer,
     pub client: Client,
     pub name: String,
     pub state: PathBuf,
     pub cgroup_parent: String,
+    shim: Vec<OsString>,
     _dir: tempfile::TempDir,
 }
 
-pub fn shim() -> Vec<std::ffi::OsString> {
-    vec![env!("CARGO_BIN_EXE_loom-shim").into()]
-}
-
+/// Whether the test runs as root (containers and cgroups need it).
 pub fn is_root() -> bool {
     // SAFETY: no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
 
 impl Harness {
+    /// Starts the API server; `tag` makes the node's name and cgroup unique.
+    /// Tasks run through the `loom-shim` beside the test binary (see
+    /// [`bin_dir`]), which cargo builds before the nodelet's tests.
     pub async fn new(tag: &str) -> Harness {
         let server = TestServer::embedded(apiserver::Config::default())
             .await
-            .unwrap();
-        let client = Client::for_server(&server.url).unwrap();
-        let dir = tempfile::tempdir().unwrap();
+            .expect("the API server starts");
+        let client = Client::for_server(&server.url).expect("a client for the API server");
+        let dir = tempfile::tempdir().expect("a temp dir");
         let state = dir.path().join("state");
         let suffix = format!("{}-{}", tag, std::process::id());
         Harness {
@@ -82,14 +91,16 @@ impl Harness {
             name: format!("node-{suffix}"),
             state,
             cgroup_parent: format!("loom-test-{suffix}"),
+            shim: vec![bin_dir().join("loom-shim").into_os_string()],
             _dir: dir,
         }
     }
 
+    /// A nodelet config for this node, with short backoffs and grace periods.
     pub fn config(&self) -> Config {
         let mut config = Config::new(&self.name, self.state.clone());
         config.cgroup_parent = self.cgroup_parent.clone();
-        config.shim = shim();
+        config.shim = self.shim.clone();
         config.backoff_base = Duration::from_millis(200);
         config.backoff_max = Duration::from_secs(2);
         config.default_grace = Duration::from_secs(2);
@@ -100,27 +111,30 @@ impl Harness {
 
     /// Imports a busybox image built from the host's busybox-static as `busybox`.
     pub fn import_busybox(&self) {
-        let layout = self._dir.path().join("busybox-layout");
-        nodelet::image::busybox_layout(&layout, Path::new("/bin/busybox"), "latest").unwrap();
-        nodelet::image::ImageStore::new(&self.state.join("images"))
-            .import(&layout, Some("busybox"))
-            .unwrap();
+        import_busybox(&self.state, &self._dir.path().join("busybox-layout"))
+            .expect("the busybox image is imported");
     }
 
+    /// Runs a nodelet with `config` (and `driver`, else the real one) in a
+    /// runtime of its own.
     pub fn start(&self, config: Config, driver: Option<Arc<dyn Driver>>) -> Running {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .unwrap();
+            .expect("a runtime for the nodelet");
         let shutdown = CancellationToken::new();
         let client = self.client.clone();
-        let handle = match driver {
-            Some(driver) => {
-                runtime.spawn(nodelet::run_with(client, config, driver, shutdown.clone()))
+        let stop = shutdown.clone();
+        let handle = runtime.spawn(async move {
+            let result = match driver {
+                Some(driver) => nodelet::run_with(client, config, driver, stop).await,
+                None => nodelet::run(client, config, stop).await,
+            };
+            if let Err(error) = result {
+                tracing::error!(%error, "the test nodelet failed");
             }
-            None => runtime.spawn(nodelet::run(client, config, shutdown.clone())),
-        };
+        });
         Running {
             runtime: Some(runtime),
             shutdown,
@@ -128,6 +142,7 @@ impl Harness {
         }
     }
 
+    /// The tasks of the default namespace.
     pub fn tasks(&self) -> Api<Task> {
         Api::namespaced(self.client.clone(), "default")
     }
@@ -140,11 +155,11 @@ impl Harness {
         if task["spec"]["image"].is_null() {
             task["spec"]["image"] = "busybox".into();
         }
-        let task: Task = serde_json::from_value(task).unwrap();
+        let task: Task = serde_json::from_value(task).expect("a valid Task");
         self.tasks()
             .create(&PostParams::default(), &task)
             .await
-            .unwrap()
+            .expect("the task is created")
     }
 
     /// Polls the task until `done` holds, or panics with its last state.
@@ -156,7 +171,7 @@ impl Harness {
     ) -> Task {
         let deadline = Instant::now() + timeout;
         loop {
-            let task = self.tasks().get_opt(name).await.unwrap();
+            let task = self.tasks().get_opt(name).await.expect("the task is read");
             if let Some(task) = &task
                 && done(task)
             {
@@ -165,7 +180,7 @@ impl Harness {
             if Instant::now() > deadline {
                 panic!(
                     "task {name} did not get there in {timeout:?}: {}",
-                    serde_json::to_string_pretty(&task.map(|t| t.status)).unwrap()
+                    serde_json::to_string_pretty(&task.map(|t| t.status)).unwrap_or_default()
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -191,6 +206,7 @@ impl Harness {
     }
 }
 
+/// A task's phase, `Pending` before it has a status.
 pub fn phase(task: &Task) -> &'static str {
     task.status
         .as_ref()
@@ -287,4 +303,14 @@ fn remove_tree(dir: &Path) {
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
+}
+
+/// Builds a busybox image from the host's busybox-static (`/bin/busybox`) as an
+/// OCI layout in `layout`, and imports it as `busybox:latest` into the image
+/// store of the nodelet state dir `state`.
+pub fn import_busybox(state: &Path, layout: &Path) -> Result<()> {
+    nodelet::image::busybox_layout(layout, Path::new("/bin/busybox"), "latest")
+        .map_err(Error::io("build the busybox image"))?;
+    nodelet::image::ImageStore::new(&state.join("images")).import(layout, Some("busybox"))?;
+    Ok(())
 }

@@ -1,21 +1,24 @@
 //! A small cluster for the controllers' tests: the real API server and scheduler,
 //! registered nodes, the controller-manager (stoppable), and a test nodelet that
 //! heartbeats for the nodes it serves and plays their tasks by simple rules.
-#![allow(clippy::unwrap_used, dead_code)]
+//! Its methods panic on failure: they are the test's own steps.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use crate::wait::eventually;
+
 use api_types::{Job, JobPhase, Lease, Namespace, Node, ObjectMeta, Service, Task, TaskPhase};
-use apiserver::testing::TestServer;
 use chrono::Utc;
 use client::{Api, Client, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::TestServer;
+
+/// The namespace the cluster's helpers work in.
 pub const NS: &str = "default";
 
 /// How the test nodelet plays a running task, from its command:
@@ -31,7 +34,7 @@ pub fn outcome(
     match command.as_slice() {
         ["sleep", ..] => None,
         ["exit", code, ..] => {
-            let code: i32 = code.parse().unwrap();
+            let code: i32 = code.parse().expect("an exit code");
             if code == 0 {
                 Some((TaskPhase::Completed, Some(0), ""))
             } else {
@@ -58,12 +61,15 @@ pub fn outcome(
             );
             Some((TaskPhase::Killed, None, "TimeLimitExceeded"))
         }
-        ["work", ms, ..] => (running_for >= Duration::from_millis(ms.parse().unwrap()))
-            .then_some((TaskPhase::Completed, Some(0), "")),
+        ["work", ms, ..] => (running_for
+            >= Duration::from_millis(ms.parse().expect("milliseconds")))
+        .then_some((TaskPhase::Completed, Some(0), "")),
         _ => Some((TaskPhase::Completed, Some(0), "")),
     }
 }
 
+/// The cluster: stop it with [`Cluster::shutdown`].
+#[derive(Debug)]
 pub struct Cluster {
     pub server: TestServer,
     pub client: Client,
@@ -74,6 +80,7 @@ pub struct Cluster {
     manager: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
+/// The controllers' config for tests.
 pub fn test_config() -> controllers::Config {
     controllers::Config {
         identity: "test".into(),
@@ -87,8 +94,8 @@ impl Cluster {
     pub async fn start(nodes: &[&str], config: controllers::Config) -> Cluster {
         let server = TestServer::embedded(apiserver::Config::default())
             .await
-            .unwrap();
-        let client = Client::for_server(&server.url).unwrap();
+            .expect("the API server starts");
+        let client = Client::for_server(&server.url).expect("a client for the API server");
         let stop = CancellationToken::new();
         let mut cluster = Cluster {
             server,
@@ -133,13 +140,19 @@ impl Cluster {
             "status": {"allocatable": {"cpu": "64", "memory": "64Gi"},
                        "conditions": [{"type": "Ready", "status": "True"}]}
         }))
-        .unwrap();
+        .expect("a valid Node");
         let api: Api<Node> = Api::all(self.client.clone());
-        api.create(&PostParams::default(), &node).await.unwrap();
+        api.create(&PostParams::default(), &node)
+            .await
+            .expect("the node is registered");
         renew_lease(&self.client, name).await;
-        self.alive.lock().unwrap().insert(name.to_owned());
+        self.alive
+            .lock()
+            .expect("the nodes lock")
+            .insert(name.to_owned());
     }
 
+    /// Starts the controller-manager (after [`Cluster::kill_manager`]).
     pub fn start_manager(&mut self, config: controllers::Config) {
         assert!(self.manager.is_none());
         let stop = CancellationToken::new();
@@ -153,30 +166,34 @@ impl Cluster {
 
     /// Stops the controllers at once (reconciles in flight are dropped with the task).
     pub async fn kill_manager(&mut self) {
-        let (stop, handle) = self.manager.take().unwrap();
+        let (stop, handle) = self.manager.take().expect("the controllers run");
         stop.cancel();
         handle.abort();
         let _ = handle.await;
     }
 
+    /// The Jobs of [`NS`].
     pub fn jobs(&self) -> Api<Job> {
         Api::namespaced(self.client.clone(), NS)
     }
 
+    /// The Tasks of [`NS`].
     pub fn tasks(&self) -> Api<Task> {
         Api::namespaced(self.client.clone(), NS)
     }
 
+    /// The Services of [`NS`].
     pub fn services(&self) -> Api<Service> {
         Api::namespaced(self.client.clone(), NS)
     }
 
+    /// Creates the Job given as JSON.
     pub async fn create_job(&self, value: serde_json::Value) -> Job {
-        let job: Job = serde_json::from_value(value).unwrap();
+        let job: Job = serde_json::from_value(value).expect("a valid Job");
         self.jobs()
             .create(&PostParams::default(), &job)
             .await
-            .unwrap()
+            .expect("the job is created")
     }
 
     /// The tasks a job controls, by name.
@@ -185,7 +202,7 @@ impl Cluster {
             .tasks()
             .list_all(&ListParams::default().labels(&format!("loom.dev/job={job}")))
             .await
-            .unwrap();
+            .expect("the job's tasks are listed");
         tasks.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         tasks
     }
@@ -194,20 +211,20 @@ impl Cluster {
     pub async fn job_in(&self, name: &str, phase: JobPhase) -> Job {
         let jobs = self.jobs();
         eventually(&format!("job {name} {phase}"), || async {
-            let job = jobs.get(name).await.unwrap();
+            let job = jobs.get(name).await.expect("the job is read");
             (job.phase() == phase).then_some(job)
         })
         .await
     }
 
+    /// Stops the controllers (waiting for them), the scheduler and the test nodelet.
     pub async fn shutdown(mut self) {
-        if self.manager.is_some() {
-            let (stop, handle) = self.manager.take().unwrap();
+        if let Some((stop, handle)) = self.manager.take() {
             stop.cancel();
             tokio::time::timeout(Duration::from_secs(10), handle)
                 .await
                 .expect("the controllers stop")
-                .unwrap();
+                .expect("the controllers' task ends cleanly");
         }
         self.stop.cancel();
         for handle in self.background.drain(..) {
@@ -216,22 +233,7 @@ impl Cluster {
     }
 }
 
-/// Polls `check` until it gives a value, for at most 15 seconds.
-pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
+/// Renews (or creates) the node's heartbeat Lease.
 pub async fn renew_lease(client: &Client, node: &str) {
     let api: Api<Lease> = Api::namespaced(client.clone(), "loom-node-lease");
     let now = Utc::now();
@@ -248,7 +250,7 @@ pub async fn renew_lease(client: &Client, node: &str) {
                 "spec": {"holderIdentity": node, "leaseDurationSeconds": 40,
                          "acquireTime": now, "renewTime": now}
             }))
-            .unwrap();
+            .expect("a valid Lease");
             let _ = api.create(&PostParams::default(), &lease).await;
         }
         Err(error) => panic!("cannot renew the lease of {node}: {error}"),
@@ -261,7 +263,12 @@ async fn nodelet(client: Client, alive: Arc<Mutex<BTreeSet<String>>>, stop: Canc
     let tasks: Api<Task> = Api::all(client.clone());
     let mut last_renewal = Instant::now() - Duration::from_secs(1);
     loop {
-        let nodes: Vec<String> = alive.lock().unwrap().iter().cloned().collect();
+        let nodes: Vec<String> = alive
+            .lock()
+            .expect("the nodes lock")
+            .iter()
+            .cloned()
+            .collect();
         if last_renewal.elapsed() >= Duration::from_millis(200) {
             for node in &nodes {
                 renew_lease(&client, node).await;
@@ -281,7 +288,9 @@ async fn nodelet(client: Client, alive: Arc<Mutex<BTreeSet<String>>>, stop: Canc
                 let status = match task.phase() {
                     // A task that fails does so on start, never looking ready.
                     TaskPhase::Pending if crashes => {
-                        let (phase, code, reason) = outcome(&task, Duration::ZERO).unwrap();
+                        let Some((phase, code, reason)) = outcome(&task, Duration::ZERO) else {
+                            continue;
+                        };
                         json!({"status": {"phase": phase, "exitCode": code, "reason": reason,
                                           "nodeName": task.spec.node_name,
                                           "startTime": Utc::now(), "finishTime": Utc::now()}})

@@ -1,0 +1,84 @@
+//! What Loom's tests, end-to-end suite and benchmarks start: a private etcd,
+//! API servers on loopback, and (with features) a small cluster and a nodelet
+//! harness. A dev-dependency only: nothing here is compiled into the product.
+
+pub mod etcd;
+pub mod process;
+pub mod server;
+pub mod wait;
+
+#[cfg(feature = "cluster")]
+pub mod cluster;
+#[cfg(feature = "nodelet")]
+pub mod nodelet;
+
+pub use etcd::{EtcdServer, free_port, temp_dir};
+pub use server::TestServer;
+pub use wait::eventually;
+
+use std::process::ExitStatus;
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a test fixture could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A local resource (a temp dir, a log file, a port) could not be had.
+    #[error("cannot {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The etcd binary could not be started.
+    #[error("cannot start {binary}: {source} (install etcd-server)")]
+    EtcdSpawn {
+        /// The program run.
+        binary: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// etcd exited before it answered.
+    #[error("etcd exited with {status}: {log}")]
+    EtcdExited {
+        /// How it exited.
+        status: ExitStatus,
+        /// The end of its log.
+        log: String,
+    },
+    /// etcd did not answer in time.
+    #[error("etcd did not answer within 20 s: {log}")]
+    EtcdTimeout {
+        /// The end of its log.
+        log: String,
+    },
+    /// A store could not be opened or connected.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] apiserver::store::Error),
+    /// The API server's address could not be bound again after a restart.
+    #[error("cannot bind {address} again: {source}")]
+    Rebind {
+        /// The address it served on.
+        address: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An image could not be imported.
+    #[cfg(feature = "nodelet")]
+    #[error("cannot import the image: {0}")]
+    Image(#[from] ::nodelet::image::ImageError),
+    /// The API server did not become ready in time.
+    #[error("the API server did not become ready within 20 s")]
+    NotReady,
+}
+
+impl Error {
+    fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+        move |source| Error::Io { what, source }
+    }
+}
