@@ -28,3 +28,6 @@ pub mod finalizer;
 
 pub use events::Recorder;
 pub use finalizer::{FinalizerEvent, finalizer};
+pub mod wait;
+
+pub use wait::{await_condition, conditions};

@@ -165,6 +165,10 @@ async fn run<K: Object>(api: Api<K>, config: Config, tx: mpsc::Sender<Result<Eve
         send!(tx, Ok(Event::InitDone));
         backoff.reset();
         loop {
+            if tx.is_closed() {
+                // Nobody listens any more (a finished wait): stop watching.
+                return;
+            }
             let stream = match api.watch(&watch_params, &resource_version).await {
                 Ok(stream) => stream,
                 Err(error) if error.is_gone() => continue 'relist,
@@ -175,7 +179,14 @@ async fn run<K: Object>(api: Api<K>, config: Config, tx: mpsc::Sender<Result<Eve
                 }
             };
             let mut stream = std::pin::pin!(stream);
-            while let Some(item) = stream.next().await {
+            loop {
+                // A consumer that went away (a finished wait) ends the watch now,
+                // not at its next event.
+                let item = tokio::select! {
+                    item = stream.next() => item,
+                    () = tx.closed() => return,
+                };
+                let Some(item) = item else { break };
                 match item {
                     Ok(WatchEvent::Added(object) | WatchEvent::Modified(object)) => {
                         resource_version = object.meta().resource_version.clone();
