@@ -99,6 +99,12 @@ async fn containers_get_no_devices_namespaces_or_kernel_files() {
         // Fork and exec still work under the allow-list (clone without namespace
         // flags; clone3 says ENOSYS and glibc falls back).
         "echo forked=$(sh -c 'echo yes' | cat)",
+        // Its own network namespace, made by the shim: only `lo`, up, with
+        // 127.0.0.1, and a listener on it reachable.
+        "echo net-ns=$(readlink /proc/self/ns/net)",
+        "echo links=$(ls /sys/class/net | tr '\\n' ' ')",
+        "echo lo-flags=$(cat /sys/class/net/lo/flags)",
+        "(busybox nc -l -p 7070 127.0.0.1 > /tmp/got &) ; sleep 0.2; echo hi | busybox nc 127.0.0.1 7070; sleep 0.2; echo lo-connect=$(cat /tmp/got)",
         "echo ready",
         "exec sleep 600",
     ]
@@ -144,6 +150,13 @@ async fn containers_get_no_devices_namespaces_or_kernel_files() {
     assert_eq!(value(&log, "userns"), "refused", "{log}");
     assert_eq!(value(&log, "mountns"), "refused", "{log}");
     assert_eq!(value(&log, "netns"), "refused", "{log}");
+    let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_ne!(value(&log, "net-ns"), host_ns.to_str().unwrap(), "{log}");
+    assert!(value(&log, "net-ns").starts_with("net:["), "{log}");
+    assert_eq!(value(&log, "links"), "lo", "{log}");
+    // IFF_UP | IFF_LOOPBACK.
+    assert_eq!(value(&log, "lo-flags"), "0x9", "{log}");
+    assert_eq!(value(&log, "lo-connect"), "hi", "{log}");
     assert_eq!(value(&log, "timer_list"), "0", "masked: {log}");
     assert_eq!(value(&log, "kcore"), "0", "{log}");
     // Each masked path is covered (by /dev/null or an empty read-only tmpfs),
