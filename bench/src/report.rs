@@ -75,7 +75,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let bench = std::env::current_exe()?;
     let mut results = Vec::new();
     let mut markdown = String::from(
-        "# Loom performance report\n\nRegenerate with `cargo build --release -p loom-bin -p loom-nodelet && \
+        "# Loom performance report\n\nRegenerate with `cargo build --release -p loom-bench -p loom-bin -p loom-nodelet && \
          /var/tmp/loom-target/release/loom-bench report` (as root, with etcd installed). \
          Each figure is printed beside the baseline measured in the same run and its goal. \
          Machine: 2 cores; figures vary by about 20 % between runs.\n\n",

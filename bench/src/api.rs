@@ -129,7 +129,7 @@ pub fn loom_binary() -> anyhow::Result<PathBuf> {
     let loom = me.with_file_name("loom");
     if !loom.exists() {
         bail!(
-            "{} not found: build it with cargo build --release -p loom-bin -p loom-nodelet",
+            "{} not found: build it with cargo build --release -p loom-bench -p loom-bin -p loom-nodelet",
             loom.display()
         );
     }
