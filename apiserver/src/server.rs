@@ -45,8 +45,8 @@ pub enum ConfigError {
     #[error("{0} must be more than 0")]
     ZeroDuration(&'static str),
     /// A limit of the HTTP listener.
-    #[error("{0}")]
-    Listener(String),
+    #[error(transparent)]
+    Listener(#[from] loom_listener::LimitsError),
 }
 
 /// The store could not be opened.

@@ -51,19 +51,30 @@ impl Default for Limits {
     }
 }
 
+/// A limit a listener cannot run with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LimitsError {
+    /// The header read timeout is 0 or over [`MAX_HEADER_READ_TIMEOUT`].
+    #[error(
+        "header_read_timeout must be more than 0 and at most {max} s, not {timeout:?}",
+        max = MAX_HEADER_READ_TIMEOUT.as_secs(),
+        timeout = .0
+    )]
+    HeaderReadTimeout(Duration),
+    /// No connection would ever be served.
+    #[error("max_connections must be more than 0")]
+    NoConnections,
+}
+
 impl Limits {
     /// Refuses limits a server cannot run with, naming the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), LimitsError> {
         if self.header_read_timeout.is_zero() || self.header_read_timeout > MAX_HEADER_READ_TIMEOUT
         {
-            return Err(format!(
-                "header_read_timeout must be more than 0 and at most {} s, not {:?}",
-                MAX_HEADER_READ_TIMEOUT.as_secs(),
-                self.header_read_timeout
-            ));
+            return Err(LimitsError::HeaderReadTimeout(self.header_read_timeout));
         }
         if self.max_connections == 0 {
-            return Err("max_connections must be more than 0".to_owned());
+            return Err(LimitsError::NoConnections);
         }
         Ok(())
     }
@@ -264,7 +275,12 @@ mod tests {
             header_read_timeout: Duration::ZERO,
             ..Limits::default()
         };
-        assert!(zero.validate().unwrap_err().contains("header_read_timeout"));
+        assert!(
+            zero.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("header_read_timeout")
+        );
         let long = Limits {
             header_read_timeout: Duration::from_secs(31),
             ..Limits::default()
@@ -274,6 +290,12 @@ mod tests {
             max_connections: 0,
             ..Limits::default()
         };
-        assert!(none.validate().unwrap_err().contains("max_connections"));
+        assert_eq!(none.validate(), Err(LimitsError::NoConnections));
+        assert!(
+            none.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_connections")
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! score those, pick the best; or say why none fits.
 
 use crate::cache::Cache;
-use crate::filter::{explain, fits};
+use crate::filter::{Unfit, explain, fits};
 use crate::resources::{NodeInfo, TaskInfo};
 use crate::score::Weighted;
 
@@ -61,7 +61,7 @@ impl Algorithm {
     }
 
     /// The index in `cache.nodes()` of the best node for `task`, or why none fits.
-    pub fn decide(&mut self, cache: &Cache, task: &TaskInfo) -> Result<usize, String> {
+    pub fn decide(&mut self, cache: &Cache, task: &TaskInfo) -> Result<usize, NoFit> {
         let nodes = cache.nodes();
         let n = nodes.len();
         if n != self.scorer_nodes {
@@ -85,13 +85,25 @@ impl Algorithm {
         let candidates = self.feasible.iter().map(|i| (*i, &nodes[*i]));
         self.scorer
             .best_of(candidates, task)
-            .ok_or_else(|| explain(n, &reasons))
+            .ok_or(NoFit { nodes: n, reasons })
     }
 
     /// Scores one node (for tests and tools).
     pub fn score(&self, node: &NodeInfo, task: &TaskInfo) -> f64 {
         self.scorer.score(node, task)
     }
+}
+
+/// No node fits a task: how many nodes there were, and why each one examined
+/// was refused. Its message is the user's explanation
+/// (`0/12 nodes: 8 insufficient memory, …`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", explain(*nodes, reasons))]
+pub struct NoFit {
+    /// The nodes in the cache.
+    pub nodes: usize,
+    /// Why each node examined was refused.
+    pub reasons: Vec<Unfit>,
 }
 
 #[cfg(test)]
@@ -283,7 +295,8 @@ mod tests {
             let t = TaskInfo::new(Arc::new((case.task)()));
             let got = algorithm
                 .decide(&cache, &t)
-                .map(|i| cache.nodes()[i].name().to_owned());
+                .map(|i| cache.nodes()[i].name().to_owned())
+                .map_err(|no_fit| no_fit.to_string());
             assert_eq!(
                 got,
                 case.want.map(str::to_owned).map_err(str::to_owned),

@@ -349,7 +349,8 @@ fn decide(
                 .instrument(span),
             );
         }
-        Err(message) => {
+        Err(no_fit) => {
+            let message = no_fit.to_string();
             let generation = state.cache.generation();
             // Victims still on their way out: wait for them rather than choose more.
             if let Some((victims, until)) = state.preempting.get(&key)
