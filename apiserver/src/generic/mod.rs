@@ -6,8 +6,10 @@
 //! write passes the [`admission`](crate::admission) chain. Nothing here names a
 //! kind.
 
+mod bounded_patch;
 mod create;
 mod delete;
+mod delete_collection;
 mod get_list;
 mod patch;
 mod update;
