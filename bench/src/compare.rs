@@ -24,11 +24,17 @@ pub struct CompareArgs {
     /// Tasks a round of the nodelet benchmark (root).
     #[arg(long, default_value_t = 100)]
     tasks: usize,
+    /// Simulated nodes a round of the scheduler benchmark.
+    #[arg(long, default_value_t = 1_000)]
+    schedule_nodes: usize,
+    /// Tasks a round of the scheduler benchmark binds.
+    #[arg(long, default_value_t = 10_000)]
+    schedule_tasks: usize,
     /// Seconds of rest before each run. On a machine whose CPU slows under
     /// sustained load (a VM's credits, heat), every run then starts alike.
     #[arg(long, default_value_t = 0)]
     rest_seconds: u64,
-    /// Only these figures: `api`, `nodelet` (default: both).
+    /// Only these figures: `api`, `schedule`, `nodelet` (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -39,7 +45,7 @@ struct Figure {
     name: &'static str,
     args: Vec<String>,
     /// The output line starting with this, and the whitespace-separated column.
-    line: &'static str,
+    line: String,
     column: usize,
     /// Higher is better (a rate) or lower is better (a latency).
     higher_is_better: bool,
@@ -49,7 +55,7 @@ struct Figure {
 fn read_figure(output: &str, figure: &Figure) -> anyhow::Result<f64> {
     let line = output
         .lines()
-        .find(|l| l.trim_start().starts_with(figure.line))
+        .find(|l| l.trim_start().starts_with(&figure.line))
         .with_context(|| format!("no line {:?} in:\n{output}", figure.line))?;
     let rest = line.trim_start()[figure.line.len()..].trim();
     let value = rest
@@ -112,18 +118,37 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
             "--creates".into(),
             args.creates.to_string(),
         ],
-        line: "HTTP create (embedded)",
+        line: "HTTP create (embedded)".into(),
         column: 2,
         higher_is_better: true,
         unit: "/s",
     }];
+    figures.push(Figure {
+        key: "schedule",
+        name: "scheduler tasks bound/s (embedded)",
+        args: vec![
+            "schedule".into(),
+            "--backend".into(),
+            "embedded".into(),
+            "--exclusive-only".into(),
+            "--nodes".into(),
+            args.schedule_nodes.to_string(),
+            "--tasks".into(),
+            args.schedule_tasks.to_string(),
+        ],
+        // `10000 tasks bound in 4.87 s: 2053 tasks/s end to end (...)`
+        line: format!("{} tasks bound in", args.schedule_tasks),
+        column: 2,
+        higher_is_better: true,
+        unit: "/s",
+    });
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         figures.push(Figure {
             key: "nodelet",
             name: "task bound -> running p50 (container)",
             args: vec!["nodelet".into(), "--tasks".into(), args.tasks.to_string()],
-            line: "bound -> process running",
+            line: "bound -> process running".into(),
             column: 0,
             higher_is_better: false,
             unit: " ms",
@@ -189,16 +214,23 @@ mod tests {
             key: "api",
             name: "api",
             args: Vec::new(),
-            line: "HTTP create (embedded)",
+            line: "HTTP create (embedded)".into(),
             column: 2,
             higher_is_better: true,
             unit: "/s",
         };
         assert_eq!(read_figure(api, &figure).unwrap(), 9346.0);
+        let schedule = "end to end (embedded, exclusive, no claims, 64 binds in flight): ...\n  \
+                        10000 tasks bound in 4.87 s: 2053 tasks/s end to end (first bind after 1.51 s)\n";
+        let figure = Figure {
+            line: "10000 tasks bound in".into(),
+            ..figure
+        };
+        assert_eq!(read_figure(schedule, &figure).unwrap(), 2053.0);
         let nodelet = "                                          p50 ms    p99 ms  p50 vs bare\n\
                        bound -> process running                   29.12     52.00        1.54x\n";
         let figure = Figure {
-            line: "bound -> process running",
+            line: "bound -> process running".into(),
             column: 0,
             ..figure
         };
