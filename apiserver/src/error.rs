@@ -6,8 +6,9 @@ use axum::response::{IntoResponse, Response};
 
 use crate::store;
 
-/// An error answer: the `Status` the client receives.
-#[derive(Debug, Clone)]
+/// An error answer: the `Status` the client receives (its message, when shown).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .0.message)]
 pub struct ApiError(pub Box<Status>);
 
 /// The result type of API operations.
