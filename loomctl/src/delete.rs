@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use client::wait::{self, await_condition, conditions};
 use client::{Api, DeleteParams, DynamicObject, ListParams};
 
 use crate::kinds::{Kinds, display_name};
@@ -82,25 +83,20 @@ pub(crate) async fn run(ctx: &Context, args: &DeleteArgs) -> anyhow::Result<Exit
     if args.wait {
         let deadline = Instant::now() + Duration::from_secs(120);
         for (api, name) in deleted {
-            loop {
-                match api.get_opt(&name).await? {
-                    None => break,
-                    Some(_) if Instant::now() > deadline => {
-                        bail!(
-                            "{} {name:?} is still there after 120 s (finalizers?)",
-                            display_name(api.resource())
-                        );
-                    }
-                    Some(_) => {
-                        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                            eprint!(
-                                "\rwaiting for {} {name:?} to go",
-                                display_name(api.resource())
-                            );
-                        }
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                eprint!(
+                    "\rwaiting for {} {name:?} to go",
+                    display_name(api.resource())
+                );
+            }
+            let what = display_name(api.resource());
+            let left = deadline.saturating_duration_since(Instant::now());
+            match await_condition(api, &name, conditions::is_absent(), left).await {
+                Ok(_) => {}
+                Err(wait::Error::TimedOut { .. }) => {
+                    bail!("{what} {name:?} is still there after 120 s (finalizers?)");
                 }
+                Err(wait::Error::Watch { source, .. }) => return Err(source.into()),
             }
         }
     }

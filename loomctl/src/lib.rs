@@ -8,6 +8,7 @@
 mod apply;
 mod config_cmd;
 mod delete;
+mod duration;
 mod get;
 mod kinds;
 mod manifest;
@@ -60,9 +61,9 @@ enum Command {
         /// phase=PHASE, condition=TYPE[=STATUS], or delete.
         #[arg(long = "for")]
         condition: String,
-        /// Give up after this many seconds (exit 1).
-        #[arg(long, default_value_t = 30)]
-        timeout: u64,
+        /// Give up after this long (exit 1): 30s, 2m, 1h, 1m30s; a bare number is seconds.
+        #[arg(long, default_value = "30s", value_parser = duration::parse)]
+        timeout: std::time::Duration,
     },
     /// Stop a job, keeping its record: `kill job/NAME`.
     Kill {
@@ -115,9 +116,9 @@ enum Command {
         /// service/NAME or service NAME.
         #[arg(required = true)]
         args: Vec<String>,
-        /// Give up after this many seconds (exit 1).
-        #[arg(long, default_value_t = 300)]
-        timeout: u64,
+        /// Give up after this long (exit 1): 5m, 300s, 1h; a bare number is seconds.
+        #[arg(long, default_value = "5m", value_parser = duration::parse)]
+        timeout: std::time::Duration,
     },
     /// Machines: state, capacity, usage and tasks. Add one with
     /// `loom nodelet --server URL --name NAME`.
@@ -134,9 +135,9 @@ enum Command {
     Drain {
         /// The node.
         node: String,
-        /// Give up after this many seconds (exit 1).
-        #[arg(long, default_value_t = 300)]
-        timeout: u64,
+        /// Give up after this long (exit 1): 5m, 300s, 1h; a bare number is seconds.
+        #[arg(long, default_value = "5m", value_parser = duration::parse)]
+        timeout: std::time::Duration,
     },
     /// Show or change the config file (~/.loom/config or $LOOMCONFIG).
     Config(config_cmd::ConfigArgs),
@@ -206,38 +207,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             args,
             condition,
             timeout,
-        } => {
-            more::wait(
-                &context(&cli)?,
-                args,
-                condition,
-                std::time::Duration::from_secs(*timeout),
-            )
-            .await
-        }
+        } => more::wait(&context(&cli)?, args, condition, *timeout).await,
         Command::Kill { args } => more::kill(&context(&cli)?, args).await,
         Command::Cordon { node } => more::cordon(&context(&cli)?, node, true).await,
         Command::Uncordon { node } => more::cordon(&context(&cli)?, node, false).await,
         Command::Diff { files, recursive } => more::diff(&context(&cli)?, files, *recursive).await,
         Command::Explain { target } => more::explain(&context(&cli)?, target).await,
         Command::Rollout { args, timeout, .. } => {
-            more::rollout_status(
-                &context(&cli)?,
-                args,
-                std::time::Duration::from_secs(*timeout),
-            )
-            .await
+            more::rollout_status(&context(&cli)?, args, *timeout).await
         }
         Command::Nodes => nodes::nodes(&context(&cli)?).await,
         Command::Taint { node, taints } => nodes::taint(&context(&cli)?, node, taints).await,
-        Command::Drain { node, timeout } => {
-            nodes::drain(
-                &context(&cli)?,
-                node,
-                std::time::Duration::from_secs(*timeout),
-            )
-            .await
-        }
+        Command::Drain { node, timeout } => nodes::drain(&context(&cli)?, node, *timeout).await,
         Command::Logs { task, follow, tail } => {
             more::logs(&context(&cli)?, task, *follow, *tail).await
         }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use api_types::ResourceInfo;
+use client::wait::{self, Condition as _, await_condition, conditions};
 use client::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
@@ -148,60 +149,58 @@ pub(crate) async fn wait(
     let api = api(ctx, info);
     let test: Check = match condition.split_once('=') {
         Some(("phase", phase)) => {
-            let phase = phase.to_owned();
-            Box::new(move |o| {
-                o.and_then(|o| o.data.get("status"))
-                    .and_then(|s| s["phase"].as_str())
-                    == Some(phase.as_str())
-            })
+            let met = conditions::has_phase(phase);
+            Box::new(move |o| met.matches_object(o))
         }
         Some(("condition", rest)) => {
             let (kind, status) = rest.split_once('=').unwrap_or((rest, "True"));
-            let (kind, status) = (kind.to_owned(), status.to_owned());
-            Box::new(move |o| {
-                o.and_then(|o| o.data.get("status"))
-                    .and_then(|s| s["conditions"].as_array())
-                    .is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c["type"] == kind.as_str() && c["status"] == status.as_str())
-                    })
-            })
+            let met = conditions::has_condition(kind, status);
+            Box::new(move |o| met.matches_object(o))
         }
-        None if condition == "delete" => Box::new(|o| o.is_none()),
+        None if condition == "delete" => {
+            let met = conditions::is_absent();
+            Box::new(move |o| met.matches_object(o))
+        }
         _ => bail!("--for takes phase=PHASE, condition=TYPE[=STATUS] or delete, not {condition:?}"),
     };
     let deadline = Instant::now() + timeout;
+    let waiting = await_condition(api, &name, test, timeout);
+    let mut waiting = std::pin::pin!(waiting);
+    // On a terminal, a countdown while the watch waits (the first once a quick
+    // answer would have come).
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let tick = Duration::from_millis(250);
+    let mut countdown = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
     let mut shown = false;
-    loop {
-        let object = api.get_opt(&name).await?;
-        if test(object.as_ref()) {
-            if shown {
-                eprintln!();
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut waiting => break outcome,
+            _ = countdown.tick(), if tty => {
+                eprint!(
+                    "\rwaiting for {}/{name} ({condition}) {:>4.0}s",
+                    display_name(info),
+                    deadline.saturating_duration_since(Instant::now()).as_secs_f64()
+                );
+                shown = true;
             }
-            println!("{}/{name} condition met", display_name(info));
-            return Ok(ExitCode::SUCCESS);
         }
-        if Instant::now() >= deadline {
-            if shown {
-                eprintln!();
-            }
+    };
+    if shown {
+        eprintln!();
+    }
+    match outcome {
+        Ok(_) => {
+            println!("{}/{name} condition met", display_name(info));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(wait::Error::TimedOut { .. }) => {
             eprintln!(
                 "error: timed out after {timeout:?} waiting for {}/{name} to reach {condition}",
                 display_name(info)
             );
-            return Ok(ExitCode::FAILURE);
+            Ok(ExitCode::FAILURE)
         }
-        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            eprint!(
-                "\rwaiting for {}/{name} ({condition}) {:>4.0}s",
-                display_name(info),
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .as_secs_f64()
-            );
-            shown = true;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        Err(wait::Error::Watch { source, .. }) => Err(source.into()),
     }
 }
 
@@ -436,7 +435,7 @@ fn type_of(schema: &Value) -> String {
 }
 
 /// `loomctl rollout status service/NAME`: waits until every replica runs the
-/// current template.
+/// current template, printing each new stage of the rollout.
 pub(crate) async fn rollout_status(
     ctx: &Context,
     args: &[String],
@@ -447,40 +446,52 @@ pub(crate) async fn rollout_status(
     if info.kind != "Service" {
         bail!("rollout status follows services; {name} is a {}", info.kind);
     }
-    let api = api(ctx, info);
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        let service = api.get(&name).await?;
-        let spec = service.data.get("spec").cloned().unwrap_or_default();
-        let status = service.data.get("status").cloned().unwrap_or_default();
-        let wanted = spec["replicas"].as_i64().unwrap_or(1);
-        let updated = status["updatedReplicas"].as_i64().unwrap_or(0);
-        let ready = status["readyReplicas"].as_i64().unwrap_or(0);
-        let observed = status["observedGeneration"].as_i64().unwrap_or(0);
-        if observed >= service.metadata.generation && updated >= wanted && ready >= wanted {
-            println!("service {name:?} successfully rolled out");
-            return Ok(ExitCode::SUCCESS);
-        }
-        let line = if observed < service.metadata.generation {
-            "Waiting for the service controller to see the new template...".to_owned()
-        } else {
-            format!(
-                "Waiting for rollout to finish: {updated} of {wanted} updated replicas, {ready} ready..."
-            )
+    let last = std::cell::RefCell::new(String::new());
+    let rolled_out = |service: Option<&DynamicObject>| {
+        let Some(service) = service else {
+            return false;
         };
-        if line != last {
+        let (done, line) = rollout_stage(service);
+        if !done && *last.borrow() != line {
             println!("{line}");
-            last = line;
+            *last.borrow_mut() = line;
         }
-        if Instant::now() > deadline {
+        done
+    };
+    match await_condition(api(ctx, info), &name, rolled_out, timeout).await {
+        Ok(_) => {
+            println!("service {name:?} successfully rolled out");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(wait::Error::TimedOut { .. }) => {
             eprintln!(
                 "error: timed out after {timeout:?} waiting for service {name:?} to roll out"
             );
-            return Ok(ExitCode::FAILURE);
+            Ok(ExitCode::FAILURE)
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        Err(wait::Error::Watch { source, .. }) => Err(source.into()),
     }
+}
+
+/// Whether a service has rolled out, and the line that says how far it got.
+fn rollout_stage(service: &DynamicObject) -> (bool, String) {
+    let spec = service.data.get("spec").cloned().unwrap_or_default();
+    let status = service.data.get("status").cloned().unwrap_or_default();
+    let wanted = spec["replicas"].as_i64().unwrap_or(1);
+    let updated = status["updatedReplicas"].as_i64().unwrap_or(0);
+    let ready = status["readyReplicas"].as_i64().unwrap_or(0);
+    let observed = status["observedGeneration"].as_i64().unwrap_or(0);
+    if observed >= service.metadata.generation && updated >= wanted && ready >= wanted {
+        return (true, String::new());
+    }
+    let line = if observed < service.metadata.generation {
+        "Waiting for the service controller to see the new template...".to_owned()
+    } else {
+        format!(
+            "Waiting for rollout to finish: {updated} of {wanted} updated replicas, {ready} ready..."
+        )
+    };
+    (false, line)
 }
 
 /// `loomctl logs TASK [-f] [--tail N]`: the task's output, through the API

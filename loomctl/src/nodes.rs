@@ -1,12 +1,14 @@
 //! Machines: `nodes` (capacity, usage, tasks), `taint`, `drain`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::bail;
 use api_types::{Node, Task};
+use client::watcher::{self, Event, watcher};
 use client::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use futures::StreamExt as _;
 use serde_json::json;
 
 use crate::Context;
@@ -112,7 +114,8 @@ pub(crate) async fn taint(
 }
 
 /// `loomctl drain NODE`: cordon it, stop its tasks (their jobs and services
-/// replace them elsewhere), and wait until none is left.
+/// replace them elsewhere), and wait until none is left, following the node's
+/// tasks with a watch.
 pub(crate) async fn drain(
     ctx: &Context,
     node: &str,
@@ -128,38 +131,84 @@ pub(crate) async fn drain(
         .await?;
     println!("node.loom.dev/{node} cordoned");
     let tasks: Api<Task> = Api::all(ctx.client.clone());
-    let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (left, _) = tasks.list_all(&on_node).await?;
-        let left: Vec<Task> = left
-            .into_iter()
-            .filter(|t| !t.status.as_ref().is_some_and(|s| s.phase.is_terminal()))
-            .collect();
-        if left.is_empty() {
-            println!("node.loom.dev/{node} drained");
-            return Ok(ExitCode::SUCCESS);
+    let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    // The node's unfinished tasks, by namespace and name.
+    let mut left: BTreeMap<(String, String), Task> = BTreeMap::new();
+    let drained = async {
+        let mut events = std::pin::pin!(watcher(tasks.clone(), on_node));
+        let mut listing: Option<BTreeMap<(String, String), Task>> = None;
+        let mut evicted = BTreeSet::new();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(Event::Init) => listing = Some(BTreeMap::new()),
+                Ok(Event::InitApply(task)) => track(listing.get_or_insert_default(), task),
+                Ok(Event::InitDone) => left = listing.take().unwrap_or_default(),
+                Ok(Event::Apply(task)) => track(&mut left, task),
+                Ok(Event::Delete(task)) => {
+                    left.remove(&key(&task));
+                }
+                Err(error) if error.is_transient() || error.is_gone() => continue,
+                Err(error) => return Err(anyhow::Error::from(error)),
+            }
+            if listing.is_some() {
+                continue;
+            }
+            if left.is_empty() {
+                return Ok(());
+            }
+            evict(&tasks, &left, &mut evicted).await?;
         }
-        if Instant::now() > deadline {
+        std::future::pending().await
+    };
+    match tokio::time::timeout(timeout, drained).await {
+        Ok(Ok(())) => {
+            println!("node.loom.dev/{node} drained");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Err(error)) => Err(error),
+        Err(_) => {
             eprintln!(
                 "error: {} tasks still on {node} after {timeout:?}",
                 left.len()
             );
-            return Ok(ExitCode::FAILURE);
+            Ok(ExitCode::FAILURE)
         }
-        for task in &left {
-            if task.metadata.deletion_timestamp.is_none() {
-                let api = tasks.in_namespace(&task.metadata.namespace);
-                match api
-                    .delete(&task.metadata.name, &DeleteParams::default())
-                    .await
-                {
-                    Ok(_) => println!("task.loom.dev/{} evicted", task.metadata.name),
-                    Err(error) if error.is_not_found() => {}
-                    Err(error) => return Err(error.into()),
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+fn key(task: &Task) -> (String, String) {
+    (task.metadata.namespace.clone(), task.metadata.name.clone())
+}
+
+/// Keeps `task` in `left` while it has not finished.
+fn track(left: &mut BTreeMap<(String, String), Task>, task: Task) {
+    if task.status.as_ref().is_some_and(|s| s.phase.is_terminal()) {
+        left.remove(&key(&task));
+    } else {
+        left.insert(key(&task), task);
+    }
+}
+
+/// Deletes the tasks of `left` not being deleted yet (once each).
+async fn evict(
+    tasks: &Api<Task>,
+    left: &BTreeMap<(String, String), Task>,
+    evicted: &mut BTreeSet<(String, String)>,
+) -> anyhow::Result<()> {
+    for (key, task) in left {
+        if task.metadata.deletion_timestamp.is_some() || evicted.contains(key) {
+            continue;
+        }
+        let api = tasks.in_namespace(&task.metadata.namespace);
+        match api
+            .delete(&task.metadata.name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => println!("task.loom.dev/{} evicted", task.metadata.name),
+            Err(error) if error.is_not_found() => {}
+            Err(error) => return Err(error.into()),
+        }
+        evicted.insert(key.clone());
+    }
+    Ok(())
 }

@@ -446,6 +446,86 @@ async fn describe_wait_kill_and_diff() {
     )
     .await;
     assert_eq!(gone.code, 1);
+    // A wait sees the change it waits for as it happens (the delete comes a moment
+    // after the wait starts; it would pass as well if it came first).
+    let (gone, deleted) = tokio::join!(
+        loomctl(
+            &server,
+            dir.path(),
+            &["wait", "job/a", "--for=delete", "--timeout", "60s"],
+        ),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            loomctl(&server, dir.path(), &["delete", "job", "a"]).await
+        }
+    );
+    assert_eq!(deleted.code, 0, "{}", deleted.stderr);
+    assert_eq!(
+        (gone.code, gone.stdout.as_str()),
+        (0, "job.loom.dev/a condition met\n"),
+        "{}",
+        gone.stderr
+    );
+}
+
+/// `--timeout` takes kubectl's durations (`60s`, `2m`, `1m30s`); a bare number is
+/// seconds; anything else is a usage error naming the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_take_kubectl_durations() {
+    let (server, dir) = setup().await;
+    write(dir.path(), "a.yaml", &job("a", 1));
+    let f = dir.path().join("a.yaml");
+    loomctl(&server, dir.path(), &["apply", "-f", f.to_str().unwrap()]).await;
+    for timeout in ["60s", "2m", "1m30s", "1h", "60"] {
+        let met = loomctl(
+            &server,
+            dir.path(),
+            &["wait", "job/a", "--for=phase=Pending", "--timeout", timeout],
+        )
+        .await;
+        assert_eq!(
+            (met.code, met.stdout.as_str()),
+            (0, "job.loom.dev/a condition met\n"),
+            "--timeout {timeout}: {}",
+            met.stderr
+        );
+    }
+    let timed_out = loomctl(
+        &server,
+        dir.path(),
+        &["wait", "job/a", "--for=phase=Completed", "--timeout=1500ms"],
+    )
+    .await;
+    assert_eq!(timed_out.code, 1);
+    assert!(
+        timed_out.stderr.contains("timed out after 1.5s"),
+        "{}",
+        timed_out.stderr
+    );
+    for (args, bad) in [
+        (
+            vec!["wait", "job/a", "--for=delete", "--timeout", "60x"],
+            "60x",
+        ),
+        (
+            vec!["rollout", "status", "service/web", "--timeout", "5 m"],
+            "5 m",
+        ),
+        (vec!["drain", "n1", "--timeout=-1s"], "-1s"),
+    ] {
+        let run = loomctl(&server, dir.path(), &args).await;
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("--timeout") && run.stderr.contains(bad),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("like 60s, 2m, 1h or 1m30s"),
+            "{}",
+            run.stderr
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
