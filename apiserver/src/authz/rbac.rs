@@ -1,0 +1,694 @@
+//! RBAC's rules and how a request is matched against them, as Kubernetes'
+//! `rbac.authorization.k8s.io/v1` evaluates them: a request is allowed when a
+//! rule of a role bound to its user (or one of the user's groups) allows its
+//! verb on its API group, resource (with subresource) and name, or on its
+//! non-resource URL. Nothing denies: no rule, no access.
+//!
+//! Also the escalation check: a role may only be written by someone who holds
+//! every permission it grants (Kubernetes' `ConfirmNoEscalation`).
+
+use serde::{Deserialize, Serialize};
+
+/// One permission of a role (`PolicyRule`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PolicyRule {
+    /// Verbs (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
+    /// `deletecollection`, or `*`).
+    pub verbs: Vec<String>,
+    /// API groups (`""` is the core group, `*` any).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub api_groups: Vec<String>,
+    /// Resources, with `resource/subresource` for a subresource; `*` any
+    /// resource, `*/sub` a subresource of any resource, `res/*` every
+    /// subresource of one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
+    /// Object names; empty means any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resource_names: Vec<String>,
+    /// Paths not of the resource API (`/healthz`, `/metrics`); a trailing `*`
+    /// matches a prefix.
+    #[serde(rename = "nonResourceURLs", skip_serializing_if = "Vec::is_empty")]
+    pub non_resource_urls: Vec<String>,
+}
+
+/// Who is asking.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserInfo {
+    /// The user's name (`alice`, `system:node:a`,
+    /// `system:serviceaccount:ns:name`).
+    pub name: String,
+    /// Its groups (`system:authenticated`, `system:nodes`, ...).
+    pub groups: Vec<String>,
+}
+
+/// What a request does, as authorization sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Attributes {
+    /// Who.
+    pub user: UserInfo,
+    /// The verb (`get`, `list`, `watch`, `create`, ...; for a non-resource
+    /// request the HTTP method in lowercase).
+    pub verb: String,
+    /// A request to the resource API (else to a non-resource path).
+    pub resource_request: bool,
+    /// The API group (`""` core, `loom.dev`, ...).
+    pub api_group: String,
+    /// The resource's plural.
+    pub resource: String,
+    /// The subresource (`status`, `log`, `binding`) or `""`.
+    pub subresource: String,
+    /// The namespace, `""` for cluster-scoped requests.
+    pub namespace: String,
+    /// The object's name, `""` for collections.
+    pub name: String,
+    /// The path of a non-resource request.
+    pub path: String,
+}
+
+fn has(list: &[String], wanted: &str) -> bool {
+    list.iter().any(|item| item == "*" || item == wanted)
+}
+
+impl PolicyRule {
+    /// Whether this rule allows the request.
+    pub fn allows(&self, request: &Attributes) -> bool {
+        if !has(&self.verbs, &request.verb) {
+            return false;
+        }
+        if !request.resource_request {
+            return self.non_resource_urls.iter().any(|url| {
+                url == "*"
+                    || *url == request.path
+                    || url
+                        .strip_suffix('*')
+                        .is_some_and(|prefix| request.path.starts_with(prefix))
+            });
+        }
+        has(&self.api_groups, &request.api_group)
+            && self.covers_resource(&request.resource, &request.subresource)
+            && (self.resource_names.is_empty() || self.resource_names.contains(&request.name))
+    }
+
+    fn covers_resource(&self, resource: &str, subresource: &str) -> bool {
+        let combined = if subresource.is_empty() {
+            resource.to_owned()
+        } else {
+            format!("{resource}/{subresource}")
+        };
+        self.resources.iter().any(|r| {
+            r == "*"
+                || *r == combined
+                || (!subresource.is_empty()
+                    && (r.strip_prefix("*/") == Some(subresource)
+                        || r.strip_suffix("/*") == Some(resource)))
+        })
+    }
+}
+
+/// What a binding refers to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoleKind {
+    /// A role of the binding's namespace.
+    #[default]
+    Role,
+    /// A cluster-wide role.
+    ClusterRole,
+}
+
+/// A reference from a binding to a role.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RoleRef {
+    /// `rbac.authorization.k8s.io`.
+    pub api_group: String,
+    /// `Role` or `ClusterRole`.
+    pub kind: RoleKind,
+    /// The role's name.
+    pub name: String,
+}
+
+/// What kind of identity a subject names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SubjectKind {
+    /// A user, by name.
+    #[default]
+    User,
+    /// Every user in a group.
+    Group,
+    /// A service account (`system:serviceaccount:NAMESPACE:NAME`).
+    ServiceAccount,
+}
+
+/// Who a binding grants its role to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Subject {
+    /// `User`, `Group` or `ServiceAccount`.
+    pub kind: SubjectKind,
+    /// The user's, group's or service account's name.
+    pub name: String,
+    /// A service account's namespace.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// `rbac.authorization.k8s.io` for users and groups, `""` for service
+    /// accounts.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub api_group: String,
+}
+
+impl Subject {
+    /// Whether `user` is this subject. A service account is the user
+    /// `system:serviceaccount:NAMESPACE:NAME`; a service-account subject
+    /// without a namespace takes the binding's.
+    pub fn matches(&self, user: &UserInfo, binding_namespace: &str) -> bool {
+        match self.kind {
+            SubjectKind::User => self.name == user.name,
+            SubjectKind::Group => user.groups.contains(&self.name),
+            SubjectKind::ServiceAccount => {
+                let namespace = if self.namespace.is_empty() {
+                    binding_namespace
+                } else {
+                    &self.namespace
+                };
+                user.name == format!("system:serviceaccount:{namespace}:{}", self.name)
+            }
+        }
+    }
+}
+
+/// Where the rules of a request come from: the roles and bindings the
+/// authorizer reads (from its informers' caches).
+pub trait RuleSource {
+    /// Cluster role bindings as (subjects, cluster role name).
+    fn cluster_role_bindings(&self) -> Vec<(Vec<Subject>, RoleRef)>;
+    /// Role bindings of `namespace` as (subjects, role).
+    fn role_bindings(&self, namespace: &str) -> Vec<(Vec<Subject>, RoleRef)>;
+    /// The rules of a cluster role, if it exists.
+    fn cluster_role(&self, name: &str) -> Option<Vec<PolicyRule>>;
+    /// The rules of a role of `namespace`, if it exists.
+    fn role(&self, namespace: &str, name: &str) -> Option<Vec<PolicyRule>>;
+}
+
+/// Why a request was allowed, or that it was not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed by this binding (`ClusterRoleBinding/NAME` or
+    /// `RoleBinding/NS/NAME`) and role.
+    Allowed {
+        /// How the user got the right.
+        reason: String,
+    },
+    /// No rule allows it.
+    Denied,
+}
+
+/// Decides a request: cluster role bindings first, then the role bindings of
+/// the request's namespace (a role binding may name a cluster role: its rules
+/// then apply in that namespace only).
+pub fn authorize(source: &dyn RuleSource, request: &Attributes) -> Decision {
+    for (subjects, role) in source.cluster_role_bindings() {
+        if role.kind != RoleKind::ClusterRole
+            || !subjects.iter().any(|s| s.matches(&request.user, ""))
+        {
+            continue;
+        }
+        let rules = source.cluster_role(&role.name).unwrap_or_default();
+        if rules.iter().any(|rule| rule.allows(request)) {
+            return Decision::Allowed {
+                reason: format!("ClusterRoleBinding of ClusterRole {:?}", role.name),
+            };
+        }
+    }
+    if request.namespace.is_empty() {
+        return Decision::Denied;
+    }
+    for (subjects, role) in source.role_bindings(&request.namespace) {
+        if !subjects
+            .iter()
+            .any(|s| s.matches(&request.user, &request.namespace))
+        {
+            continue;
+        }
+        let rules = match role.kind {
+            RoleKind::ClusterRole => source.cluster_role(&role.name),
+            RoleKind::Role => source.role(&request.namespace, &role.name),
+        }
+        .unwrap_or_default();
+        if rules.iter().any(|rule| rule.allows(request)) {
+            return Decision::Allowed {
+                reason: format!(
+                    "RoleBinding in {:?} of {:?} {:?}",
+                    request.namespace, role.kind, role.name
+                ),
+            };
+        }
+    }
+    Decision::Denied
+}
+
+/// The rules that apply to `user` in `namespace` (`""`: cluster-wide only),
+/// for the escalation check and `SelfSubjectRulesReview`.
+pub fn rules_for(source: &dyn RuleSource, user: &UserInfo, namespace: &str) -> Vec<PolicyRule> {
+    let mut rules = Vec::new();
+    for (subjects, role) in source.cluster_role_bindings() {
+        if role.kind == RoleKind::ClusterRole && subjects.iter().any(|s| s.matches(user, "")) {
+            rules.extend(source.cluster_role(&role.name).unwrap_or_default());
+        }
+    }
+    if !namespace.is_empty() {
+        for (subjects, role) in source.role_bindings(namespace) {
+            if !subjects.iter().any(|s| s.matches(user, namespace)) {
+                continue;
+            }
+            let granted = match role.kind {
+                RoleKind::ClusterRole => source.cluster_role(&role.name),
+                RoleKind::Role => source.role(namespace, &role.name),
+            };
+            rules.extend(granted.unwrap_or_default());
+        }
+    }
+    rules
+}
+
+/// The permissions of `wanted` that `held` does not cover: empty when whoever
+/// holds `held` may grant `wanted` (Kubernetes' `Covers`). Each wanted rule is
+/// broken into single (verb, group, resource, name) or (verb, URL) grants, and
+/// each must be allowed by a held rule with the same or wider reach; a `*` in
+/// a wanted rule is covered only by a `*` held.
+pub fn uncovered(held: &[PolicyRule], wanted: &[PolicyRule]) -> Vec<PolicyRule> {
+    let mut missing = Vec::new();
+    for rule in wanted {
+        for single in split(rule) {
+            if !held.iter().any(|h| covers(h, &single)) {
+                missing.push(single);
+            }
+        }
+    }
+    missing
+}
+
+/// One rule per verb × group × resource × name (or verb × URL).
+fn split(rule: &PolicyRule) -> Vec<PolicyRule> {
+    let one = |s: &String| vec![s.clone()];
+    let mut out = Vec::new();
+    for verb in &rule.verbs {
+        for url in &rule.non_resource_urls {
+            out.push(PolicyRule {
+                verbs: one(verb),
+                non_resource_urls: one(url),
+                ..PolicyRule::default()
+            });
+        }
+        for group in &rule.api_groups {
+            for resource in &rule.resources {
+                if rule.resource_names.is_empty() {
+                    out.push(PolicyRule {
+                        verbs: one(verb),
+                        api_groups: one(group),
+                        resources: one(resource),
+                        ..PolicyRule::default()
+                    });
+                }
+                for name in &rule.resource_names {
+                    out.push(PolicyRule {
+                        verbs: one(verb),
+                        api_groups: one(group),
+                        resources: one(resource),
+                        resource_names: one(name),
+                        ..PolicyRule::default()
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether `held` grants everything the single-valued rule `wanted` does.
+fn covers(held: &PolicyRule, wanted: &PolicyRule) -> bool {
+    let verb_ok = wanted.verbs.iter().all(|v| has(&held.verbs, v));
+    if !verb_ok {
+        return false;
+    }
+    if let Some(url) = wanted.non_resource_urls.first() {
+        return held.non_resource_urls.iter().any(|h| {
+            h == "*" || h == url || h.strip_suffix('*').is_some_and(|p| url.starts_with(p))
+        });
+    }
+    let (Some(group), Some(resource)) = (wanted.api_groups.first(), wanted.resources.first())
+    else {
+        return false;
+    };
+    let group_ok = has(&held.api_groups, group);
+    let resource_ok = held.resources.iter().any(|h| {
+        h == "*"
+            || h == resource
+            || match resource.split_once('/') {
+                Some((res, sub)) => {
+                    h.strip_prefix("*/") == Some(sub) || h.strip_suffix("/*") == Some(res)
+                }
+                None => false,
+            }
+    });
+    let name_ok = held.resource_names.is_empty()
+        || wanted
+            .resource_names
+            .first()
+            .is_some_and(|n| held.resource_names.contains(n));
+    group_ok && resource_ok && name_ok
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::collections::HashMap;
+
+    fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> PolicyRule {
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+        PolicyRule {
+            verbs: v(verbs),
+            api_groups: v(groups),
+            resources: v(resources),
+            ..PolicyRule::default()
+        }
+    }
+
+    fn user(name: &str, groups: &[&str]) -> UserInfo {
+        UserInfo {
+            name: name.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    fn request(user: UserInfo, verb: &str, resource: &str, namespace: &str) -> Attributes {
+        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+        Attributes {
+            user,
+            verb: verb.into(),
+            resource_request: true,
+            api_group: "loom.dev".into(),
+            resource: resource.into(),
+            subresource: subresource.into(),
+            namespace: namespace.into(),
+            ..Attributes::default()
+        }
+    }
+
+    fn binding(
+        subject_kind: SubjectKind,
+        name: &str,
+        role_kind: RoleKind,
+        role: &str,
+    ) -> (Vec<Subject>, RoleRef) {
+        (
+            vec![Subject {
+                kind: subject_kind,
+                name: name.into(),
+                ..Subject::default()
+            }],
+            RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: role_kind,
+                name: role.into(),
+            },
+        )
+    }
+
+    #[derive(Default)]
+    struct Source {
+        cluster_roles: HashMap<String, Vec<PolicyRule>>,
+        roles: HashMap<(String, String), Vec<PolicyRule>>,
+        cluster_bindings: Vec<(Vec<Subject>, RoleRef)>,
+        bindings: HashMap<String, Vec<(Vec<Subject>, RoleRef)>>,
+    }
+
+    impl RuleSource for Source {
+        fn cluster_role_bindings(&self) -> Vec<(Vec<Subject>, RoleRef)> {
+            self.cluster_bindings.clone()
+        }
+        fn role_bindings(&self, namespace: &str) -> Vec<(Vec<Subject>, RoleRef)> {
+            self.bindings.get(namespace).cloned().unwrap_or_default()
+        }
+        fn cluster_role(&self, name: &str) -> Option<Vec<PolicyRule>> {
+            self.cluster_roles.get(name).cloned()
+        }
+        fn role(&self, namespace: &str, name: &str) -> Option<Vec<PolicyRule>> {
+            self.roles.get(&(namespace.into(), name.into())).cloned()
+        }
+    }
+
+    fn cluster() -> Source {
+        let mut s = Source::default();
+        s.cluster_roles.insert(
+            "cluster-admin".into(),
+            vec![
+                rule(&["*"], &["*"], &["*"]),
+                PolicyRule {
+                    verbs: vec!["*".into()],
+                    non_resource_urls: vec!["*".into()],
+                    ..PolicyRule::default()
+                },
+            ],
+        );
+        s.cluster_roles.insert(
+            "view".into(),
+            vec![rule(
+                &["get", "list", "watch"],
+                &["loom.dev"],
+                &["tasks", "jobs", "tasks/log"],
+            )],
+        );
+        s.cluster_roles.insert(
+            "edit".into(),
+            vec![rule(&["*"], &["loom.dev"], &["tasks", "jobs"])],
+        );
+        s.cluster_roles.insert(
+            "metrics".into(),
+            vec![PolicyRule {
+                verbs: vec!["get".into()],
+                non_resource_urls: vec!["/metrics".into(), "/debug/*".into()],
+                ..PolicyRule::default()
+            }],
+        );
+        s.cluster_bindings.push(binding(
+            SubjectKind::Group,
+            "system:masters",
+            RoleKind::ClusterRole,
+            "cluster-admin",
+        ));
+        s.cluster_bindings.push(binding(
+            SubjectKind::User,
+            "prom",
+            RoleKind::ClusterRole,
+            "metrics",
+        ));
+        s.bindings.insert(
+            "team-a".into(),
+            vec![
+                binding(SubjectKind::User, "alice", RoleKind::ClusterRole, "edit"),
+                binding(SubjectKind::User, "bob", RoleKind::Role, "task-status"),
+                (
+                    vec![Subject {
+                        kind: SubjectKind::ServiceAccount,
+                        name: "ci".into(),
+                        ..Subject::default()
+                    }],
+                    RoleRef {
+                        api_group: String::new(),
+                        kind: RoleKind::ClusterRole,
+                        name: "view".into(),
+                    },
+                ),
+            ],
+        );
+        s.roles.insert(
+            ("team-a".into(), "task-status".into()),
+            vec![PolicyRule {
+                resource_names: vec!["t1".into()],
+                ..rule(&["update", "patch"], &["loom.dev"], &["tasks/status"])
+            }],
+        );
+        s
+    }
+
+    #[test]
+    fn the_decision_table() {
+        let s = cluster();
+        let admin = user("root", &["system:masters", "system:authenticated"]);
+        let alice = user("alice", &["system:authenticated"]);
+        let bob = user("bob", &[]);
+        let ci = user(
+            "system:serviceaccount:team-a:ci",
+            &["system:serviceaccounts"],
+        );
+        let ci_elsewhere = user("system:serviceaccount:team-b:ci", &[]);
+        let cases: &[(&UserInfo, &str, &str, &str, &str, bool)] = &[
+            (&admin, "delete", "nodes", "", "", true),
+            (&admin, "create", "tasks/binding", "x", "", true),
+            (&alice, "create", "tasks", "team-a", "", true),
+            (&alice, "delete", "jobs", "team-a", "j", true),
+            (&alice, "create", "tasks", "team-b", "", false),
+            (&alice, "update", "tasks/status", "team-a", "t1", false),
+            (&alice, "get", "nodes", "", "", false),
+            (&bob, "patch", "tasks/status", "team-a", "t1", true),
+            (&bob, "patch", "tasks/status", "team-a", "t2", false),
+            (&bob, "patch", "tasks", "team-a", "t1", false),
+            (&ci, "get", "tasks/log", "team-a", "t1", true),
+            (&ci, "watch", "jobs", "team-a", "", true),
+            (&ci, "create", "tasks", "team-a", "", false),
+            (&ci_elsewhere, "get", "tasks", "team-a", "", false),
+        ];
+        for (who, verb, resource, namespace, name, allowed) in cases {
+            let mut r = request((*who).clone(), verb, resource, namespace);
+            r.name = name.to_string();
+            let decision = authorize(&s, &r);
+            assert_eq!(
+                matches!(decision, Decision::Allowed { .. }),
+                *allowed,
+                "{} {verb} {resource} in {namespace:?} name {name:?}: {decision:?}",
+                who.name
+            );
+        }
+    }
+
+    #[test]
+    fn non_resource_urls_match_exactly_or_by_prefix() {
+        let s = cluster();
+        let path = |who: &UserInfo, verb: &str, path: &str| Attributes {
+            user: who.clone(),
+            verb: verb.into(),
+            path: path.into(),
+            ..Attributes::default()
+        };
+        let prom = user("prom", &[]);
+        assert!(matches!(
+            authorize(&s, &path(&prom, "get", "/metrics")),
+            Decision::Allowed { .. }
+        ));
+        assert!(matches!(
+            authorize(&s, &path(&prom, "get", "/debug/pprof")),
+            Decision::Allowed { .. }
+        ));
+        assert_eq!(
+            authorize(&s, &path(&prom, "get", "/metricsx")),
+            Decision::Denied
+        );
+        assert_eq!(
+            authorize(&s, &path(&prom, "post", "/metrics")),
+            Decision::Denied
+        );
+        // A resource rule never matches a path.
+        let alice = user("alice", &[]);
+        assert_eq!(
+            authorize(
+                &s,
+                &path(&alice, "get", "/apis/loom.dev/v1/namespaces/team-a/tasks")
+            ),
+            Decision::Denied
+        );
+    }
+
+    #[test]
+    fn subresource_wildcards() {
+        let any_status = rule(&["get"], &["loom.dev"], &["*/status"]);
+        let task_subs = rule(&["get"], &["loom.dev"], &["tasks/*"]);
+        let r = |res: &str| request(user("u", &[]), "get", res, "ns");
+        assert!(any_status.allows(&r("tasks/status")) && any_status.allows(&r("jobs/status")));
+        assert!(!any_status.allows(&r("tasks")) && !any_status.allows(&r("tasks/log")));
+        assert!(task_subs.allows(&r("tasks/log")) && task_subs.allows(&r("tasks/status")));
+        assert!(!task_subs.allows(&r("tasks")) && !task_subs.allows(&r("jobs/status")));
+        // The core group is "", not "any".
+        let core = rule(&["get"], &[""], &["namespaces"]);
+        let mut ns = r("namespaces");
+        assert!(!core.allows(&ns));
+        ns.api_group = String::new();
+        assert!(core.allows(&ns));
+    }
+
+    #[test]
+    fn an_editor_cannot_grant_itself_more() {
+        let s = cluster();
+        let alice = user("alice", &[]);
+        let held = rules_for(&s, &alice, "team-a");
+        // Within its rights: fine.
+        assert!(
+            uncovered(
+                &held,
+                &[rule(&["get", "create"], &["loom.dev"], &["tasks"])]
+            )
+            .is_empty()
+        );
+        // cluster-admin's rules, nodes, a wildcard it does not hold: refused, each named.
+        let missing = uncovered(&held, &[rule(&["*"], &["*"], &["*"])]);
+        assert_eq!(missing, [rule(&["*"], &["*"], &["*"])]);
+        let missing = uncovered(&held, &[rule(&["get"], &["loom.dev"], &["tasks", "nodes"])]);
+        assert_eq!(missing, [rule(&["get"], &["loom.dev"], &["nodes"])]);
+        // Elsewhere it holds nothing.
+        assert!(
+            !uncovered(
+                &rules_for(&s, &alice, "team-b"),
+                &[rule(&["get"], &["loom.dev"], &["tasks"])]
+            )
+            .is_empty()
+        );
+        // An admin may grant anything.
+        let admin = rules_for(&s, &user("root", &["system:masters"]), "");
+        assert!(uncovered(&admin, &[rule(&["*"], &["*"], &["*"])]).is_empty());
+    }
+
+    #[test]
+    fn named_grants_are_covered_only_by_unnamed_or_the_same_name() {
+        let named = |names: &[&str]| PolicyRule {
+            resource_names: names.iter().map(|n| n.to_string()).collect(),
+            ..rule(&["get"], &["loom.dev"], &["tasks"])
+        };
+        assert!(uncovered(&[named(&["a"])], &[named(&["a"])]).is_empty());
+        assert_eq!(
+            uncovered(&[named(&["a"])], &[named(&["a", "b"])]),
+            [named(&["b"])]
+        );
+        assert_eq!(
+            uncovered(
+                &[named(&["a"])],
+                &[rule(&["get"], &["loom.dev"], &["tasks"])]
+            )
+            .len(),
+            1
+        );
+        assert!(
+            uncovered(
+                &[rule(&["get"], &["loom.dev"], &["tasks"])],
+                &[named(&["z"])]
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn rules_read_the_kubernetes_wire_form() {
+        let rule: PolicyRule = serde_json::from_value(serde_json::json!({
+            "verbs": ["get"], "nonResourceURLs": ["/healthz"]
+        }))
+        .unwrap();
+        assert_eq!(rule.non_resource_urls, ["/healthz"]);
+        let rule: PolicyRule = serde_json::from_value(serde_json::json!({
+            "verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "resourceNames": ["x"]
+        }))
+        .unwrap();
+        assert_eq!((rule.api_groups.len(), rule.resource_names.len()), (1, 1));
+        let role: RoleRef = serde_json::from_value(serde_json::json!({
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"
+        }))
+        .unwrap();
+        assert_eq!(role.kind, RoleKind::ClusterRole);
+        let subject: Subject = serde_json::from_value(serde_json::json!({
+            "kind": "ServiceAccount", "name": "ci", "namespace": "team-a"
+        }))
+        .unwrap();
+        assert_eq!(subject.kind, SubjectKind::ServiceAccount);
+        assert!(serde_json::from_value::<Subject>(serde_json::json!({"kind": "Robot"})).is_err());
+    }
+}
