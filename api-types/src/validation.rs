@@ -376,14 +376,27 @@ pub fn is_log_file_name(name: &str) -> bool {
 /// The rule a node's `status.nodeletEndpoint` follows, as shown in messages.
 pub const NODELET_ENDPOINT_RULE: &str = "must be http://IP:PORT: an IP address literal (IPv6 in brackets), a port from 1 to 65535, no path other than '/', and no user info, query or fragment";
 
+/// Why a nodelet endpoint is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// It does not follow [`NODELET_ENDPOINT_RULE`].
+    #[error("{NODELET_ENDPOINT_RULE}")]
+    Malformed,
+    /// It names an address no nodelet has.
+    #[error(
+        "must not be an unspecified, multicast, broadcast or link-local address (got {0}): use the address the API server reaches the nodelet at"
+    )]
+    Reserved(std::net::IpAddr),
+}
+
 /// The address a nodelet endpoint names, if it follows [`NODELET_ENDPOINT_RULE`]
 /// and is not an address no nodelet has (unspecified, multicast, broadcast,
 /// link-local such as the cloud metadata service at 169.254.169.254). Until nodes
 /// have an identity, the API server calls only such endpoints, so a Node object
 /// cannot point it at a name, a path or a service of its own choosing.
-pub fn parse_nodelet_endpoint(endpoint: &str) -> Result<std::net::SocketAddr, String> {
+pub fn parse_nodelet_endpoint(endpoint: &str) -> Result<std::net::SocketAddr, EndpointError> {
     use std::net::{IpAddr, SocketAddr};
-    let rule = || NODELET_ENDPOINT_RULE.to_owned();
+    let rule = || EndpointError::Malformed;
     let rest = endpoint.strip_prefix("http://").ok_or_else(rule)?;
     let authority = match rest.strip_suffix('/') {
         Some(authority) => authority,
@@ -426,9 +439,7 @@ pub fn parse_nodelet_endpoint(endpoint: &str) -> Result<std::net::SocketAddr, St
         (IpAddr::V4(_), None) => false,
     };
     if forbidden {
-        return Err(format!(
-            "must not be an unspecified, multicast, broadcast or link-local address (got {host}): use the address the API server reaches the nodelet at"
-        ));
+        return Err(EndpointError::Reserved(host));
     }
     Ok(SocketAddr::new(host, port))
 }
@@ -1332,7 +1343,7 @@ impl Validate for Node {
                 errs.push(FieldError::invalid(
                     "status.nodeletEndpoint",
                     endpoint,
-                    rule,
+                    rule.to_string(),
                 ));
             }
         }
@@ -2306,7 +2317,12 @@ mod tests {
         ] {
             assert_eq!(
                 parse_nodelet_endpoint(bad),
-                Err(NODELET_ENDPOINT_RULE.to_owned()),
+                Err(EndpointError::Malformed),
+                "{bad:?}"
+            );
+            assert_eq!(
+                EndpointError::Malformed.to_string(),
+                NODELET_ENDPOINT_RULE,
                 "{bad:?}"
             );
         }
@@ -2320,7 +2336,7 @@ mod tests {
             "http://[ff02::1]:80",
             "http://[::ffff:169.254.169.254]:80",
         ] {
-            let error = parse_nodelet_endpoint(reserved).unwrap_err();
+            let error = parse_nodelet_endpoint(reserved).unwrap_err().to_string();
             assert!(
                 error.starts_with("must not be an unspecified"),
                 "{reserved}: {error}"
