@@ -5,7 +5,6 @@
 use std::fs;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -46,17 +45,6 @@ fn which(tool: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(tool))
         .find(|candidate| candidate.is_file())
-}
-
-/// Where `loom` and `loomctl` are: `$LOOM_BIN_DIR`, else the profile directory this
-/// test binary was built in (`target/debug/deps/e2e-…` → `target/debug`).
-fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("LOOM_BIN_DIR") {
-        return PathBuf::from(dir);
-    }
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let deps = exe.parent().expect("the test binary's directory");
-    deps.parent().unwrap_or(deps).to_owned()
 }
 
 /// Everything a cluster creates on the machine, by name: enough to remove it, and
@@ -411,7 +399,8 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a cluster and waits until every node is Ready.
     pub fn start() -> Cluster {
-        let bins = bin_dir();
+        // `loom` and `loomctl`: `$LOOM_BIN_DIR`, else the profile directory of this test binary.
+        let bins = loom_testing::process::bin_dir();
         let loom = bins.join("loom");
         let loomctl = bins.join("loomctl");
         for bin in [&loom, &loomctl] {
@@ -573,16 +562,8 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        // SAFETY: prctl is async-signal-safe and only changes the child being set up.
-        unsafe {
-            command.pre_exec(|| {
-                // The control plane dies with the test, even when the test is SIGKILLed.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // The control plane dies with the test, even when the test is SIGKILLed.
+        loom_testing::process::die_with_parent(&mut command);
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} ({}): {e}", program.display()));
