@@ -64,6 +64,8 @@ struct Inner<K> {
     indexers: Vec<(String, IndexFn<K>)>,
     keep_managed_fields: bool,
     ready: watch::Sender<bool>,
+    /// Counts the events applied, so that waiters wake on a change instead of polling.
+    applied: watch::Sender<u64>,
 }
 
 /// A read handle on the cache; cheap to clone and share.
@@ -127,6 +129,7 @@ impl<K: Object> StoreBuilder<K> {
     /// The store and the writer that feeds it.
     pub fn build(self) -> (Store<K>, Writer<K>) {
         let (ready, _) = watch::channel(false);
+        let (applied, _) = watch::channel(0);
         let store = Store {
             inner: Arc::new(Inner {
                 state: RwLock::new(State {
@@ -137,6 +140,7 @@ impl<K: Object> StoreBuilder<K> {
                 indexers: self.indexers,
                 keep_managed_fields: self.keep_managed_fields,
                 ready,
+                applied,
             }),
         };
         (store.clone(), Writer { store })
@@ -212,6 +216,35 @@ impl<K: Object> Store<K> {
         let mut ready = self.inner.ready.subscribe();
         let _ = ready.wait_for(|r| *r).await;
     }
+
+    /// Waits until `test` holds for the object `key` as cached (`None`: not
+    /// cached), checking now and after every change the watch brings, for at most
+    /// `timeout`. Returns the object it held for, or `Elapsed` on timeout.
+    ///
+    /// For a writer waiting until its own write has reached the cache.
+    pub async fn wait_for(
+        &self,
+        key: &ObjectKey,
+        test: impl Fn(Option<&K>) -> bool,
+        timeout: std::time::Duration,
+    ) -> Result<Option<Arc<K>>, tokio::time::error::Elapsed> {
+        let mut applied = self.inner.applied.subscribe();
+        let check = async {
+            loop {
+                // Marked seen before reading, so a change after the read wakes us.
+                applied.borrow_and_update();
+                let object = self.get(key);
+                if test(object.as_deref()) {
+                    return object;
+                }
+                if applied.changed().await.is_err() {
+                    // No writer any more: nothing will change.
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, check).await
+    }
 }
 
 /// Feeds a store from watcher events.
@@ -277,6 +310,10 @@ impl<K: Object> Writer<K> {
                 }
                 drop(state);
                 self.store.inner.ready.send_replace(true);
+                self.store
+                    .inner
+                    .applied
+                    .send_modify(|n| *n = n.wrapping_add(1));
                 return changes;
             }
             Event::Apply(object) => {
@@ -294,6 +331,13 @@ impl<K: Object> Writer<K> {
                 remove(&mut state, indexers, &key);
                 changes.push(Change::Deleted(Arc::new(object.clone())));
             }
+        }
+        drop(state);
+        if !changes.is_empty() {
+            self.store
+                .inner
+                .applied
+                .send_modify(|n| *n = n.wrapping_add(1));
         }
         changes
     }
@@ -460,6 +504,32 @@ mod tests {
         task.metadata.labels.insert("app".into(), name.into());
         task.spec.node_name = node.to_owned();
         task
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cache_wait_wakes_on_the_change_it_waits_for() {
+        let (store, writer) = Store::<Task>::new();
+        let key = ObjectKey::new("default", "a");
+        let on_n2 = |t: Option<&Task>| t.is_some_and(|t| t.spec.node_name == "n2");
+        let timeout = std::time::Duration::from_secs(5);
+        writer.apply(&Event::Apply(task("a", "n1")));
+        assert!(store.wait_for(&key, on_n2, timeout).await.is_err());
+        let waiting = {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move { store.wait_for(&key, on_n2, timeout).await })
+        };
+        tokio::task::yield_now().await;
+        writer.apply(&Event::Apply(task("b", "n2")));
+        writer.apply(&Event::Apply(task("a", "n2")));
+        let seen = waiting.await.unwrap().unwrap().unwrap();
+        assert_eq!(seen.spec.node_name, "n2");
+        assert!(
+            store
+                .wait_for(&key, |t| t.is_some(), std::time::Duration::ZERO)
+                .await
+                .is_ok(),
+            "met at once, without waiting"
+        );
     }
 
     #[test]

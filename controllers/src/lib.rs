@@ -152,22 +152,14 @@ const OBSERVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Waits until `store` shows the object `key` in a state `seen` accepts (or
 /// gives up after a few seconds: the next reconcile then acts on what it sees,
-/// and deterministic names or write preconditions keep that safe).
+/// and deterministic names or write preconditions keep that safe). Woken by the
+/// cache's changes, not by polling.
 pub(crate) async fn observe<K: Object>(
     store: &Store<K>,
     key: &ObjectKey,
     seen: impl Fn(Option<&K>) -> bool,
 ) -> bool {
-    let deadline = tokio::time::Instant::now() + OBSERVE_TIMEOUT;
-    loop {
-        if seen(store.get(key).as_deref()) {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    store.wait_for(key, seen, OBSERVE_TIMEOUT).await.is_ok()
 }
 
 /// Whether `object` carries a resourceVersion at least `version` (numeric revisions).
