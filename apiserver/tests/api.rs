@@ -8,135 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apiserver::{Config, catalog::CacheConfig};
-use futures::StreamExt;
 use loom_testing::TestServer;
+use loom_testing::http::JsonClient;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 const JOBS: &str = "/apis/loom.dev/v1/namespaces/default/jobs";
 const TASKS: &str = "/apis/loom.dev/v1/namespaces/default/tasks";
-
-#[derive(Clone)]
-struct Client {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Client {
-    fn new(server: &TestServer) -> Self {
-        Client {
-            http: reqwest::Client::new(),
-            base: server.url.clone(),
-        }
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        content_type: &str,
-        body: Option<Vec<u8>>,
-    ) -> (u16, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.header("Content-Type", content_type).body(body);
-        }
-        let response = request.send().await.unwrap();
-        let code = response.status().as_u16();
-        let bytes = response.bytes().await.unwrap();
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
-        (code, value)
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.send(Method::GET, path, "", None).await
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.send(
-            Method::POST,
-            path,
-            "application/json",
-            Some(body.to_string().into_bytes()),
-        )
-        .await
-    }
-
-    async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.send(
-            Method::PUT,
-            path,
-            "application/json",
-            Some(body.to_string().into_bytes()),
-        )
-        .await
-    }
-
-    async fn patch(&self, path: &str, content_type: &str, body: &str) -> (u16, Value) {
-        self.send(
-            Method::PATCH,
-            path,
-            content_type,
-            Some(body.as_bytes().to_vec()),
-        )
-        .await
-    }
-
-    async fn delete(&self, path: &str) -> (u16, Value) {
-        self.send(Method::DELETE, path, "", None).await
-    }
-
-    async fn watch(&self, path: &str) -> WatchReader {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200);
-        WatchReader {
-            stream: Box::pin(response.bytes_stream()),
-            buffer: Vec::new(),
-        }
-    }
-}
-
-type ByteStream =
-    std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
-
-struct WatchReader {
-    stream: ByteStream,
-    buffer: Vec<u8>,
-}
-
-impl WatchReader {
-    /// The next event line, within 10 s; `None` when the stream ended.
-    async fn next(&mut self) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(at) = self.buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=at).collect();
-                return Some(serde_json::from_slice(&line).unwrap());
-            }
-            match tokio::time::timeout_at(deadline, self.stream.next()).await {
-                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk.unwrap()),
-                Ok(None) => return None,
-                Err(_) => panic!("no watch event within 10 s"),
-            }
-        }
-    }
-
-    /// The next event that is not a bookmark.
-    async fn next_change(&mut self) -> Value {
-        loop {
-            let event = self.next().await.expect("the watch ended");
-            if event["type"] != "BOOKMARK" {
-                return event;
-            }
-        }
-    }
-}
 
 fn job(name: &str, replicas: i64) -> Value {
     json!({
@@ -176,7 +54,7 @@ mod cases {
     use super::*;
 
     pub async fn crud(server: TestServer) {
-        let c = Client::new(&server);
+        let c = JsonClient::new(&server);
         let (code, created) = c.post(JOBS, &job("a", 2)).await;
         assert_eq!(code, 201, "{created}");
         assert_eq!(created["metadata"]["generation"], 1);
@@ -236,7 +114,7 @@ mod cases {
 
     /// 16 clients read-modify-write one object: every successful update is kept.
     pub async fn conflicting_updates_lose_nothing(server: TestServer) {
-        let c = Client::new(&server);
+        let c = JsonClient::new(&server);
         let mut object = job("counter", 1);
         object["metadata"]["annotations"] = json!({"count": "0"});
         assert_eq!(c.post(JOBS, &object).await.0, 201);
@@ -280,7 +158,7 @@ mod cases {
 
     /// A watch resumed from the last resourceVersion it saw gets exactly what it missed.
     pub async fn watch_resumes_after_disconnect(server: TestServer) {
-        let c = Client::new(&server);
+        let c = JsonClient::new(&server);
         let (_, list) = c.get(TASKS).await;
         let start = list["metadata"]["resourceVersion"]
             .as_str()
@@ -338,7 +216,7 @@ mod cases {
     /// Without a resourceVersion a watch starts with the current objects as ADDED;
     /// a filtered watch sees objects enter and leave its view.
     pub async fn watch_initial_state_and_selectors(server: TestServer) {
-        let c = Client::new(&server);
+        let c = JsonClient::new(&server);
         c.post(TASKS, &task("a")).await;
         let mut all = c.watch(&format!("{TASKS}?watch=true")).await;
         let first = all.next_change().await;
@@ -367,7 +245,7 @@ mod cases {
 
     /// A watch from a revision older than the cache's ring gets 410 Gone.
     pub async fn watch_from_too_old_is_gone(server: TestServer) {
-        let c = Client::new(&server);
+        let c = JsonClient::new(&server);
         let (_, first) = c.post(TASKS, &task("old")).await;
         let mut last = first.clone();
         for i in 0..80 {
@@ -395,7 +273,7 @@ mod cases {
     }
 
     pub async fn bookmarks(server: TestServer) {
-        let c = Client::new(&server);
+        let c = JsonClient::new(&server);
         let (_, created) = c.post(TASKS, &task("b")).await;
         let mut watch = c
             .watch(&format!(
@@ -420,7 +298,7 @@ mod cases {
     /// `tasks/{name}/binding` sets `spec.nodeName` and `Scheduled=True` in one write,
     /// once, and only on the version and uid it names.
     pub async fn binding(server: TestServer) {
-        let c = Client::new(&server);
+        let c = JsonClient::new(&server);
         let (code, created) = c.post(TASKS, &task("b")).await;
         assert_eq!(code, 201, "{created}");
         let binding = |node: &str, object: &Value| {
@@ -540,7 +418,7 @@ mod cases {
     /// Writes start from the watch cache's copy: a patch that would leave that copy
     /// as it is must still reach an object changed since.
     pub async fn writes_after_other_writes(server: TestServer) {
-        let c = Client::new(&server);
+        let c = JsonClient::new(&server);
         let (_, created) = c.post(JOBS, &job("w", 1)).await;
         for round in 0..20 {
             let odd = round % 2 == 1;
@@ -569,7 +447,7 @@ mod cases {
     }
 
     pub async fn status_and_spec_are_separate(server: TestServer) {
-        let c = Client::new(&server);
+        let c = JsonClient::new(&server);
         let mut object = job("s", 1);
         object["status"] = json!({"phase": "Running"});
         let (_, created) = c.post(JOBS, &object).await;
@@ -628,7 +506,7 @@ mod cases {
     }
 
     pub async fn finalizers_hold_deletion(server: TestServer) {
-        let c = Client::new(&server);
+        let c = JsonClient::new(&server);
         let mut object = job("f", 1);
         object["metadata"]["finalizers"] = json!(["example.com/cleanup"]);
         c.post(JOBS, &object).await;
@@ -679,7 +557,7 @@ mod cases {
     }
 
     pub async fn patches(server: TestServer) {
-        let c = Client::new(&server);
+        let c = JsonClient::new(&server);
         c.post(JOBS, &job("p", 1)).await;
         let (code, merged) = c
             .patch(
@@ -777,7 +655,7 @@ mod cases {
     }
 
     pub async fn custom_kinds(server: TestServer) {
-        let c = Client::new(&server);
+        let c = JsonClient::new(&server);
         let definition = json!({
             "apiVersion": "loom.dev/v1", "kind": "ResourceDefinition",
             "metadata": {"name": "pipelines.example.com"},
@@ -861,7 +739,7 @@ mod cases {
     }
 
     pub async fn namespaces_must_exist(server: TestServer) {
-        let c = Client::new(&server);
+        let c = JsonClient::new(&server);
         let (code, body) = c
             .post("/apis/loom.dev/v1/namespaces/team-a/jobs", &job("x", 1))
             .await;
@@ -888,7 +766,7 @@ mod cases {
     }
 
     pub async fn selectors_and_pagination(server: TestServer) {
-        let c = Client::new(&server);
+        let c = JsonClient::new(&server);
         for i in 0..12 {
             let mut t = task(&format!("t{i:02}"));
             t["metadata"]["labels"] = json!({"parity": if i % 2 == 0 { "even" } else { "odd" }});
@@ -952,7 +830,7 @@ mod cases {
 
     /// Every bad request gets a 4xx Status and leaves the store as it was.
     pub async fn bad_input_changes_nothing(server: TestServer) {
-        let c = Client::new(&server);
+        let c = JsonClient::new(&server);
         c.post(JOBS, &job("exists", 1)).await;
         let before = server.store.current_revision().await.unwrap();
         let big = format!(
@@ -1038,7 +916,7 @@ mod cases {
     }
 
     pub async fn discovery(server: TestServer) {
-        let c = Client::new(&server);
+        let c = JsonClient::new(&server);
         let (code, version) = c.get("/version").await;
         assert_eq!((code, version["major"].as_str()), (200, Some("1")));
         let (_, groups) = c.get("/apis").await;
@@ -1190,7 +1068,7 @@ mod store_level {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn compacted_revisions_are_gone() {
         let server = TestServer::embedded(test_config()).await.unwrap();
-        let c = Client::new(&server);
+        let c = JsonClient::new(&server);
         let (_, first) = c.post(TASKS, &task("a")).await;
         for i in 0..5 {
             c.post(TASKS, &task(&format!("b{i}"))).await;
@@ -1221,8 +1099,8 @@ mod store_level {
         let second = TestServer::over(first.store.clone(), test_config())
             .await
             .unwrap();
-        let a = Client::new(&first);
-        let b = Client::new(&second);
+        let a = JsonClient::new(&first);
+        let b = JsonClient::new(&second);
         let (_, list) = b.get(TASKS).await;
         let mut watch = b
             .watch(&format!(
@@ -1241,7 +1119,7 @@ mod store_level {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_watch_from_the_latest_list_waits_for_no_one() {
         let server = TestServer::embedded(test_config()).await.unwrap();
-        let c = Client::new(&server);
+        let c = JsonClient::new(&server);
         // A write to another resource moves the store's revision past the tasks cache.
         c.post(JOBS, &job("elsewhere", 1)).await;
         let (_, list) = c.get(TASKS).await;

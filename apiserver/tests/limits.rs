@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 use apiserver::Config;
 use futures::StreamExt;
 use loom_testing::TestServer;
+use loom_testing::http::JsonClient;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 const JOBS: &str = "/apis/loom.dev/v1/namespaces/default/jobs";
+const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 fn job(name: &str, labels: Value) -> Value {
     json!({
@@ -26,68 +28,20 @@ fn job(name: &str, labels: Value) -> Value {
     })
 }
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
+/// What these tests do to the API beyond single requests.
+trait LimitsClient {
+    /// A JSON Patch.
+    async fn json_patch(&self, path: &str, ops: &Value) -> (u16, Value);
+    /// Creates `count` jobs named `{prefix}-{i}`, 32 at a time.
+    async fn create_jobs(&self, prefix: &str, count: usize, labels: Value);
+    /// Every page of a list with `limit`, following `continue`.
+    async fn list_paged(&self, query: &str) -> (Vec<Value>, usize);
 }
 
-impl Client {
-    fn new(server: &TestServer) -> Self {
-        Self::from(server, "127.0.0.1".parse().unwrap())
-    }
-
-    /// A client whose connections come from `local` (any 127.x address is this host).
-    fn from(server: &TestServer, local: IpAddr) -> Self {
-        Client {
-            http: reqwest::Client::builder()
-                .local_address(local)
-                .build()
-                .unwrap(),
-            base: server.url.clone(),
-        }
-    }
-
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        content_type: &str,
-        body: Option<String>,
-    ) -> (u16, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.header("Content-Type", content_type).body(body);
-        }
-        let response = request.send().await.unwrap();
-        let code = response.status().as_u16();
-        let bytes = response.bytes().await.unwrap();
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
-        (code, value)
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.send(reqwest::Method::GET, path, "", None).await
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.send(
-            reqwest::Method::POST,
-            path,
-            "application/json",
-            Some(body.to_string()),
-        )
-        .await
-    }
-
+impl LimitsClient for JsonClient {
     async fn json_patch(&self, path: &str, ops: &Value) -> (u16, Value) {
-        self.send(
-            reqwest::Method::PATCH,
-            path,
-            "application/json-patch+json",
-            Some(ops.to_string()),
-        )
-        .await
+        self.patch(path, "application/json-patch+json", &ops.to_string())
+            .await
     }
 
     /// Creates `count` jobs named `{prefix}-{i}`, 32 at a time.
@@ -253,7 +207,7 @@ async fn closed_by(stream: &mut TcpStream, deadline: Instant) -> bool {
 }
 
 /// The sum of a metric's samples whose labels contain `labels`.
-async fn metric(client: &Client, name: &str, labels: &str) -> f64 {
+async fn metric(client: &JsonClient, name: &str, labels: &str) -> f64 {
     let text = client
         .http
         .get(format!("{}/metrics", client.base))
@@ -277,7 +231,7 @@ async fn a_list_over_the_maximum_is_refused_and_pages_with_limit_work() {
     })
     .await
     .unwrap();
-    let c = Client::new(&server);
+    let c = JsonClient::from_address(&server, LOOPBACK);
     c.create_jobs("j", 25, json!({"app": "demo"})).await;
     c.create_jobs("k", 3, json!({"app": "other"})).await;
 
@@ -317,7 +271,7 @@ async fn deletecollection_deletes_every_selected_object_in_pages() {
     })
     .await
     .unwrap();
-    let c = Client::new(&server);
+    let c = JsonClient::from_address(&server, LOOPBACK);
     c.create_jobs("a", 1_100, json!({"batch": "a"})).await;
     c.create_jobs("b", 600, json!({"batch": "b"})).await;
 
@@ -360,7 +314,7 @@ async fn deletecollection_deletes_every_selected_object_in_pages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn json_patches_are_bounded_in_operations_and_in_what_they_build() {
     let server = TestServer::embedded(Config::default()).await.unwrap();
-    let c = Client::new(&server);
+    let c = JsonClient::from_address(&server, LOOPBACK);
     let (code, created) = c.post(JOBS, &job("p", json!({}))).await;
     assert_eq!(code, 201, "{created}");
     let path = format!("{JOBS}/p");
@@ -409,7 +363,7 @@ async fn json_patches_are_bounded_in_operations_and_in_what_they_build() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_name_only_known_subresources() {
     let server = TestServer::embedded(Config::default()).await.unwrap();
-    let c = Client::new(&server);
+    let c = JsonClient::from_address(&server, LOOPBACK);
     let (code, _) = c
         .get("/apis/loom.dev/v1/namespaces/default/tasks/x/garbage-sub")
         .await;
@@ -440,7 +394,7 @@ async fn a_watch_without_timeout_ends_cleanly_after_the_default_one() {
     })
     .await
     .unwrap();
-    let c = Client::new(&server);
+    let c = JsonClient::from_address(&server, LOOPBACK);
     c.create_jobs("w", 2, json!({})).await;
     let started = Instant::now();
     let response = c
@@ -502,7 +456,9 @@ async fn a_body_sent_too_slowly_gets_408() {
     .unwrap();
     assert_eq!(code, 408, "{head}");
     assert!(started.elapsed() >= Duration::from_secs(1));
-    let (code, _) = Client::new(&server).get(&format!("{JOBS}/slow")).await;
+    let (code, _) = JsonClient::from_address(&server, LOOPBACK)
+        .get(&format!("{JOBS}/slow"))
+        .await;
     assert_eq!(code, 404, "nothing was created");
 }
 
@@ -520,7 +476,7 @@ async fn connections_over_the_limit_wait_until_one_closes() {
     for _ in 0..20 {
         idle.push(TcpStream::connect(addr).await.unwrap());
     }
-    let c = Client::new(&server);
+    let c = JsonClient::from_address(&server, LOOPBACK);
     let waiting = tokio::time::timeout(Duration::from_millis(800), c.get("/healthz")).await;
     assert!(
         waiting.is_err(),
@@ -556,7 +512,7 @@ async fn a_flood_leaves_other_clients_served() {
     let addr = address(&server);
     let flooder: IpAddr = "127.0.0.1".parse().unwrap();
     let other: IpAddr = "127.0.0.2".parse().unwrap();
-    let bystander = Client::from(&server, other);
+    let bystander = JsonClient::from_address(&server, other);
     bystander.create_jobs("seed", 20, json!({})).await;
     let (code, _) = bystander.post(JOBS, &job("target", json!({}))).await;
     assert_eq!(code, 201);
@@ -579,7 +535,7 @@ async fn a_flood_leaves_other_clients_served() {
     let flooding = Arc::new(AtomicBool::new(true));
     let bystanding = {
         let flooding = flooding.clone();
-        let bystander = Client::from(&server, other);
+        let bystander = JsonClient::from_address(&server, other);
         tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut i = 0;
@@ -718,7 +674,7 @@ async fn a_flood_leaves_other_clients_served() {
     // Closed watches give their slots back.
     drop(watches);
     drop(other_watch);
-    let client = Client::new(&server);
+    let client = JsonClient::from_address(&server, LOOPBACK);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let open = metric(&client, "loom_apiserver_watchers", "jobs").await;

@@ -1,8 +1,9 @@
 //! What Loom's tests, end-to-end suite and benchmarks start: a private etcd,
-//! API servers on loopback, and (with features) a small cluster and a nodelet
+//! API servers on loopback, a plain JSON client of them, and (with features) a small cluster and a nodelet
 //! harness. A dev-dependency only: nothing here is compiled into the product.
 
 pub mod etcd;
+pub mod http;
 pub mod process;
 pub mod server;
 pub mod wait;
