@@ -104,7 +104,10 @@ async fn containers_get_no_devices_namespaces_or_kernel_files() {
         "echo net-ns=$(readlink /proc/self/ns/net)",
         "echo links=$(ls /sys/class/net | tr '\\n' ' ')",
         "echo lo-flags=$(cat /sys/class/net/lo/flags)",
-        "(busybox nc -l -p 7070 127.0.0.1 > /tmp/got &) ; sleep 0.2; echo hi | busybox nc 127.0.0.1 7070; sleep 0.2; echo lo-connect=$(cat /tmp/got)",
+        // The listener takes one connection; the client retries until it is up.
+        "busybox nc -l -p 7070 127.0.0.1 > /tmp/got & listener=$!; \
+         for i in $(seq 1 100); do echo hi | busybox nc 127.0.0.1 7070 2>/dev/null && break; sleep 0.1; done; \
+         wait $listener; echo lo-connect=$(cat /tmp/got)",
         "echo ready",
         "exec sleep 600",
     ]
