@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use apiserver::store::{
     COMPACT_REV_KEY, CompactionRound, Error, EtcdOptions, EtcdStore, Event, ListOptions, Revision,
-    Store, WatchStream,
+    Store,
 };
 use bytes::Bytes;
-use futures::StreamExt;
 use loom_testing::EtcdServer;
+use loom_testing::store::next_event;
 
 const INTERVAL: Duration = Duration::from_millis(200);
 
@@ -47,23 +47,6 @@ async fn compacted_revision(store: &EtcdStore) -> Revision {
         Err(Error::Compacted { compacted, .. }) => compacted,
         Ok(_) => 0,
         Err(error) => panic!("a watch from revision 1 failed: {error}"),
-    }
-}
-
-async fn next_item(stream: &mut WatchStream) -> Result<Event, Error> {
-    match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
-        Ok(Some(item)) => item,
-        Ok(None) => panic!("the watch ended"),
-        Err(_) => panic!("no watch event within 10 s"),
-    }
-}
-
-async fn next_event(stream: &mut WatchStream) -> Result<Event, Error> {
-    loop {
-        match next_item(stream).await {
-            Ok(Event::Progress { .. }) => continue,
-            other => return other,
-        }
     }
 }
 

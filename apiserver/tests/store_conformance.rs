@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use apiserver::store::{
     EmbeddedOptions, EmbeddedStore, Error, Event, KeyValue, ListOptions, MAX_VALUE_BYTES, Revision,
-    Store, WatchStream,
+    Store,
 };
 use bytes::Bytes;
-use futures::StreamExt;
+use loom_testing::store::{next_event, next_item};
 use loom_testing::{EtcdServer, temp_dir};
 
 /// A store and whatever keeps it alive (its etcd process or its temp dir).
@@ -43,25 +43,6 @@ async fn etcd() -> Harness {
 
 fn bytes(s: impl Into<String>) -> Bytes {
     Bytes::from(s.into())
-}
-
-/// The next item of a watch, progress included, within a deadline.
-async fn next_item(stream: &mut WatchStream) -> Result<Event, Error> {
-    match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
-        Ok(Some(item)) => item,
-        Ok(None) => panic!("the watch ended"),
-        Err(_) => panic!("no watch event within 10 s"),
-    }
-}
-
-/// The next change of a watch (progress skipped), within a deadline.
-async fn next_event(stream: &mut WatchStream) -> Result<Event, Error> {
-    loop {
-        match next_item(stream).await {
-            Ok(Event::Progress { .. }) => continue,
-            other => return other,
-        }
-    }
 }
 
 /// The state of every key under a prefix, as (key → (mod revision, value)).

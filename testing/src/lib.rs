@@ -6,6 +6,7 @@ pub mod etcd;
 pub mod http;
 pub mod process;
 pub mod server;
+pub mod store;
 pub mod wait;
 
 #[cfg(feature = "cluster")]
