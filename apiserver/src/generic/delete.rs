@@ -96,8 +96,8 @@ impl GenericStore {
                 .await?;
             let mut finalizers = object::finalizers(&current);
             let policy_finalizer = match policy.as_deref() {
-                Some("Foreground") => Some("foregroundDeletion"),
-                Some("Orphan") => Some("orphan"),
+                Some("Foreground") => Some(api_types::well_known::FINALIZER_FOREGROUND),
+                Some("Orphan") => Some(api_types::well_known::FINALIZER_ORPHAN),
                 _ => None,
             };
             if let Some(f) = policy_finalizer

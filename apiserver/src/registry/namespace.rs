@@ -13,7 +13,10 @@ use crate::generic::GenericStore;
 use crate::object;
 
 /// Namespaces every cluster has.
-pub const BUILT_IN: [&str; 2] = ["default", "loom-system"];
+pub const BUILT_IN: [&str; 2] = [
+    api_types::well_known::DEFAULT_NAMESPACE,
+    api_types::well_known::SYSTEM_NAMESPACE,
+];
 
 /// The Namespace REST storage: its strategy and its deletion hooks.
 pub fn rest() -> Rest {
