@@ -3,7 +3,6 @@
 use std::fmt::Debug;
 use std::marker::PhantomData;
 
-use api_types::options::DeleteOptions;
 use api_types::{ListMeta, ObjectMeta, Resource, ResourceInfo, WatchEvent};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -127,25 +126,9 @@ impl PatchParams {
     }
 }
 
-/// What a client asks of a delete; sent as the API's
-/// [`DeleteOptions`](api_types::options::DeleteOptions).
-#[derive(Clone, Debug, Default)]
-pub struct DeleteParams {
-    /// `Foreground`, `Background` or `Orphan`.
-    pub propagation_policy: Option<String>,
-    /// Delete only this exact object.
-    pub preconditions: Option<Preconditions>,
-}
-
-impl From<&DeleteParams> for api_types::options::DeleteOptions {
-    fn from(params: &DeleteParams) -> Self {
-        api_types::options::DeleteOptions {
-            propagation_policy: params.propagation_policy.clone(),
-            preconditions: params.preconditions.clone(),
-            ..Default::default()
-        }
-    }
-}
+/// What a client asks of a delete: the API's own
+/// [`DeleteOptions`](api_types::options::DeleteOptions), sent as the body.
+pub type DeleteParams = api_types::options::DeleteOptions;
 
 /// Preconditions of a delete.
 pub use api_types::options::Preconditions;
@@ -447,7 +430,7 @@ impl<K: Object> Api<K> {
             .request(
                 Method::DELETE,
                 &self.item(name),
-                Some(Self::json_body(&DeleteOptions::from(params))?),
+                Some(Self::json_body(params)?),
             )
             .await
     }

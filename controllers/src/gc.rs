@@ -178,6 +178,7 @@ async fn delete_dependent(ctx: &Context, d: &Dependent, policy: &str) -> Result<
             uid: Some(d.uid.clone()),
             resource_version: None,
         }),
+        ..DeleteParams::default()
     };
     let result = match d.kind {
         "Task" => api::<Task>(ctx, &d.namespace)

@@ -43,6 +43,7 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
             uid: Some(job.metadata.uid.clone()),
             resource_version: None,
         }),
+        ..DeleteParams::default()
     };
     match api.delete(&job.metadata.name, &params).await {
         Ok(_) => {
