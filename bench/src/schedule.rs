@@ -75,7 +75,7 @@ fn task(i: usize) -> Task {
         "apiVersion": "loom.dev/v1", "kind": "Task",
         "metadata": {
             "name": format!("bench-{i}"), "namespace": "default",
-            "labels": {"loom.dev/job": format!("job-{}", i / TASKS_PER_JOB)}
+            "labels": {api_types::well_known::LABEL_JOB: format!("job-{}", i / TASKS_PER_JOB)}
         },
         "spec": {
             "image": "busybox", "command": ["sleep", "3600"],

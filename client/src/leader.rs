@@ -434,7 +434,7 @@ mod tests {
         let elector = LeaderElector::with_clock(
             link,
             clock.clone(),
-            "loom-system",
+            api_types::well_known::SYSTEM_NAMESPACE,
             "l",
             name,
             ElectionConfig::default(),

@@ -11,6 +11,7 @@ mod support;
 use std::fs;
 use std::time::{Duration, Instant};
 
+use api_types::well_known::{LABEL_JOB, LABEL_JOB_INDEX, LABEL_SERVICE, REASON_NODE_LOST};
 use serde_json::Value;
 use support::{Cluster, wait_for};
 
@@ -210,7 +211,7 @@ fn live_web_tasks(cluster: &Cluster) -> Vec<Value> {
     cluster
         .list("tasks")
         .into_iter()
-        .filter(|t| t["metadata"]["labels"]["loom.dev/service"] == "web")
+        .filter(|t| t["metadata"]["labels"][LABEL_SERVICE] == "web")
         .filter(|t| !is_terminal(t))
         .collect()
 }
@@ -304,7 +305,7 @@ spec:
     let mut completed: Vec<String> = tasks_of_job(cluster, "chaos")
         .iter()
         .filter(|t| t["status"]["phase"] == "Completed")
-        .filter_map(|t| t["metadata"]["labels"]["loom.dev/job-index"].as_str())
+        .filter_map(|t| t["metadata"]["labels"][LABEL_JOB_INDEX].as_str())
         .map(str::to_owned)
         .collect();
     completed.sort_by_key(|i| i.parse::<u32>().unwrap());
@@ -411,10 +412,10 @@ spec:
                 if now.is_none_or(|t| t["status"]["phase"] != "Lost") {
                     problems.push(format!("{name} not Lost"));
                 }
-                let index = &task["metadata"]["labels"]["loom.dev/job-index"];
+                let index = &task["metadata"]["labels"][LABEL_JOB_INDEX];
                 let replaced = all.iter().any(|t| {
-                    t["metadata"]["labels"]["loom.dev/job"] == "steady"
-                        && t["metadata"]["labels"]["loom.dev/job-index"] == *index
+                    t["metadata"]["labels"][LABEL_JOB] == "steady"
+                        && t["metadata"]["labels"][LABEL_JOB_INDEX] == *index
                         && t["status"]["phase"] == "Running"
                         && node_of(t) != node
                 });
@@ -424,7 +425,7 @@ spec:
             }
             let web: Vec<Value> = all
                 .into_iter()
-                .filter(|t| t["metadata"]["labels"]["loom.dev/service"] == "web")
+                .filter(|t| t["metadata"]["labels"][LABEL_SERVICE] == "web")
                 .collect();
             for name in &lost_web {
                 if web.iter().any(|t| name_of(t) == *name && !is_terminal(t)) {
@@ -449,7 +450,7 @@ spec:
     for task in &lost_steady {
         let name = name_of(task);
         let now = lost.iter().find(|t| name_of(t) == name).unwrap();
-        assert_eq!(now["status"]["reason"], "NodeLost", "{now:#}");
+        assert_eq!(now["status"]["reason"], REASON_NODE_LOST, "{now:#}");
     }
     eprintln!(
         "{node}'s tasks ({} of steady, {lost_web:?} of web) Lost and replaced {:?} after its link was cut",
@@ -462,7 +463,7 @@ fn tasks_of_job(cluster: &Cluster, job: &str) -> Vec<Value> {
     cluster
         .list("tasks")
         .into_iter()
-        .filter(|t| t["metadata"]["labels"]["loom.dev/job"] == job)
+        .filter(|t| t["metadata"]["labels"][LABEL_JOB] == job)
         .collect()
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 pub use crate::wait::eventually;
 
+use api_types::well_known;
 use api_types::{Job, JobPhase, Lease, Namespace, Node, ObjectMeta, Service, Task, TaskPhase};
 use chrono::Utc;
 use client::{Api, Client, ListParams, Patch, PatchParams, PostParams};
@@ -45,7 +46,7 @@ pub fn outcome(
             if task
                 .metadata
                 .labels
-                .get("loom.dev/attempt")
+                .get(well_known::LABEL_ATTEMPT)
                 .map(String::as_str)
                 == Some("0")
             {
@@ -59,7 +60,11 @@ pub fn outcome(
                 task.spec.time_limit_seconds.is_some(),
                 "a time limit reaches the task"
             );
-            Some((TaskPhase::Killed, None, "TimeLimitExceeded"))
+            Some((
+                TaskPhase::Killed,
+                None,
+                well_known::REASON_TIME_LIMIT_EXCEEDED,
+            ))
         }
         ["work", ms, ..] => (running_for
             >= Duration::from_millis(ms.parse().expect("milliseconds")))
@@ -110,7 +115,7 @@ impl Cluster {
             .create(
                 &PostParams::default(),
                 &Namespace {
-                    metadata: ObjectMeta::named("loom-node-lease"),
+                    metadata: ObjectMeta::named(well_known::NODE_LEASE_NAMESPACE),
                     ..Namespace::default()
                 },
             )
@@ -136,7 +141,7 @@ impl Cluster {
             "apiVersion": "loom.dev/v1", "kind": "Node",
             // The test nodelet runs whatever it is given: jobs with inputs and
             // output directories (host mounts) may be placed on it.
-            "metadata": {"name": name, "labels": {"loom.dev/allow-host-paths": "true"}},
+            "metadata": {"name": name, "labels": {well_known::LABEL_ALLOW_HOST_PATHS: "true"}},
             "status": {"allocatable": {"cpu": "64", "memory": "64Gi"},
                        "conditions": [{"type": "Ready", "status": "True"}]}
         }))
@@ -200,7 +205,7 @@ impl Cluster {
     pub async fn tasks_of(&self, job: &str) -> Vec<Task> {
         let (mut tasks, _) = self
             .tasks()
-            .list_all(&ListParams::default().labels(&format!("loom.dev/job={job}")))
+            .list_all(&ListParams::default().labels(&format!("{}={job}", well_known::LABEL_JOB)))
             .await
             .expect("the job's tasks are listed");
         tasks.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -235,7 +240,7 @@ impl Cluster {
 
 /// Renews (or creates) the node's heartbeat Lease.
 pub async fn renew_lease(client: &Client, node: &str) {
-    let api: Api<Lease> = Api::namespaced(client.clone(), "loom-node-lease");
+    let api: Api<Lease> = Api::namespaced(client.clone(), well_known::NODE_LEASE_NAMESPACE);
     let now = Utc::now();
     let patch =
         json!({"spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": now}});
@@ -246,7 +251,7 @@ pub async fn renew_lease(client: &Client, node: &str) {
         Ok(_) => {}
         Err(error) if error.is_not_found() => {
             let lease: Lease = serde_json::from_value(json!({
-                "metadata": {"name": node, "namespace": "loom-node-lease"},
+                "metadata": {"name": node, "namespace": well_known::NODE_LEASE_NAMESPACE},
                 "spec": {"holderIdentity": node, "leaseDurationSeconds": 40,
                          "acquireTime": now, "renewTime": now}
             }))
