@@ -4,6 +4,7 @@
 //! Ctrl-C or SIGTERM; the controllers, scheduler and nodelet join it as they are
 //! built. `loom apiserver` runs the API server alone, over SQLite or etcd.
 
+mod certs_cmd;
 mod node_cmd;
 
 use std::path::PathBuf;
@@ -49,6 +50,10 @@ enum Command {
     Nodelet(Box<node_cmd::NodeletArgs>),
     /// Manage a node's image store.
     Image(node_cmd::ImageArgs),
+    /// Make the cluster's certificates in a directory, once: the CA, the API
+    /// server's serving certificate, an administrator's client certificate and
+    /// the service-account signing key.
+    Certs(certs_cmd::CertsArgs),
     /// The per-run shim the nodelet starts (internal).
     #[command(hide = true)]
     Shim {
@@ -220,6 +225,18 @@ fn main() -> ExitCode {
     // These two fork or run containers: no async runtime, no threads.
     match &cli.command {
         Command::Shim { dir } => return nodelet::shim::main(dir),
+        Command::Certs(_) => {
+            let Command::Certs(args) = cli.command else {
+                return ExitCode::FAILURE;
+            };
+            return match certs_cmd::certs(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("loom: {error:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Image(_) => {
             let Command::Image(args) = cli.command else {
                 return ExitCode::FAILURE;
@@ -246,7 +263,7 @@ fn main() -> ExitCode {
             Command::Up(args) => up(args).await,
             Command::Apiserver(args) => apiserver_command(args).await,
             Command::Nodelet(args) => node_cmd::nodelet(*args).await,
-            Command::Shim { .. } | Command::Image(_) => Ok(()),
+            Command::Shim { .. } | Command::Image(_) | Command::Certs(_) => Ok(()),
             Command::Controllers(args) => {
                 let client = client::Client::for_server(&args.server)?;
                 let identity = leader_identity();
