@@ -6,6 +6,11 @@
 //!
 //! HTTP/1 only: hyper-util's HTTP/1-or-2 detection waits for a client's first
 //! bytes without any timeout, and no Loom client speaks cleartext HTTP/2.
+//!
+//! [`serve_tls`] serves over TLS ([`tls`]): the handshake must finish within
+//! the header read timeout too.
+
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,6 +93,30 @@ pub async fn serve(
     limits: Limits,
     shutdown: CancellationToken,
 ) {
+    serve_with(listener, app, limits, None, shutdown).await;
+}
+
+/// [`serve`] over TLS with `config` (see [`tls::server_config`]). A request
+/// of a connection whose client presented a verified certificate also
+/// carries [`tls::PeerCertificates`].
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    config: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    serve_with(listener, app, limits, Some(acceptor), shutdown).await;
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -115,31 +144,40 @@ pub async fn serve(
                 }
             },
         };
-        let service = TowerToHyperService::new(app.clone().map_request(
-            move |request: http::Request<hyper::body::Incoming>| {
-                let mut request = request.map(axum::body::Body::new);
-                request.extensions_mut().insert(Peer(peer));
-                request
-            },
-        ));
+        let app = app.clone();
         let builder = builder.clone();
         let stop = shutdown.clone();
+        let tls = tls.clone();
+        let handshake_timeout = limits.header_read_timeout;
         connections.spawn(
             async move {
                 let _slot = slot;
-                let connection = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                let mut connection = std::pin::pin!(connection);
-                let served = tokio::select! {
-                    served = connection.as_mut() => served,
-                    _ = stop.cancelled() => {
-                        connection.as_mut().graceful_shutdown();
-                        connection.await
+                match tls {
+                    None => serve_connection(stream, peer, None, app, &builder, &stop).await,
+                    Some(acceptor) => {
+                        // A client that never finishes its handshake is cut off
+                        // like one that never sends its headers.
+                        let stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(error)) => {
+                                    debug!(%error, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    debug!("TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let certificates = stream.get_ref().1.peer_certificates().map(|chain| {
+                            tls::PeerCertificates(Arc::new(
+                                chain.iter().map(|c| c.clone().into_owned()).collect(),
+                            ))
+                        });
+                        serve_connection(stream, peer, certificates, app, &builder, &stop).await;
                     }
-                };
-                if let Err(error) = served {
-                    debug!(%error, "connection ended with an error");
                 }
             }
             .instrument(tracing::debug_span!("connection", %peer)),
@@ -157,6 +195,43 @@ pub async fn serve(
             "connections still open {} s after shutdown; leaving them",
             limits.drain_timeout.as_secs()
         );
+    }
+}
+
+/// Serves one connection's requests until it closes or `stop` asks it to.
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    certificates: Option<tls::PeerCertificates>,
+    app: Router,
+    builder: &http1::Builder,
+    stop: &CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(app.map_request(
+        move |request: http::Request<hyper::body::Incoming>| {
+            let mut request = request.map(axum::body::Body::new);
+            request.extensions_mut().insert(Peer(peer));
+            if let Some(certificates) = &certificates {
+                request.extensions_mut().insert(certificates.clone());
+            }
+            request
+        },
+    ));
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = served {
+        debug!(%error, "connection ended with an error");
     }
 }
 

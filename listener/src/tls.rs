@@ -1,0 +1,93 @@
+//! TLS for a listener: the server's certificate chain and key, and the CA
+//! whose client certificates it verifies. A client without a certificate is
+//! let through (it authenticates otherwise, with a token); a certificate that
+//! does not verify ends the handshake. The verified chain reaches every
+//! request of the connection as [`PeerCertificates`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+
+/// The client's verified certificate chain (leaf first), in the extensions of
+/// every request of a TLS connection that presented one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
+
+/// Why a TLS configuration could not be made, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file holds no usable certificate or key.
+    #[error("{}: {message}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The certificates and key do not make a configuration.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let failed = |message: String| TlsError::File {
+        path: path.to_owned(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| failed(format!("cannot read certificates: {e}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| failed(format!("bad PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(failed("no certificate in it".to_owned()));
+    }
+    Ok(certs)
+}
+
+/// A server configuration from PEM files: `cert` (the chain, leaf first),
+/// `key`, and `client_ca` (the CAs of accepted client certificates; without
+/// it no client certificate is asked for). HTTP/1.1 only, by ALPN.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = certificates(cert)?;
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
+        path: key.to_owned(),
+        message: format!("no usable private key: {e}"),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for ca in certificates(path)? {
+                roots.add(ca).map_err(|e| TlsError::File {
+                    path: path.to_owned(),
+                    message: format!("not a CA certificate: {e}"),
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, private)
+        .map_err(|e| TlsError::File {
+            path: key.to_owned(),
+            message: format!("does not fit the certificate in {}: {e}", cert.display()),
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
