@@ -140,6 +140,10 @@ pub struct Config {
     /// scheduler counts it and the node enforces it (`None`: no default; the
     /// `loom apiserver` flag defaults to 512Mi).
     pub default_task_memory: Option<api_types::Quantity>,
+    /// Serve HTTPS with this configuration ([`loom_listener::tls::server_config`]:
+    /// the serving certificate, its key and the CA of client certificates);
+    /// `None` serves plain HTTP.
+    pub tls: Option<Arc<loom_listener::tls::ServerConfig>>,
 }
 
 /// The longest header read timeout allowed.
@@ -158,6 +162,7 @@ impl Default for Config {
             body_read_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             default_task_memory: None,
+            tls: None,
         }
     }
 }
@@ -234,8 +239,17 @@ pub async fn run(
         min_watch_timeout: config.min_watch_timeout,
         body_read_timeout: config.body_read_timeout,
     });
-    info!(address = %listener.local_addr()?, "API server listening");
-    loom_listener::serve(listener, app, config.listener_limits(), shutdown).await;
+    let limits = config.listener_limits();
+    match config.tls {
+        Some(tls) => {
+            info!(address = %listener.local_addr()?, "API server listening (HTTPS)");
+            loom_listener::serve_tls(listener, app, limits, tls, shutdown).await;
+        }
+        None => {
+            info!(address = %listener.local_addr()?, "API server listening");
+            loom_listener::serve(listener, app, limits, shutdown).await;
+        }
+    }
     caches.cancel();
     Ok(())
 }

@@ -115,6 +115,17 @@ struct ApiserverArgs {
     default_task_memory: TaskMemory,
     #[command(flatten)]
     limits: ApiLimitArgs,
+    /// Serve HTTPS with this PEM certificate (chain, leaf first), e.g. the
+    /// `apiserver.crt` of `loom certs`; with --tls-private-key-file.
+    #[arg(long, env = "LOOM_TLS_CERT_FILE", requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The serving certificate's PEM private key.
+    #[arg(long, env = "LOOM_TLS_PRIVATE_KEY_FILE", requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
+    /// Verify client certificates against this PEM CA (`ca.crt` of `loom
+    /// certs`); clients without one are still served.
+    #[arg(long, env = "LOOM_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    client_ca_file: Option<PathBuf>,
 }
 
 /// `--default-task-memory`: a quantity, or none for `0` or an empty value.
@@ -547,12 +558,15 @@ async fn apiserver_command(args: ApiserverArgs) -> anyhow::Result<()> {
         .await
         .map_err(anyhow::Error::msg)
         .context("cannot open the store")?;
-    serve(
-        store,
-        args.listen,
-        api_config(&args.default_task_memory, &args.limits),
-    )
-    .await
+    let mut config = api_config(&args.default_task_memory, &args.limits);
+    if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_private_key_file) {
+        config.tls = Some(loom_listener::tls::server_config(
+            cert,
+            key,
+            args.client_ca_file.as_deref(),
+        )?);
+    }
+    serve(store, args.listen, config).await
 }
 
 /// Serves the API until Ctrl-C or SIGTERM.

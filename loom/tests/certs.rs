@@ -5,6 +5,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 fn loom_certs(dir: &Path, sans: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_loom"))
@@ -119,4 +120,93 @@ fn a_bad_name_is_refused_naming_the_flag_and_a_lost_ca_key_stops_it() {
     assert!(!lost.status.success());
     let stderr = String::from_utf8_lossy(&lost.stderr);
     assert!(stderr.contains("ca.key"), "{stderr}");
+}
+
+/// `loom apiserver` killed on drop.
+struct Apiserver(std::process::Child);
+
+impl Drop for Apiserver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .args(args)
+        .output()
+        .expect("run curl")
+}
+
+#[test]
+fn the_api_server_serves_https_with_the_certificates_of_loom_certs() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path().join("pki");
+    assert!(loom_certs(&dir, "127.0.0.1").status.success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let path = |name: &str| dir.join(name).display().to_string();
+    let child = Command::new(env!("CARGO_BIN_EXE_loom"))
+        .args(["apiserver", "--listen", &format!("127.0.0.1:{port}")])
+        .arg(format!(
+            "--store=sqlite:{}",
+            temp.path().join("loom.db").display()
+        ))
+        .args(["--tls-cert-file", &path("apiserver.crt")])
+        .args(["--tls-private-key-file", &path("apiserver.key")])
+        .args(["--client-ca-file", &path("ca.crt")])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start loom apiserver");
+    let _server = Apiserver(child);
+    let url = format!("https://127.0.0.1:{port}/version");
+    let admin = [
+        "--cacert",
+        &path("ca.crt"),
+        "--cert",
+        &path("admin.crt"),
+        "--key",
+        &path("admin.key"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let served = loop {
+        let out = curl(&[&admin[..], &[url.as_str()]].concat());
+        if out.status.success() {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no HTTPS answer within 30 s: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        String::from_utf8_lossy(&served.stdout).contains("gitVersion"),
+        "{served:?}"
+    );
+    // The CA verifies the server; plain HTTP on the port gets no API answer.
+    let plain = curl(&[&format!("http://127.0.0.1:{port}/version")]);
+    assert!(
+        !String::from_utf8_lossy(&plain.stdout).contains("gitVersion"),
+        "{plain:?}"
+    );
+    // A client certificate of another CA is refused at the handshake.
+    let other = temp.path().join("other");
+    assert!(loom_certs(&other, "127.0.0.1").status.success());
+    let foreign = curl(&[
+        "--cacert",
+        &path("ca.crt"),
+        "--cert",
+        &other.join("admin.crt").display().to_string(),
+        "--key",
+        &other.join("admin.key").display().to_string(),
+        &url,
+    ]);
+    assert!(!foreign.status.success(), "{foreign:?}");
 }
