@@ -35,10 +35,13 @@ pub struct Body {
 impl Client {
     /// A client for `config`.
     pub fn new(config: Config) -> Result<Self> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("loom-client/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
-            .build()?;
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(tls) = &config.tls {
+            builder = builder.use_preconfigured_tls(tls.rustls()?);
+        }
+        let http = builder.build()?;
         let servers: Vec<String> = config
             .server
             .split(',')

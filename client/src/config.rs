@@ -21,6 +21,67 @@ pub struct Config {
     pub timeout: Duration,
     /// How many times a transient failure is retried.
     pub retries: u32,
+    /// What an `https://` server is trusted by, and the certificate to show it.
+    pub tls: Option<TlsConfig>,
+}
+
+/// What a client trusts over HTTPS, and what it presents.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM CA certificates the server's certificate must chain to (the
+    /// cluster's `ca.crt`); only these are trusted.
+    pub ca_pem: String,
+    /// A PEM client certificate and its PEM private key, to authenticate with.
+    pub identity: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("ca_pem", &self.ca_pem)
+            .field("identity", &self.identity.as_ref().map(|(cert, _)| cert))
+            .finish()
+    }
+}
+
+impl TlsConfig {
+    /// The rustls configuration: the CA as the only root, the identity if
+    /// any, HTTP/1.1 by ALPN.
+    pub(crate) fn rustls(&self) -> Result<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |what: &str, e: &dyn std::fmt::Display| Error::Config(format!("{what}: {e}"));
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            let ca = ca.map_err(|e| bad("the CA certificate", &e))?;
+            roots.add(ca).map_err(|e| bad("the CA certificate", &e))?;
+        }
+        if roots.is_empty() {
+            return Err(Error::Config(
+                "the CA certificate: no certificate in it".to_owned(),
+            ));
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("TLS", &e))?
+            .with_root_certificates(roots);
+        let mut config = match &self.identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| bad("the client certificate", &e))?;
+                let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+                    .map_err(|e| bad("the client key", &e))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| bad("the client certificate", &e))?
+            }
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
 }
 
 impl Config {
@@ -31,6 +92,7 @@ impl Config {
             namespace: "default".to_owned(),
             timeout: Duration::from_secs(30),
             retries: 5,
+            tls: None,
         }
     }
 

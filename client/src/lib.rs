@@ -11,7 +11,7 @@ pub use api::{
     PostParams, WatchParams, discover,
 };
 pub use client::Client;
-pub use config::Config;
+pub use config::{Config, TlsConfig};
 pub use error::{Error, Result};
 pub mod reflector;
 pub mod watcher;
