@@ -184,3 +184,40 @@ async fn plain_http_and_a_stalled_handshake_get_nothing() {
     );
     server.stop.cancel();
 }
+
+#[test]
+fn unusable_files_are_errors_naming_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::generate("loom-ca").expect("ca");
+    let serving = ca
+        .issue(&Profile::server("x", &["127.0.0.1".to_owned()]))
+        .expect("serving");
+    let cert = dir.path().join("tls.crt");
+    let key = dir.path().join("tls.key");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&cert, &serving.cert_pem).expect("write");
+    std::fs::write(&key, &serving.key_pem).expect("write");
+    std::fs::write(&garbage, "not PEM at all").expect("write");
+    let other_key = dir.path().join("other.key");
+    std::fs::write(
+        &other_key,
+        &ca.issue(&Profile::client("y", None))
+            .expect("other")
+            .key_pem,
+    )
+    .expect("write");
+    let cases = [
+        (server_config(&garbage, &key, None), "garbage.pem"),
+        (server_config(&cert, &garbage, None), "garbage.pem"),
+        (server_config(&cert, &key, Some(&garbage)), "garbage.pem"),
+        (
+            server_config(&cert, &dir.path().join("missing.key"), None),
+            "missing.key",
+        ),
+        (server_config(&cert, &other_key, None), "other.key"),
+    ];
+    for (result, file) in cases {
+        let error = result.expect_err(file).to_string();
+        assert!(error.contains(file), "{file}: {error}");
+    }
+}

@@ -33,9 +33,9 @@ fn serving_names(extra: &[String]) -> Vec<String> {
             names.push(host.to_owned());
         }
     }
+    // Repeats are dropped by `Profile::server`.
     names.extend(extra.iter().map(|n| n.trim().to_owned()));
     names.retain(|n| !n.is_empty());
-    names.dedup();
     names
 }
 

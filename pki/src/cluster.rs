@@ -248,6 +248,33 @@ mod tests {
     }
 
     #[test]
+    fn a_crash_between_the_ca_key_and_its_certificate_makes_a_new_ca() {
+        // What a kill between the two writes leaves: the key alone (nothing was
+        // issued by a CA whose certificate was never written).
+        let dir = tempfile::tempdir().unwrap();
+        let first = ClusterPki::ensure(dir.path()).unwrap();
+        std::fs::remove_file(dir.path().join(CA_CERT)).unwrap();
+        let again = ClusterPki::ensure(dir.path()).unwrap();
+        assert_ne!(again.ca().cert_hash(), first.ca().cert_hash());
+        assert!(
+            again.ca().signed(
+                &again
+                    .ca()
+                    .issue(&Profile::client("x", None))
+                    .unwrap()
+                    .cert_pem
+            )
+        );
+        // A service-account key without its public half gets it back.
+        let (private, public) = again.service_account_keys();
+        let before = std::fs::read_to_string(&public).unwrap();
+        std::fs::remove_file(&public).unwrap();
+        ClusterPki::ensure(dir.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(&public).unwrap(), before);
+        assert!(private.exists());
+    }
+
+    #[test]
     fn a_credential_of_another_ca_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let pki = ClusterPki::ensure(dir.path()).unwrap();
