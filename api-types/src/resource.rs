@@ -196,6 +196,21 @@ macro_rules! impl_resource {
     (
         $ty:ident,
         kind: $kind:literal,
+        $($rest:tt)*
+    ) => {
+        $crate::resource::impl_resource!(
+            $ty,
+            group: $crate::resource::GROUP,
+            version: $crate::resource::VERSION,
+            kind: $kind,
+            $($rest)*
+        );
+    };
+    (
+        $ty:ident,
+        group: $group:expr,
+        version: $version:expr,
+        kind: $kind:literal,
         plural: $plural:literal,
         singular: $singular:literal,
         short_names: [$($short:literal),*],
@@ -203,8 +218,8 @@ macro_rules! impl_resource {
         has_status: $has_status:literal $(,)?
     ) => {
         impl $crate::resource::Resource for $ty {
-            const GROUP: &'static str = $crate::resource::GROUP;
-            const VERSION: &'static str = $crate::resource::VERSION;
+            const GROUP: &'static str = $group;
+            const VERSION: &'static str = $version;
             const KIND: &'static str = $kind;
             const PLURAL: &'static str = $plural;
             const SINGULAR: &'static str = $singular;

@@ -56,23 +56,32 @@ pub struct AppState {
     pub body_read_timeout: Duration,
 }
 
-/// Who made a request.
+/// Who made a request, as an authenticator established it.
 ///
-/// The seam for authentication (issue 17): an authenticating tower layer,
-/// added in front of [`router`] (before the admission chain and every
-/// handler), inserts the `User` it established as a request extension. Until
-/// it lands no request carries one, and every request is [`User::anonymous`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The authenticating layer in front of [`router`] (before the admission
+/// chain and every handler) inserts it as a request extension; a request
+/// without one is [`User::anonymous`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct User {
-    /// The user's name, as logs and (later) authorization see it.
+    /// The user's name (`alice`, `system:node:a`,
+    /// `system:serviceaccount:NAMESPACE:NAME`).
     pub name: String,
+    /// A unique id for the user when the authenticator knows one (a service
+    /// account's uid), else empty.
+    pub uid: String,
+    /// Its groups, `system:authenticated` included for every authenticated user.
+    pub groups: Vec<String>,
+    /// What else the authenticator knows (Kubernetes' `extra`).
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl User {
     /// The user of a request no authenticator vouched for.
     pub fn anonymous() -> Self {
         User {
-            name: "anonymous".to_owned(),
+            name: "system:anonymous".to_owned(),
+            groups: vec!["system:unauthenticated".to_owned()],
+            ..User::default()
         }
     }
 }
