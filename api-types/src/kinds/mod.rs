@@ -7,6 +7,7 @@ pub mod namespace;
 pub mod node;
 pub mod resource_definition;
 pub mod service;
+pub mod service_account;
 pub mod task;
 
 pub use event::{Event, EventSource, EventType};
@@ -22,6 +23,9 @@ pub use resource_definition::{
     StatusSubresource,
 };
 pub use service::{Service, ServiceSpec, ServiceStatus, ServiceStrategy};
+pub use service_account::{
+    BoundObjectReference, ServiceAccount, TokenRequest, TokenRequestSpec, TokenRequestStatus,
+};
 pub use task::{
     Driver, EnvVar, Mount, ResourceUsage, RestartPolicy, Task, TaskPhase, TaskResources, TaskSpec,
     TaskStatus, TaskTemplate, TemplateMeta, Toleration, TolerationOperator,
