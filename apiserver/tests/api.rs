@@ -895,7 +895,7 @@ mod cases {
         );
         // fieldValidation=Ignore drops unknown fields; Warn drops them with a warning.
         let lenient = r#"{"apiVersion":"loom.dev/v1","kind":"Job","metadata":{"name":"lenient"},"spec":{"replicaz":1,"template":{"spec":{"image":"x"}}}}"#;
-        let response = reqwest::Client::new()
+        let response = server.http()
             .post(format!("{}{JOBS}?fieldValidation=Warn", server.url))
             .header("Content-Type", "application/json")
             .body(lenient)
@@ -921,7 +921,7 @@ mod cases {
         assert_eq!((code, version["major"].as_str()), (200, Some("1")));
         let (_, groups) = c.get("/apis").await;
         assert_eq!(groups["groups"][0]["name"], "loom.dev");
-        let response = reqwest::Client::new()
+        let response = server.http()
             .get(format!("{}/apis", server.url))
             .header("Accept", "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json")
             .send()
@@ -976,7 +976,7 @@ mod cases {
         // The watch cache learns of the task through its store watch: poll, do not race.
         let deadline = Instant::now() + Duration::from_secs(10);
         let metrics = loop {
-            let metrics = reqwest::get(format!("{}/metrics", server.url))
+            let metrics = server.http().get(format!("{}/metrics", server.url)).send()
                 .await
                 .unwrap()
                 .text()
@@ -1002,7 +1002,7 @@ mod cases {
             "{metrics}"
         );
         // Tables for kubectl.
-        let table: Value = reqwest::Client::new()
+        let table: Value = server.http()
             .get(format!("{}{TASKS}", server.url))
             .header(
                 "Accept",

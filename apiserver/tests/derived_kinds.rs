@@ -35,9 +35,10 @@ pub struct BackupStatus {
     pub last_success: Option<String>,
 }
 
-async fn post(url: &str, path: &str, body: &Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{url}{path}"))
+async fn post(server: &TestServer, path: &str, body: &Value) -> (u16, Value) {
+    let response = server
+        .http()
+        .post(format!("{}{path}", server.url))
         .json(body)
         .send()
         .await
@@ -52,7 +53,7 @@ async fn a_derived_kind_is_served_from_its_generated_definition() {
         .unwrap();
     let definition = serde_json::to_value(Backup::resource_definition()).unwrap();
     let (code, body) = post(
-        &server.url,
+        &server,
         "/apis/loom.dev/v1/resourcedefinitions",
         &definition,
     )
@@ -74,14 +75,14 @@ async fn a_derived_kind_is_served_from_its_generated_definition() {
     );
     let value = serde_json::to_value(&backup).unwrap();
     assert_eq!(value["spec"]["keepLast"], Value::Null);
-    let (code, body) = post(&server.url, &backups, &value).await;
+    let (code, body) = post(&server, &backups, &value).await;
     assert_eq!(code, 201, "{body}");
     let mut wrong = value.clone();
     wrong["metadata"]["name"] = json!("wrong");
     wrong["spec"]["keepLast"] = json!(-1);
     wrong["spec"]["schedule"] = json!(3);
     wrong["spec"]["bogus"] = json!(true);
-    let (code, body) = post(&server.url, &backups, &wrong).await;
+    let (code, body) = post(&server, &backups, &wrong).await;
     assert_eq!(code, 422, "{body}");
     let fields: Vec<&str> = body["details"]["causes"]
         .as_array()

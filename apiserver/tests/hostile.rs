@@ -22,10 +22,7 @@ struct Client {
 impl Client {
     fn new(server: &TestServer) -> Client {
         Client {
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
+            http: server.http(),
             base: format!("{}{API}", server.url),
         }
     }

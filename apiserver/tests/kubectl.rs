@@ -85,6 +85,7 @@ struct Kubectl {
     binary: PathBuf,
     server: TestServer,
     dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
 }
 
 /// Starts `server` and a kubectl for it, or says the test is skipped and
@@ -102,10 +103,12 @@ async fn setup(
         .prefix("loom-kubectl-")
         .tempdir()
         .unwrap();
+    let kubeconfig = server.kubeconfig().unwrap();
     Some(Kubectl {
         binary,
         server,
         dir,
+        kubeconfig,
     })
 }
 
@@ -118,9 +121,8 @@ impl Kubectl {
         let mut command = Command::new(&self.binary);
         command
             .args(args)
-            .arg(format!("--server={}", self.server.url))
             .env("KUBECACHEDIR", self.dir.path().join("cache"))
-            .env("KUBECONFIG", self.dir.path().join("config"))
+            .env("KUBECONFIG", &self.kubeconfig)
             // So that nothing of the user's (~/.kube, aliases, plugins) is read or written.
             .env("HOME", self.dir.path())
             .stdin(Stdio::null())

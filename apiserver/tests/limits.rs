@@ -83,7 +83,7 @@ impl LimitsClient for JsonClient {
 }
 
 fn address(server: &TestServer) -> SocketAddr {
-    server.url.trim_start_matches("http://").parse().unwrap()
+    server.address().parse().unwrap()
 }
 
 /// Raises this process's open-file limit to what the flood needs (it holds
@@ -434,7 +434,7 @@ async fn a_watch_without_timeout_ends_cleanly_after_the_default_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_body_sent_too_slowly_gets_408() {
-    let server = TestServer::embedded(Config {
+    let server = TestServer::plain(Config {
         body_read_timeout: Duration::from_secs(1),
         ..Config::default()
     })
@@ -464,7 +464,7 @@ async fn a_body_sent_too_slowly_gets_408() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn connections_over_the_limit_wait_until_one_closes() {
-    let server = TestServer::embedded(Config {
+    let server = TestServer::plain(Config {
         max_connections: 20,
         ..Config::default()
     })
@@ -502,8 +502,8 @@ async fn a_flood_leaves_other_clients_served() {
     const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
     // Both ends of every connection are in this process.
     raise_nofile(8_192);
-    let server = TestServer::embedded(Config {
-        max_watches_per_source: PER_SOURCE,
+    let server = TestServer::plain(Config {
+        max_watches_per_user: PER_SOURCE,
         header_read_timeout: HEADER_TIMEOUT,
         ..Config::default()
     })

@@ -48,7 +48,7 @@ async fn task_logs_come_from_the_tasks_node() {
         .await
         .unwrap();
     let nodelet = fake_nodelet().await;
-    let http = reqwest::Client::new();
+    let http = server.http();
     let post = |path: &str, body: serde_json::Value| {
         let request = http.post(format!("{}{path}", server.url)).json(&body);
         async move { request.send().await.unwrap().status().as_u16() }

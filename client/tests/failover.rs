@@ -11,15 +11,20 @@ async fn an_unreachable_server_fails_over_to_the_next() {
     let server = TestServer::embedded(apiserver::Config::default())
         .await
         .unwrap();
-    let dead = format!("http://127.0.0.1:{}", free_port().unwrap());
-    let client = Client::for_server(&format!("{dead}, {}/", server.url)).unwrap();
+    let dead = format!("https://127.0.0.1:{}", free_port().unwrap());
+    let with_servers = |servers: String| {
+        let mut config = server.client_config();
+        config.server = servers;
+        Client::new(config).unwrap()
+    };
+    let client = with_servers(format!("{dead}, {}/", server.url));
     assert_eq!(client.server(), dead);
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let list = namespaces.list(&ListParams::default()).await.unwrap();
     assert!(list.items.iter().any(|n| n.metadata.name == "default"));
     assert_eq!(client.server(), server.url.trim_end_matches('/'));
     // Streams fail over too.
-    let client = Client::for_server(&format!("{dead},{}", server.url)).unwrap();
+    let client = with_servers(format!("{dead},{}", server.url));
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let mut stream = Box::pin(
         namespaces
@@ -35,7 +40,7 @@ async fn an_unreachable_server_fails_over_to_the_next() {
     );
     assert!(stream.next().await.is_some());
     // A single unreachable server is an error, not a hang.
-    let client = Client::for_server(&dead).unwrap();
+    let client = with_servers(dead.clone());
     let namespaces: Api<Namespace> = Api::all(client);
     assert!(namespaces.list(&ListParams::default()).await.is_err());
 }

@@ -14,7 +14,7 @@ use client::api::{ListParams, Patch, PatchParams, PostParams};
 use client::controller::{self, Action, Controller};
 use client::leader::{ApiLease, ElectionConfig, LeaderElector};
 use client::reflector::{Informer, Store};
-use client::{Api, Client, Object, watcher};
+use client::{Api, Object, watcher};
 use loom_testing::TestServer;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -80,7 +80,7 @@ async fn matches_a_fresh_list<K: Object>(api: &Api<K>, store: &Store<K>) -> bool
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_watcher_survives_restarts_and_compaction_without_missing_an_event() {
     let mut server = TestServer::embedded(server_config()).await.unwrap();
-    let client = Client::for_server(&server.url).unwrap();
+    let client = server.client();
     let tasks: Api<Task> = Api::namespaced(client.clone(), "default");
     for i in 0..20 {
         tasks
@@ -128,7 +128,7 @@ async fn the_watcher_survives_restarts_and_compaction_without_missing_an_event()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_quiet_kind_keeps_being_watched_across_410() {
     let mut server = TestServer::embedded(server_config()).await.unwrap();
-    let client = Client::for_server(&server.url).unwrap();
+    let client = server.client();
     let tasks: Api<Task> = Api::namespaced(client.clone(), "default");
     let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
     let informer = Informer::start(tasks.clone(), fast_watcher());
@@ -155,7 +155,7 @@ async fn a_quiet_kind_keeps_being_watched_across_410() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_rapid_updates_are_few_reconciles_that_see_the_last_state() {
     let server = TestServer::embedded(server_config()).await.unwrap();
-    let client = Client::for_server(&server.url).unwrap();
+    let client = server.client();
     let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
     jobs.create(&PostParams::default(), &job("busy"))
         .await
@@ -218,7 +218,7 @@ async fn a_thousand_rapid_updates_are_few_reconciles_that_see_the_last_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_with_leader_election_never_both_reconcile() {
     let server = TestServer::embedded(server_config()).await.unwrap();
-    let client = Client::for_server(&server.url).unwrap();
+    let client = server.client();
     let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
     for i in 0..5 {
         jobs.create(&PostParams::default(), &job(&format!("j{i}")))
@@ -331,7 +331,7 @@ async fn two_replicas_with_leader_election_never_both_reconcile() {
 async fn custom_kinds_through_discovery_and_dynamic_objects() {
     use client::DynamicObject;
     let server = TestServer::embedded(server_config()).await.unwrap();
-    let client = Client::for_server(&server.url).unwrap();
+    let client = server.client();
     let definitions: Api<api_types::ResourceDefinition> = Api::all(client.clone());
     let definition: api_types::ResourceDefinition = serde_json::from_value(json!({
         "apiVersion": "loom.dev/v1", "kind": "ResourceDefinition",

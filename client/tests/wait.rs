@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use api_types::{ResourceInfo, Task, TaskSpec};
 use client::api::{Patch, PatchParams, PostParams};
 use client::wait::{self, Condition as _, await_condition, conditions};
-use client::{Api, Client, DynamicObject};
+use client::{Api, DynamicObject};
 use loom_testing::TestServer;
 use serde_json::json;
 
@@ -33,7 +33,7 @@ async fn setup() -> (TestServer, Api<Task>) {
     let server = TestServer::embedded(apiserver::Config::default())
         .await
         .unwrap();
-    let client = Client::for_server(&server.url).unwrap();
+    let client = server.client();
     (server, Api::namespaced(client, "default"))
 }
 

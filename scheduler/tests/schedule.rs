@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use api_types::well_known::REASON_PREEMPTED;
 use api_types::{Node, Task};
-use client::{Api, Client, ListParams, PostParams};
+use client::{Api, ListParams, PostParams};
 use loom_testing::TestServer;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ async fn pending_tasks_are_bound_and_the_unfit_told_why() {
     let server = TestServer::embedded(apiserver::Config::default())
         .await
         .unwrap();
-    let client = Client::for_server(&server.url).unwrap();
+    let client = server.client();
     let nodes: Api<Node> = Api::all(client.clone());
     nodes
         .create(&PostParams::default(), &node("big", "2", "4Gi"))
@@ -165,7 +165,7 @@ async fn two_schedulers_racing_never_overcommit_and_bind_every_schedulable_task(
     let server = TestServer::embedded(apiserver::Config::default())
         .await
         .unwrap();
-    let client = Client::for_server(&server.url).unwrap();
+    let client = server.client();
     let nodes: Api<Node> = Api::all(client.clone());
     let sizes = [("n1", 2000), ("n2", 2000), ("n3", 3000), ("n4", 1000)];
     for (name, cpu) in sizes {
@@ -239,7 +239,7 @@ async fn a_waiting_task_binds_when_a_node_joins_or_a_task_ends() {
     let server = TestServer::embedded(apiserver::Config::default())
         .await
         .unwrap();
-    let client = Client::for_server(&server.url).unwrap();
+    let client = server.client();
     let nodes: Api<Node> = Api::all(client.clone());
     let tasks: Api<Task> = Api::namespaced(client.clone(), "default");
     nodes
@@ -321,7 +321,7 @@ async fn a_high_priority_task_preempts_the_cheapest_victims() {
     let server = TestServer::embedded(apiserver::Config::default())
         .await
         .unwrap();
-    let client = Client::for_server(&server.url).unwrap();
+    let client = server.client();
     let nodes: Api<Node> = Api::all(client.clone());
     let tasks: Api<Task> = Api::namespaced(client.clone(), "default");
     for name in ["a", "b"] {
@@ -408,7 +408,7 @@ async fn two_schedulers_racing_over_mixed_sizes_leave_only_tasks_that_fit_nowher
     let server = TestServer::embedded(apiserver::Config::default())
         .await
         .unwrap();
-    let client = Client::for_server(&server.url).unwrap();
+    let client = server.client();
     let nodes: Api<Node> = Api::all(client.clone());
     let sizes: Vec<(String, i128)> = (0..6)
         .map(|i| (format!("n{i}"), 1000 + 500 * i128::from(i % 3)))

@@ -93,6 +93,11 @@ pub fn test_config() -> controllers::Config {
     }
 }
 
+/// The scheduler's user: it runs with its own rights only.
+pub const SCHEDULER_USER: &str = "system:loom-scheduler";
+/// The controllers' user.
+pub const CONTROLLERS_USER: &str = "system:loom-controllers";
+
 impl Cluster {
     /// The API server, the scheduler, the test nodelet, `nodes` registered and
     /// served, and the controllers with `config`.
@@ -100,7 +105,7 @@ impl Cluster {
         let server = TestServer::embedded(apiserver::Config::default())
             .await
             .expect("the API server starts");
-        let client = Client::for_server(&server.url).expect("a client for the API server");
+        let client = server.client();
         let stop = CancellationToken::new();
         let mut cluster = Cluster {
             server,
@@ -125,7 +130,10 @@ impl Cluster {
         }
         cluster
             .background
-            .push(tokio::spawn(scheduler::run(client.clone(), stop.clone())));
+            .push(tokio::spawn(scheduler::run(
+                cluster.server.client_as(SCHEDULER_USER, None),
+                stop.clone(),
+            )));
         cluster.background.push(tokio::spawn(nodelet(
             client.clone(),
             cluster.alive.clone(),
@@ -162,7 +170,7 @@ impl Cluster {
         assert!(self.manager.is_none());
         let stop = CancellationToken::new();
         let handle = tokio::spawn(controllers::run_manager(
-            self.client.clone(),
+            self.server.client_as(CONTROLLERS_USER, None),
             config,
             stop.clone(),
         ));

@@ -17,7 +17,7 @@ use crate::TestServer;
 pub struct JsonClient {
     /// The HTTP client (for requests the helpers do not cover).
     pub http: reqwest::Client,
-    /// `http://HOST:PORT` of the server.
+    /// `https://HOST:PORT` of the server.
     pub base: String,
 }
 
@@ -25,7 +25,7 @@ impl JsonClient {
     /// A client of `server`.
     pub fn new(server: &TestServer) -> Self {
         JsonClient {
-            http: reqwest::Client::new(),
+            http: server.http(),
             base: server.url.clone(),
         }
     }
@@ -34,7 +34,9 @@ impl JsonClient {
     /// address is this host), to act as another source address.
     pub fn from_address(server: &TestServer, local: IpAddr) -> Self {
         JsonClient {
-            http: reqwest::Client::builder()
+            http: server
+                .pki
+                .http_client(Some(server.pki.admin()))
                 .local_address(local)
                 .build()
                 .expect("an HTTP client"),

@@ -7,6 +7,7 @@ pub mod http;
 pub mod process;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod wait;
 
 #[cfg(feature = "cluster")]
@@ -16,6 +17,7 @@ pub mod nodelet;
 
 pub use etcd::{EtcdServer, free_port, temp_dir};
 pub use server::TestServer;
+pub use tls::TestPki;
 pub use wait::eventually;
 
 use std::process::ExitStatus;
@@ -52,6 +54,9 @@ pub enum Error {
         /// The end of its log.
         log: String,
     },
+    /// The test PKI's files make no TLS configuration.
+    #[error("the test TLS configuration: {0}")]
+    Tls(String),
     /// etcd did not answer in time.
     #[error("etcd did not answer within 20 s: {log}")]
     EtcdTimeout {

@@ -81,7 +81,7 @@ impl Harness {
         let server = TestServer::embedded(apiserver::Config::default())
             .await
             .expect("the API server starts");
-        let client = Client::for_server(&server.url).expect("a client for the API server");
+        let client = server.client();
         let dir = tempfile::tempdir().expect("a temp dir");
         let state = dir.path().join("state");
         let suffix = format!("{}-{}", tag, std::process::id());

@@ -1,5 +1,7 @@
 //! An API server on a free loopback port over an embedded store, a private
-//! etcd, or a store given, in the test's own runtime.
+//! etcd, or a store given, in the test's own runtime: over HTTPS with the
+//! test PKI ([`crate::tls`]), its clients the administrator unless they ask
+//! to be someone else.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,18 +11,24 @@ use apiserver::store::{EmbeddedOptions, EmbeddedStore, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::etcd::{EtcdServer, temp_dir};
+use crate::tls::{PkiFiles, TestPki};
 use crate::{Error, Result};
 
 /// An API server on a free loopback port over a store, stopped on drop.
 #[derive(Debug)]
 pub struct TestServer {
-    /// `http://127.0.0.1:PORT`.
+    /// `https://127.0.0.1:PORT` (`http://` for [`TestServer::plain`]).
     pub url: String,
     /// The store it serves (to check it directly).
     pub store: Arc<dyn Store>,
+    /// The CA, the serving certificate and the administrator's credential.
+    pub pki: Arc<TestPki>,
+    /// Where the PKI's files are (for kubectl and other programs).
+    pub files: PkiFiles,
     shutdown: CancellationToken,
     _etcd: Option<EtcdServer>,
     _dir: Option<tempfile::TempDir>,
+    _pki_dir: tempfile::TempDir,
 }
 
 impl TestServer {
@@ -43,12 +51,39 @@ impl TestServer {
         Self::start(store, config, None, None).await
     }
 
+    /// Over a fresh embedded store, serving plain HTTP (Loom's
+    /// `--insecure-listen`): for tests of the HTTP layer beneath TLS, such as
+    /// the header read timeout a raw socket exercises.
+    pub async fn plain(mut config: Config) -> Result<Self> {
+        config.tls = None;
+        let (dir, path) = temp_dir()?;
+        let store = EmbeddedStore::open(EmbeddedOptions::new(path))?;
+        Self::start_with(Arc::new(store), config, None, Some(dir), false).await
+    }
+
     async fn start(
         store: Arc<dyn Store>,
         config: Config,
         etcd: Option<EtcdServer>,
         dir: Option<tempfile::TempDir>,
     ) -> Result<Self> {
+        Self::start_with(store, config, etcd, dir, true).await
+    }
+
+    async fn start_with(
+        store: Arc<dyn Store>,
+        mut config: Config,
+        etcd: Option<EtcdServer>,
+        dir: Option<tempfile::TempDir>,
+        tls: bool,
+    ) -> Result<Self> {
+        let pki = TestPki::shared();
+        let pki_dir = tempfile::tempdir().map_err(Error::io("make the test PKI's dir"))?;
+        let files = pki.write(pki_dir.path())?;
+        if tls && config.tls.is_none() {
+            config.tls = Some(files.server_config()?);
+        }
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(Error::io("bind the API server"))?;
@@ -57,21 +92,83 @@ impl TestServer {
             .map_err(Error::io("bind the API server"))?;
         let shutdown = serve(store.clone(), listener, config);
         let server = TestServer {
-            url: format!("http://{address}"),
+            url: format!("{scheme}://{address}"),
             store,
+            pki,
+            files,
             shutdown,
             _etcd: etcd,
             _dir: dir,
+            _pki_dir: pki_dir,
         };
         server.wait_ready().await?;
         Ok(server)
+    }
+
+    /// `HOST:PORT` of the server.
+    pub fn address(&self) -> &str {
+        self.url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+    }
+
+    /// The administrator's client configuration.
+    pub fn client_config(&self) -> client::Config {
+        self.pki.client_config(&self.url, self.pki.admin())
+    }
+
+    /// A typed client, as the administrator.
+    pub fn client(&self) -> client::Client {
+        client::Client::new(self.client_config()).expect("a client of the test API server")
+    }
+
+    /// A typed client, as `user` in `group` (a client certificate of the test CA).
+    pub fn client_as(&self, user: &str, group: Option<&str>) -> client::Client {
+        let identity = self.pki.user(user, group);
+        client::Client::new(self.pki.client_config(&self.url, &identity))
+            .expect("a client of the test API server")
+    }
+
+    /// A plain HTTP client, as the administrator.
+    pub fn http(&self) -> reqwest::Client {
+        self.pki
+            .http_client(Some(self.pki.admin()))
+            .build()
+            .expect("an HTTP client")
+    }
+
+    /// A plain HTTP client, as `user` in `group`.
+    pub fn http_as(&self, user: &str, group: Option<&str>) -> reqwest::Client {
+        let identity = self.pki.user(user, group);
+        self.pki
+            .http_client(Some(&identity))
+            .build()
+            .expect("an HTTP client")
+    }
+
+    /// A plain HTTP client that trusts the server but presents no certificate.
+    pub fn http_anonymous(&self) -> reqwest::Client {
+        self.pki.http_client(None).build().expect("an HTTP client")
+    }
+
+    /// Writes a kubeconfig for the administrator and returns its path (in the
+    /// server's own temp dir, removed with it).
+    pub fn kubeconfig(&self) -> Result<std::path::PathBuf> {
+        let path = self._pki_dir.path().join("kubeconfig");
+        std::fs::write(&path, self.files.kubeconfig(&self.url))
+            .map_err(Error::io("write the kubeconfig"))?;
+        Ok(path)
     }
 
     /// Stops the server (cutting every watch) and starts a new one on the same
     /// address over the same store, as an API server restart.
     pub async fn restart(&mut self, config: Config) -> Result<()> {
         self.shutdown.cancel();
-        let address = self.url.trim_start_matches("http://").to_owned();
+        let address = self.address().to_owned();
+        let mut config = config;
+        if self.url.starts_with("https://") && config.tls.is_none() {
+            config.tls = Some(self.files.server_config()?);
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         let listener = loop {
             match tokio::net::TcpListener::bind(&address).await {
@@ -87,11 +184,17 @@ impl TestServer {
     }
 
     async fn wait_ready(&self) -> Result<()> {
-        let address = self.url.trim_start_matches("http://").to_owned();
         let deadline = Instant::now() + Duration::from_secs(20);
+        let http = self
+            .pki
+            .http_client(Some(self.pki.admin()))
+            .timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|error| Error::Tls(error.to_string()))?;
+        let url = format!("{}/readyz", self.url);
         loop {
-            if let Ok(Ok(true)) =
-                tokio::time::timeout(Duration::from_secs(2), readyz(&address)).await
+            if let Ok(response) = http.get(&url).send().await
+                && response.status().is_success()
             {
                 return Ok(());
             }
@@ -122,19 +225,4 @@ fn serve(
         }
     });
     shutdown
-}
-
-/// A minimal `GET /readyz`, so that the apiserver's own tests need no HTTP client.
-async fn readyz(address: &str) -> std::io::Result<bool> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await?;
-    stream
-        .write_all(
-            format!("GET /readyz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    Ok(response.starts_with(b"HTTP/1.1 200"))
 }
