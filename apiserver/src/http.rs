@@ -3,8 +3,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api_types::options::{DeleteOptions, ListOptions, WatchOptions};
@@ -26,6 +25,7 @@ use crate::generic::{
     GenericStore, ListPage, ListQuery, Part, PatchKind, WriteOptions, watch_error_status,
     watch_from,
 };
+use crate::limits::{Limits, Permit, Requester};
 use crate::metrics::{Metrics, ResourceLabels, resource_label};
 use crate::registry::Column;
 use crate::registry::SubresourceRequest;
@@ -38,9 +38,6 @@ const LIST_BATCH: usize = 512;
 /// At most this many queued watch events are written as one chunk.
 const WATCH_BATCH: usize = 256;
 
-/// A watch refused for being over a limit is told to come back after this long.
-const WATCH_RETRY_AFTER_SECONDS: i32 = 10;
-
 /// What every request handler shares.
 #[derive(Clone, Debug)]
 pub struct AppState {
@@ -48,8 +45,8 @@ pub struct AppState {
     pub api: Arc<GenericStore>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// The watch slots, per source address and in all.
-    pub watches: Arc<WatchSlots>,
+    /// Watch slots and places in flight, per user and in all.
+    pub limits: Arc<Limits>,
     /// A watch without `timeoutSeconds` ends after between this and twice this.
     pub min_watch_timeout: Duration,
     /// Time a client has to send a request's whole body.
@@ -88,112 +85,6 @@ impl User {
 
 /// The address a request came from, set on each request by the listener.
 pub use loom_listener::Peer;
-
-/// Counts open watches per source address and in all, against their caps.
-#[derive(Debug)]
-pub struct WatchSlots {
-    per_source: usize,
-    total: usize,
-    open: Mutex<WatchCounts>,
-}
-
-#[derive(Debug, Default)]
-struct WatchCounts {
-    total: usize,
-    by_source: HashMap<IpAddr, usize>,
-}
-
-/// Why a watch got no slot.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum WatchLimit {
-    /// The server has as many watches open as it allows.
-    #[error("too many watches open on this server (the limit is {limit}); retry later")]
-    Total {
-        /// The cap on watches in all.
-        limit: usize,
-    },
-    /// The source address has as many watches open as one may.
-    #[error(
-        "too many watches open from {address} (the limit is {limit} per source address); close some or retry later"
-    )]
-    PerSource {
-        /// The address.
-        address: IpAddr,
-        /// The cap per address.
-        limit: usize,
-    },
-}
-
-/// One open watch's slot, given back when the watch's stream is dropped.
-#[derive(Debug)]
-pub struct WatchSlot {
-    slots: Arc<WatchSlots>,
-    source: Option<IpAddr>,
-}
-
-impl WatchSlots {
-    /// Caps of `per_source` watches from one address and `total` in all.
-    pub fn new(per_source: usize, total: usize) -> Arc<Self> {
-        Arc::new(WatchSlots {
-            per_source,
-            total,
-            open: Mutex::new(WatchCounts::default()),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, WatchCounts> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Takes a slot for a watch from `source` (`None`: a request that did not
-    /// come through a listener, counted in the total only), or says which cap
-    /// is reached.
-    pub fn acquire(self: &Arc<Self>, source: Option<IpAddr>) -> Result<WatchSlot, WatchLimit> {
-        let mut open = self.lock();
-        if open.total >= self.total {
-            return Err(WatchLimit::Total { limit: self.total });
-        }
-        if let Some(source) = source {
-            let mine = open.by_source.entry(source).or_insert(0);
-            if *mine >= self.per_source {
-                return Err(WatchLimit::PerSource {
-                    address: source,
-                    limit: self.per_source,
-                });
-            }
-            *mine += 1;
-        }
-        open.total += 1;
-        Ok(WatchSlot {
-            slots: self.clone(),
-            source,
-        })
-    }
-
-    /// Open watches in all, and from `source`.
-    pub fn open(&self, source: IpAddr) -> (usize, usize) {
-        let open = self.lock();
-        (
-            open.total,
-            open.by_source.get(&source).copied().unwrap_or(0),
-        )
-    }
-}
-
-impl Drop for WatchSlot {
-    fn drop(&mut self) {
-        let mut open = self.slots.lock();
-        open.total = open.total.saturating_sub(1);
-        if let Some(source) = self.source
-            && let Some(mine) = open.by_source.get_mut(&source)
-        {
-            *mine = mine.saturating_sub(1);
-            if *mine == 0 {
-                open.by_source.remove(&source);
-            }
-        }
-    }
-}
 
 /// How long a watch without `timeoutSeconds` lasts: `min` stretched by
 /// `spread` in [0, 1], so between `min` and twice `min` (Kubernetes'
@@ -564,7 +455,15 @@ async fn resource_request(
     let resource_label =
         resource_label(&target.resource.info.plural, target.subresource.as_deref());
     let peer = peer.map(|Extension(Peer(address))| address.ip());
-    let user = user.map_or_else(User::anonymous, |Extension(user)| user);
+    let user = user.map(|Extension(user)| user);
+    let requester = Requester::of(user.as_ref(), peer);
+    let user = user.unwrap_or_else(User::anonymous);
+    // Watches and followed logs hold a watch slot, or nothing, instead.
+    let long_running = verb == "watch" || query_flag(&query, "follow");
+    let mutating = matches!(
+        verb,
+        "create" | "update" | "patch" | "delete" | "deletecollection"
+    );
     // Every log line of the request, down to the admission steps and the
     // store, says who asked for what.
     let span = tracing::info_span!(
@@ -578,10 +477,22 @@ async fn resource_request(
     let response = async {
         match read_body(body, state.body_read_timeout).await {
             Err(error) => error.into_response(),
-            Ok(body) => match serve(&state, &method, &target, &query, &headers, peer, body).await {
-                Ok(response) => response,
-                Err(error) => error.into_response(),
-            },
+            Ok(body) => {
+                // Counted once the body is in: a client sending its body slowly
+                // holds its connection, not a place in flight.
+                let _in_flight = if long_running {
+                    None
+                } else {
+                    match state.limits.request(&requester, mutating) {
+                        Ok(permit) => Some(permit),
+                        Err(refusal) => return ApiError::from(refusal).into_response(),
+                    }
+                };
+                match serve(&state, &method, &target, &query, &headers, &requester, body).await {
+                    Ok(response) => response,
+                    Err(error) => error.into_response(),
+                }
+            }
         }
     }
     .instrument(span)
@@ -647,7 +558,7 @@ async fn serve(
     target: &Target,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
-    peer: Option<IpAddr>,
+    requester: &Requester,
     body: Bytes,
 ) -> ApiResult<Response> {
     let api = &state.api;
@@ -680,7 +591,7 @@ async fn serve(
         ("GET", None) => {
             let list = list_query(target, query)?;
             if query_flag(query, "watch") {
-                return watch(state, target, query, headers, peer, list).await;
+                return watch(state, target, query, headers, requester, list).await;
             }
             let page = api.list(res, list).await?;
             Ok(list_response(res, page, wants_table(headers)))
@@ -916,7 +827,7 @@ fn table(
 struct WatcherGuard {
     metrics: Arc<Metrics>,
     labels: ResourceLabels,
-    _slot: WatchSlot,
+    _slot: Permit,
 }
 
 impl Drop for WatcherGuard {
@@ -930,7 +841,7 @@ async fn watch(
     target: &Target,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
-    peer: Option<IpAddr>,
+    requester: &Requester,
     list: ListQuery,
 ) -> ApiResult<Response> {
     let res = target.resource.clone();
@@ -945,12 +856,7 @@ async fn watch(
     };
     // Taken before the watch starts (which may wait for the cache) and held by
     // the stream, so a watch counts until its connection lets go of it.
-    let slot = state.watches.acquire(peer).map_err(|why| {
-        ApiError::from(api_types::Status::too_many_requests(
-            why.to_string(),
-            WATCH_RETRY_AFTER_SECONDS,
-        ))
-    })?;
+    let slot = state.limits.watch(requester)?;
     let started = state.api.watch(&res, from, list.filter).await;
     let watch = match started {
         Ok(watch) => watch,
@@ -1066,26 +972,5 @@ mod tests {
         }
         // Randomised: the watches of one restart do not all end together.
         assert!(seen.len() > 20, "only {} distinct minutes", seen.len());
-    }
-
-    #[test]
-    fn watch_slots_cap_each_source_and_the_total_and_come_back_on_drop() {
-        let slots = WatchSlots::new(2, 3);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let first = slots.acquire(Some(a)).unwrap();
-        let _second = slots.acquire(Some(a)).unwrap();
-        let refused = slots.acquire(Some(a)).unwrap_err().to_string();
-        assert!(
-            refused.contains("from 10.0.0.1") && refused.contains("2 per source"),
-            "{refused}"
-        );
-        let _third = slots.acquire(Some(b)).unwrap();
-        let refused = slots.acquire(Some(b)).unwrap_err().to_string();
-        assert!(refused.contains("the limit is 3"), "{refused}");
-        assert_eq!(slots.open(a), (3, 2));
-        drop(first);
-        assert_eq!(slots.open(a), (2, 1));
-        let _again = slots.acquire(Some(a)).unwrap();
     }
 }

@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod error;
 pub mod generic;
 pub mod http;
+pub mod limits;
 pub mod logs;
 pub mod metrics;
 pub mod object;

@@ -44,6 +44,13 @@ pub struct ResourceLabels {
     pub resource: String,
 }
 
+/// Labels of a refused request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Which cap refused it (`watches-per-user`, `mutating-inflight`, …).
+    pub reason: String,
+}
+
 /// Labels naming a store operation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
@@ -85,6 +92,12 @@ pub struct Metrics {
     slow_watchers: Family<ResourceLabels, Gauge>,
     /// Store operation latency.
     pub store_latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    /// Requests refused with 429, by the cap that refused them.
+    pub rejected_requests: Family<ReasonLabels, Counter>,
+    /// Audit events written to the audit log.
+    pub audit_events: Counter,
+    /// Audit events lost: the writer's queue was full, or the write failed.
+    pub audit_events_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -140,6 +153,24 @@ impl Metrics {
             "Store operation latency",
             store_latency.clone(),
         );
+        let rejected_requests = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rejected_requests",
+            "Requests refused with 429 Too Many Requests, by the cap that refused them",
+            rejected_requests.clone(),
+        );
+        let audit_events = Counter::default();
+        registry.register(
+            "audit_events",
+            "Audit events written to the audit log",
+            audit_events.clone(),
+        );
+        let audit_events_dropped = Counter::default();
+        registry.register(
+            "audit_events_dropped",
+            "Audit events lost because the audit writer's queue was full or a write failed",
+            audit_events_dropped.clone(),
+        );
         Arc::new(Metrics {
             registry,
             requests,
@@ -149,7 +180,19 @@ impl Metrics {
             cache_events,
             slow_watchers,
             store_latency,
+            rejected_requests,
+            audit_events,
+            audit_events_dropped,
         })
+    }
+
+    /// Counts a request refused with 429 by the cap `reason`.
+    pub fn rejected(&self, reason: &str) {
+        self.rejected_requests
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Records one request.

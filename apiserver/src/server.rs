@@ -12,7 +12,8 @@ use tracing::{info, warn};
 use crate::admission;
 use crate::catalog::{CacheConfig, Catalog};
 use crate::generic::{GenericStore, WriteOptions};
-use crate::http::{AppState, WatchSlots, router};
+use crate::http::{AppState, router};
+use crate::limits::{Caps, Limits};
 use crate::metrics::{MeteredStore, Metrics};
 use crate::registry::namespace::BUILT_IN;
 use crate::store::{EmbeddedOptions, EmbeddedStore, EtcdOptions, EtcdStore, Store};
@@ -119,10 +120,20 @@ pub struct Config {
     /// A list without `limit` that would return more objects than this is
     /// refused (413): such clients must page with `limit` and `continue`.
     pub max_list_objects: usize,
-    /// Concurrent watches from one source address; more get 429.
-    pub max_watches_per_source: usize,
+    /// Concurrent watches of one user (of one source address when requests
+    /// carry no user); more get 429. `system:masters` is exempt.
+    pub max_watches_per_user: usize,
     /// Concurrent watches in all; more get 429.
     pub max_watches: usize,
+    /// Mutating requests (create, update, patch, delete) in flight in all;
+    /// more get 429 (Kubernetes' `--max-mutating-requests-inflight`).
+    /// `system:masters` is exempt, as in Kubernetes.
+    pub max_mutating_requests_inflight: usize,
+    /// Mutating requests in flight of one user; more get 429.
+    pub max_mutating_requests_inflight_per_user: usize,
+    /// Other requests in flight in all, watches and followed logs aside; more
+    /// get 429 (Kubernetes' `--max-requests-inflight`).
+    pub max_requests_inflight: usize,
     /// A watch without `timeoutSeconds` ends after a random time between this
     /// and twice this (Kubernetes' `--min-request-timeout`), so long-lived
     /// watches spread over restarts and load balancers.
@@ -154,8 +165,11 @@ impl Default for Config {
         Config {
             cache: CacheConfig::default(),
             max_list_objects: 250_000,
-            max_watches_per_source: 2_000,
+            max_watches_per_user: 2_000,
             max_watches: 20_000,
+            max_mutating_requests_inflight: 200,
+            max_mutating_requests_inflight_per_user: 100,
+            max_requests_inflight: 400,
             min_watch_timeout: Duration::from_secs(30 * 60),
             max_patch_operations: 10_000,
             header_read_timeout: MAX_HEADER_READ_TIMEOUT,
@@ -177,12 +191,32 @@ impl Config {
         }
     }
 
+    /// The caps of watches and requests in flight.
+    fn caps(&self) -> Caps {
+        Caps {
+            watches_per_user: self.max_watches_per_user,
+            watches: self.max_watches,
+            mutating_per_user: self.max_mutating_requests_inflight_per_user,
+            mutating: self.max_mutating_requests_inflight,
+            read_only: self.max_requests_inflight,
+        }
+    }
+
     /// Checks every limit is usable, naming the one that is not.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let counts = [
             ("max_list_objects", self.max_list_objects),
-            ("max_watches_per_source", self.max_watches_per_source),
+            ("max_watches_per_user", self.max_watches_per_user),
             ("max_watches", self.max_watches),
+            (
+                "max_mutating_requests_inflight",
+                self.max_mutating_requests_inflight,
+            ),
+            (
+                "max_mutating_requests_inflight_per_user",
+                self.max_mutating_requests_inflight_per_user,
+            ),
+            ("max_requests_inflight", self.max_requests_inflight),
             ("max_patch_operations", self.max_patch_operations),
             ("max_connections", self.max_connections),
         ];
@@ -233,9 +267,9 @@ pub async fn run(
     });
     ensure_namespaces(&api).await;
     let app = router(AppState {
+        limits: Limits::new(config.caps(), metrics.clone()),
         api,
         metrics,
-        watches: WatchSlots::new(config.max_watches_per_source, config.max_watches),
         min_watch_timeout: config.min_watch_timeout,
         body_read_timeout: config.body_read_timeout,
     });

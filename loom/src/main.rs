@@ -149,12 +149,21 @@ struct ApiLimitArgs {
     /// A list without `limit` returning more objects than this is refused (413).
     #[arg(long, env = "LOOM_MAX_LIST_OBJECTS", default_value_t = 250_000, value_parser = clap::value_parser!(u64).range(1..))]
     max_list_objects: u64,
-    /// Concurrent watches from one source address (429 beyond).
-    #[arg(long, env = "LOOM_MAX_WATCHES_PER_SOURCE", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
-    max_watches_per_source: u64,
+    /// Concurrent watches of one user (429 beyond; system:masters exempt).
+    #[arg(long, alias = "max-watches-per-source", env = "LOOM_MAX_WATCHES_PER_USER", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_watches_per_user: u64,
     /// Concurrent watches in all (429 beyond).
     #[arg(long, env = "LOOM_MAX_WATCHES", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     max_watches: u64,
+    /// Mutating requests in flight in all (429 beyond; system:masters exempt).
+    #[arg(long, env = "LOOM_MAX_MUTATING_REQUESTS_INFLIGHT", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    max_mutating_requests_inflight: u64,
+    /// Mutating requests in flight of one user (429 beyond; system:masters exempt).
+    #[arg(long, env = "LOOM_MAX_MUTATING_REQUESTS_INFLIGHT_PER_USER", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    max_mutating_requests_inflight_per_user: u64,
+    /// Other requests in flight in all, watches aside (429 beyond; system:masters exempt).
+    #[arg(long, env = "LOOM_MAX_REQUESTS_INFLIGHT", default_value_t = 400, value_parser = clap::value_parser!(u64).range(1..))]
+    max_requests_inflight: u64,
     /// Seconds: a watch without timeoutSeconds ends after between this and twice this.
     #[arg(long, env = "LOOM_MIN_REQUEST_TIMEOUT", default_value_t = 1_800, value_parser = clap::value_parser!(u64).range(1..))]
     min_request_timeout: u64,
@@ -178,7 +187,12 @@ fn api_config(memory: &TaskMemory, limits: &ApiLimitArgs) -> apiserver::Config {
     apiserver::Config {
         default_task_memory: memory.0,
         max_list_objects: count(limits.max_list_objects),
-        max_watches_per_source: count(limits.max_watches_per_source),
+        max_watches_per_user: count(limits.max_watches_per_user),
+        max_mutating_requests_inflight: count(limits.max_mutating_requests_inflight),
+        max_mutating_requests_inflight_per_user: count(
+            limits.max_mutating_requests_inflight_per_user,
+        ),
+        max_requests_inflight: count(limits.max_requests_inflight),
         max_watches: count(limits.max_watches),
         min_watch_timeout: std::time::Duration::from_secs(limits.min_request_timeout),
         max_patch_operations: count(limits.max_json_patch_operations),
