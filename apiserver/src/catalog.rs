@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use api_types::{
     Event, GroupResource, Job, Lease, Namespace, Node, Resource, ResourceDefinition, ResourceInfo,
-    Service, Task,
+    Service, ServiceAccount, Task,
 };
 use schemars::JsonSchema;
 use serde_json::{Value, json};
@@ -38,6 +38,12 @@ pub struct ServedResource {
     pub cache: Arc<WatchCache>,
     /// Built in, or added by a ResourceDefinition (named here).
     pub definition: Option<String>,
+    /// The group of its store keys: `info.group`, but `loom.dev` for a
+    /// built-in kind served in the core group (one storage for both paths).
+    pub storage_group: String,
+    /// The `apiVersion` its objects are stored with; responses carry
+    /// `info.api_version()`, the version of the path used.
+    pub stored_api_version: String,
 }
 
 impl std::fmt::Debug for ServedResource {
@@ -53,9 +59,9 @@ impl ServedResource {
     pub fn prefix(&self, namespace: Option<&str>) -> String {
         match namespace {
             Some(ns) if self.info.namespaced => {
-                format!("{}/{}/{ns}/", self.info.group, self.info.plural)
+                format!("{}/{}/{ns}/", self.storage_group, self.info.plural)
             }
-            _ => format!("{}/{}/", self.info.group, self.info.plural),
+            _ => format!("{}/{}/", self.storage_group, self.info.plural),
         }
     }
 
@@ -64,11 +70,17 @@ impl ServedResource {
         if self.info.namespaced {
             format!(
                 "{}/{}/{namespace}/{name}",
-                self.info.group, self.info.plural
+                self.storage_group, self.info.plural
             )
         } else {
-            format!("{}/{}/{name}", self.info.group, self.info.plural)
+            format!("{}/{}/{name}", self.storage_group, self.info.plural)
         }
+    }
+
+    /// Whether its objects are stored at another `apiVersion` than its path's,
+    /// so responses rewrite theirs.
+    pub fn presents_other_version(&self) -> bool {
+        self.info.api_version() != self.stored_api_version
     }
 
     /// `plural.group`, as errors name it.
@@ -76,10 +88,10 @@ impl ServedResource {
         self.info.group_resource()
     }
 
-    /// Whether it is the built-in kind `K` (a custom kind of the same name in
-    /// another group is not).
+    /// Whether it is the built-in kind `K`, at any path it is served (a
+    /// custom kind of the same name is not).
     pub fn is<K: Resource>(&self) -> bool {
-        self.definition.is_none() && self.info.group == K::GROUP && self.info.plural == K::PLURAL
+        self.definition.is_none() && self.info.plural == K::PLURAL && self.info.kind == K::KIND
     }
 
     /// Its subresource at `{plural}/{name}/{sub}`, if it has one (not `status`).
@@ -160,6 +172,14 @@ impl Catalog {
         catalog.builtin::<Service>(Rest::new(registry::service::strategy()));
         catalog.builtin::<Node>(Rest::new(registry::node::strategy()));
         catalog.builtin::<Namespace>(registry::namespace::rest());
+        // kubectl creates namespaces and service accounts in the core group.
+        catalog.builtin_at::<Namespace>(registry::namespace::rest(), "", "v1");
+        catalog.builtin::<ServiceAccount>(registry::service_account::rest());
+        catalog.builtin_at::<ServiceAccount>(
+            registry::service_account::rest(),
+            api_types::GROUP,
+            api_types::VERSION,
+        );
         catalog.builtin::<Event>(Rest::new(registry::event::strategy()));
         catalog.builtin::<Lease>(Rest::new(registry::lease::strategy()));
         catalog.builtin::<ResourceDefinition>(registry::resource_definition::rest());
@@ -167,7 +187,20 @@ impl Catalog {
     }
 
     fn builtin<K: Resource + JsonSchema>(&self, rest: Rest) {
-        let info = K::info();
+        self.builtin_at::<K>(rest, K::GROUP, K::VERSION);
+    }
+
+    /// Serves the built-in kind `K` at `group`/`version` too, over its one
+    /// storage (keys under `loom.dev`, objects at `K`'s own apiVersion).
+    fn builtin_at<K: Resource + JsonSchema>(&self, rest: Rest, group: &str, version: &str) {
+        let mut info = K::info();
+        info.group = group.to_owned();
+        info.version = version.to_owned();
+        let storage_group = if K::GROUP.is_empty() {
+            api_types::GROUP
+        } else {
+            K::GROUP
+        };
         let schema =
             match SchemaValidator::new(api_types::schema::json_schema::<K>(), Dialect::Draft2020) {
                 Ok(schema) => schema,
@@ -176,7 +209,7 @@ impl Catalog {
                     panic!("the schema of {} does not compile: {error}", K::KIND);
                 }
             };
-        let cache = self.cache_for(&info, rest.strategy.selectable_fields());
+        let cache = self.cache_for(&info, storage_group, rest.strategy.selectable_fields());
         self.insert(ServedResource {
             info,
             strategy: rest.strategy,
@@ -186,17 +219,24 @@ impl Catalog {
             openapi: api_types::schema::openapi_v3_schema::<K>(),
             cache,
             definition: None,
+            storage_group: storage_group.to_owned(),
+            stored_api_version: K::api_version(),
         });
     }
 
-    fn cache_for(&self, info: &ResourceInfo, selectable: Vec<String>) -> Arc<WatchCache> {
+    fn cache_for(
+        &self,
+        info: &ResourceInfo,
+        storage_group: &str,
+        selectable: Vec<String>,
+    ) -> Arc<WatchCache> {
         let mut caches = self.caches.lock().unwrap_or_else(|e| e.into_inner());
         caches
-            .entry((info.group.clone(), info.plural.clone()))
+            .entry((storage_group.to_owned(), info.plural.clone()))
             .or_insert_with(|| {
                 WatchCache::start(
                     self.store.clone(),
-                    format!("{}/{}/", info.group, info.plural),
+                    format!("{storage_group}/{}/", info.plural),
                     selectable,
                     self.config.capacity,
                     self.config.bookmark_interval,
@@ -245,10 +285,13 @@ impl Catalog {
             .collect()
     }
 
-    /// The groups served and their versions.
+    /// The named groups served (`/apis`; the core group is `/api`) and their versions.
     pub fn groups(&self) -> BTreeMap<String, Vec<String>> {
         let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for resource in self.resources() {
+            if resource.info.group.is_empty() {
+                continue;
+            }
             let versions = groups.entry(resource.info.group.clone()).or_default();
             if !versions.contains(&resource.info.version) {
                 versions.push(resource.info.version.clone());
@@ -287,12 +330,14 @@ impl Catalog {
                     json!([{"group": info.group, "version": info.version, "kind": info.kind}]),
                 );
             }
-            let cache = self.cache_for(&info, Vec::new());
+            let cache = self.cache_for(&info, &info.group, Vec::new());
             let rest = Rest::new(Custom::new(info.namespaced));
             self.insert(ServedResource {
                 strategy: rest.strategy,
                 hooks: rest.hooks,
                 subresources: rest.subresources,
+                storage_group: info.group.clone(),
+                stored_api_version: info.api_version(),
                 info,
                 schema: Arc::new(validator),
                 openapi,

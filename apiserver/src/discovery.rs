@@ -24,9 +24,15 @@ const VERBS: [&str; 8] = [
 ];
 const SUB_VERBS: [&str; 3] = ["get", "patch", "update"];
 
-/// `GET /api`: Loom serves no core (`v1`) group.
-pub fn core_versions() -> Value {
-    json!({"kind": "APIVersions", "versions": [], "serverAddressByClientCIDRs": []})
+/// `GET /api`: the core group's versions (`v1`: Namespace and ServiceAccount).
+pub fn core_versions(catalog: &Catalog) -> Value {
+    let served = catalog.resources().iter().any(|r| r.info.group.is_empty());
+    let versions: Vec<&str> = if served { vec!["v1"] } else { Vec::new() };
+    json!({
+        "kind": "APIVersions",
+        "versions": versions,
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}],
+    })
 }
 
 fn group_json(group: &str, versions: &[String]) -> Value {
@@ -43,11 +49,12 @@ fn group_json(group: &str, versions: &[String]) -> Value {
 
 /// `GET /apis`, legacy form.
 pub fn group_list(catalog: &Catalog) -> Value {
-    let groups: Vec<Value> = catalog
+    let mut groups: Vec<Value> = catalog
         .groups()
         .iter()
         .map(|(group, versions)| group_json(group, versions))
         .collect();
+    groups.push(crate::authn::review::group_entry());
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -109,7 +116,7 @@ pub fn resource_list(catalog: &Catalog, group: &str, version: &str) -> Option<Va
     Some(json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
-        "groupVersion": format!("{group}/{version}"),
+        "groupVersion": if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") },
         "resources": resources,
     }))
 }
@@ -117,7 +124,7 @@ pub fn resource_list(catalog: &Catalog, group: &str, version: &str) -> Option<Va
 /// `GET /apis` as an aggregated `APIGroupDiscoveryList`.
 pub fn aggregated(catalog: &Catalog) -> Value {
     let all = catalog.resources();
-    let items: Vec<Value> = catalog
+    let mut items: Vec<Value> = catalog
         .groups()
         .iter()
         .map(|(group, versions)| {
@@ -151,6 +158,7 @@ pub fn aggregated(catalog: &Catalog) -> Value {
             json!({"metadata": {"name": group}, "versions": versions})
         })
         .collect();
+    items.push(crate::authn::review::aggregated_entry());
     json!({
         "kind": "APIGroupDiscoveryList",
         "apiVersion": "apidiscovery.k8s.io/v2",
@@ -162,6 +170,14 @@ pub fn aggregated(catalog: &Catalog) -> Value {
 /// `GET /openapi/v3`: one entry per group version, with a hash of its document.
 pub fn openapi_root(catalog: &Catalog) -> Value {
     let mut paths = Map::new();
+    if let Some(doc) = openapi_document(catalog, "", "v1") {
+        let mut hasher = DefaultHasher::new();
+        doc.to_string().hash(&mut hasher);
+        paths.insert(
+            "api/v1".to_owned(),
+            json!({"serverRelativeURL": format!("/openapi/v3/api/v1?hash={:016X}", hasher.finish())}),
+        );
+    }
     for (group, versions) in catalog.groups() {
         for version in versions {
             let doc = openapi_document(catalog, &group, &version).unwrap_or(Value::Null);
@@ -210,13 +226,15 @@ pub fn openapi_document(catalog: &Catalog, group: &str, version: &str) -> Option
             }
             op
         };
-        let base = if r.info.namespaced {
-            format!(
-                "/apis/{group}/{version}/namespaces/{{namespace}}/{}",
-                r.info.plural
-            )
+        let root = if group.is_empty() {
+            format!("/api/{version}")
         } else {
-            format!("/apis/{group}/{version}/{}", r.info.plural)
+            format!("/apis/{group}/{version}")
+        };
+        let base = if r.info.namespaced {
+            format!("{root}/namespaces/{{namespace}}/{}", r.info.plural)
+        } else {
+            format!("{root}/{}", r.info.plural)
         };
         paths.insert(
             base.clone(),

@@ -41,6 +41,8 @@ const WATCH_BATCH: usize = 256;
 /// What every request handler shares.
 #[derive(Clone, Debug)]
 pub struct AppState {
+    /// Who each request is, established by the layer in front of the router.
+    pub authenticator: Arc<crate::authn::Authenticator>,
     /// The verbs.
     pub api: Arc<GenericStore>,
     /// Metrics.
@@ -104,8 +106,10 @@ fn random_fraction() -> f64 {
     (u64::from_le_bytes(word) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The router of the whole API.
+/// The router of the whole API, behind the authentication layer.
 pub fn router(state: AppState) -> Router {
+    use crate::authn::{self, review};
+    let authenticator = state.authenticator.clone();
     Router::new()
         .route("/version", get(version))
         .route("/healthz", get(healthy))
@@ -114,8 +118,31 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route(
             "/api",
-            get(|| async { json_response(StatusCode::OK, &discovery::core_versions()) }),
+            get(|State(state): State<AppState>| async move {
+                json_response(
+                    StatusCode::OK,
+                    &discovery::core_versions(&state.api.catalog),
+                )
+            }),
         )
+        .route("/api/{*rest}", any(core_request))
+        .route(
+            "/apis/authentication.k8s.io",
+            get(|| async { json_response(StatusCode::OK, &review::group_document()) }),
+        )
+        .route(
+            "/apis/authentication.k8s.io/v1",
+            get(|| async { json_response(StatusCode::OK, &review::resource_list()) }),
+        )
+        .route(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            axum::routing::post(review::token_review),
+        )
+        .route(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            axum::routing::post(review::self_subject_review),
+        )
+        .route("/openapi/v3/api/v1", get(openapi_core_document))
         .route("/apis", get(apis))
         .route("/apis/", get(apis))
         .route("/apis/{*rest}", any(resource_request))
@@ -126,7 +153,50 @@ pub fn router(state: AppState) -> Router {
             ApiError::no_route(uri.path())
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            authenticator.clone(),
+            authn::authenticate,
+        ))
+        .layer(Extension(authenticator))
         .with_state(state)
+}
+
+async fn openapi_core_document(State(state): State<AppState>) -> Response {
+    match discovery::openapi_document(&state.api.catalog, "", "v1") {
+        Some(doc) => json_response(StatusCode::OK, &doc),
+        None => ApiError::no_route("/openapi/v3/api/v1").into_response(),
+    }
+}
+
+/// An object of `res` as its path's version shows it: a kind stored at
+/// another apiVersion (Namespace under `/api/v1`) carries the path's.
+fn present(res: &ServedResource, mut object: Value) -> Value {
+    if res.presents_other_version()
+        && let Some(map) = object.as_object_mut()
+    {
+        map.insert("apiVersion".to_owned(), json!(res.info.api_version()));
+    }
+    object
+}
+
+/// [`present`] on an object's stored bytes: stored objects' keys are sorted,
+/// so `apiVersion` comes first and is swapped without parsing the object.
+fn present_bytes(res: &ServedResource, bytes: Bytes) -> Bytes {
+    if !res.presents_other_version() {
+        return bytes;
+    }
+    let stored = format!("{{\"apiVersion\":{}", json!(res.stored_api_version));
+    if let Some(rest) = bytes.strip_prefix(stored.as_bytes()) {
+        let served = format!("{{\"apiVersion\":{}", json!(res.info.api_version()));
+        let mut out = Vec::with_capacity(served.len() + rest.len());
+        out.extend_from_slice(served.as_bytes());
+        out.extend_from_slice(rest);
+        return Bytes::from(out);
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(value) => Bytes::from(serde_json::to_vec(&present(res, value)).unwrap_or_default()),
+        Err(_) => bytes,
+    }
 }
 
 pub(crate) fn json_response(code: StatusCode, value: &Value) -> Response {
@@ -414,6 +484,38 @@ fn verb_of(method: &Method, target: &Target, query: &HashMap<String, String>) ->
     }
 }
 
+/// A request under `/api/` (the core group, `v1`): as a named group's, with
+/// the empty group.
+#[allow(clippy::too_many_arguments)]
+async fn core_request(
+    state: State<AppState>,
+    method: Method,
+    Path(rest): Path<String>,
+    query: Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    peer: Option<Extension<Peer>>,
+    user: Option<Extension<User>>,
+    extensions: axum::http::Extensions,
+    body: Body,
+) -> Response {
+    resource_request(
+        state,
+        method,
+        Path(format!("{CORE_MARK}/{rest}")),
+        query,
+        headers,
+        peer,
+        user,
+        extensions,
+        body,
+    )
+    .await
+}
+
+/// Stands for the empty group in the path given to [`resource_request`] (a
+/// group name never has a space).
+const CORE_MARK: &str = " core";
+
 // Each argument is an axum extractor.
 #[allow(clippy::too_many_arguments)]
 async fn resource_request(
@@ -424,10 +526,18 @@ async fn resource_request(
     headers: HeaderMap,
     peer: Option<Extension<Peer>>,
     user: Option<Extension<User>>,
+    extensions: axum::http::Extensions,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let (root, rest) = match rest.strip_prefix(CORE_MARK) {
+        Some(core) => ("/api", core.to_owned()),
+        None => ("/apis", rest),
+    };
+    let mut parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    if root == "/api" {
+        parts.insert(0, "");
+    }
     match parts.as_slice() {
         [group] if method == Method::GET => {
             return match discovery::group(&state.api.catalog, group) {
@@ -446,7 +556,7 @@ async fn resource_request(
     let target = match parse_target(&state.api.catalog, &parts) {
         Ok(target) => target,
         Err(why) => {
-            let mut error = ApiError::no_route(&format!("/apis/{rest}"));
+            let mut error = ApiError::no_route(&format!("{root}/{}", rest.trim_start_matches('/')));
             error.0.message = why;
             return error.into_response();
         }
@@ -488,7 +598,18 @@ async fn resource_request(
                         Err(refusal) => return ApiError::from(refusal).into_response(),
                     }
                 };
-                match serve(&state, &method, &target, &query, &headers, &requester, body).await {
+                match serve(
+                    &state,
+                    &method,
+                    &target,
+                    &query,
+                    &headers,
+                    &extensions,
+                    &requester,
+                    body,
+                )
+                .await
+                {
                     Ok(response) => response,
                     Err(error) => error.into_response(),
                 }
@@ -558,6 +679,7 @@ async fn serve(
     target: &Target,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
     requester: &Requester,
     body: Bytes,
 ) -> ApiResult<Response> {
@@ -577,6 +699,7 @@ async fn serve(
                 query,
                 headers,
                 body,
+                extensions,
             })
             .await;
     }
@@ -597,7 +720,7 @@ async fn serve(
             Ok(list_response(res, page, wants_table(headers)))
         }
         ("GET", Some(name)) => {
-            let object = api.get(res, namespace, name).await?;
+            let object = present(res, api.get(res, namespace, name).await?);
             if wants_table(headers) {
                 return Ok(json_response(
                     StatusCode::OK,
@@ -620,7 +743,7 @@ async fn serve(
                 .await?;
             Ok(written_response(
                 StatusCode::CREATED,
-                written.object,
+                present(res, written.object),
                 &written.warnings,
             ))
         }
@@ -632,7 +755,7 @@ async fn serve(
                 .await?;
             Ok(written_response(
                 StatusCode::OK,
-                written.object,
+                present(res, written.object),
                 &written.warnings,
             ))
         }
@@ -674,7 +797,11 @@ async fn serve(
             } else {
                 StatusCode::OK
             };
-            Ok(written_response(code, written.object, &written.warnings))
+            Ok(written_response(
+                code,
+                present(res, written.object),
+                &written.warnings,
+            ))
         }
         ("DELETE", name) => {
             let mut options: DeleteOptions = if body.is_empty() {
@@ -693,7 +820,7 @@ async fn serve(
             match name {
                 Some(name) => {
                     let object = api.delete(res, namespace, name, &options).await?;
-                    Ok(json_response(StatusCode::OK, &object))
+                    Ok(json_response(StatusCode::OK, &present(res, object)))
                 }
                 None => {
                     let list = list_query(target, query)?;
@@ -727,6 +854,7 @@ fn list_response(res: &ServedResource, page: ListPage, as_table: bool) -> Respon
             .items
             .iter()
             .filter_map(|o| serde_json::from_slice(o).ok())
+            .map(|o| present(res, o))
             .collect();
         return json_response(
             StatusCode::OK,
@@ -756,6 +884,11 @@ fn items_response(res: &ServedResource, meta: &Value, items: Vec<Bytes>) -> Resp
     // Streamed a few hundred objects at a time: a list of 100,000 objects is not
     // copied into one more buffer of its own size.
     let mut first = true;
+    let items: Vec<Bytes> = if res.presents_other_version() {
+        items.into_iter().map(|o| present_bytes(res, o)).collect()
+    } else {
+        items
+    };
     let batches = futures::stream::iter(items)
         .chunks(LIST_BATCH)
         .map(move |batch| {
@@ -945,9 +1078,19 @@ fn event_line(
     as_table: bool,
 ) -> Bytes {
     if as_table {
-        let value = object.value();
+        let value = present(res, object.value());
         let table = table(res, &[value], Some(object.revision), None);
         return format!("{}\n", json!({"type": kind.as_str(), "object": table})).into();
+    }
+    if res.presents_other_version() {
+        let json = present_bytes(res, object.json.clone());
+        let mut line = Vec::with_capacity(json.len() + 32);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(kind.as_str().as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        line.extend_from_slice(&json);
+        line.extend_from_slice(b"}\n");
+        return Bytes::from(line);
     }
     object.event_line(kind)
 }

@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod apply;
+pub mod authn;
 pub mod authz;
 pub mod catalog;
 pub mod discovery;

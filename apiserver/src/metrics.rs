@@ -51,6 +51,13 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Labels of a failed authentication.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthenticationLabels {
+    /// `no_credential` (where one is required) or `invalid_credential`.
+    pub reason: String,
+}
+
 /// Labels naming a store operation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
@@ -92,6 +99,8 @@ pub struct Metrics {
     slow_watchers: Family<ResourceLabels, Gauge>,
     /// Store operation latency.
     pub store_latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    /// Requests refused by authentication, by reason.
+    pub authentication_failures: Family<AuthenticationLabels, Counter>,
     /// Requests refused with 429, by the cap that refused them.
     pub rejected_requests: Family<ReasonLabels, Counter>,
     /// Audit events written to the audit log.
@@ -171,7 +180,14 @@ impl Metrics {
             "Audit events lost because the audit writer's queue was full or a write failed",
             audit_events_dropped.clone(),
         );
+        let authentication_failures = Family::<AuthenticationLabels, Counter>::default();
+        registry.register(
+            "authentication_failures",
+            "Requests refused with 401: a bad credential, or none where one is required",
+            authentication_failures.clone(),
+        );
         Arc::new(Metrics {
+            authentication_failures,
             registry,
             requests,
             latency,
@@ -190,6 +206,15 @@ impl Metrics {
     pub fn rejected(&self, reason: &str) {
         self.rejected_requests
             .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a request refused by authentication.
+    pub fn authentication_failure(&self, reason: &str) {
+        self.authentication_failures
+            .get_or_create(&AuthenticationLabels {
                 reason: reason.to_owned(),
             })
             .inc();

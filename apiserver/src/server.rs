@@ -155,6 +155,9 @@ pub struct Config {
     /// the serving certificate, its key and the CA of client certificates);
     /// `None` serves plain HTTP.
     pub tls: Option<Arc<loom_listener::tls::ServerConfig>>,
+    /// How requests are authenticated (client certificates, token file,
+    /// service-account tokens; whether requests without a credential pass).
+    pub authentication: crate::authn::Authentication,
 }
 
 /// The longest header read timeout allowed.
@@ -177,6 +180,7 @@ impl Default for Config {
             max_connections: 10_000,
             default_task_memory: None,
             tls: None,
+            authentication: crate::authn::Authentication::default(),
         }
     }
 }
@@ -266,7 +270,15 @@ pub async fn run(
         max_patch_operations: config.max_patch_operations,
     });
     ensure_namespaces(&api).await;
+    crate::registry::service_account::keep_default_accounts(api.clone(), caches.clone());
+    let authenticator = crate::authn::Authenticator::new(
+        config.authentication.clone(),
+        api.catalog.clone(),
+        api.store.clone(),
+        metrics.clone(),
+    );
     let app = router(AppState {
+        authenticator,
         limits: Limits::new(config.caps(), metrics.clone()),
         api,
         metrics,

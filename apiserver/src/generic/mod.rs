@@ -142,8 +142,12 @@ impl GenericStore {
         }
         let api_version = res.info.api_version();
         match object.get("apiVersion").and_then(Value::as_str) {
-            None | Some("") => object["apiVersion"] = json!(api_version),
-            Some(v) if v == api_version => {}
+            // A kind served at two versions (Namespace at `v1` and
+            // `loom.dev/v1`) is stored at one.
+            None | Some("") => object["apiVersion"] = json!(res.stored_api_version),
+            Some(v) if v == api_version || v == res.stored_api_version => {
+                object["apiVersion"] = json!(res.stored_api_version);
+            }
             Some(v) => {
                 return Err(ApiError::bad_request(format!(
                     "the API version in the data ({v}) does not match the expected API version ({api_version})"

@@ -15,6 +15,7 @@ pub mod namespace;
 pub mod node;
 pub mod resource_definition;
 pub mod service;
+pub mod service_account;
 pub mod task;
 
 use std::collections::HashMap;
@@ -329,6 +330,8 @@ pub struct SubresourceRequest<'a> {
     pub headers: &'a HeaderMap,
     /// The request body.
     pub body: Bytes,
+    /// The request's extensions (the authenticated user, the token issuer).
+    pub extensions: &'a axum::http::Extensions,
 }
 
 /// A path below a kind's objects, `{plural}/{name}/{subresource}` (Kubernetes'
