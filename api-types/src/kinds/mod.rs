@@ -1,10 +1,12 @@
 //! Loom's built-in kinds, one module each, and the list of them all.
 
+pub mod authorization;
 pub mod event;
 pub mod job;
 pub mod lease;
 pub mod namespace;
 pub mod node;
+pub mod rbac;
 pub mod resource_definition;
 pub mod service;
 pub mod service_account;
@@ -17,6 +19,10 @@ pub use namespace::{
     DEFAULT_NAMESPACE, Namespace, NamespacePhase, NamespaceSpec, NamespaceStatus, SYSTEM_NAMESPACE,
 };
 pub use node::{Node, NodeAddress, NodeInfo, NodeSpec, NodeStatus, Taint, TaintEffect};
+pub use rbac::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, RBAC_GROUP, Role, RoleBinding, RoleKind, RoleRef,
+    Subject, SubjectKind,
+};
 pub use resource_definition::{
     ResourceDefinition, ResourceDefinitionSpec, ResourceDefinitionStatus, ResourceNames,
     ResourceScope, ResourceSubresources, ResourceValidation, ResourceVersionDefinition,

@@ -7,31 +7,7 @@
 //! Also the escalation check: a role may only be written by someone who holds
 //! every permission it grants (Kubernetes' `ConfirmNoEscalation`).
 
-use serde::{Deserialize, Serialize};
-
-/// One permission of a role (`PolicyRule`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct PolicyRule {
-    /// Verbs (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
-    /// `deletecollection`, or `*`).
-    pub verbs: Vec<String>,
-    /// API groups (`""` is the core group, `*` any).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub api_groups: Vec<String>,
-    /// Resources, with `resource/subresource` for a subresource; `*` any
-    /// resource, `*/sub` a subresource of any resource, `res/*` every
-    /// subresource of one.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub resources: Vec<String>,
-    /// Object names; empty means any.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub resource_names: Vec<String>,
-    /// Paths not of the resource API (`/healthz`, `/metrics`); a trailing `*`
-    /// matches a prefix.
-    #[serde(rename = "nonResourceURLs", skip_serializing_if = "Vec::is_empty")]
-    pub non_resource_urls: Vec<String>,
-}
+pub use api_types::rbac::{PolicyRule, RoleKind, RoleRef, Subject, SubjectKind};
 
 /// Who is asking.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -71,9 +47,14 @@ fn has(list: &[String], wanted: &str) -> bool {
     list.iter().any(|item| item == "*" || item == wanted)
 }
 
-impl PolicyRule {
+/// Whether a rule allows a request.
+pub trait RuleMatch {
     /// Whether this rule allows the request.
-    pub fn allows(&self, request: &Attributes) -> bool {
+    fn allows(&self, request: &Attributes) -> bool;
+}
+
+impl RuleMatch for PolicyRule {
+    fn allows(&self, request: &Attributes) -> bool {
         if !has(&self.verbs, &request.verb) {
             return false;
         }
@@ -87,82 +68,42 @@ impl PolicyRule {
             });
         }
         has(&self.api_groups, &request.api_group)
-            && self.covers_resource(&request.resource, &request.subresource)
+            && covers_resource(self, &request.resource, &request.subresource)
             && (self.resource_names.is_empty() || self.resource_names.contains(&request.name))
     }
-
-    fn covers_resource(&self, resource: &str, subresource: &str) -> bool {
-        let combined = if subresource.is_empty() {
-            resource.to_owned()
-        } else {
-            format!("{resource}/{subresource}")
-        };
-        self.resources.iter().any(|r| {
-            r == "*"
-                || *r == combined
-                || (!subresource.is_empty()
-                    && (r.strip_prefix("*/") == Some(subresource)
-                        || r.strip_suffix("/*") == Some(resource)))
-        })
-    }
 }
 
-/// What a binding refers to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RoleKind {
-    /// A role of the binding's namespace.
-    #[default]
-    Role,
-    /// A cluster-wide role.
-    ClusterRole,
+/// Whether `rule` names `resource` (with `subresource`, when not empty).
+fn covers_resource(rule: &PolicyRule, resource: &str, subresource: &str) -> bool {
+    rule.resources.iter().any(|r| {
+        if r == "*" {
+            return true;
+        }
+        if subresource.is_empty() {
+            return r == resource;
+        }
+        match r.split_once('/') {
+            Some((res, sub)) => {
+                (res == resource || res == "*") && (sub == subresource || sub == "*") && {
+                    // `*/*` is not a wildcard Kubernetes knows: only one side may be.
+                    res != "*" || sub != "*"
+                }
+            }
+            None => false,
+        }
+    })
 }
 
-/// A reference from a binding to a role.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct RoleRef {
-    /// `rbac.authorization.k8s.io`.
-    pub api_group: String,
-    /// `Role` or `ClusterRole`.
-    pub kind: RoleKind,
-    /// The role's name.
-    pub name: String,
-}
-
-/// What kind of identity a subject names.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SubjectKind {
-    /// A user, by name.
-    #[default]
-    User,
-    /// Every user in a group.
-    Group,
-    /// A service account (`system:serviceaccount:NAMESPACE:NAME`).
-    ServiceAccount,
-}
-
-/// Who a binding grants its role to.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct Subject {
-    /// `User`, `Group` or `ServiceAccount`.
-    pub kind: SubjectKind,
-    /// The user's, group's or service account's name.
-    pub name: String,
-    /// A service account's namespace.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub namespace: String,
-    /// `rbac.authorization.k8s.io` for users and groups, `""` for service
-    /// accounts.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub api_group: String,
-}
-
-impl Subject {
+/// Whether a subject names a user.
+pub trait SubjectMatch {
     /// Whether `user` is this subject. A service account is the user
     /// `system:serviceaccount:NAMESPACE:NAME`; a service-account subject
     /// without a namespace takes the binding's.
-    pub fn matches(&self, user: &UserInfo, binding_namespace: &str) -> bool {
+    fn matches(&self, user: &UserInfo, binding_namespace: &str) -> bool;
+}
+
+impl SubjectMatch for Subject {
+    fn matches(&self, user: &UserInfo, binding_namespace: &str) -> bool {
         match self.kind {
             SubjectKind::User => self.name == user.name,
             SubjectKind::Group => user.groups.contains(&self.name),
@@ -172,65 +113,121 @@ impl Subject {
                 } else {
                     &self.namespace
                 };
-                user.name == format!("system:serviceaccount:{namespace}:{}", self.name)
+                user.name
+                    .strip_prefix("system:serviceaccount:")
+                    .and_then(|rest| rest.strip_prefix(namespace))
+                    .and_then(|rest| rest.strip_prefix(':'))
+                    == Some(self.name.as_str())
             }
         }
     }
 }
 
+/// A binding as the authorizer holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Binding {
+    /// Its name.
+    pub name: String,
+    /// Who it grants its role to.
+    pub subjects: Vec<Subject>,
+    /// The role.
+    pub role_ref: RoleRef,
+}
+
 /// Where the rules of a request come from: the roles and bindings the
-/// authorizer reads (from its informers' caches).
+/// authorizer reads (from its watch caches).
 pub trait RuleSource {
-    /// Cluster role bindings as (subjects, cluster role name).
-    fn cluster_role_bindings(&self) -> Vec<(Vec<Subject>, RoleRef)>;
-    /// Role bindings of `namespace` as (subjects, role).
-    fn role_bindings(&self, namespace: &str) -> Vec<(Vec<Subject>, RoleRef)>;
+    /// Every cluster role binding.
+    fn cluster_role_bindings(&self) -> &[Binding];
+    /// The role bindings of `namespace`.
+    fn role_bindings(&self, namespace: &str) -> &[Binding];
     /// The rules of a cluster role, if it exists.
-    fn cluster_role(&self, name: &str) -> Option<Vec<PolicyRule>>;
+    fn cluster_role(&self, name: &str) -> Option<&[PolicyRule]>;
     /// The rules of a role of `namespace`, if it exists.
-    fn role(&self, namespace: &str, name: &str) -> Option<Vec<PolicyRule>>;
+    fn role(&self, namespace: &str, name: &str) -> Option<&[PolicyRule]>;
 }
 
 /// Why a request was allowed, or that it was not.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Allowed by this binding (`ClusterRoleBinding/NAME` or
-    /// `RoleBinding/NS/NAME`) and role.
+    /// Allowed, and why (the binding and role, as Kubernetes' audit
+    /// annotation `authorization.k8s.io/reason` words it).
     Allowed {
         /// How the user got the right.
         reason: String,
     },
-    /// No rule allows it.
-    Denied,
+    /// Nothing allows it.
+    Denied {
+        /// Why, when more can be said than that no rule allows it (empty
+        /// otherwise, as RBAC's own denials are).
+        reason: String,
+    },
+}
+
+impl Decision {
+    /// A denial with nothing more to say.
+    pub fn denied() -> Self {
+        Decision::Denied {
+            reason: String::new(),
+        }
+    }
+
+    /// Whether the request may go on.
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allowed { .. })
+    }
+}
+
+fn subject_of<'a>(
+    subjects: &'a [Subject],
+    user: &UserInfo,
+    namespace: &str,
+) -> Option<&'a Subject> {
+    subjects.iter().find(|s| s.matches(user, namespace))
+}
+
+fn kind_name(subject: &Subject) -> &'static str {
+    match subject.kind {
+        SubjectKind::User => "User",
+        SubjectKind::Group => "Group",
+        SubjectKind::ServiceAccount => "ServiceAccount",
+    }
 }
 
 /// Decides a request: cluster role bindings first, then the role bindings of
 /// the request's namespace (a role binding may name a cluster role: its rules
 /// then apply in that namespace only).
 pub fn authorize(source: &dyn RuleSource, request: &Attributes) -> Decision {
-    for (subjects, role) in source.cluster_role_bindings() {
-        if role.kind != RoleKind::ClusterRole
-            || !subjects.iter().any(|s| s.matches(&request.user, ""))
-        {
+    for binding in source.cluster_role_bindings() {
+        if binding.role_ref.kind != RoleKind::ClusterRole {
             continue;
         }
-        let rules = source.cluster_role(&role.name).unwrap_or_default();
+        let Some(subject) = subject_of(&binding.subjects, &request.user, "") else {
+            continue;
+        };
+        let rules = source
+            .cluster_role(&binding.role_ref.name)
+            .unwrap_or_default();
         if rules.iter().any(|rule| rule.allows(request)) {
             return Decision::Allowed {
-                reason: format!("ClusterRoleBinding of ClusterRole {:?}", role.name),
+                reason: format!(
+                    "RBAC: allowed by ClusterRoleBinding {:?} of ClusterRole {:?} to {} {:?}",
+                    binding.name,
+                    binding.role_ref.name,
+                    kind_name(subject),
+                    subject.name
+                ),
             };
         }
     }
     if request.namespace.is_empty() {
-        return Decision::Denied;
+        return Decision::denied();
     }
-    for (subjects, role) in source.role_bindings(&request.namespace) {
-        if !subjects
-            .iter()
-            .any(|s| s.matches(&request.user, &request.namespace))
-        {
+    for binding in source.role_bindings(&request.namespace) {
+        let Some(subject) = subject_of(&binding.subjects, &request.user, &request.namespace) else {
             continue;
-        }
+        };
+        let role = &binding.role_ref;
         let rules = match role.kind {
             RoleKind::ClusterRole => source.cluster_role(&role.name),
             RoleKind::Role => source.role(&request.namespace, &role.name),
@@ -239,34 +236,46 @@ pub fn authorize(source: &dyn RuleSource, request: &Attributes) -> Decision {
         if rules.iter().any(|rule| rule.allows(request)) {
             return Decision::Allowed {
                 reason: format!(
-                    "RoleBinding in {:?} of {:?} {:?}",
-                    request.namespace, role.kind, role.name
+                    "RBAC: allowed by RoleBinding \"{}/{}\" of {} {:?} to {} {:?}",
+                    binding.name,
+                    request.namespace,
+                    role.kind.as_str(),
+                    role.name,
+                    kind_name(subject),
+                    subject.name
                 ),
             };
         }
     }
-    Decision::Denied
+    Decision::denied()
 }
 
 /// The rules that apply to `user` in `namespace` (`""`: cluster-wide only),
 /// for the escalation check and `SelfSubjectRulesReview`.
 pub fn rules_for(source: &dyn RuleSource, user: &UserInfo, namespace: &str) -> Vec<PolicyRule> {
     let mut rules = Vec::new();
-    for (subjects, role) in source.cluster_role_bindings() {
-        if role.kind == RoleKind::ClusterRole && subjects.iter().any(|s| s.matches(user, "")) {
-            rules.extend(source.cluster_role(&role.name).unwrap_or_default());
+    for binding in source.cluster_role_bindings() {
+        if binding.role_ref.kind == RoleKind::ClusterRole
+            && subject_of(&binding.subjects, user, "").is_some()
+        {
+            rules.extend_from_slice(
+                source
+                    .cluster_role(&binding.role_ref.name)
+                    .unwrap_or_default(),
+            );
         }
     }
     if !namespace.is_empty() {
-        for (subjects, role) in source.role_bindings(namespace) {
-            if !subjects.iter().any(|s| s.matches(user, namespace)) {
+        for binding in source.role_bindings(namespace) {
+            if subject_of(&binding.subjects, user, namespace).is_none() {
                 continue;
             }
+            let role = &binding.role_ref;
             let granted = match role.kind {
                 RoleKind::ClusterRole => source.cluster_role(&role.name),
                 RoleKind::Role => source.role(namespace, &role.name),
             };
-            rules.extend(granted.unwrap_or_default());
+            rules.extend_from_slice(granted.unwrap_or_default());
         }
     }
     rules
@@ -397,46 +406,47 @@ mod tests {
         }
     }
 
-    fn binding(
-        subject_kind: SubjectKind,
-        name: &str,
-        role_kind: RoleKind,
-        role: &str,
-    ) -> (Vec<Subject>, RoleRef) {
-        (
-            vec![Subject {
+    fn binding(subject_kind: SubjectKind, name: &str, role_kind: RoleKind, role: &str) -> Binding {
+        Binding {
+            name: format!("{name}-{role}"),
+            subjects: vec![Subject {
                 kind: subject_kind,
                 name: name.into(),
                 ..Subject::default()
             }],
-            RoleRef {
+            role_ref: RoleRef {
                 api_group: "rbac.authorization.k8s.io".into(),
                 kind: role_kind,
                 name: role.into(),
             },
-        )
+        }
     }
 
     #[derive(Default)]
     struct Source {
         cluster_roles: HashMap<String, Vec<PolicyRule>>,
         roles: HashMap<(String, String), Vec<PolicyRule>>,
-        cluster_bindings: Vec<(Vec<Subject>, RoleRef)>,
-        bindings: HashMap<String, Vec<(Vec<Subject>, RoleRef)>>,
+        cluster_bindings: Vec<Binding>,
+        bindings: HashMap<String, Vec<Binding>>,
     }
 
     impl RuleSource for Source {
-        fn cluster_role_bindings(&self) -> Vec<(Vec<Subject>, RoleRef)> {
-            self.cluster_bindings.clone()
+        fn cluster_role_bindings(&self) -> &[Binding] {
+            &self.cluster_bindings
         }
-        fn role_bindings(&self, namespace: &str) -> Vec<(Vec<Subject>, RoleRef)> {
-            self.bindings.get(namespace).cloned().unwrap_or_default()
+        fn role_bindings(&self, namespace: &str) -> &[Binding] {
+            self.bindings
+                .get(namespace)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
         }
-        fn cluster_role(&self, name: &str) -> Option<Vec<PolicyRule>> {
-            self.cluster_roles.get(name).cloned()
+        fn cluster_role(&self, name: &str) -> Option<&[PolicyRule]> {
+            self.cluster_roles.get(name).map(Vec::as_slice)
         }
-        fn role(&self, namespace: &str, name: &str) -> Option<Vec<PolicyRule>> {
-            self.roles.get(&(namespace.into(), name.into())).cloned()
+        fn role(&self, namespace: &str, name: &str) -> Option<&[PolicyRule]> {
+            self.roles
+                .get(&(namespace.into(), name.into()))
+                .map(Vec::as_slice)
         }
     }
 
@@ -490,17 +500,11 @@ mod tests {
             vec![
                 binding(SubjectKind::User, "alice", RoleKind::ClusterRole, "edit"),
                 binding(SubjectKind::User, "bob", RoleKind::Role, "task-status"),
-                (
-                    vec![Subject {
-                        kind: SubjectKind::ServiceAccount,
-                        name: "ci".into(),
-                        ..Subject::default()
-                    }],
-                    RoleRef {
-                        api_group: String::new(),
-                        kind: RoleKind::ClusterRole,
-                        name: "view".into(),
-                    },
+                binding(
+                    SubjectKind::ServiceAccount,
+                    "ci",
+                    RoleKind::ClusterRole,
+                    "view",
                 ),
             ],
         );
@@ -546,7 +550,7 @@ mod tests {
             r.name = name.to_string();
             let decision = authorize(&s, &r);
             assert_eq!(
-                matches!(decision, Decision::Allowed { .. }),
+                decision.is_allowed(),
                 *allowed,
                 "{} {verb} {resource} in {namespace:?} name {name:?}: {decision:?}",
                 who.name
@@ -564,21 +568,15 @@ mod tests {
             ..Attributes::default()
         };
         let prom = user("prom", &[]);
-        assert!(matches!(
-            authorize(&s, &path(&prom, "get", "/metrics")),
-            Decision::Allowed { .. }
-        ));
-        assert!(matches!(
-            authorize(&s, &path(&prom, "get", "/debug/pprof")),
-            Decision::Allowed { .. }
-        ));
+        assert!(authorize(&s, &path(&prom, "get", "/metrics")).is_allowed());
+        assert!(authorize(&s, &path(&prom, "get", "/debug/pprof")).is_allowed());
         assert_eq!(
             authorize(&s, &path(&prom, "get", "/metricsx")),
-            Decision::Denied
+            Decision::denied()
         );
         assert_eq!(
             authorize(&s, &path(&prom, "post", "/metrics")),
-            Decision::Denied
+            Decision::denied()
         );
         // A resource rule never matches a path.
         let alice = user("alice", &[]);
@@ -587,7 +585,7 @@ mod tests {
                 &s,
                 &path(&alice, "get", "/apis/loom.dev/v1/namespaces/team-a/tasks")
             ),
-            Decision::Denied
+            Decision::denied()
         );
     }
 

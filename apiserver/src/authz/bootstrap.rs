@@ -1,0 +1,343 @@
+//! The roles and bindings every cluster has, created at start when missing
+//! (as Kubernetes' bootstrap policy; an edited one is left alone, a deleted
+//! one comes back at the next start): cluster-admin for `system:masters`,
+//! admin, edit and view to grant in namespaces, the discovery and
+//! self-review roles of every user, and one role per Loom component with
+//! exactly what it calls.
+
+use std::time::Duration;
+
+use api_types::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, RBAC_GROUP, Resource, RoleRef, Subject,
+};
+use serde::Serialize;
+use tracing::warn;
+
+use crate::generic::{GenericStore, WriteOptions};
+
+/// Loom's API group.
+const LOOM: &str = api_types::GROUP;
+/// The core group (Namespace and ServiceAccount are served there too).
+const CORE: &str = "";
+
+/// Reading.
+const READ: [&str; 3] = ["get", "list", "watch"];
+/// Writing.
+const WRITE: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
+
+/// The user the scheduler runs as.
+pub const SCHEDULER_USER: &str = "system:loom-scheduler";
+/// The user the controllers run as.
+pub const CONTROLLERS_USER: &str = "system:loom-controllers";
+/// The group of every node (`system:node:NAME`).
+pub const NODES_GROUP: &str = "system:nodes";
+/// Every authenticated user's group.
+pub const AUTHENTICATED: &str = "system:authenticated";
+/// The group of requests without credentials.
+pub const UNAUTHENTICATED: &str = "system:unauthenticated";
+
+fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> PolicyRule {
+    PolicyRule::resources(verbs, groups, resources)
+}
+
+/// What `view` may read in a namespace.
+fn view_rules() -> Vec<PolicyRule> {
+    vec![
+        rule(
+            &READ,
+            &[LOOM],
+            &[
+                "tasks",
+                "tasks/log",
+                "tasks/status",
+                "jobs",
+                "jobs/status",
+                "services",
+                "services/status",
+                "events",
+                "namespaces",
+                "namespaces/status",
+                "serviceaccounts",
+            ],
+        ),
+        rule(
+            &READ,
+            &[CORE],
+            &["namespaces", "namespaces/status", "serviceaccounts"],
+        ),
+    ]
+}
+
+/// What `edit` may change in a namespace, beyond what `view` reads.
+fn edit_rules() -> Vec<PolicyRule> {
+    let mut rules = view_rules();
+    rules.push(rule(
+        &WRITE,
+        &[LOOM],
+        &["tasks", "jobs", "services", "serviceaccounts"],
+    ));
+    rules.push(rule(&WRITE, &[CORE], &["serviceaccounts"]));
+    rules.push(rule(&["create"], &[CORE, LOOM], &["serviceaccounts/token"]));
+    rules
+}
+
+/// What `admin` may do in a namespace: `edit`, and grant roles there.
+fn admin_rules() -> Vec<PolicyRule> {
+    let mut rules = edit_rules();
+    rules.push(rule(
+        &[
+            "get",
+            "list",
+            "watch",
+            "create",
+            "update",
+            "patch",
+            "delete",
+            "deletecollection",
+        ],
+        &[RBAC_GROUP],
+        &["roles", "rolebindings"],
+    ));
+    rules.push(rule(
+        &["create"],
+        &[api_types::authorization::AUTHORIZATION_GROUP],
+        &["localsubjectaccessreviews"],
+    ));
+    rules
+}
+
+/// The scheduler: follows tasks and nodes, binds tasks, writes their
+/// Scheduled condition and Events, claims room on nodes (annotations), and
+/// holds its leader Lease.
+fn scheduler_rules() -> Vec<PolicyRule> {
+    vec![
+        rule(&READ, &[LOOM], &["tasks", "nodes"]),
+        rule(&["create"], &[LOOM], &["tasks/binding"]),
+        rule(&["patch", "update"], &[LOOM], &["tasks/status", "nodes"]),
+        rule(&["create", "patch", "update"], &[LOOM], &["events"]),
+        rule(
+            &["get", "list", "watch", "create", "update", "patch"],
+            &[LOOM],
+            &["leases"],
+        ),
+    ]
+}
+
+/// The controllers: jobs, services and their tasks; node lifecycle (the
+/// nodes' Leases, their status); TTL deletion; the nodes' Lease namespace;
+/// Events; their leader Lease.
+fn controllers_rules() -> Vec<PolicyRule> {
+    let all: Vec<&str> = READ.iter().chain(&WRITE).copied().collect();
+    vec![
+        rule(&all, &[LOOM], &["tasks", "jobs", "services"]),
+        rule(
+            &["get", "update", "patch"],
+            &[LOOM],
+            &["tasks/status", "jobs/status", "services/status"],
+        ),
+        rule(&READ, &[LOOM], &["nodes"]),
+        rule(&["update", "patch"], &[LOOM], &["nodes", "nodes/status"]),
+        rule(
+            &["get", "list", "watch", "create", "update", "patch"],
+            &[LOOM],
+            &["leases"],
+        ),
+        rule(
+            &["get", "list", "watch", "create"],
+            &[LOOM, CORE],
+            &["namespaces"],
+        ),
+        rule(&["create", "patch", "update"], &[LOOM], &["events"]),
+    ]
+}
+
+/// A node (as RBAC sees every node; the node authorizer narrows it to its
+/// own objects): registers and updates its Node, renews its Lease, follows
+/// the tasks bound to it and writes their status, records Events, creates
+/// the Lease namespace if missing, and mints its tasks' service-account
+/// tokens.
+fn node_rules() -> Vec<PolicyRule> {
+    vec![
+        rule(
+            &["get", "list", "watch", "create", "update", "patch"],
+            &[LOOM],
+            &["nodes"],
+        ),
+        rule(&["get", "update", "patch"], &[LOOM], &["nodes/status"]),
+        rule(&["get", "create", "update", "patch"], &[LOOM], &["leases"]),
+        rule(&READ, &[LOOM], &["tasks", "services"]),
+        rule(&["get", "update", "patch"], &[LOOM], &["tasks/status"]),
+        rule(&["create", "patch", "update"], &[LOOM], &["events"]),
+        rule(&["get", "create"], &[LOOM, CORE], &["namespaces"]),
+        rule(&["create"], &[CORE, LOOM], &["serviceaccounts/token"]),
+    ]
+}
+
+/// Every bootstrap cluster role.
+pub fn cluster_roles() -> Vec<ClusterRole> {
+    let everything = vec![
+        rule(&["*"], &["*"], &["*"]),
+        PolicyRule::urls(&["*"], &["*"]),
+    ];
+    let health = ["/healthz", "/livez", "/readyz", "/version", "/version/"];
+    let mut discovery: Vec<&str> = vec![
+        "/api",
+        "/api/*",
+        "/apis",
+        "/apis/*",
+        "/openapi",
+        "/openapi/*",
+    ];
+    discovery.extend(health);
+    let roles = [
+        ("cluster-admin", everything),
+        ("admin", admin_rules()),
+        ("edit", edit_rules()),
+        ("view", view_rules()),
+        (
+            "system:basic-user",
+            vec![
+                rule(
+                    &["create"],
+                    &[api_types::authorization::AUTHORIZATION_GROUP],
+                    &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+                ),
+                rule(
+                    &["create"],
+                    &["authentication.k8s.io"],
+                    &["selfsubjectreviews"],
+                ),
+            ],
+        ),
+        (
+            "system:public-info-viewer",
+            vec![PolicyRule::urls(&["get"], &health)],
+        ),
+        (
+            "system:discovery",
+            vec![PolicyRule::urls(&["get"], &discovery)],
+        ),
+        ("system:loom-scheduler", scheduler_rules()),
+        ("system:loom-controllers", controllers_rules()),
+        ("system:node", node_rules()),
+    ];
+    roles
+        .into_iter()
+        .map(|(name, rules)| {
+            let mut role = ClusterRole::new(name, rules);
+            label(&mut role.metadata);
+            role
+        })
+        .collect()
+}
+
+/// Every bootstrap cluster role binding.
+pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
+    let bindings = [
+        ("cluster-admin", vec![Subject::group("system:masters")]),
+        ("system:basic-user", vec![Subject::group(AUTHENTICATED)]),
+        (
+            "system:public-info-viewer",
+            vec![
+                Subject::group(AUTHENTICATED),
+                Subject::group(UNAUTHENTICATED),
+            ],
+        ),
+        ("system:discovery", vec![Subject::group(AUTHENTICATED)]),
+        ("system:loom-scheduler", vec![Subject::user(SCHEDULER_USER)]),
+        (
+            "system:loom-controllers",
+            vec![Subject::user(CONTROLLERS_USER)],
+        ),
+        ("system:node", vec![Subject::group(NODES_GROUP)]),
+    ];
+    bindings
+        .into_iter()
+        .map(|(name, subjects)| {
+            let mut binding = ClusterRoleBinding::new(name, RoleRef::cluster_role(name), subjects);
+            label(&mut binding.metadata);
+            binding
+        })
+        .collect()
+}
+
+fn label(meta: &mut api_types::ObjectMeta) {
+    meta.labels
+        .insert("kubernetes.io/bootstrapping".into(), "rbac-defaults".into());
+    meta.annotations.insert(
+        "rbac.authorization.kubernetes.io/autoupdate".into(),
+        "true".into(),
+    );
+}
+
+/// Creates every bootstrap role and binding that is missing.
+pub async fn ensure(api: &GenericStore) {
+    for role in cluster_roles() {
+        create(api, &role).await;
+    }
+    for binding in cluster_role_bindings() {
+        create(api, &binding).await;
+    }
+}
+
+async fn create<K: Resource + Serialize>(api: &GenericStore, object: &K) {
+    let resource = api.catalog.builtin_resource::<K>();
+    let Ok(value) = serde_json::to_value(object) else {
+        return;
+    };
+    let options = WriteOptions {
+        field_manager: "loom-apiserver".to_owned(),
+        ..Default::default()
+    };
+    for attempt in 0..50 {
+        match api.create(&resource, None, value.clone(), &options).await {
+            Ok(_) => return,
+            Err(error) if error.code() == 409 => return,
+            Err(error) => {
+                if attempt % 10 == 0 {
+                    warn!(kind = K::KIND, name = %object.meta().name, error = %error.0.message, "cannot create a bootstrap role yet");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api_types::Validate;
+
+    #[test]
+    fn every_bootstrap_object_is_valid_and_bound_to_its_role() {
+        let roles = cluster_roles();
+        for role in &roles {
+            assert!(
+                role.validate().is_empty(),
+                "{}: {:?}",
+                role.metadata.name,
+                role.validate()
+            );
+        }
+        for binding in cluster_role_bindings() {
+            assert!(binding.validate().is_empty(), "{:?}", binding.validate());
+            assert!(
+                roles
+                    .iter()
+                    .any(|r| r.metadata.name == binding.role_ref.name)
+            );
+        }
+    }
+
+    #[test]
+    fn edit_and_admin_hold_what_view_does() {
+        let view = view_rules();
+        assert!(super::super::rbac::uncovered(&edit_rules(), &view).is_empty());
+        assert!(super::super::rbac::uncovered(&admin_rules(), &edit_rules()).is_empty());
+        // edit cannot grant roles; admin cannot grant cluster-admin's rules.
+        assert!(
+            !super::super::rbac::uncovered(&admin_rules(), &[rule(&["*"], &["*"], &["*"])])
+                .is_empty()
+        );
+    }
+}
