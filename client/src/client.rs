@@ -9,8 +9,11 @@ use futures::{Stream, StreamExt};
 pub use reqwest::Method;
 use serde::de::DeserializeOwned;
 
-use crate::config::Config;
+use crate::config::{Auth, Config};
 use crate::error::{Error, Result};
+
+/// How often a token file is re-read: service-account tokens rotate.
+const TOKEN_FILE_REFRESH: Duration = Duration::from_secs(60);
 
 /// A connection to an API server; cheap to clone. The config's `server` may list
 /// several API servers of one cluster, comma-separated: requests go to one of them
@@ -21,6 +24,87 @@ pub struct Client {
     config: Config,
     servers: Arc<Vec<String>>,
     current: Arc<AtomicUsize>,
+    bearer: Option<Arc<Bearer>>,
+}
+
+/// The `Authorization: Bearer` header of a config's token, a token file's
+/// re-read at most once a minute (and after a 401). Never printed by `Debug`.
+struct Bearer {
+    auth: Auth,
+    cached: std::sync::Mutex<Option<(reqwest::header::HeaderValue, std::time::Instant)>>,
+    /// Set by a 401: re-read before the minute is up.
+    stale: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bearer").field("auth", &self.auth).finish()
+    }
+}
+
+impl Bearer {
+    fn new(auth: Auth) -> Result<Self> {
+        let bearer = Bearer {
+            auth,
+            cached: std::sync::Mutex::new(None),
+            stale: std::sync::atomic::AtomicBool::new(false),
+        };
+        bearer.header()?;
+        Ok(bearer)
+    }
+
+    fn value(token: &str) -> Result<reqwest::header::HeaderValue> {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|_| {
+                Error::Config("the bearer token has characters a header cannot carry".to_owned())
+            })?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+
+    /// The header to send now.
+    fn header(&self) -> Result<reqwest::header::HeaderValue> {
+        let path = match &self.auth {
+            Auth::Token(token) => return Self::value(token),
+            Auth::TokenFile(path) => path,
+        };
+        let mut cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((value, read)) = &*cached
+            && read.elapsed() < TOKEN_FILE_REFRESH
+            && !self.stale.load(Ordering::Relaxed)
+        {
+            return Ok(value.clone());
+        }
+        let token = std::fs::read_to_string(path).and_then(|token| match token.trim() {
+            "" => Err(std::io::Error::other("the file is empty")),
+            _ => Ok(token),
+        });
+        match (token, &*cached) {
+            (Ok(token), _) => {
+                let value = Self::value(&token)?;
+                *cached = Some((value.clone(), std::time::Instant::now()));
+                self.stale.store(false, Ordering::Relaxed);
+                Ok(value)
+            }
+            // Keep the last token until the file is readable again.
+            (Err(error), Some((value, _))) => {
+                tracing::warn!(%error, file = %path.display(), "cannot re-read the token file; using the last token");
+                Ok(value.clone())
+            }
+            (Err(error), None) => Err(Error::Config(format!(
+                "cannot read the token file {}: {error}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// After a 401: the token may have rotated; read the file at the next request.
+    fn expire(&self) {
+        self.stale.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A request body and its content type.
@@ -38,9 +122,10 @@ impl Client {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("loom-client/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5));
-        if let Some(tls) = &config.tls {
-            builder = builder.use_preconfigured_tls(tls.rustls()?);
-        }
+        builder = builder.use_preconfigured_tls(match &config.tls {
+            Some(tls) => tls.rustls_for(config.tls_server_name.as_deref())?,
+            None => crate::config::rustls_trusting_nothing()?,
+        });
         let http = builder.build()?;
         let servers: Vec<String> = config
             .server
@@ -53,11 +138,16 @@ impl Client {
         } else {
             servers
         };
+        let bearer = match &config.auth {
+            Some(auth) => Some(Arc::new(Bearer::new(auth.clone())?)),
+            None => None,
+        };
         Ok(Client {
             http,
             config,
             servers: Arc::new(servers),
             current: Arc::new(AtomicUsize::new(0)),
+            bearer,
         })
     }
 
@@ -98,7 +188,11 @@ impl Client {
         let mut tries = 0;
         loop {
             let server = self.server().to_owned();
-            match build(&server).send().await {
+            let mut request = build(&server);
+            if let Some(bearer) = &self.bearer {
+                request = request.header(reqwest::header::AUTHORIZATION, bearer.header()?);
+            }
+            match request.send().await {
                 Err(error) if error.is_connect() && tries + 1 < self.servers.len() => {
                     self.fail_over(&server);
                     tries += 1;
@@ -109,7 +203,14 @@ impl Client {
                     }
                     return Err(error.into());
                 }
-                Ok(response) => return Ok(response),
+                Ok(response) => {
+                    if response.status() == reqwest::StatusCode::UNAUTHORIZED
+                        && let Some(bearer) = &self.bearer
+                    {
+                        bearer.expire();
+                    }
+                    return Ok(response);
+                }
             }
         }
     }

@@ -5,14 +5,16 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod kubeconfig;
 
 pub use api::{
     Api, DeleteParams, DynamicObject, ListParams, Object, ObjectList, Patch, PatchParams,
     PostParams, WatchParams, discover,
 };
 pub use client::Client;
-pub use config::{Config, TlsConfig};
+pub use config::{Auth, Config, TlsConfig};
 pub use error::{Error, Result};
+pub use kubeconfig::{Credential, Kubeconfig, KubeconfigError};
 pub mod reflector;
 pub mod watcher;
 
