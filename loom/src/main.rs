@@ -64,9 +64,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ControllersArgs {
-    /// The API server.
-    #[arg(long, env = "LOOM_SERVER", default_value = "http://127.0.0.1:7443")]
-    server: String,
+    #[command(flatten)]
+    api: node_cmd::ApiArgs,
     /// Seconds without a Lease renewal before a node goes NotReady.
     #[arg(long, env = "LOOM_NODE_GRACE_SECONDS", default_value_t = 40)]
     node_grace_seconds: u64,
@@ -77,9 +76,8 @@ struct ControllersArgs {
 
 #[derive(Debug, clap::Args)]
 struct SchedulerArgs {
-    /// The API server.
-    #[arg(long, env = "LOOM_SERVER", default_value = "http://127.0.0.1:7443")]
-    server: String,
+    #[command(flatten)]
+    api: node_cmd::ApiArgs,
     /// Also claim a node (a conditional write on it) before each bind, so that
     /// schedulers running at once never over-commit it. Leader election already
     /// runs one scheduler at a time; claims cost a write per task.
@@ -223,6 +221,10 @@ struct UpArgs {
     /// Run only the API server (no controllers, scheduler or nodelet).
     #[arg(long)]
     api_only: bool,
+    /// More names the API server's certificate is valid for (IP addresses or
+    /// DNS names), besides loopback, this host's name and the listen address.
+    #[arg(long = "tls-san", value_delimiter = ',')]
+    tls_sans: Vec<String>,
     /// Host directories tasks may mount, comma-separated (default: DATA_DIR/volumes
     /// and the examples' output directory /var/tmp/loom-demo).
     #[arg(long, value_delimiter = ',')]
@@ -290,7 +292,7 @@ fn main() -> ExitCode {
             Command::Nodelet(args) => node_cmd::nodelet(*args).await,
             Command::Shim { .. } | Command::Image(_) | Command::Certs(_) => Ok(()),
             Command::Controllers(args) => {
-                let client = client::Client::for_server(&args.server)?;
+                let client = args.api.client()?;
                 let identity = leader_identity();
                 let config = controllers::Config {
                     identity: identity.clone(),
@@ -305,7 +307,7 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Scheduler(args) => {
-                let client = client::Client::for_server(&args.server)?;
+                let client = args.api.client()?;
                 let claim_nodes = args.claim_nodes;
                 let leader_client = client.clone();
                 run_elected(
@@ -355,8 +357,22 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let server = format!("http://{}", listener.local_addr()?);
-    match write_context(&server) {
+    let address = listener.local_addr()?;
+    // Made once in the data dir, kept, and reissued only when they no longer
+    // fit (a new listen address, say).
+    let mut sans = args.tls_sans.clone();
+    if !address.ip().is_unspecified() {
+        sans.push(address.ip().to_string());
+    }
+    let credentials = certs_cmd::ClusterCredentials::ensure(&args.data_dir.join("pki"), &sans)?;
+    // Local clients reach a wildcard listener on loopback.
+    let local = if address.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], address.port()))
+    } else {
+        address
+    };
+    let server = format!("https://{local}");
+    match write_context(&server, &credentials) {
         Ok(Some(path)) => println!(
             "loomctl context \"{UP_CONTEXT}\" written to {}",
             path.display()
@@ -364,15 +380,16 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         Ok(None) => {}
         Err(error) => tracing::warn!(%error, "cannot write the loomctl context"),
     }
+    let mut config = api_config(&args.default_task_memory, &args.limits);
+    config.tls = Some(loom_listener::tls::server_config(
+        &credentials.serving.cert,
+        &credentials.serving.key,
+        Some(&credentials.pki.ca_cert()),
+    )?);
     if args.api_only {
-        return serve_on(
-            store,
-            listener,
-            api_config(&args.default_task_memory, &args.limits),
-        )
-        .await;
+        return serve_on(store, listener, config).await;
     }
-    all_in_one(args, store, listener, server).await
+    all_in_one(args, store, listener, server, config, credentials).await
 }
 
 /// The API server, the controllers, the scheduler and a nodelet in one process,
@@ -382,6 +399,8 @@ async fn all_in_one(
     store: Arc<dyn Store>,
     listener: tokio::net::TcpListener,
     server: String,
+    api_config: apiserver::Config,
+    credentials: certs_cmd::ClusterCredentials,
 ) -> anyhow::Result<()> {
     // SAFETY: no preconditions.
     anyhow::ensure!(
@@ -389,7 +408,7 @@ async fn all_in_one(
         "loom up runs containers and must run as root (or use --api-only)"
     );
     let nodelet_args = node_cmd::NodeletArgs {
-        server: server.clone(),
+        api: node_cmd::ApiArgs::default(),
         name: args.name.clone(),
         state_dir: args.data_dir.join("nodelet"),
         labels: String::new(),
@@ -448,17 +467,24 @@ async fn all_in_one(
     let api = tokio::spawn(apiserver::run(
         store,
         listener,
-        api_config(&args.default_task_memory, &args.limits),
+        api_config,
         api_shutdown.clone(),
     ));
-    let client = client::Client::for_server(&server)?;
+    // Each part is its own user, with only the rights its role gives it.
+    let client_as = |credential: &pki::Credential| -> anyhow::Result<client::Client> {
+        Ok(client::Client::new(
+            credentials.client_config(&server, credential)?,
+        )?)
+    };
+    let node_credential = credentials.node(&nodelet_config.name)?;
+    let node_client = client_as(&node_credential)?;
     let parts = CancellationToken::new();
     let controllers_config = controllers::Config {
         identity: format!("{}-up", hostname()),
         ..controllers::Config::default()
     };
     let controllers = tokio::spawn(controllers::run_manager(
-        client.clone(),
+        client_as(&credentials.controllers)?,
         controllers_config,
         parts.clone(),
     ));
@@ -468,13 +494,17 @@ async fn all_in_one(
         ..scheduler::run::Config::default()
     };
     let scheduler = tokio::spawn(scheduler::run_with(
-        client.clone(),
+        client_as(&credentials.scheduler)?,
         scheduler_config,
         parts.clone(),
     ));
     let node_shutdown = CancellationToken::new();
     let node_name = nodelet_config.name.clone();
-    let mut node = tokio::spawn(nodelet::run(client, nodelet_config, node_shutdown.clone()));
+    let mut node = tokio::spawn(nodelet::run(
+        node_client,
+        nodelet_config,
+        node_shutdown.clone(),
+    ));
     println!("node {node_name} running; Ctrl-C stops Loom and every task it started");
 
     tokio::select! {
@@ -528,10 +558,13 @@ fn import_busybox(state_dir: &std::path::Path) {
 /// The loomctl context `loom up` writes.
 const UP_CONTEXT: &str = "loom-up";
 
-/// Points the `loom-up` context of the loomctl config at this server, and makes it
-/// current if no context is. Returns the file written, if it changed.
-fn write_context(server: &str) -> anyhow::Result<Option<std::path::PathBuf>> {
-    use client::config::{ConfigFile, Context};
+/// Points the `loom-up` context of the loomctl config (a kubeconfig) at this
+/// server, as the administrator, and makes it current. Returns the file
+/// written, if it changed.
+fn write_context(
+    server: &str,
+    credentials: &certs_cmd::ClusterCredentials,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
     let path = match std::env::var_os("LOOMCONFIG") {
         Some(path) => std::path::PathBuf::from(path),
         None => match client::config::default_path() {
@@ -539,31 +572,8 @@ fn write_context(server: &str) -> anyhow::Result<Option<std::path::PathBuf>> {
             None => return Ok(None),
         },
     };
-    let mut file: ConfigFile = match std::fs::read_to_string(&path) {
-        Ok(text) => serde_saphyr::from_str(&text)
-            .with_context(|| format!("{} is not a loom config", path.display()))?,
-        Err(_) => ConfigFile::default(),
-    };
-    let before = file.clone();
-    match file.contexts.iter_mut().find(|c| c.name == UP_CONTEXT) {
-        Some(context) => context.server = server.to_owned(),
-        None => file.contexts.push(Context {
-            name: UP_CONTEXT.to_owned(),
-            server: server.to_owned(),
-            namespace: "default".to_owned(),
-        }),
-    }
-    if file.current().is_none() || file.current_context.is_empty() {
-        file.current_context = UP_CONTEXT.to_owned();
-    }
-    if file == before {
-        return Ok(None);
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&path, serde_saphyr::to_string(&file)?)?;
-    Ok(Some(path))
+    let up = credentials.kubeconfig(UP_CONTEXT, server, &credentials.admin)?;
+    Ok(up.merge_into_file(&path)?.then_some(path))
 }
 
 async fn apiserver_command(args: ApiserverArgs) -> anyhow::Result<()> {
@@ -600,7 +610,12 @@ async fn serve_on(
     listener: tokio::net::TcpListener,
     config: apiserver::Config,
 ) -> anyhow::Result<()> {
-    println!("Loom API server at http://{}", listener.local_addr()?);
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("Loom API server at {scheme}://{}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(apiserver::run(store, listener, config, shutdown.clone()));
     shutdown_signal().await?;

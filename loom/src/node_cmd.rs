@@ -8,9 +8,9 @@ use tokio_util::sync::CancellationToken;
 /// `loom nodelet`.
 #[derive(Debug, clap::Args)]
 pub struct NodeletArgs {
-    /// The API server.
-    #[arg(long, env = "LOOM_SERVER", default_value = "http://127.0.0.1:7443")]
-    pub server: String,
+    /// How to reach the API server, and as whom.
+    #[command(flatten)]
+    pub api: ApiArgs,
     /// The node's name (default: the host name).
     #[arg(long, env = "LOOM_NODE_NAME")]
     pub name: Option<String>,
@@ -64,6 +64,40 @@ pub struct NodeletArgs {
     /// it owns their work directories and writable mounts.
     #[arg(long, default_value_t = 65534)]
     pub exec_uid: u32,
+}
+
+/// How a component reaches the API server and who it is there.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ApiArgs {
+    /// A kubeconfig naming the API server, its CA and this component's
+    /// credential (e.g. `scheduler.conf` of `loom certs --server URL`).
+    #[arg(long, env = "LOOM_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The API server's URL, or several comma-separated to fail over between;
+    /// overrides the kubeconfig's (default: the kubeconfig's, else
+    /// `$LOOMCONFIG`, `$KUBECONFIG`, `~/.loom/config` or the in-cluster
+    /// service account).
+    #[arg(long, env = "LOOM_SERVER")]
+    pub server: Option<String>,
+}
+
+impl ApiArgs {
+    /// The client configuration these flags name.
+    pub fn config(&self) -> anyhow::Result<client::Config> {
+        let mut config = match &self.kubeconfig {
+            Some(path) => client::Config::from_kubeconfig(path, None)?,
+            None => client::Config::infer()?,
+        };
+        if let Some(server) = &self.server {
+            config.server = server.trim().trim_end_matches('/').to_owned();
+        }
+        Ok(config)
+    }
+
+    /// A client of the API server.
+    pub fn client(&self) -> anyhow::Result<client::Client> {
+        Ok(client::Client::new(self.config()?)?)
+    }
 }
 
 /// A size flag in bytes: positive and whole.
@@ -151,7 +185,7 @@ pub async fn nodelet(args: NodeletArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot import {}", path.display()))?;
         println!("imported {}", names.join(", "));
     }
-    let client = client::Client::for_server(&args.server)?;
+    let client = args.api.client()?;
     let shutdown = CancellationToken::new();
     let mut work = tokio::spawn(nodelet::run(client, config, shutdown.clone()));
     tokio::select! {

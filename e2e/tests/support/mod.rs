@@ -455,12 +455,13 @@ impl Cluster {
             free_port(&cluster.nodes[1].host_ip),
             free_port(&cluster.nodes[0].host_ip),
         ];
+        cluster.certs();
         for i in 0..cluster.api.len() {
             let proc = cluster.spawn_apiserver(i);
             cluster.apiservers.push(Some(proc));
         }
         for &addr in &cluster.api {
-            wait_api_ready(addr);
+            wait_api_ready(addr, &cluster.pki().join("ca.crt"));
         }
         cluster.start_controllers();
         cluster.start_scheduler();
@@ -491,9 +492,53 @@ impl Cluster {
     pub fn servers(&self) -> String {
         self.api
             .iter()
-            .map(|a| format!("http://{a}"))
+            .map(|a| format!("https://{a}"))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The cluster's PKI dir: CA, certificates, keys and kubeconfigs of `loom certs`.
+    pub fn pki(&self) -> PathBuf {
+        self.dir().join("pki")
+    }
+
+    /// The kubeconfig `loom certs` wrote for `name` (`admin`, `scheduler`,
+    /// `controllers`, `node-NODE`).
+    pub fn kubeconfig(&self, name: &str) -> String {
+        self.pki()
+            .join(format!("{name}.conf"))
+            .display()
+            .to_string()
+    }
+
+    /// The cluster's credentials, made as an operator would: `loom certs`
+    /// with the API servers' addresses as extra names and a credential and
+    /// kubeconfig for each node.
+    fn certs(&self) {
+        let mut args = vec![
+            "certs".to_owned(),
+            "--dir".to_owned(),
+            self.pki().display().to_string(),
+            "--server".to_owned(),
+            format!("https://{}", self.api[0]),
+        ];
+        for addr in &self.api {
+            args.push("--tls-san".to_owned());
+            args.push(addr.ip().to_string());
+        }
+        for node in &self.nodes {
+            args.push("--node".to_owned());
+            args.push(node.name.clone());
+        }
+        let output = Command::new(&self.loom)
+            .args(&args)
+            .output()
+            .expect("loom certs runs");
+        assert!(
+            output.status.success(),
+            "loom certs failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     fn network(&self) {
@@ -608,6 +653,12 @@ impl Cluster {
             self.etcd_url.clone(),
             "--store-prefix".to_owned(),
             "/loom/".to_owned(),
+            "--tls-cert-file".to_owned(),
+            self.pki().join("apiserver.crt").display().to_string(),
+            "--tls-private-key-file".to_owned(),
+            self.pki().join("apiserver.key").display().to_string(),
+            "--client-ca-file".to_owned(),
+            self.pki().join("ca.crt").display().to_string(),
         ];
         self.spawn(&format!("apiserver-{i}"), &self.loom, &args)
     }
@@ -616,6 +667,8 @@ impl Cluster {
     pub fn start_controllers(&mut self) {
         let args = vec![
             "controllers".to_owned(),
+            "--kubeconfig".to_owned(),
+            self.kubeconfig("controllers"),
             "--server".to_owned(),
             self.servers(),
             "--node-grace-seconds".to_owned(),
@@ -630,6 +683,8 @@ impl Cluster {
     pub fn start_scheduler(&mut self) {
         let args = vec![
             "scheduler".to_owned(),
+            "--kubeconfig".to_owned(),
+            self.kubeconfig("scheduler"),
             "--server".to_owned(),
             self.servers(),
         ];
@@ -661,6 +716,8 @@ impl Cluster {
             format!("--net=/run/netns/{}", node.netns),
             self.loom.display().to_string(),
             "nodelet".to_owned(),
+            "--kubeconfig".to_owned(),
+            self.kubeconfig(&format!("node-{}", node.name)),
             "--server".to_owned(),
             self.servers(),
             "--name".to_owned(),
@@ -709,7 +766,7 @@ impl Cluster {
             .arg("--server")
             .arg(self.servers())
             .args(args)
-            .env("LOOMCONFIG", self.dir().join("no-config"))
+            .env("LOOMCONFIG", self.kubeconfig("admin"))
             .stdin(Stdio::null())
             .output()
             .expect("loomctl runs")
@@ -773,7 +830,7 @@ impl Cluster {
     pub fn restart_apiserver(&mut self, i: usize) {
         let proc = self.spawn_apiserver(i);
         self.apiservers[i] = Some(proc);
-        wait_api_ready(self.api[i]);
+        wait_api_ready(self.api[i], &self.pki().join("ca.crt"));
     }
 
     /// Kills the scheduler with SIGKILL.
@@ -860,13 +917,35 @@ fn free_port(ip: &str) -> SocketAddr {
     listener.local_addr().expect("a bound address")
 }
 
-fn wait_api_ready(addr: SocketAddr) {
+fn wait_api_ready(addr: SocketAddr, ca: &Path) {
     wait_for(
         &format!("the API server at {addr}"),
         Duration::from_secs(30),
-        || match http_get(addr, "/readyz") {
-            Some((200, _)) => Ok(()),
-            other => Err(format!("{other:?}")),
+        || {
+            let output = Command::new("curl")
+                .args([
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "2",
+                ])
+                .arg("--cacert")
+                .arg(ca)
+                .arg(format!("https://{addr}/readyz"))
+                .output()
+                .map_err(|e| format!("curl: {e}"))?;
+            let code = String::from_utf8_lossy(&output.stdout).into_owned();
+            if code == "200" {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{code} {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ))
+            }
         },
     );
 }
