@@ -158,6 +158,8 @@ pub struct Config {
     /// How requests are authenticated (client certificates, token file,
     /// service-account tokens; whether requests without a credential pass).
     pub authentication: crate::authn::Authentication,
+    /// Write an audit log (`None`: none).
+    pub audit: Option<crate::audit::Config>,
 }
 
 /// The longest header read timeout allowed.
@@ -181,6 +183,7 @@ impl Default for Config {
             default_task_memory: None,
             tls: None,
             authentication: crate::authn::Authentication::default(),
+            audit: None,
         }
     }
 }
@@ -255,6 +258,10 @@ pub async fn run(
         .validate()
         .map_err(|why| std::io::Error::new(std::io::ErrorKind::InvalidInput, why))?;
     let metrics = Metrics::new();
+    let auditor = match &config.audit {
+        Some(audit) => Some(Arc::new(crate::audit::Auditor::start(audit, &metrics)?)),
+        None => None,
+    };
     let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
     let caches = shutdown.child_token();
     let catalog = Catalog::new(store.clone(), config.cache.clone(), caches.clone());
@@ -285,6 +292,14 @@ pub async fn run(
         min_watch_timeout: config.min_watch_timeout,
         body_read_timeout: config.body_read_timeout,
     });
+    // The audit layer is the outermost: it sees every answer, 401s and 429s too.
+    let app = match auditor {
+        Some(auditor) => app.layer(axum::middleware::from_fn_with_state(
+            auditor,
+            crate::audit::audit,
+        )),
+        None => app,
+    };
     let limits = config.listener_limits();
     match config.tls {
         Some(tls) => {
