@@ -113,6 +113,8 @@ struct ApiserverArgs {
     default_task_memory: TaskMemory,
     #[command(flatten)]
     limits: ApiLimitArgs,
+    #[command(flatten)]
+    audit: AuditArgs,
     /// Serve HTTPS with this PEM certificate (chain, leaf first), e.g. the
     /// `apiserver.crt` of `loom certs`; with --tls-private-key-file.
     #[arg(long, env = "LOOM_TLS_CERT_FILE", requires = "tls_private_key_file")]
@@ -177,6 +179,44 @@ struct ApiLimitArgs {
     /// Open connections; more wait in the listen backlog.
     #[arg(long, env = "LOOM_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
+}
+
+/// The API server's audit log (Kubernetes' flags of the same names).
+#[derive(Debug, clap::Args)]
+struct AuditArgs {
+    /// Write an audit log here, one audit.k8s.io/v1 Event a line (`-`:
+    /// standard output). Without it nothing is audited.
+    #[arg(long, env = "LOOM_AUDIT_LOG_PATH")]
+    audit_log_path: Option<PathBuf>,
+    /// The audit.k8s.io/v1 Policy saying what is logged at which level;
+    /// without it, writes at Metadata and no reads (as `loom up`).
+    #[arg(long, env = "LOOM_AUDIT_POLICY_FILE", requires = "audit_log_path")]
+    audit_policy_file: Option<PathBuf>,
+    /// Megabytes the audit log may reach before it is rotated (0: never).
+    #[arg(long, env = "LOOM_AUDIT_LOG_MAXSIZE", default_value_t = 100)]
+    audit_log_maxsize: u64,
+    /// Rotated audit logs kept, PATH.1 the newest (0: all).
+    #[arg(long, env = "LOOM_AUDIT_LOG_MAXBACKUP", default_value_t = 10)]
+    audit_log_maxbackup: u64,
+}
+
+/// The audit configuration the flags ask for, the policy file read and checked.
+fn audit_config(args: &AuditArgs) -> anyhow::Result<Option<apiserver::audit::Config>> {
+    let Some(path) = &args.audit_log_path else {
+        return Ok(None);
+    };
+    let policy = match &args.audit_policy_file {
+        Some(file) => apiserver::audit::Policy::from_file(file)?,
+        None => apiserver::audit::Policy::default_for_up(),
+    };
+    Ok(Some(apiserver::audit::Config {
+        log: apiserver::audit::LogFile {
+            path: path.clone(),
+            max_size_bytes: args.audit_log_maxsize.saturating_mul(1024 * 1024),
+            max_backups: usize::try_from(args.audit_log_maxbackup).unwrap_or(usize::MAX),
+        },
+        policy,
+    }))
 }
 
 /// The API server's configuration with a cluster's task defaults and limits.
@@ -583,6 +623,7 @@ async fn apiserver_command(args: ApiserverArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
         .context("cannot open the store")?;
     let mut config = api_config(&args.default_task_memory, &args.limits);
+    config.audit = audit_config(&args.audit)?;
     if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_private_key_file) {
         config.tls = Some(loom_listener::tls::server_config(
             cert,
