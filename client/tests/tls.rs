@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use apiserver::store::{EmbeddedOptions, EmbeddedStore};
-use client::{Api, Client, Config, TlsConfig};
+use client::{Api, Client, Config, Credential, Kubeconfig, TlsConfig};
 use pki::{Ca, Profile};
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +28,7 @@ async fn start() -> Server {
     let serving = ca
         .issue(&Profile::server(
             "loom-apiserver",
-            &["127.0.0.1".to_owned()],
+            &["127.0.0.1".to_owned(), "api.loom.test".to_owned()],
         ))
         .expect("serving certificate");
     let write = |name: &str, text: &str| {
@@ -157,4 +157,46 @@ fn a_bad_ca_or_key_is_a_configuration_error() {
     });
     let error = Client::new(config).expect_err("bad key");
     assert!(error.to_string().contains("client key"), "{error}");
+}
+
+#[tokio::test]
+async fn a_kubeconfig_with_a_tls_server_name_checks_that_name() {
+    let server = start().await;
+    let admin = server
+        .ca
+        .issue(&Profile::client("loom-admin", Some("system:masters")))
+        .expect("admin certificate");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config");
+    let mut kubeconfig = Kubeconfig::single(
+        "tls",
+        &server.url,
+        Some(server.ca.cert_pem()),
+        Some(Credential::ClientCert {
+            cert_pem: admin.cert_pem.clone(),
+            key_pem: admin.key_pem.clone(),
+        }),
+        "",
+    );
+    let client_named = |kubeconfig: &Kubeconfig| {
+        kubeconfig.write(&path).expect("write");
+        let mut config = Config::from_file(&path).expect("config");
+        config.retries = 0;
+        Client::new(config).expect("client")
+    };
+    // The URL's host, then a name the certificate carries: both trusted.
+    ready(&client_named(&kubeconfig)).await;
+    kubeconfig.clusters[0].cluster.tls_server_name = Some("api.loom.test".to_owned());
+    ready(&client_named(&kubeconfig)).await;
+    // A name it does not carry: refused, though the CA signed it.
+    kubeconfig.clusters[0].cluster.tls_server_name = Some("elsewhere.test".to_owned());
+    let nodes: Api<api_types::Node> = Api::all(client_named(&kubeconfig));
+    let error = nodes
+        .list(&Default::default())
+        .await
+        .expect_err("a name the certificate does not carry");
+    assert!(
+        format!("{error:?}").to_lowercase().contains("certificate"),
+        "{error:?}"
+    );
 }
