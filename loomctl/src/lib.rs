@@ -1,11 +1,12 @@
 //! loomctl, the command-line interface to a Loom cluster: `apply`, `diff`,
 //! `get`, `describe`, `delete`, `wait`, `kill`, `events`, `cordon`, `uncordon`,
-//! `config`, `version`, `completion`.
+//! `config`, `auth`, `version`, `completion`.
 //!
 //! Exit codes: 0 success; 1 the command failed (an API error, a bad manifest,
 //! an unreachable server); 2 the command line itself is wrong.
 
 mod apply;
+mod auth_cmd;
 mod config_cmd;
 mod delete;
 mod duration;
@@ -35,6 +36,25 @@ pub struct Cli {
     /// The namespace (overrides the context's).
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,
+    /// The kubeconfig file (default: $LOOMCONFIG, else the first of
+    /// $KUBECONFIG, else ~/.loom/config).
+    #[arg(long, global = true)]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// A PEM file of the CA the API server's certificate must chain to.
+    #[arg(long, global = true)]
+    certificate_authority: Option<std::path::PathBuf>,
+    /// A PEM client certificate file to authenticate with.
+    #[arg(long, global = true, requires = "client_key")]
+    client_certificate: Option<std::path::PathBuf>,
+    /// The PEM private key file of --client-certificate.
+    #[arg(long, global = true, requires = "client_certificate")]
+    client_key: Option<std::path::PathBuf>,
+    /// A bearer token to authenticate with.
+    #[arg(long, global = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -139,8 +159,10 @@ enum Command {
         #[arg(long, default_value = "5m", value_parser = duration::parse)]
         timeout: std::time::Duration,
     },
-    /// Show or change the config file (~/.loom/config or $LOOMCONFIG).
+    /// Show or change the kubeconfig ($LOOMCONFIG, else $KUBECONFIG, else ~/.loom/config).
     Config(config_cmd::ConfigArgs),
+    /// Who you are to the API server, and what you may do: `auth whoami`, `auth can-i VERB RESOURCE`.
+    Auth(auth_cmd::AuthArgs),
     /// The client's and the server's versions.
     Version,
     /// A shell completion script.
@@ -156,14 +178,54 @@ pub(crate) struct Context {
     pub namespace: String,
 }
 
-fn context(cli: &Cli) -> anyhow::Result<Context> {
-    let mut config = match &cli.server {
-        Some(server) => Config::new(server),
-        None => Config::infer().context("cannot read the config")?,
+/// The client config: the kubeconfig's context, then the flags over it.
+fn client_config(cli: &Cli) -> anyhow::Result<Config> {
+    let explicit = cli.kubeconfig.is_some() || cli.context.is_some();
+    let mut config = if explicit {
+        let path = config_cmd::path(cli.kubeconfig.as_deref())?;
+        Config::from_kubeconfig(&path, cli.context.as_deref()).context("cannot read the config")?
+    } else {
+        match (Config::infer(), &cli.server) {
+            (Ok(config), _) => config,
+            // --server says where: an unreadable config only loses its credentials.
+            (Err(_), Some(server)) => Config::new(server),
+            (Err(error), None) => return Err(error).context("cannot read the config"),
+        }
     };
+    if let Some(server) = &cli.server {
+        config.server = server.trim_end_matches('/').to_owned();
+    }
     if let Some(namespace) = &cli.namespace {
         config.namespace = namespace.clone();
     }
+    let read = |path: &std::path::Path, flag: &str| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("--{flag}: cannot read {}", path.display()))
+    };
+    if let Some(ca) = &cli.certificate_authority {
+        let identity = config.tls.take().and_then(|tls| tls.identity);
+        config.tls = Some(client::TlsConfig {
+            ca_pem: read(ca, "certificate-authority")?,
+            identity,
+        });
+    }
+    if let (Some(cert), Some(key)) = (&cli.client_certificate, &cli.client_key) {
+        let identity = Some((read(cert, "client-certificate")?, read(key, "client-key")?));
+        match &mut config.tls {
+            Some(tls) => tls.identity = identity,
+            None => anyhow::bail!(
+                "--client-certificate needs the cluster's CA: --certificate-authority"
+            ),
+        }
+    }
+    if let Some(token) = &cli.token {
+        config.auth = Some(client::Auth::Token(token.clone()));
+    }
+    Ok(config)
+}
+
+fn context(cli: &Cli) -> anyhow::Result<Context> {
+    let config = client_config(cli)?;
     let namespace = config.namespace.clone();
     Ok(Context {
         client: Client::new(config)?,
@@ -179,7 +241,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(*shell, &mut command, "loomctl", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config(args) => config_cmd::run(args),
+        Command::Config(args) => {
+            config_cmd::run(args, &config_cmd::path(cli.kubeconfig.as_deref())?)
+        }
         Command::Version => {
             println!("Client Version: loomctl {}", env!("CARGO_PKG_VERSION"));
             let ctx = context(&cli)?;
@@ -199,6 +263,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Auth(args) => auth_cmd::run(&context(&cli)?, args).await,
         Command::Apply(args) => apply::run(&context(&cli)?, args).await,
         Command::Get(args) => get::run(&context(&cli)?, args).await,
         Command::Delete(args) => delete::run(&context(&cli)?, args).await,

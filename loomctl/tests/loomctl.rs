@@ -19,6 +19,8 @@ async fn loomctl(server: &TestServer, home: &Path, args: &[&str]) -> Run {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loomctl"))
         .arg("--server")
         .arg(&server.url)
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig().unwrap())
         .args(args)
         .env("HOME", home)
         .env_remove("LOOMCONFIG")
@@ -275,6 +277,8 @@ async fn watch_prints_changes_and_delete_removes() {
     .await;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_loomctl"))
         .args(["--server", &server.url, "get", "jobs", "-w"])
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig().unwrap())
         .env("HOME", dir.path())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -320,49 +324,285 @@ async fn watch_prints_changes_and_delete_removes() {
     );
 }
 
+/// Runs a program to completion with `HOME` (kubectl's cache) and `LOOMCONFIG` set.
+async fn run_with_config(program: &Path, config: &Path, home: &Path, args: &[&str]) -> Run {
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .env("LOOMCONFIG", config)
+        .env("HOME", home)
+        .env_remove("KUBECONFIG")
+        .output()
+        .await
+        .unwrap();
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The `kubectl` on `PATH`, if there is one.
+fn kubectl() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join("kubectl"))
+        .find(|path| path.is_file())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_contexts_and_completion() {
     let (server, dir) = setup().await;
     let config = dir.path().join("config");
-    let run = |args: Vec<String>| {
-        let config = config.clone();
-        async move {
-            let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loomctl"))
-                .args(&args)
-                .env("LOOMCONFIG", &config)
-                .output()
-                .await
-                .unwrap();
-            (
-                output.status.code().unwrap(),
-                String::from_utf8_lossy(&output.stdout).into_owned(),
-            )
-        }
+    let loomctl = Path::new(env!("CARGO_BIN_EXE_loomctl"));
+    let run = async |args: &[&str]| {
+        let run = run_with_config(loomctl, &config, dir.path(), args).await;
+        assert_eq!(run.code, 0, "loomctl {args:?}: {}", run.stderr);
+        run.stdout
     };
-    let (code, _) = run(vec![
-        "config".into(),
-        "set-context".into(),
-        "test".into(),
-        "--server".into(),
-        server.url.clone(),
-        "--namespace".into(),
-        api_types::SYSTEM_NAMESPACE.into(),
+    let files = &server.files;
+    let (ca, cert, key) = (
+        files.ca.to_str().unwrap(),
+        files.admin_cert.to_str().unwrap(),
+        files.admin_key.to_str().unwrap(),
+    );
+    let created = run(&[
+        "config",
+        "set-context",
+        "test",
+        "--server",
+        &server.url,
+        "--namespace",
+        api_types::SYSTEM_NAMESPACE,
     ])
     .await;
-    assert_eq!(code, 0);
-    let (_, current) = run(vec!["config".into(), "current-context".into()]).await;
-    assert_eq!(current.trim(), "test");
-    // The context's server and namespace are used without flags.
-    let (code, version) = run(vec!["version".into()]).await;
-    assert_eq!(code, 0);
+    assert_eq!(created, "Context \"test\" created.\n");
+    run(&[
+        "config",
+        "set-cluster",
+        "test",
+        "--certificate-authority",
+        ca,
+        "--embed-certs",
+    ])
+    .await;
+    run(&[
+        "config",
+        "set-credentials",
+        "admin",
+        "--client-certificate",
+        cert,
+        "--client-key",
+        key,
+        "--embed-certs",
+    ])
+    .await;
+    let modified = run(&["config", "set-context", "test", "--user", "admin"]).await;
+    assert_eq!(modified, "Context \"test\" modified.\n");
+    assert_eq!(run(&["config", "current-context"]).await.trim(), "test");
+    // The file is owner-only.
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&config).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The context's server, CA, certificate and namespace are used without flags.
+    let version = run(&["version"]).await;
     assert!(version.contains("Server Version: v1.32"), "{version}");
-    let (code, _) = run(vec!["get".into(), "leases".into()]).await;
-    assert_eq!(code, 0);
-    let (code, script) = run(vec!["completion".into(), "bash".into()]).await;
-    assert_eq!(code, 0);
+    run(&["get", "leases"]).await;
+    let script = run(&["completion", "bash"]).await;
     assert!(script.contains("loomctl"));
-    let (code, _) = run(vec!["config".into(), "use-context".into(), "nope".into()]).await;
-    assert_eq!(code, 1);
+    // view hides what kubectl hides; --raw shows it.
+    let key_data = base64_of(&std::fs::read_to_string(&files.admin_key).unwrap());
+    let view = run(&["config", "view"]).await;
+    assert!(view.contains("client-key-data: DATA+OMITTED"), "{view}");
+    assert!(
+        view.contains("certificate-authority-data: DATA+OMITTED"),
+        "{view}"
+    );
+    assert!(!view.contains(&key_data), "{view}");
+    let raw = run(&["config", "view", "--raw"]).await;
+    assert!(raw.contains(&key_data), "{raw}");
+    let contexts = run(&["config", "get-contexts"]).await;
+    let rows: Vec<Vec<&str>> = contexts
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["CURRENT", "NAME", "CLUSTER", "AUTHINFO", "NAMESPACE"],
+            vec!["*", "test", "test", "admin", api_types::SYSTEM_NAMESPACE],
+        ]
+    );
+    // Real kubectl reads the same file: its raw view, its current context, a list.
+    if let Some(kubectl) = kubectl() {
+        let file = config.to_str().unwrap();
+        let raw = run_with_config(
+            &kubectl,
+            &config,
+            dir.path(),
+            &[
+                "config",
+                "view",
+                "--raw",
+                "--kubeconfig",
+                file,
+                "-o",
+                "json",
+            ],
+        )
+        .await;
+        assert_eq!(raw.code, 0, "{}", raw.stderr);
+        let raw: serde_json::Value = serde_json::from_str(&raw.stdout).unwrap();
+        assert_eq!(
+            raw["users"][0]["user"]["client-key-data"],
+            serde_json::json!(key_data)
+        );
+        assert_eq!(
+            raw["clusters"][0]["cluster"]["server"],
+            serde_json::json!(server.url)
+        );
+        let current = run_with_config(
+            &kubectl,
+            &config,
+            dir.path(),
+            &["--kubeconfig", file, "config", "current-context"],
+        )
+        .await;
+        assert_eq!(
+            (current.code, current.stdout.trim()),
+            (0, "test"),
+            "{}",
+            current.stderr
+        );
+        let jobs = run_with_config(
+            &kubectl,
+            &config,
+            dir.path(),
+            &["--kubeconfig", file, "get", "jobs.loom.dev", "-o", "name"],
+        )
+        .await;
+        assert_eq!(
+            jobs.code, 0,
+            "kubectl get with loomctl's config: {}",
+            jobs.stderr
+        );
+    } else {
+        println!("kubectl is absent (not on PATH): its part is skipped");
+    }
+    let nope = run_with_config(
+        loomctl,
+        &config,
+        dir.path(),
+        &["config", "use-context", "nope"],
+    )
+    .await;
+    assert_eq!(nope.code, 1);
+    assert!(nope.stderr.contains("\"nope\""), "{}", nope.stderr);
+    // A second context; deleting the current one leaves the other.
+    run(&["config", "set-context", "other", "--cluster", "test"]).await;
+    assert_eq!(
+        run(&["config", "use-context", "other"]).await,
+        "Switched to context \"other\".\n"
+    );
+    run(&["config", "delete-context", "test"]).await;
+    assert_eq!(
+        run(&["config", "get-contexts", "-o", "name"]).await,
+        "other\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_errors_name_the_file_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    let loomctl = Path::new(env!("CARGO_BIN_EXE_loomctl"));
+    // Loom's format before TLS.
+    std::fs::write(
+        &config,
+        "current-context: a\ncontexts:\n- name: a\n  server: http://127.0.0.1:1\n",
+    )
+    .unwrap();
+    let old = run_with_config(loomctl, &config, dir.path(), &["get", "jobs"]).await;
+    assert_eq!(old.code, 1);
+    assert!(
+        old.stderr.contains(config.to_str().unwrap()),
+        "{}",
+        old.stderr
+    );
+    assert!(old.stderr.contains("loom up"), "{}", old.stderr);
+    assert!(
+        old.stderr.contains("loomctl config set-cluster"),
+        "{}",
+        old.stderr
+    );
+    // Converting it as the message says.
+    let set = run_with_config(
+        loomctl,
+        &config,
+        dir.path(),
+        &[
+            "config",
+            "set-cluster",
+            "a",
+            "--server",
+            "http://127.0.0.1:2",
+        ],
+    )
+    .await;
+    assert_eq!(set.code, 0, "{}", set.stderr);
+    let view = run_with_config(loomctl, &config, dir.path(), &["config", "view"]).await;
+    assert!(
+        view.stdout.contains("server: http://127.0.0.1:2"),
+        "{}",
+        view.stdout
+    );
+    assert!(
+        view.stdout.contains("current-context: a"),
+        "{}",
+        view.stdout
+    );
+    // A key that is not base64.
+    std::fs::write(&config, "apiVersion: v1\nkind: Config\ncurrent-context: a\nclusters:\n- name: a\n  cluster: {server: 'http://127.0.0.1:1'}\nusers:\n- name: admin\n  user: {client-key-data: '%%%', client-certificate-data: '%%%'}\ncontexts:\n- name: a\n  context: {cluster: a, user: admin}\n").unwrap();
+    let bad = run_with_config(loomctl, &config, dir.path(), &["get", "jobs"]).await;
+    assert_eq!(bad.code, 1);
+    assert!(
+        bad.stderr.contains(&format!(
+            "{}: users[admin].client-certificate-data: not base64",
+            config.display()
+        )),
+        "{}",
+        bad.stderr
+    );
+    // A CA file that is not PEM is refused before anything is written.
+    std::fs::write(dir.path().join("ca.crt"), "not a certificate").unwrap();
+    let before = std::fs::read_to_string(&config).unwrap();
+    let refused = run_with_config(
+        loomctl,
+        &config,
+        dir.path(),
+        &[
+            "config",
+            "set-cluster",
+            "a",
+            "--certificate-authority",
+            dir.path().join("ca.crt").to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("--certificate-authority"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -699,11 +939,21 @@ async fn logs_of_a_task() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let nodelet = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let client = reqwest_free_post(&server.url, "/apis/loom.dev/v1/nodes", &format!(
+    let node = format!(
         r#"{{"apiVersion":"loom.dev/v1","kind":"Node","metadata":{{"name":"n1"}},"status":{{"nodeletEndpoint":"{nodelet}"}}}}"#
-    ))
-    .await;
-    assert_eq!(client, 201);
+    );
+    server
+        .client()
+        .request_bytes(
+            client::client::Method::POST,
+            "/apis/loom.dev/v1/nodes",
+            Some(client::client::Body {
+                content_type: "application/json",
+                bytes: node.into(),
+            }),
+        )
+        .await
+        .unwrap();
     write(
         dir.path(),
         "t.yaml",
@@ -729,19 +979,4 @@ async fn logs_of_a_task() {
         "{}",
         unbound.stderr
     );
-}
-
-/// A POST without an HTTP client crate: loomctl's tests only need one.
-async fn reqwest_free_post(base: &str, path: &str, body: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let address = base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
