@@ -230,9 +230,27 @@ pub async fn run_with(
         .unwrap_or_else(|| format!("http://{local}"));
     let config = Arc::new(config);
 
-    node::register(&client, &config, &endpoint)
-        .await
-        .with_context(|| format!("cannot register node {}", config.name))?;
+    // Until the API server can be reached and grants this node its rights (its
+    // RBAC caches fill after it starts; a node credential may be bound later),
+    // registration is retried, as the kubelet does; a refused Node (bad
+    // labels, say) is a configuration error and ends the nodelet.
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match node::register(&client, &config, &endpoint).await {
+            Ok(_) => break,
+            Err(error) if error.is_transient() || matches!(error.code(), Some(401 | 403)) => {
+                warn!(node = %config.name, %error, retry_in = ?backoff, "cannot register the node yet");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot register node {}", config.name));
+            }
+        }
+    }
     node::renew_lease(&client, &config)
         .await
         .context("cannot create the node lease")?;
