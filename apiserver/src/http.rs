@@ -462,6 +462,9 @@ pub(crate) fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> 
     } else if content_type.contains("json") {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?
+    } else if content_type.starts_with(crate::protobuf::CONTENT_TYPE) {
+        // kubectl's typed clients send core kinds so.
+        crate::protobuf::decode(body).map_err(ApiError::bad_request)?
     } else {
         return Err(ApiError::from(api_types::Status::unsupported_media_type(
             &["application/json", "application/yaml"],

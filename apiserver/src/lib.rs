@@ -14,6 +14,7 @@ pub mod limits;
 pub mod logs;
 pub mod metrics;
 pub mod object;
+pub mod protobuf;
 pub mod registry;
 pub mod schema;
 pub mod server;

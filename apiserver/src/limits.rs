@@ -67,8 +67,12 @@ pub enum Requester {
 
 impl Requester {
     /// The requester of a request by `user` (when an authenticator set one)
-    /// from `peer`.
+    /// from `peer`. Anonymous requests (`system:anonymous`, which the
+    /// authentication layer sets on every request without a credential) are
+    /// counted by their address, as requests without a user: one name shared
+    /// by every anonymous client would let one of them starve the others.
     pub fn of(user: Option<&User>, peer: Option<IpAddr>) -> Self {
+        let user = user.filter(|u| u.name != User::anonymous().name);
         match (user, peer) {
             (Some(user), _) => Requester::User {
                 name: user.name.clone(),
