@@ -1,0 +1,250 @@
+//! `loomctl auth whoami` against the real API server, and `loomctl auth can-i`
+//! against a fake one that records each SelfSubjectAccessReview (the real
+//! server's SubjectAccessReview is being built; see the report of issue 17).
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+
+use axum::http::{HeaderMap, StatusCode};
+use loom_testing::TestServer;
+use serde_json::{Value, json};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn loomctl(args: &[&str], home: &std::path::Path) -> Run {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loomctl"))
+        .args(args)
+        .env("HOME", home)
+        .env_remove("LOOMCONFIG")
+        .env_remove("KUBECONFIG")
+        .output()
+        .await
+        .unwrap();
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_names_the_certificate_s_user_and_groups() {
+    let server = TestServer::embedded(apiserver::Config::default())
+        .await
+        .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let kubeconfig = server.kubeconfig().unwrap();
+    let config = kubeconfig.to_str().unwrap();
+    let run = loomctl(&["--kubeconfig", config, "auth", "whoami"], home.path()).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rows: Vec<Vec<&str>> = run
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["ATTRIBUTE", "VALUE"], "{}", run.stdout);
+    assert_eq!(rows[1], ["Username", "loom-admin"], "{}", run.stdout);
+    let groups = rows.iter().find(|r| r[0] == "Groups").unwrap();
+    assert!(
+        groups.join(" ").contains("system:masters"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        groups.join(" ").contains("system:authenticated"),
+        "{}",
+        run.stdout
+    );
+    let json = loomctl(
+        &["--kubeconfig", config, "auth", "whoami", "-o", "json"],
+        home.path(),
+    )
+    .await;
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let review: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(review["kind"], "SelfSubjectReview");
+    assert_eq!(review["status"]["userInfo"]["username"], "loom-admin");
+}
+
+/// Every SelfSubjectAccessReview the fake server got, with its Authorization header.
+type Seen = Arc<Mutex<Vec<(Option<String>, Value)>>>;
+
+/// A fake API server: discovery of `tasks` (namespaced, short name `t`) and
+/// `nodes` (cluster-scoped) in loom.dev/v1, and SelfSubjectAccessReview
+/// allowing only `get tasks` and `get /healthz`. `refuse` makes it answer
+/// reviews with 403.
+async fn fake(refuse: bool) -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    let review = move |headers: HeaderMap, axum::Json(body): axum::Json<Value>| {
+        let record = record.clone();
+        async move {
+            let auth = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            record.lock().unwrap().push((auth, body.clone()));
+            if refuse {
+                return (
+                    StatusCode::FORBIDDEN,
+                    axum::Json(json!({
+                        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "reason": "Forbidden", "code": 403,
+                        "message": "selfsubjectaccessreviews.authorization.k8s.io is forbidden: User \"x\" cannot create resource \"selfsubjectaccessreviews\"",
+                    })),
+                );
+            }
+            let spec = &body["spec"];
+            let allowed = (spec["resourceAttributes"]["verb"] == "get"
+                && spec["resourceAttributes"]["resource"] == "tasks")
+                || (spec["nonResourceAttributes"]["path"] == "/healthz"
+                    && spec["nonResourceAttributes"]["verb"] == "get");
+            let mut answer = body.clone();
+            answer["status"] = if allowed {
+                json!({"allowed": true, "reason": "RBAC: allowed by ClusterRoleBinding \"x\""})
+            } else {
+                json!({"allowed": false, "reason": "no RBAC policy matched"})
+            };
+            (StatusCode::CREATED, axum::Json(answer))
+        }
+    };
+    let app = axum::Router::new()
+        .route(
+            "/apis",
+            axum::routing::get(|| async {
+                axum::Json(json!({
+                    "kind": "APIGroupList", "apiVersion": "v1",
+                    "groups": [{"name": "loom.dev", "versions": [{"groupVersion": "loom.dev/v1", "version": "v1"}]}],
+                }))
+            }),
+        )
+        .route(
+            "/apis/loom.dev/v1",
+            axum::routing::get(|| async {
+                axum::Json(json!({
+                    "kind": "APIResourceList", "groupVersion": "loom.dev/v1",
+                    "resources": [
+                        {"name": "tasks", "singularName": "task", "namespaced": true, "kind": "Task", "shortNames": ["t"], "verbs": ["get"]},
+                        {"name": "tasks/status", "singularName": "", "namespaced": true, "kind": "Task", "verbs": ["get"]},
+                        {"name": "nodes", "singularName": "node", "namespaced": false, "kind": "Node", "verbs": ["get"]},
+                    ],
+                }))
+            }),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            axum::routing::post(review),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn can_i_asks_with_kubernetes_attributes_and_answers_with_the_exit_code() {
+    let (url, seen) = fake(false).await;
+    let home = tempfile::tempdir().unwrap();
+    let can_i = async |args: &[&str]| {
+        let mut all = vec!["--server", &url, "--token", "T", "auth", "can-i"];
+        all.extend_from_slice(args);
+        loomctl(&all, home.path()).await
+    };
+    let last = || seen.lock().unwrap().last().cloned().unwrap();
+
+    // A short name resolved through discovery, a name, a namespace; the token sent.
+    let yes = can_i(&["get", "t/web", "-n", "team"]).await;
+    assert_eq!(
+        (yes.code, yes.stdout.as_str()),
+        (0, "yes\n"),
+        "{}",
+        yes.stderr
+    );
+    let (auth, body) = last();
+    assert_eq!(auth.as_deref(), Some("Bearer T"));
+    assert_eq!(body["apiVersion"], "authorization.k8s.io/v1");
+    assert_eq!(body["kind"], "SelfSubjectAccessReview");
+    assert_eq!(
+        body["spec"],
+        json!({"resourceAttributes": {"namespace": "team", "verb": "get", "group": "loom.dev", "resource": "tasks", "name": "web"}})
+    );
+
+    // Denied: "no" with the reason, exit 1; a cluster-scoped kind has no
+    // namespace; a subresource is passed on.
+    let no = can_i(&["update", "Node", "--subresource", "status"]).await;
+    assert_eq!(
+        (no.code, no.stdout.as_str()),
+        (1, "no - no RBAC policy matched\n"),
+        "{}",
+        no.stderr
+    );
+    assert_eq!(
+        last().1["spec"],
+        json!({"resourceAttributes": {"verb": "update", "group": "loom.dev", "resource": "nodes", "subresource": "status"}})
+    );
+
+    // Every namespace: no namespace at all.
+    let all = can_i(&["list", "tasks.loom.dev", "--all-namespaces"]).await;
+    assert_eq!(all.code, 1, "{}", all.stderr);
+    assert_eq!(
+        last().1["spec"],
+        json!({"resourceAttributes": {"verb": "list", "group": "loom.dev", "resource": "tasks"}})
+    );
+
+    // A non-resource URL.
+    let healthz = can_i(&["get", "/healthz"]).await;
+    assert_eq!(
+        (healthz.code, healthz.stdout.as_str()),
+        (0, "yes\n"),
+        "{}",
+        healthz.stderr
+    );
+    assert_eq!(
+        last().1["spec"],
+        json!({"nonResourceAttributes": {"path": "/healthz", "verb": "get"}})
+    );
+
+    // A resource the server does not list: asked as typed, with kubectl's warning.
+    let unknown = can_i(&["get", "widgets.example.com"]).await;
+    assert_eq!(unknown.code, 1);
+    assert!(
+        unknown
+            .stderr
+            .contains("the server doesn't have a resource type 'widgets.example.com'"),
+        "{}",
+        unknown.stderr
+    );
+    assert_eq!(
+        last().1["spec"],
+        json!({"resourceAttributes": {"namespace": "default", "verb": "get", "group": "example.com", "resource": "widgets"}})
+    );
+
+    // Quiet: only the exit code.
+    let quiet = can_i(&["get", "tasks", "-q"]).await;
+    assert_eq!((quiet.code, quiet.stdout.as_str()), (0, ""));
+    let quiet = can_i(&["delete", "tasks", "-q"]).await;
+    assert_eq!((quiet.code, quiet.stdout.as_str()), (1, ""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn can_i_refused_by_the_server_is_an_error_not_a_no() {
+    let (url, _) = fake(true).await;
+    let home = tempfile::tempdir().unwrap();
+    let run = loomctl(
+        &["--server", &url, "auth", "can-i", "get", "/healthz"],
+        home.path(),
+    )
+    .await;
+    assert_eq!(run.code, 1);
+    assert_eq!(run.stdout, "");
+    assert!(
+        run.stderr.contains("SelfSubjectAccessReview"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("forbidden"), "{}", run.stderr);
+}
