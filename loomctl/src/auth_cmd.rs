@@ -223,10 +223,21 @@ async fn attributes(
     let (group, plural, namespaced) = if typed == "*" {
         ("*".to_owned(), "*".to_owned(), true)
     } else {
-        let kinds = Kinds::discover(&ctx.client).await?;
-        match kinds.by_name(typed) {
-            Ok(info) => (info.group.clone(), info.plural.clone(), info.namespaced),
-            Err(_) => {
+        // The core group first, as kubectl: Namespace and ServiceAccount are
+        // served there and in loom.dev, and RBAC rules name the core group.
+        let core = if typed.contains('.') {
+            None
+        } else {
+            core_resource(ctx, typed).await
+        };
+        let kinds = match core {
+            Some(_) => None,
+            None => Some(Kinds::discover(&ctx.client).await?),
+        };
+        match (core, kinds.as_ref().map(|k| k.by_name(typed))) {
+            (Some((plural, namespaced)), _) => (String::new(), plural, namespaced),
+            (None, Some(Ok(info))) => (info.group.clone(), info.plural.clone(), info.namespaced),
+            (None, _) => {
                 eprintln!("Warning: the server doesn't have a resource type '{typed}'");
                 let (plural, group) = typed.split_once('.').unwrap_or((typed, ""));
                 (group.to_owned(), plural.to_owned(), true)
@@ -241,6 +252,27 @@ async fn attributes(
         name,
         if namespaced { namespace } else { "" },
     ))
+}
+
+/// A resource of the core group (`/api/v1`: namespaces, serviceaccounts) by
+/// plural, singular, short name or kind: its plural and whether it is namespaced.
+async fn core_resource(ctx: &Context, typed: &str) -> Option<(String, bool)> {
+    let list: Value = ctx
+        .client
+        .request(Method::GET, "/api/v1", None)
+        .await
+        .ok()?;
+    list["resources"].as_array()?.iter().find_map(|r| {
+        let plural = r["name"].as_str()?;
+        let matches = !plural.contains('/')
+            && (plural == typed
+                || r["singularName"].as_str() == Some(typed)
+                || r["kind"]
+                    .as_str()
+                    .is_some_and(|k| k.eq_ignore_ascii_case(typed))
+                || strings(&r["shortNames"]).iter().any(|s| s == typed));
+        matches.then(|| (plural.to_owned(), r["namespaced"].as_bool().unwrap_or(true)))
+    })
 }
 
 /// The wire form of resource attributes (empty fields left out, as Kubernetes does).

@@ -136,6 +136,18 @@ async fn fake(refuse: bool) -> (String, Seen) {
             }),
         )
         .route(
+            "/api/v1",
+            axum::routing::get(|| async {
+                axum::Json(json!({
+                    "kind": "APIResourceList", "groupVersion": "v1",
+                    "resources": [
+                        {"name": "serviceaccounts", "singularName": "serviceaccount", "namespaced": true, "kind": "ServiceAccount", "shortNames": ["sa"], "verbs": ["get"]},
+                        {"name": "namespaces", "singularName": "namespace", "namespaced": false, "kind": "Namespace", "shortNames": ["ns"], "verbs": ["get"]},
+                    ],
+                }))
+            }),
+        )
+        .route(
             "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
             axum::routing::post(review),
         );
@@ -221,6 +233,20 @@ async fn can_i_asks_with_kubernetes_attributes_and_answers_with_the_exit_code() 
     assert_eq!(
         last().1["spec"],
         json!({"resourceAttributes": {"namespace": "default", "verb": "get", "group": "example.com", "resource": "widgets"}})
+    );
+
+    // The core group (/api/v1): group "", as Kubernetes spells it.
+    let sa = can_i(&["create", "sa", "-n", "team"]).await;
+    assert_eq!(sa.code, 1, "{}", sa.stderr);
+    assert_eq!(sa.stderr, "");
+    assert_eq!(
+        last().1["spec"],
+        json!({"resourceAttributes": {"namespace": "team", "verb": "create", "resource": "serviceaccounts"}})
+    );
+    can_i(&["delete", "ns/team"]).await;
+    assert_eq!(
+        last().1["spec"],
+        json!({"resourceAttributes": {"verb": "delete", "resource": "namespaces", "name": "team"}})
     );
 
     // Quiet: only the exit code.

@@ -350,6 +350,19 @@ fn kubectl() -> Option<std::path::PathBuf> {
         .find(|path| path.is_file())
 }
 
+/// Loads the kubeconfig given as argv[1] with the Python kubernetes client
+/// and lists jobs; exits 3 if the client is not installed.
+const PYTHON_LIST_JOBS: &str = r#"
+import sys
+try:
+    from kubernetes import client, config
+except ImportError:
+    sys.exit(3)
+config.load_kube_config(config_file=sys.argv[1])
+jobs = client.CustomObjectsApi().list_namespaced_custom_object("loom.dev", "v1", "default", "jobs")
+print(jobs["kind"])
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_contexts_and_completion() {
     let (server, dir) = setup().await;
@@ -490,6 +503,26 @@ async fn config_contexts_and_completion() {
         );
     } else {
         println!("kubectl is absent (not on PATH): its part is skipped");
+    }
+    // So does the Python kubernetes client, when it is installed.
+    let python = tokio::process::Command::new("python3")
+        .args(["-c", PYTHON_LIST_JOBS, config.to_str().unwrap()])
+        .output()
+        .await;
+    match python {
+        Ok(out) if out.status.code() == Some(3) => {
+            println!("the Python kubernetes client is absent: its part is skipped");
+        }
+        Ok(out) => assert_eq!(
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            ),
+            (Some(0), "JobList"),
+            "python: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => println!("python3 is absent: the Python client's part is skipped"),
     }
     let nope = run_with_config(
         loomctl,
