@@ -126,6 +126,61 @@ struct ApiserverArgs {
     /// certs`); clients without one are still served.
     #[arg(long, env = "LOOM_CLIENT_CA_FILE", requires = "tls_cert_file")]
     client_ca_file: Option<PathBuf>,
+    /// Bearer tokens of users, in Kubernetes' CSV format: one
+    /// `token,user,uid,"group1,group2"` a line.
+    #[arg(long, env = "LOOM_TOKEN_AUTH_FILE")]
+    token_auth_file: Option<PathBuf>,
+    /// PEM public key verifying service-account tokens (`sa.pub` of `loom
+    /// certs`), the same on every API server of the cluster; repeat it (or
+    /// separate with commas) while a key is being rotated out.
+    #[arg(long, env = "LOOM_SERVICE_ACCOUNT_KEY_FILE", value_delimiter = ',')]
+    service_account_key_file: Vec<PathBuf>,
+    /// PEM (PKCS #8) private key signing the tokens TokenRequest mints
+    /// (`sa.key` of `loom certs`); a server without it verifies tokens only.
+    #[arg(
+        long,
+        env = "LOOM_SERVICE_ACCOUNT_SIGNING_KEY_FILE",
+        requires = "service_account_key_file"
+    )]
+    service_account_signing_key_file: Option<PathBuf>,
+    /// The issuer (`iss`) of service-account tokens, minted and accepted.
+    #[arg(
+        long,
+        env = "LOOM_SERVICE_ACCOUNT_ISSUER",
+        default_value = apiserver::authn::service_account::DEFAULT_ISSUER
+    )]
+    service_account_issuer: String,
+}
+
+/// How `loom apiserver` authenticates: client certificates of
+/// --client-ca-file, --token-auth-file and service-account tokens; never
+/// anonymously (only /healthz, /livez, /readyz and /version are open).
+fn authentication(args: &ApiserverArgs) -> anyhow::Result<apiserver::authn::Authentication> {
+    use apiserver::authn::{Authentication, ServiceAccountTokens, StaticTokens};
+    let tokens = match &args.token_auth_file {
+        Some(path) => Some(Arc::new(
+            StaticTokens::from_file(path).context("bad --token-auth-file")?,
+        )),
+        None => None,
+    };
+    let service_accounts = if args.service_account_key_file.is_empty() {
+        None
+    } else {
+        Some(Arc::new(
+            ServiceAccountTokens::from_files(
+                &args.service_account_issuer,
+                &args.service_account_key_file,
+                args.service_account_signing_key_file.as_deref(),
+            )
+            .context("bad service-account key")?,
+        ))
+    };
+    Ok(Authentication {
+        anonymous: false,
+        x509: args.client_ca_file.is_some(),
+        tokens,
+        service_accounts,
+    })
 }
 
 /// `--default-task-memory`: a quantity, or none for `0` or an empty value.
@@ -631,6 +686,7 @@ async fn apiserver_command(args: ApiserverArgs) -> anyhow::Result<()> {
             args.client_ca_file.as_deref(),
         )?);
     }
+    config.authentication = authentication(&args)?;
     serve(store, args.listen, config).await
 }
 
