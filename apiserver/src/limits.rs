@@ -448,6 +448,10 @@ mod tests {
         let text = limits.watch(&a).unwrap_err().to_string();
         assert!(text.contains("address 10.0.0.1"), "{text}");
         let _three = limits.watch(&b).unwrap();
+        // Anonymous users too: each address is a client of its own.
+        let anonymous = User::anonymous();
+        let c = Requester::of(Some(&anonymous), Some("10.0.0.3".parse().unwrap()));
+        assert_eq!(c, Requester::Address("10.0.0.3".parse().unwrap()));
         // Without an address either, only the total counts.
         assert_eq!(
             limits.watch(&Requester::Unknown).unwrap_err(),

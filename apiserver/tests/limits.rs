@@ -1,7 +1,8 @@
 //! The API's limits against a real server on loopback: list size, paged
 //! deletecollection, JSON Patch bounds, watch caps and timeouts, header and body
-//! read timeouts, the connection limit, bounded metrics labels, and a flood of
-//! all of them at once while another client keeps being served.
+//! read timeouts, the connection limit, bounded metrics labels, a flood of
+//! all of them at once while another client keeps being served, and the caps
+//! per authenticated user (watches, mutating requests in flight).
 #![allow(clippy::unwrap_used)]
 
 use std::net::{IpAddr, SocketAddr};
@@ -688,4 +689,282 @@ async fn a_flood_leaves_other_clients_served() {
         .await
         .unwrap();
     assert_eq!(code, 200, "{head}");
+}
+
+/// A client of `server` as `user` in `group` (a client certificate).
+fn as_user(server: &TestServer, user: &str, group: Option<&str>) -> JsonClient {
+    JsonClient {
+        http: server.http_as(user, group),
+        base: server.url.clone(),
+    }
+}
+
+/// Opens a watch of jobs and returns its response (held open while kept).
+async fn open_watch(client: &JsonClient) -> reqwest::Response {
+    client
+        .http
+        .get(format!("{}{JOBS}?watch=true", client.base))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Asserts a 429 Status telling when to retry, in its body and its header,
+/// whose message says `why`.
+async fn assert_too_many(response: reqwest::Response, retry_after: &str, why: &str) {
+    assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(
+        response.headers().get("retry-after").unwrap(),
+        retry_after,
+        "Retry-After"
+    );
+    let status: Value = response.json().await.unwrap();
+    assert_eq!(status["kind"], "Status", "{status}");
+    assert_eq!(status["reason"], "TooManyRequests", "{status}");
+    assert_eq!(status["code"], 429, "{status}");
+    assert_eq!(
+        status["details"]["retryAfterSeconds"].to_string(),
+        retry_after,
+        "{status}"
+    );
+    let message = status["message"].as_str().unwrap();
+    assert!(message.contains(why), "{message:?} should say {why:?}");
+}
+
+/// Watch caps are per authenticated user: one user over its cap gets 429
+/// while another, from the same address, is served; system:masters is
+/// exempt; a closed watch gives its slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_over_its_watch_cap_gets_429_and_another_user_is_served() {
+    const CAP: usize = 3;
+    let server = TestServer::embedded(Config {
+        max_watches_per_user: CAP,
+        authentication: apiserver::authn::Authentication::secure(),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let alice = as_user(&server, "alice", Some("dev"));
+    let bob = as_user(&server, "bob", Some("dev"));
+    let admin = JsonClient::new(&server);
+
+    let mut alices = Vec::new();
+    for _ in 0..CAP {
+        let watch = open_watch(&alice).await;
+        assert_eq!(watch.status().as_u16(), 200);
+        alices.push(watch);
+    }
+    assert_too_many(open_watch(&alice).await, "10", "user \"alice\"").await;
+    // The same address, another user: its own cap.
+    let mut bobs = Vec::new();
+    for _ in 0..CAP {
+        let watch = open_watch(&bob).await;
+        assert_eq!(watch.status().as_u16(), 200);
+        bobs.push(watch);
+    }
+    // Alice's other requests are not watches.
+    assert_eq!(alice.get(JOBS).await.0, 200);
+    // The administrators' group has no cap of its own.
+    let mut admins = Vec::new();
+    for _ in 0..CAP * 2 {
+        let watch = open_watch(&admin).await;
+        assert_eq!(watch.status().as_u16(), 200);
+        admins.push(watch);
+    }
+    let refused = metric(
+        &admin,
+        "loom_apiserver_rejected_requests_total",
+        "reason=\"watches-per-user\"",
+    )
+    .await;
+    assert_eq!(refused, 1.0);
+
+    // A closed watch's slot comes back, once the server has seen it close.
+    alices.pop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let watch = open_watch(&alice).await;
+        if watch.status().as_u16() == 200 {
+            break;
+        }
+        assert_eq!(watch.status().as_u16(), 429);
+        assert!(
+            Instant::now() < deadline,
+            "the closed watch's slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A store whose creates of objects named `held-…` wait for the test to
+/// let them through, so requests stay in flight as long as the test needs.
+#[derive(Debug)]
+struct GatedStore {
+    inner: Arc<dyn apiserver::store::Store>,
+    gate: Arc<tokio::sync::Semaphore>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl apiserver::store::Store for GatedStore {
+    async fn get(&self, key: &str) -> apiserver::store::Result<Option<apiserver::store::KeyValue>> {
+        self.inner.get(key).await
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        options: apiserver::store::ListOptions,
+    ) -> apiserver::store::Result<apiserver::store::ListResult> {
+        self.inner.list(prefix, options).await
+    }
+
+    async fn create(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+    ) -> apiserver::store::Result<apiserver::store::KeyValue> {
+        if key.contains("/held-") {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            if let Ok(permit) = self.gate.acquire().await {
+                permit.forget();
+            }
+        }
+        self.inner.create(key, value).await
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+        expected: apiserver::store::Revision,
+    ) -> apiserver::store::Result<apiserver::store::KeyValue> {
+        self.inner.update(key, value, expected).await
+    }
+
+    async fn delete(
+        &self,
+        key: &str,
+        expected: Option<apiserver::store::Revision>,
+    ) -> apiserver::store::Result<apiserver::store::Deleted> {
+        self.inner.delete(key, expected).await
+    }
+
+    async fn watch(
+        &self,
+        prefix: &str,
+        after: apiserver::store::Revision,
+    ) -> apiserver::store::Result<apiserver::store::WatchStream> {
+        self.inner.watch(prefix, after).await
+    }
+
+    async fn compact(&self, revision: apiserver::store::Revision) -> apiserver::store::Result<()> {
+        self.inner.compact(revision).await
+    }
+
+    async fn current_revision(&self) -> apiserver::store::Result<apiserver::store::Revision> {
+        self.inner.current_revision().await
+    }
+}
+
+/// Mutating requests in flight are capped per user and in all (Kubernetes'
+/// --max-mutating-requests-inflight): 429 with Retry-After: 1 beyond either;
+/// reads and system:masters are not counted; places come back when the
+/// requests end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mutating_requests_in_flight_are_capped_per_user_and_in_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = apiserver::store::EmbeddedStore::open(apiserver::store::EmbeddedOptions::new(
+        dir.path().join("loom.db"),
+    ))
+    .unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let store = Arc::new(GatedStore {
+        inner: Arc::new(embedded),
+        gate: gate.clone(),
+        waiting: waiting.clone(),
+    });
+    let server = TestServer::over(
+        store,
+        Config {
+            max_mutating_requests_inflight_per_user: 1,
+            max_mutating_requests_inflight: 2,
+            authentication: apiserver::authn::Authentication::secure(),
+            ..Config::default()
+        },
+    )
+    .await
+    .unwrap();
+    let alice = as_user(&server, "alice", Some("dev"));
+    let bob = as_user(&server, "bob", Some("dev"));
+    let carol = as_user(&server, "carol", Some("dev"));
+    let admin = JsonClient::new(&server);
+    let held_until = |count: usize| {
+        let waiting = waiting.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while waiting.load(Ordering::SeqCst) < count {
+                assert!(
+                    Instant::now() < deadline,
+                    "the held create never reached the store"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    // Alice's create is held in flight: her next one is over her cap.
+    let first = {
+        let alice = alice.clone();
+        tokio::spawn(async move { alice.post(JOBS, &job("held-a", json!({}))).await })
+    };
+    held_until(1).await;
+    let over = alice
+        .http
+        .post(format!("{}{JOBS}", alice.base))
+        .json(&job("a-2", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_too_many(over, "1", "user \"alice\" (the limit is 1 per user)").await;
+    // Reads are not mutating requests.
+    assert_eq!(alice.get(JOBS).await.0, 200);
+
+    // Bob's own create is held too: the server's total is reached, so Carol,
+    // who has nothing in flight, is refused.
+    let second = {
+        let bob = bob.clone();
+        tokio::spawn(async move { bob.post(JOBS, &job("held-b", json!({}))).await })
+    };
+    held_until(2).await;
+    let over = carol
+        .http
+        .post(format!("{}{JOBS}", carol.base))
+        .json(&job("c-1", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_too_many(over, "1", "on this server (the limit is 2)").await;
+    // The administrators are not counted.
+    assert_eq!(admin.post(JOBS, &job("admin-1", json!({}))).await.0, 201);
+
+    // Let the held creates through: they succeed and their places come back.
+    gate.add_permits(2);
+    assert_eq!(first.await.unwrap().0, 201);
+    assert_eq!(second.await.unwrap().0, 201);
+    assert_eq!(carol.post(JOBS, &job("c-2", json!({}))).await.0, 201);
+    assert_eq!(alice.post(JOBS, &job("a-3", json!({}))).await.0, 201);
+    for (reason, count) in [
+        ("mutating-inflight-per-user", 1.0),
+        ("mutating-inflight", 1.0),
+    ] {
+        let refused = metric(
+            &admin,
+            "loom_apiserver_rejected_requests_total",
+            &format!("reason=\"{reason}\""),
+        )
+        .await;
+        assert_eq!(refused, count, "{reason}");
+    }
 }
