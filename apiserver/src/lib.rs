@@ -21,4 +21,4 @@ pub mod server;
 pub mod store;
 pub mod watch_cache;
 
-pub use server::{Config, StoreUrl, open_store, run};
+pub use server::{Config, StoreUrl, open_store, open_store_with_tls, run};

@@ -95,12 +95,31 @@ pub async fn open_store(
     prefix: &str,
     etcd_compaction_interval: Duration,
 ) -> Result<Arc<dyn Store>, OpenStoreError> {
+    open_store_with_tls(url, prefix, etcd_compaction_interval, None).await
+}
+
+/// [`open_store`], reaching etcd over TLS with a client certificate when
+/// `etcd_tls` is given.
+pub async fn open_store_with_tls(
+    url: &StoreUrl,
+    prefix: &str,
+    etcd_compaction_interval: Duration,
+    etcd_tls: Option<crate::store::EtcdTls>,
+) -> Result<Arc<dyn Store>, OpenStoreError> {
     match url {
         StoreUrl::Sqlite(path) => EmbeddedStore::open(EmbeddedOptions::new(path))
             .map(|s| Arc::new(s) as Arc<dyn Store>)
             .map_err(OpenStoreError),
         StoreUrl::Etcd(endpoints) => {
-            let mut options = EtcdOptions::new(endpoints.clone());
+            let endpoints = match &etcd_tls {
+                Some(_) => endpoints
+                    .iter()
+                    .map(|e| e.replacen("http://", "https://", 1))
+                    .collect(),
+                None => endpoints.clone(),
+            };
+            let mut options = EtcdOptions::new(endpoints);
+            options.tls = etcd_tls;
             options.prefix = prefix.to_owned();
             options.compaction_interval = etcd_compaction_interval;
             EtcdStore::connect(options)

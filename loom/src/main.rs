@@ -100,6 +100,16 @@ struct ApiserverArgs {
     /// Key prefix in etcd.
     #[arg(long, env = "LOOM_STORE_PREFIX", default_value = "/loom/")]
     store_prefix: String,
+    /// Reach etcd over TLS: the PEM CA its serving certificate chains to;
+    /// with --etcd-certfile and --etcd-keyfile.
+    #[arg(long, env = "LOOM_ETCD_CAFILE", requires_all = ["etcd_certfile", "etcd_keyfile"])]
+    etcd_cafile: Option<PathBuf>,
+    /// The PEM client certificate the API server presents to etcd.
+    #[arg(long, env = "LOOM_ETCD_CERTFILE", requires = "etcd_cafile")]
+    etcd_certfile: Option<PathBuf>,
+    /// Its PEM private key.
+    #[arg(long, env = "LOOM_ETCD_KEYFILE", requires = "etcd_cafile")]
+    etcd_keyfile: Option<PathBuf>,
     /// Seconds between compactions of etcd's history, shared with the other API
     /// servers on the same etcd; 0 leaves compaction to someone else.
     #[arg(
@@ -673,10 +683,21 @@ fn write_context(
 
 async fn apiserver_command(args: ApiserverArgs) -> anyhow::Result<()> {
     let compaction = std::time::Duration::from_secs(args.etcd_compaction_interval_seconds);
-    let store = apiserver::open_store(&args.store, &args.store_prefix, compaction)
-        .await
-        .map_err(anyhow::Error::msg)
-        .context("cannot open the store")?;
+    let etcd_tls = match (&args.etcd_cafile, &args.etcd_certfile, &args.etcd_keyfile) {
+        (Some(ca), Some(cert), Some(key)) => {
+            Some(apiserver::store::EtcdTls::from_files(ca, cert, key).map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
+    anyhow::ensure!(
+        etcd_tls.is_none() || matches!(args.store, StoreUrl::Etcd(_)),
+        "--etcd-cafile: the store is not etcd"
+    );
+    let store =
+        apiserver::open_store_with_tls(&args.store, &args.store_prefix, compaction, etcd_tls)
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("cannot open the store")?;
     let mut config = api_config(&args.default_task_memory, &args.limits);
     config.audit = audit_config(&args.audit)?;
     if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_private_key_file) {

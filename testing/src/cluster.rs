@@ -128,12 +128,10 @@ impl Cluster {
         for node in nodes {
             cluster.add_node(node).await;
         }
-        cluster
-            .background
-            .push(tokio::spawn(scheduler::run(
-                cluster.server.client_as(SCHEDULER_USER, None),
-                stop.clone(),
-            )));
+        cluster.background.push(tokio::spawn(scheduler::run(
+            cluster.server.client_as(SCHEDULER_USER, None),
+            stop.clone(),
+        )));
         cluster.background.push(tokio::spawn(nodelet(
             client.clone(),
             cluster.alive.clone(),

@@ -83,7 +83,11 @@ impl TestServer {
         if tls && config.tls.is_none() {
             config.tls = Some(files.server_config()?);
         }
-        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(Error::io("bind the API server"))?;

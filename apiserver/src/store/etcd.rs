@@ -56,6 +56,53 @@ pub struct EtcdOptions {
     /// one interval's: watchers and paginated lists less far behind never meet a
     /// compacted revision.
     pub compaction_history: i64,
+    /// TLS to etcd (`https://` endpoints): the CA etcd's certificate must
+    /// chain to and the client certificate to present.
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS to etcd with a client certificate, as Kubernetes' `--etcd-cafile`,
+/// `--etcd-certfile` and `--etcd-keyfile`.
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// PEM CA certificate(s).
+    pub ca_pem: String,
+    /// PEM client certificate.
+    pub cert_pem: String,
+    /// PEM private key of the client certificate.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls").finish_non_exhaustive()
+    }
+}
+
+impl EtcdTls {
+    /// Reads the three files, naming the one that cannot be read or is not PEM.
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> std::result::Result<Self, String> {
+        let read = |flag: &str, path: &std::path::Path, marker: &str| {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+            if !(text.contains("-----BEGIN ") && text.contains(&format!("{marker}-----"))) {
+                return Err(format!(
+                    "{flag} {}: no PEM {marker} block in it",
+                    path.display()
+                ));
+            }
+            Ok(text)
+        };
+        Ok(EtcdTls {
+            ca_pem: read("--etcd-cafile", ca, "CERTIFICATE")?,
+            cert_pem: read("--etcd-certfile", cert, "CERTIFICATE")?,
+            key_pem: read("--etcd-keyfile", key, "PRIVATE KEY")?,
+        })
+    }
 }
 
 impl EtcdOptions {
@@ -67,6 +114,7 @@ impl EtcdOptions {
             connect_timeout: Duration::from_secs(5),
             compaction_interval: DEFAULT_COMPACTION_INTERVAL,
             compaction_history: DEFAULT_COMPACTION_HISTORY,
+            tls: None,
         }
     }
 }
@@ -102,10 +150,17 @@ pub(super) fn etcd(error: etcd_client::Error) -> Error {
 impl EtcdStore {
     /// Connects and checks that etcd answers.
     pub async fn connect(options: EtcdOptions) -> Result<Self> {
-        let connect = ConnectOptions::new()
+        let mut connect = ConnectOptions::new()
             .with_connect_timeout(options.connect_timeout)
             .with_timeout(Duration::from_secs(30))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let Some(tls) = &options.tls {
+            connect = connect.with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem))
+                    .identity(etcd_client::Identity::from_pem(&tls.cert_pem, &tls.key_pem)),
+            );
+        }
         let client = Client::connect(&options.endpoints, Some(connect))
             .await
             .map_err(|e| {

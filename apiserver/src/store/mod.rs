@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use compactor::{COMPACT_REV_KEY, CompactionRound, Compactor};
 pub use embedded::{EmbeddedOptions, EmbeddedStore, Health};
-pub use etcd::{EtcdOptions, EtcdStore};
+pub use etcd::{EtcdOptions, EtcdStore, EtcdTls};
 
 /// A position in the store's history: the number of the write that made it.
 pub type Revision = i64;
