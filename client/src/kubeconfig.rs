@@ -469,7 +469,13 @@ impl Kubeconfig {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "config".to_owned());
-        let temp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
+        // Unique per process and write, so concurrent writers never share one.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let temp = dir.join(format!(
+            ".{file_name}.tmp.{}.{}",
+            std::process::id(),
+            WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let result = (|| {
             use std::os::unix::fs::OpenOptionsExt as _;
             let mut file = std::fs::OpenOptions::new()
@@ -597,6 +603,17 @@ impl Kubeconfig {
                     ));
                 }
             };
+            // Credentials Loom cannot use: refused by name rather than
+            // silently sending no credential at all.
+            for unsupported in ["exec", "auth-provider", "username", "password", "as"] {
+                if user.user.extra.contains_key(unsupported) {
+                    return Err(field_error(
+                        format!("{section}.{unsupported}"),
+                        "not supported by Loom's client: use a client certificate or a token"
+                            .to_owned(),
+                    ));
+                }
+            }
             config.auth = match (&user.user.token, &user.user.token_file) {
                 (Some(token), _) if !token.trim().is_empty() => {
                     Some(Auth::Token(token.trim().to_owned()))
@@ -658,7 +675,8 @@ impl Kubeconfig {
                 return Err(field_error(
                     format!("{section}.certificate-authority-data"),
                     "an https server needs the cluster's CA (certificate-authority-data or \
-                     certificate-authority): Loom trusts no other roots"
+                     certificate-authority): Loom trusts no other roots, and does not skip \
+                     verification (insecure-skip-tls-verify)"
                         .to_owned(),
                 ));
             }
@@ -975,6 +993,18 @@ mod tests {
             None,
             "users[admin].client-key-data: a client certificate without its key",
         );
+        let mut plugin = Kubeconfig::single(
+            "p",
+            "http://a:1",
+            None,
+            Some(Credential::Token("t".into())),
+            "",
+        );
+        plugin.users[0]
+            .user
+            .extra
+            .insert("exec".to_owned(), serde_json::json!({"command": "aws"}));
+        check(&plugin, None, "users[p].exec: not supported");
         let mut no_ca = Kubeconfig::single("x", "https://a:1", None, None, "");
         check(
             &no_ca,
@@ -1047,6 +1077,20 @@ mod tests {
         let merged = Kubeconfig::read(&path).unwrap();
         assert_eq!(merged.contexts.len(), 3);
         assert_eq!(merged.current_context, "b");
+    }
+
+    #[test]
+    fn a_corrupt_file_is_never_overwritten_by_a_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(&path, "apiVersion: v1\nkind: Config\nclusters: {oops\n").unwrap();
+        let up = Kubeconfig::single("loom-up", "http://c:3", None, None, "");
+        let error = message(up.merge_into_file(&path).unwrap_err());
+        assert!(error.starts_with(&path.display().to_string()), "{error}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "apiVersion: v1\nkind: Config\nclusters: {oops\n"
+        );
     }
 
     #[test]
