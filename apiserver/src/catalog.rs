@@ -183,6 +183,12 @@ impl Catalog {
         catalog.builtin::<Event>(Rest::new(registry::event::strategy()));
         catalog.builtin::<Lease>(Rest::new(registry::lease::strategy()));
         catalog.builtin::<ResourceDefinition>(registry::resource_definition::rest());
+        catalog.builtin::<api_types::Role>(crate::authz::registry::role());
+        catalog.builtin::<api_types::ClusterRole>(crate::authz::registry::cluster_role());
+        catalog.builtin::<api_types::RoleBinding>(crate::authz::registry::role_binding());
+        catalog.builtin::<api_types::ClusterRoleBinding>(
+            crate::authz::registry::cluster_role_binding(),
+        );
         catalog
     }
 

@@ -55,6 +55,7 @@ pub fn group_list(catalog: &Catalog) -> Value {
         .map(|(group, versions)| group_json(group, versions))
         .collect();
     groups.push(crate::authn::review::group_entry());
+    groups.push(crate::authz::review::group_entry());
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -159,6 +160,7 @@ pub fn aggregated(catalog: &Catalog) -> Value {
         })
         .collect();
     items.push(crate::authn::review::aggregated_entry());
+    items.push(crate::authz::review::aggregated_entry());
     json!({
         "kind": "APIGroupDiscoveryList",
         "apiVersion": "apidiscovery.k8s.io/v2",

@@ -43,6 +43,8 @@ const WATCH_BATCH: usize = 256;
 pub struct AppState {
     /// Who each request is, established by the layer in front of the router.
     pub authenticator: Arc<crate::authn::Authenticator>,
+    /// What each request may do, decided by the layer behind authentication.
+    pub authorizer: Arc<crate::authz::Authorizer>,
     /// The verbs.
     pub api: Arc<GenericStore>,
     /// Metrics.
@@ -110,6 +112,7 @@ fn random_fraction() -> f64 {
 pub fn router(state: AppState) -> Router {
     use crate::authn::{self, review};
     let authenticator = state.authenticator.clone();
+    let authorizer = state.authorizer.clone();
     Router::new()
         .route("/version", get(version))
         .route("/healthz", get(healthy))
@@ -153,6 +156,12 @@ pub fn router(state: AppState) -> Router {
             ApiError::no_route(uri.path())
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Authorization runs after authentication (layers added later run
+        // first) and before any handler reads a body.
+        .layer(axum::middleware::from_fn_with_state(
+            authorizer,
+            crate::authz::middleware,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             authenticator.clone(),
             authn::authenticate,

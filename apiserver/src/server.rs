@@ -177,6 +177,9 @@ pub struct Config {
     /// How requests are authenticated (client certificates, token file,
     /// service-account tokens; whether requests without a credential pass).
     pub authentication: crate::authn::Authentication,
+    /// How requests are authorized: `AlwaysAllow` (this library's default
+    /// for now) or `Rbac` (what `loom apiserver` runs).
+    pub authorization: crate::authz::Authorization,
     /// Write an audit log (`None`: none).
     pub audit: Option<crate::audit::Config>,
 }
@@ -202,6 +205,7 @@ impl Default for Config {
             default_task_memory: None,
             tls: None,
             authentication: crate::authn::Authentication::default(),
+            authorization: crate::authz::Authorization::AlwaysAllow,
             audit: None,
         }
     }
@@ -285,8 +289,10 @@ pub async fn run(
     let caches = shutdown.child_token();
     let catalog = Catalog::new(store.clone(), config.cache.clone(), caches.clone());
     catalog.follow_definitions();
+    let authorizer = crate::authz::Authorizer::start(config.authorization, &catalog);
     let admission =
-        admission::Chain::standard(store.clone(), catalog.clone(), config.default_task_memory);
+        admission::Chain::standard(store.clone(), catalog.clone(), config.default_task_memory)
+            .with(Arc::new(crate::authz::Escalation::new(authorizer.clone())));
     info!(steps = ?admission.steps(), "admission chain");
     let api = Arc::new(GenericStore {
         store,
@@ -295,6 +301,7 @@ pub async fn run(
         max_list_objects: config.max_list_objects,
         max_patch_operations: config.max_patch_operations,
     });
+    crate::authz::bootstrap::ensure(&api).await;
     ensure_namespaces(&api).await;
     crate::registry::service_account::keep_default_accounts(api.clone(), caches.clone());
     let authenticator = crate::authn::Authenticator::new(
@@ -305,6 +312,7 @@ pub async fn run(
     );
     let app = router(AppState {
         authenticator,
+        authorizer,
         limits: Limits::new(config.caps(), metrics.clone()),
         api,
         metrics,

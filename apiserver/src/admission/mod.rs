@@ -130,6 +130,15 @@ impl Chain {
         ])
     }
 
+    /// The chain with one more step, run last in its phase.
+    pub fn with(mut self, step: Arc<dyn AdmissionStep>) -> Self {
+        match step.phase() {
+            Phase::Mutating => self.mutating.push(step),
+            Phase::Validating => self.validating.push(step),
+        }
+        self
+    }
+
     /// The names of the steps, in the order they run.
     pub fn steps(&self) -> Vec<&'static str> {
         self.mutating
