@@ -325,8 +325,7 @@ impl Kubeconfig {
             path: path.to_owned(),
             message,
         };
-        let value: serde_json::Value =
-            serde_saphyr::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+        let value = parse_yaml(text).map_err(parse_error)?;
         if !value.is_object() {
             return Err(parse_error("not a mapping".to_owned()));
         }
@@ -335,8 +334,13 @@ impl Kubeconfig {
                 path: path.to_owned(),
             });
         }
-        let config: Kubeconfig = serde_path_to_error::deserialize(value)
-            .map_err(|e| parse_error(format!("{}: {}", e.path(), e.inner())))?;
+        let config: Kubeconfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            parse_error(format!(
+                "{}: {}",
+                e.path(),
+                hide_values(&e.inner().to_string())
+            ))
+        })?;
         if !config.kind.is_empty() && config.kind != "Config" {
             return Err(KubeconfigError::Field {
                 path: path.to_owned(),
@@ -372,11 +376,10 @@ impl Kubeconfig {
         };
         match Kubeconfig::parse(&text, path) {
             Err(KubeconfigError::OldFormat { .. }) => {
-                let old: serde_json::Value =
-                    serde_saphyr::from_str(&text).map_err(|e| KubeconfigError::Parse {
-                        path: path.to_owned(),
-                        message: e.to_string(),
-                    })?;
+                let old = parse_yaml(&text).map_err(|message| KubeconfigError::Parse {
+                    path: path.to_owned(),
+                    message,
+                })?;
                 Ok(Kubeconfig::from_old_format(&old))
             }
             other => other,
@@ -722,6 +725,36 @@ impl Kubeconfig {
     }
 }
 
+/// The YAML's value; a syntax error says where, never quoting the file's
+/// lines (they may hold keys and tokens).
+fn parse_yaml(text: &str) -> Result<serde_json::Value, String> {
+    serde_saphyr::from_str_with_options(text, serde_saphyr::options! { with_snippet: false })
+        .map_err(|e| e.to_string())
+}
+
+/// A decoding error without the values it quotes (`` `1234` ``, `"abc"`):
+/// the value may be a token.
+fn hide_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quote = None;
+    for c in message.chars() {
+        match quote {
+            Some(q) if c == q => {
+                out.push_str("…");
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None if c == '`' || c == '"' => {
+                out.push(c);
+                quote = Some(c);
+            }
+            None => out.push(c),
+        }
+    }
+    out
+}
+
 /// Whether `value` is Loom's config before it was a kubeconfig: no
 /// `apiVersion`/`kind`/`clusters`/`users`, and contexts holding a `server`.
 fn is_old_format(value: &serde_json::Value) -> bool {
@@ -1039,6 +1072,14 @@ mod tests {
         check(&bad_ca, None, "current-context: no context named \"z\"");
         // Shapes: a wrong type names the path, a wrong kind is refused.
         let parse = |text: &str| message(Kubeconfig::parse(text, &path).unwrap_err());
+        // A syntax error or a wrong type never quotes the value (a token, a key).
+        let error =
+            parse("apiVersion: v1\nusers:\n- name: a\n  user:\n    token: \"s3cr3t\n    x: [\n");
+        assert!(!error.contains("s3cr3t"), "{error}");
+        assert!(error.contains("line"), "{error}");
+        let error = parse("apiVersion: v1\nusers:\n- name: a\n  user:\n    token: 987654321\n");
+        assert!(!error.contains("987654321"), "{error}");
+        assert!(error.contains("users[0].user.token"), "{error}");
         let error =
             parse("apiVersion: v1\nkind: Config\nusers:\n- name: a\n  user:\n    token: [1, 2]\n");
         assert!(error.contains("users[0].user.token"), "{error}");
