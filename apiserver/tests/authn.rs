@@ -595,6 +595,21 @@ async fn namespace_and_service_account_are_served_in_the_core_group_and_stored_o
         })
         .await;
     }
+    // A deleted default account is made again.
+    let (_, default) = admin
+        .get("/api/v1/namespaces/default/serviceaccounts/default")
+        .await;
+    let (code, _) = admin
+        .delete("/api/v1/namespaces/default/serviceaccounts/default")
+        .await;
+    assert_eq!(code, 200);
+    eventually("the default account is made again", || async {
+        let (code, again) = admin
+            .get("/api/v1/namespaces/default/serviceaccounts/default")
+            .await;
+        code == 200 && again["metadata"]["uid"] != default["metadata"]["uid"]
+    })
+    .await;
     let (code, created) = admin
         .post(
             "/api/v1/namespaces",
@@ -712,6 +727,20 @@ async fn namespace_and_service_account_are_served_in_the_core_group_and_stored_o
             == 404
     })
     .await;
+    // Not even its default, once the keeper had its chance to make it again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (code, _) = admin
+        .get("/api/v1/namespaces/both/serviceaccounts/default")
+        .await;
+    assert_eq!(code, 404);
+    assert!(
+        server
+            .store
+            .get("loom.dev/serviceaccounts/both/default")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// The `kubectl` on `PATH`, if there is one.

@@ -23,7 +23,7 @@ use crate::authn::service_account::{
 use crate::error::{ApiError, ApiResult};
 use crate::generic::{GenericStore, WriteOptions};
 use crate::object;
-use crate::watch_cache::{EventType, Filter, WatchItem};
+use crate::watch_cache::{CachedObject, EventType, Filter, WatchCache, WatchItem};
 
 /// The ServiceAccount REST storage.
 pub fn rest() -> Rest {
@@ -201,19 +201,96 @@ pub async fn ensure_default(api: &GenericStore, namespace: &str) -> ApiResult<()
 }
 
 /// Keeps a `default` account in every namespace that is not being deleted
-/// (Kubernetes' service-account controller), those of other API servers'
-/// making included, until `cancel`.
+/// (Kubernetes' service-account controller): made with each namespace, those
+/// of other API servers' making included, and again when deleted, until
+/// `cancel`.
 pub fn keep_default_accounts(api: Arc<GenericStore>, cancel: CancellationToken) {
-    let span = tracing::info_span!("default-service-accounts");
+    let namespaces = api.catalog.builtin_resource::<Namespace>().cache.clone();
+    let accounts = api
+        .catalog
+        .builtin_resource::<ServiceAccount>()
+        .cache
+        .clone();
+    let (on_namespace, on_account) = (api.clone(), api);
+    follow(
+        namespaces,
+        cancel.clone(),
+        "default-service-accounts",
+        move |kind, namespace, cancel| {
+            let api = on_namespace.clone();
+            async move {
+                if kind != EventType::Deleted {
+                    keep_default(&api, &namespace.name, &cancel).await;
+                }
+            }
+        },
+    );
+    follow(
+        accounts,
+        cancel,
+        "deleted-default-service-accounts",
+        move |kind, account, cancel| {
+            let api = on_account.clone();
+            async move {
+                if kind != EventType::Deleted || account.name != DEFAULT_SERVICE_ACCOUNT {
+                    return;
+                }
+                // A namespace's accounts go when it does; give its removal
+                // time to finish so that its default is not made again.
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                keep_default(&api, &account.namespace, &cancel).await;
+            }
+        },
+    );
+}
+
+/// Makes the default account of `namespace` if the namespace exists and is
+/// not being deleted, retrying a while on errors.
+async fn keep_default(api: &GenericStore, namespace: &str, cancel: &CancellationToken) {
+    let namespaces = api.catalog.builtin_resource::<Namespace>();
+    for attempt in 0..20 {
+        let Some(found) = namespaces.cache.get(&namespaces.key("", namespace)) else {
+            return;
+        };
+        if object::meta_str(&found.value(), "deletionTimestamp").is_some() {
+            return;
+        }
+        match ensure_default(api, namespace).await {
+            Ok(()) => return,
+            // Deleted meanwhile, or going away: nothing to keep.
+            Err(error) if matches!(error.code(), 403 | 404) => return,
+            Err(error) => {
+                if attempt % 5 == 0 {
+                    warn!(%namespace, error = %error.0.message, "cannot create the default service account yet");
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs `handle` on every event of `cache`, in order, from its current
+/// objects on, rewatching when the watch ends, until `cancel`.
+fn follow<F, Fut>(cache: Arc<WatchCache>, cancel: CancellationToken, name: &'static str, handle: F)
+where
+    F: Fn(EventType, Arc<CachedObject>, CancellationToken) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let span = tracing::info_span!("follow", task = name);
     tokio::spawn(
         async move {
             loop {
-                let cache = api.catalog.builtin_resource::<Namespace>().cache.clone();
                 let mut watch = match cache.watch(None, Filter::default()).await {
                     Ok(watch) => watch,
                     Err(_) if cancel.is_cancelled() => return,
                     Err(error) => {
-                        warn!(%error, "cannot watch namespaces");
+                        warn!(%error, "cannot watch");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
@@ -231,32 +308,8 @@ pub fn keep_default_accounts(api: Arc<GenericStore>, cancel: CancellationToken) 
                             },
                         },
                     };
-                    let WatchItem::Event(kind, namespace) = item else {
-                        continue;
-                    };
-                    if kind == EventType::Deleted {
-                        continue;
-                    }
-                    let value = namespace.value();
-                    if object::meta_str(&value, "deletionTimestamp").is_some() {
-                        continue;
-                    }
-                    let name = namespace.name.clone();
-                    for attempt in 0..20 {
-                        match ensure_default(&api, &name).await {
-                            Ok(()) => break,
-                            // Deleted meanwhile, or going away: nothing to keep.
-                            Err(error) if matches!(error.code(), 403 | 404) => break,
-                            Err(error) => {
-                                if attempt % 5 == 0 {
-                                    warn!(namespace = %name, error = %error.0.message, "cannot create the default service account yet");
-                                }
-                                tokio::select! {
-                                    _ = cancel.cancelled() => return,
-                                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                                }
-                            }
-                        }
+                    if let WatchItem::Event(kind, object) = item {
+                        handle(kind, object, cancel.clone()).await;
                     }
                 }
             }
