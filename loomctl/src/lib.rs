@@ -235,6 +235,27 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
 
 /// Runs a command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    run_command(cli).await.map_err(explain)
+}
+
+/// Says what a 401 means, as kubectl does, wherever in a command it happened.
+fn explain(error: anyhow::Error) -> anyhow::Error {
+    let unauthorized = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<client::Error>()
+            .is_some_and(|e| e.code() == Some(401))
+    });
+    if unauthorized {
+        error.context(
+            "You must be logged in to the server (Unauthorized): the API server did not \
+             accept the credentials of your kubeconfig's user (see `loomctl config view`)",
+        )
+    } else {
+        error
+    }
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

@@ -274,3 +274,34 @@ async fn can_i_refused_by_the_server_is_an_error_not_a_no() {
     );
     assert!(run.stderr.contains("forbidden"), "{}", run.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_the_server_does_not_know_is_explained() {
+    let server = TestServer::embedded(apiserver::Config::default())
+        .await
+        .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let ca = server.files.ca.to_str().unwrap();
+    let run = loomctl(
+        &[
+            "--server",
+            &server.url,
+            "--certificate-authority",
+            ca,
+            "--token",
+            "not-a-token",
+            "get",
+            "jobs",
+        ],
+        home.path(),
+    )
+    .await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("You must be logged in to the server (Unauthorized)"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("not-a-token"), "{}", run.stderr);
+}
