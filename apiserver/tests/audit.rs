@@ -1,5 +1,5 @@
-//! The audit log of a real API server over TLS: the Event of a create, a get
-//! and a 401 field by field, token values that never reach the file (static
+//! The audit log of a real API server over TLS: the Event of a create, a get,
+//! a 401 and a 403 field by field (with RBAC's decision), token values that never reach the file (static
 //! tokens, a TokenRequest's token, a TokenReview's), rotation by size, and
 //! a policy file or log the server cannot use.
 #![allow(clippy::unwrap_used)]
@@ -31,6 +31,22 @@ fn job(name: &str) -> Value {
 /// A server that authenticates everyone (certificates, the token file,
 /// service-account tokens) and audits to `dir/audit.log` under `policy`.
 async fn audited_server(dir: &Path, policy: &str, max_size_bytes: u64) -> (TestServer, PathBuf) {
+    audited_server_with(
+        dir,
+        policy,
+        max_size_bytes,
+        apiserver::authz::Authorization::AlwaysAllow,
+    )
+    .await
+}
+
+/// [`audited_server`] authorizing with `authorization`.
+async fn audited_server_with(
+    dir: &Path,
+    policy: &str,
+    max_size_bytes: u64,
+    authorization: apiserver::authz::Authorization,
+) -> (TestServer, PathBuf) {
     let path = dir.join("audit.log");
     let (private, public) = pki::signing_key_pair().unwrap();
     let accounts = ServiceAccountTokens::from_pem(
@@ -55,6 +71,7 @@ async fn audited_server(dir: &Path, policy: &str, max_size_bytes: u64) -> (TestS
             },
             policy: Policy::parse(policy, Path::new("policy.yaml")).unwrap(),
         }),
+        authorization,
         ..apiserver::Config::default()
     };
     (TestServer::embedded(config).await.unwrap(), path)
@@ -274,6 +291,68 @@ async fn a_create_a_get_and_a_401_are_logged_as_kubernetes_events() {
         .parse()
         .unwrap();
     assert!(written >= 4.0, "{written}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_decisions_are_annotated_and_a_403_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, log) = audited_server_with(
+        dir.path(),
+        JOBS_IN_FULL,
+        0,
+        apiserver::authz::Authorization::Rbac,
+    )
+    .await;
+
+    let allowed = send(
+        &server,
+        &server.http(),
+        Method::POST,
+        JOBS,
+        Some(&job("ok")),
+    )
+    .await;
+    assert_eq!(allowed.code, 201, "{}", allowed.body);
+    let e = event(&log, &allowed.audit_id).await;
+    assert_eq!(
+        e["annotations"]["authorization.k8s.io/decision"], "allow",
+        "{e}"
+    );
+    assert!(
+        e["annotations"]["authorization.k8s.io/reason"].is_string(),
+        "{e}"
+    );
+
+    let alice = server.http_as("alice", Some("dev"));
+    let denied = send(&server, &alice, Method::POST, JOBS, Some(&job("no"))).await;
+    assert_eq!(denied.code, 403, "{}", denied.body);
+    let e = event(&log, &denied.audit_id).await;
+    assert_eq!(e["user"]["username"], "alice");
+    assert!(
+        e["user"]["groups"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("dev")),
+        "{e}"
+    );
+    assert_eq!(e["verb"], "create");
+    assert_eq!(e["objectRef"]["resource"], "jobs");
+    assert_eq!(e["objectRef"]["namespace"], "default");
+    assert_eq!(
+        e["annotations"]["authorization.k8s.io/decision"], "forbid",
+        "{e}"
+    );
+    assert_eq!(e["responseStatus"]["code"], 403);
+    assert_eq!(e["responseStatus"]["reason"], "Forbidden");
+    let message = e["responseStatus"]["message"].as_str().unwrap();
+    assert_eq!(message, denied.body["message"].as_str().unwrap());
+    assert!(message.contains("alice"), "{message}");
+    // Nothing was written, nor read of the body.
+    assert!(e.get("requestObject").is_none(), "{e}");
+    let (code, _) = loom_testing::http::JsonClient::new(&server)
+        .get(&format!("{JOBS}/no"))
+        .await;
+    assert_eq!(code, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
