@@ -97,6 +97,55 @@ pub struct Authenticator {
     catalog: Arc<Catalog>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    /// Users of client certificates already read, by certificate (DER).
+    certificates: Remembered<Vec<u8>, User>,
+    /// Claims of service-account tokens whose signature, issuer and audience
+    /// (this server's) were already checked, by token; expiry and the account
+    /// are checked on every use.
+    verified: Remembered<String, service_account::Claims>,
+}
+
+/// How many certificates and tokens each cache keeps; a full cache starts over.
+const REMEMBERED: usize = 4_096;
+
+/// A small map of results that are costly to compute again (a certificate
+/// parsed, a signature checked), keyed by the whole credential.
+struct Remembered<K, V> {
+    entries: std::sync::Mutex<std::collections::HashMap<K, V>>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Remembered<K, V> {
+    fn new() -> Self {
+        Remembered {
+            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(key).cloned()
+    }
+
+    fn insert(&self, key: K, value: V) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= REMEMBERED {
+            entries.clear();
+        }
+        entries.insert(key, value);
+    }
+
+    fn remove<Q>(&self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.remove(key);
+    }
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -125,6 +174,8 @@ impl Authenticator {
             catalog,
             store,
             metrics,
+            certificates: Remembered::new(),
+            verified: Remembered::new(),
         })
     }
 
@@ -137,12 +188,18 @@ impl Authenticator {
     pub async fn authenticate(&self, headers: &HeaderMap, extensions: &Extensions) -> Outcome {
         if self.config.x509
             && let Some(peer) = extensions.get::<loom_listener::tls::PeerCertificates>()
+            && let Some(leaf) = peer.0.first()
         {
-            match peer.0.first().map(|leaf| certificate_user(leaf)) {
-                Some(Ok(user)) => return Outcome::User(user),
-                Some(Err(why)) => return Outcome::Refused(why),
-                None => {}
+            if let Some(user) = self.certificates.get(leaf.as_ref()) {
+                return Outcome::User(user);
             }
+            return match certificate_user(leaf) {
+                Ok(user) => {
+                    self.certificates.insert(leaf.to_vec(), user.clone());
+                    Outcome::User(user)
+                }
+                Err(why) => Outcome::Refused(why),
+            };
         }
         match bearer_token(headers) {
             Ok(None) => Outcome::None,
@@ -163,13 +220,36 @@ impl Authenticator {
         if let Some(accounts) = &self.config.service_accounts
             && token.split('.').count() == 3
         {
-            let audiences = audiences.unwrap_or(&accounts.audiences);
-            return match accounts.verify_signature(token, audiences) {
-                Err(why) => Outcome::Refused(why.0),
-                Ok(claims) => match self.account_uid(&claims).await {
-                    Ok(()) => Outcome::User(service_account::user(&claims)),
-                    Err(why) => Outcome::Refused(why),
-                },
+            // Only this server's own audiences are remembered: a review for
+            // others checks the token afresh.
+            let remembered = match audiences {
+                None => self
+                    .verified
+                    .get(token)
+                    .filter(|claims| service_account::in_time(claims, chrono::Utc::now())),
+                Some(_) => None,
+            };
+            let claims = match remembered {
+                Some(claims) => claims,
+                None => {
+                    match accounts.verify_signature(token, audiences.unwrap_or(&accounts.audiences))
+                    {
+                        Ok(claims) => {
+                            if audiences.is_none() {
+                                self.verified.insert(token.to_owned(), claims.clone());
+                            }
+                            claims
+                        }
+                        Err(why) => {
+                            self.verified.remove(token);
+                            return Outcome::Refused(why.0);
+                        }
+                    }
+                }
+            };
+            return match self.account_uid(&claims).await {
+                Ok(()) => Outcome::User(service_account::user(&claims)),
+                Err(why) => Outcome::Refused(why),
             };
         }
         Outcome::Refused("the bearer token is not one this server knows".to_owned())

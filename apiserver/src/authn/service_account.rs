@@ -329,6 +329,14 @@ impl ServiceAccountTokens {
     }
 }
 
+/// Whether verified claims are still in their time at `now` (with the same
+/// leeway the verification allows).
+pub fn in_time(claims: &Claims, now: DateTime<Utc>) -> bool {
+    let now = now.timestamp();
+    let leeway = LEEWAY_SECONDS as i64;
+    claims.exp > now - leeway && claims.nbf <= now + leeway
+}
+
 /// The subject must be the account the `kubernetes.io` claim names.
 fn check_subject(claims: Claims) -> Result<Claims, Refused> {
     let k = &claims.kubernetes;
@@ -467,6 +475,17 @@ mod tests {
         lying.sub = "system:serviceaccount:kube-system:admin".to_owned();
         let lying = tokens.sign(&lying).unwrap();
         assert!(refused(&lying).contains("subject"));
+    }
+
+    #[test]
+    fn remembered_claims_are_in_time_only_between_nbf_and_exp() {
+        let tokens = tokens();
+        let now = Utc::now();
+        let claims = tokens.claims("ns", "a", "u", &[], 600, None, now);
+        assert!(in_time(&claims, now));
+        assert!(in_time(&claims, now + chrono::Duration::seconds(599)));
+        assert!(!in_time(&claims, now + chrono::Duration::seconds(610)));
+        assert!(!in_time(&claims, now - chrono::Duration::seconds(60)));
     }
 
     #[test]
