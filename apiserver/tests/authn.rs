@@ -819,6 +819,38 @@ async fn kubectl_creates_a_namespace_an_account_and_its_token_and_says_who_it_is
     .await);
     let token = token.trim().to_owned();
     assert_eq!(token.split('.').count(), 3, "{token}");
+    // Manifests of core kinds apply too (kubectl validates them against
+    // /openapi/v3's api/v1 document first).
+    let manifest = cache.path().join("accounts.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: applied\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: robot\n  namespace: applied\nautomountServiceAccountToken: false\n",
+    )
+    .unwrap();
+    let manifest = manifest.display().to_string();
+    let (code, out, err) = run_kubectl(
+        &binary,
+        &kubeconfig,
+        cache.path(),
+        &["apply", "-f", &manifest],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("namespace/applied created"), "{out}");
+    assert!(out.contains("serviceaccount/robot created"), "{out}");
+    let (code, out, err) = run_kubectl(
+        &binary,
+        &kubeconfig,
+        cache.path(),
+        &["apply", "-f", &manifest],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("serviceaccount/robot unchanged"), "{out}");
+    let table = ok(kubectl(&["get", "sa", "-n", "applied"]).await);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "SECRETS", "AGE"], "{table}");
+    assert!(table.contains("robot"), "{table}");
     let out = ok(kubectl(&["auth", "whoami", "-o", "json"]).await);
     let review: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(review["status"]["userInfo"]["username"], "loom-admin");
