@@ -9,6 +9,10 @@
 //! request refused before either ran) the user is anonymous and the
 //! attributes are derived from the request line.
 //!
+//! `sourceIPs` is the connection's peer address only: `X-Forwarded-For` is
+//! whatever a client chose to write, and Loom's API server has no trusted
+//! proxy in front of it.
+//!
 //! Secrets are never logged, whatever the policy says: credentials travel in
 //! headers, which are never logged (and the request's bearer token is
 //! scrubbed from any line that would quote it); requests whose bodies carry
@@ -56,6 +60,21 @@ pub struct Config {
     pub log: LogFile,
     /// The policy.
     pub policy: Policy,
+}
+
+impl Config {
+    /// What `loom up` logs: [`policy::DEFAULT_POLICY`] (writes at Metadata,
+    /// no reads) to `path`, rotated at 100 MB keeping 10 files.
+    pub fn for_up(path: std::path::PathBuf) -> Config {
+        Config {
+            log: LogFile {
+                path,
+                max_size_bytes: 100 * 1024 * 1024,
+                max_backups: 10,
+            },
+            policy: Policy::default_for_up(),
+        }
+    }
 }
 
 /// What the audit layer shares between requests.
@@ -566,6 +585,15 @@ mod tests {
         ] {
             assert!(!carries_secrets(&attributes(path)), "{path}");
         }
+    }
+
+    #[test]
+    fn loom_up_logs_writes_at_metadata_rotated_at_100_mb() {
+        let config = Config::for_up("/var/lib/loom/audit.log".into());
+        assert_eq!(config.log.max_size_bytes, 100 * 1024 * 1024);
+        assert_eq!(config.log.max_backups, 10);
+        assert_eq!(config.policy, Policy::default_for_up());
+        assert_eq!(config.policy.max_level(), Level::Metadata);
     }
 
     #[test]
