@@ -1,6 +1,7 @@
 //! Kubernetes' protobuf encoding (`application/vnd.kubernetes.protobuf`) of
 //! the few core kinds kubectl's typed clients send that way — Namespace,
-//! ServiceAccount, TokenRequest, TokenReview, SelfSubjectReview — decoded
+//! ServiceAccount, TokenRequest, TokenReview, SelfSubjectReview, and the
+//! access reviews of `kubectl auth can-i` — decoded
 //! into their JSON form. Loom answers in JSON, which those clients accept.
 
 use serde_json::{Map, Value, json};
@@ -43,6 +44,11 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
         ("authentication.k8s.io/v1", "TokenRequest") => token_request(raw)?,
         ("authentication.k8s.io/v1", "TokenReview") => token_review(raw)?,
         ("authentication.k8s.io/v1", "SelfSubjectReview") => metadata_only(raw)?,
+        (
+            "authorization.k8s.io/v1",
+            "SelfSubjectAccessReview" | "SubjectAccessReview" | "LocalSubjectAccessReview",
+        ) => access_review(raw)?,
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => rules_review(raw)?,
         _ => {
             return Err(format!(
                 "{kind} {api_version} cannot be sent as protobuf to Loom: send it as application/json"
@@ -227,6 +233,68 @@ fn metadata_only(raw: &[u8]) -> Result<Map<String, Value>, String> {
     for field in Reader::new(raw) {
         if let (1, Wire::Bytes(v)) = field? {
             object.insert("metadata".to_owned(), object_meta(v)?);
+        }
+    }
+    Ok(object)
+}
+
+/// `authorization/v1` access reviews: spec 2 {resourceAttributes 1
+/// {namespace 1, verb 2, group 3, version 4, resource 5, subresource 6, name
+/// 7}, nonResourceAttributes 2 {path 1, verb 2}, user 3, groups 4, uid 6}.
+fn access_review(raw: &[u8]) -> Result<Map<String, Value>, String> {
+    let mut object = metadata_only(raw)?;
+    for field in Reader::new(raw) {
+        if let (2, Wire::Bytes(v)) = field? {
+            let mut spec = Map::new();
+            let mut groups = Vec::new();
+            for field in Reader::new(v) {
+                match field? {
+                    (1, Wire::Bytes(r)) => {
+                        let attributes = strings(
+                            r,
+                            &[
+                                (1, "namespace"),
+                                (2, "verb"),
+                                (3, "group"),
+                                (4, "version"),
+                                (5, "resource"),
+                                (6, "subresource"),
+                                (7, "name"),
+                            ],
+                        )?;
+                        spec.insert("resourceAttributes".to_owned(), Value::Object(attributes));
+                    }
+                    (2, Wire::Bytes(n)) => {
+                        let attributes = strings(n, &[(1, "path"), (2, "verb")])?;
+                        spec.insert(
+                            "nonResourceAttributes".to_owned(),
+                            Value::Object(attributes),
+                        );
+                    }
+                    (3, Wire::Bytes(u)) => _ = spec.insert("user".to_owned(), json!(text(u)?)),
+                    (4, Wire::Bytes(g)) => groups.push(json!(text(g)?)),
+                    (6, Wire::Bytes(u)) => _ = spec.insert("uid".to_owned(), json!(text(u)?)),
+                    _ => {}
+                }
+            }
+            if !groups.is_empty() {
+                spec.insert("groups".to_owned(), Value::Array(groups));
+            }
+            object.insert("spec".to_owned(), Value::Object(spec));
+        }
+    }
+    Ok(object)
+}
+
+/// `authorization/v1 SelfSubjectRulesReview`: spec 2 {namespace 1}.
+fn rules_review(raw: &[u8]) -> Result<Map<String, Value>, String> {
+    let mut object = metadata_only(raw)?;
+    for field in Reader::new(raw) {
+        if let (2, Wire::Bytes(v)) = field? {
+            object.insert(
+                "spec".to_owned(),
+                Value::Object(strings(v, &[(1, "namespace")])?),
+            );
         }
     }
     Ok(object)
