@@ -887,3 +887,90 @@ async fn kubectl_creates_a_namespace_an_account_and_its_token_and_says_who_it_is
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn bad_bodies_get_a_status_and_write_nothing() {
+    let (server, _) = secure_server().await;
+    let admin = JsonClient::new(&server);
+    let protobuf = "application/vnd.kubernetes.protobuf";
+    for (body, why) in [
+        (b"junk".to_vec(), "k8s\\0 prefix"),
+        (b"k8s\0\x0a\xff\xff\xff".to_vec(), "malformed"),
+        // A Deployment (apps/v1), which Loom does not take as protobuf.
+        (
+            [
+                b"k8s\0\x0a\x15\x0a\x07apps/v1\x12\x0aDeployment".as_slice(),
+                b"\x12\x00",
+            ]
+            .concat(),
+            "send it as application/json",
+        ),
+    ] {
+        let (code, status) = admin
+            .send(
+                reqwest::Method::POST,
+                "/api/v1/namespaces",
+                protobuf,
+                Some(body),
+            )
+            .await;
+        assert_eq!(code, 400, "{status}");
+        assert_eq!(status["reason"], "BadRequest");
+        assert!(
+            status["message"].as_str().unwrap().contains(why),
+            "{status}"
+        );
+    }
+    let (_, before) = admin.get("/api/v1/namespaces").await;
+    assert_eq!(before["items"].as_array().unwrap().len(), 2, "{before}");
+
+    let reviews = "/apis/authentication.k8s.io/v1/tokenreviews";
+    let (code, status) = admin.post(reviews, &json!({"spec": {}})).await;
+    assert_eq!(code, 422, "{status}");
+    assert_eq!(status["details"]["causes"][0]["field"], "spec.token");
+    let (code, status) = admin.post(reviews, &json!([1, 2])).await;
+    assert_eq!(code, 400, "{status}");
+    let (code, status) = admin
+        .post(
+            reviews,
+            &json!({"apiVersion": "v1", "kind": "TokenReview", "spec": {"token": "x"}}),
+        )
+        .await;
+    assert_eq!(code, 400, "{status}");
+    let (code, status) = admin
+        .post(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview"}),
+        )
+        .await;
+    assert_eq!(code, 400, "{status}");
+
+    create_account(&admin, "default", "runner").await;
+    let token = "/api/v1/namespaces/default/serviceaccounts/runner/token";
+    let (code, status) = admin.post(token, &json!({"kind": "Pod", "spec": {}})).await;
+    assert_eq!(code, 400, "{status}");
+    let (code, status) = admin
+        .post(token, &json!({"spec": {"expirationSeconds": -5}}))
+        .await;
+    assert_eq!(code, 422, "{status}");
+    let (code, status) = admin
+        .post(token, &json!({"spec": {"audiences": "not-a-list"}}))
+        .await;
+    assert_eq!(code, 400, "{status}");
+    let (code, status) = admin
+        .post(
+            token,
+            &json!({"spec": {"boundObjectRef": {"kind": "Task"}}}),
+        )
+        .await;
+    assert_eq!(code, 422, "{status}");
+    let (code, status) = admin
+        .send(
+            reqwest::Method::POST,
+            token,
+            "application/json",
+            Some(b"{not json".to_vec()),
+        )
+        .await;
+    assert_eq!(code, 400, "{status}");
+}
