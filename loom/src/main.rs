@@ -41,7 +41,7 @@ enum Command {
     /// Run a single-node Loom on the embedded store.
     Up(UpArgs),
     /// Run the API server.
-    Apiserver(ApiserverArgs),
+    Apiserver(Box<ApiserverArgs>),
     /// Run the scheduler against an API server.
     Scheduler(SchedulerArgs),
     /// Run the controllers (Job, Service, garbage collector, node lifecycle) against an API server.
@@ -393,7 +393,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Up(args) => up(args).await,
-            Command::Apiserver(args) => apiserver_command(args).await,
+            Command::Apiserver(args) => apiserver_command(*args).await,
             Command::Nodelet(args) => node_cmd::nodelet(*args).await,
             Command::Shim { .. } | Command::Image(_) | Command::Certs(_) => Ok(()),
             Command::Controllers(args) => {
@@ -491,6 +491,24 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         &credentials.serving.key,
         Some(&credentials.pki.ca_cert()),
     )?);
+    // Every request authenticated (client certificates of the cluster CA,
+    // service-account tokens of its key) and authorized by RBAC.
+    let (sa_key, sa_pub) = credentials.pki.service_account_keys();
+    config.authentication = apiserver::authn::Authentication {
+        service_accounts: Some(Arc::new(
+            apiserver::authn::ServiceAccountTokens::from_files(
+                apiserver::authn::service_account::DEFAULT_ISSUER,
+                &[sa_pub],
+                Some(&sa_key),
+            )?,
+        )),
+        ..apiserver::authn::Authentication::secure()
+    };
+    config.authorization = apiserver::authz::Authorization::Rbac;
+    // Who changed what: every write at Metadata level, beside the store.
+    config.audit = Some(apiserver::audit::Config::for_up(
+        args.data_dir.join("audit.log"),
+    ));
     if args.api_only {
         return serve_on(store, listener, config).await;
     }
