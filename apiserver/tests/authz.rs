@@ -885,9 +885,36 @@ async fn bootstrap_roles_exist_and_come_back() {
     let (code, _) = admin.delete(&format!("{RBAC}/clusterroles/view")).await;
     assert_eq!(code, 200);
     assert_eq!(admin.get(&format!("{RBAC}/clusterroles/view")).await.0, 404);
+    // edit loses a rule and gains one; admin is no longer updated.
+    let extra = json!({"apiGroups": ["loom.dev"], "resources": ["nodes"], "verbs": ["get"]});
+    let (_, mut edit) = admin.get(&format!("{RBAC}/clusterroles/edit")).await;
+    let original = edit["rules"].clone();
+    edit["rules"] = json!([extra]);
+    let (code, body) = admin.put(&format!("{RBAC}/clusterroles/edit"), &edit).await;
+    assert_eq!(code, 200, "{body}");
+    let (_, mut admin_role) = admin.get(&format!("{RBAC}/clusterroles/admin")).await;
+    admin_role["metadata"]["annotations"]["rbac.authorization.kubernetes.io/autoupdate"] =
+        json!("false");
+    admin_role["rules"] = json!([extra]);
+    let (code, body) = admin
+        .put(&format!("{RBAC}/clusterroles/admin"), &admin_role)
+        .await;
+    assert_eq!(code, 200, "{body}");
     server.restart(config()).await.unwrap();
     let admin = JsonClient::new(&server);
     assert_eq!(admin.get(&format!("{RBAC}/clusterroles/view")).await.0, 200);
+    let (_, edit) = admin.get(&format!("{RBAC}/clusterroles/edit")).await;
+    let rules = edit["rules"].as_array().unwrap();
+    assert_eq!(rules[0], extra, "what a user added stays");
+    for rule in original.as_array().unwrap() {
+        assert!(rules.contains(rule), "{rule} is back in {rules:?}");
+    }
+    let (_, admin_role) = admin.get(&format!("{RBAC}/clusterroles/admin")).await;
+    assert_eq!(
+        admin_role["rules"],
+        json!([extra]),
+        "autoupdate false is left alone"
+    );
 }
 
 /// `kubectl auth can-i`, as alice and as a viewer, with the real kubectl.

@@ -13,7 +13,7 @@ use api_types::{
 use serde::Serialize;
 use tracing::warn;
 
-use crate::generic::{GenericStore, WriteOptions};
+use crate::generic::{GenericStore, Part, WriteOptions};
 
 /// Loom's API group.
 const LOOM: &str = api_types::GROUP;
@@ -22,6 +22,9 @@ const CORE: &str = "";
 
 /// Reading.
 const READ: [&str; 3] = ["get", "list", "watch"];
+/// What recording an Event takes (the recorder reads a repeated Event to
+/// count it).
+const EVENTS: [&str; 4] = ["get", "create", "patch", "update"];
 /// Writing.
 const WRITE: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
 
@@ -114,7 +117,7 @@ fn scheduler_rules() -> Vec<PolicyRule> {
         rule(&READ, &[LOOM], &["tasks", "nodes"]),
         rule(&["create"], &[LOOM], &["tasks/binding"]),
         rule(&["patch", "update"], &[LOOM], &["tasks/status", "nodes"]),
-        rule(&["create", "patch", "update"], &[LOOM], &["events"]),
+        rule(&EVENTS, &[LOOM], &["events"]),
         rule(
             &["get", "list", "watch", "create", "update", "patch"],
             &[LOOM],
@@ -147,7 +150,7 @@ fn controllers_rules() -> Vec<PolicyRule> {
             &[LOOM, CORE],
             &["namespaces"],
         ),
-        rule(&["create", "patch", "update"], &[LOOM], &["events"]),
+        rule(&EVENTS, &[LOOM], &["events"]),
     ]
 }
 
@@ -167,7 +170,7 @@ fn node_rules() -> Vec<PolicyRule> {
         rule(&["get", "create", "update", "patch"], &[LOOM], &["leases"]),
         rule(&READ, &[LOOM], &["tasks", "services"]),
         rule(&["get", "update", "patch"], &[LOOM], &["tasks/status"]),
-        rule(&["create", "patch", "update"], &[LOOM], &["events"]),
+        rule(&EVENTS, &[LOOM], &["events"]),
         rule(&["get", "create"], &[LOOM, CORE], &["namespaces"]),
         rule(&["create"], &[CORE, LOOM], &["serviceaccounts/token"]),
     ]
@@ -270,19 +273,52 @@ fn label(meta: &mut api_types::ObjectMeta) {
     );
 }
 
-/// Creates every bootstrap role and binding that is missing.
+/// Creates every bootstrap role and binding that is missing, and gives back
+/// what a stored one lost (Kubernetes' reconciliation of its
+/// `rbac.authorization.kubernetes.io/autoupdate` objects: permissions and
+/// subjects are added, nothing is taken away; `autoupdate: "false"` leaves
+/// the object alone).
 pub async fn ensure(api: &GenericStore) {
     for role in cluster_roles() {
-        create(api, &role).await;
+        reconcile(api, &role, |stored: &mut ClusterRole, wanted| {
+            let lost: Vec<PolicyRule> = wanted
+                .rules
+                .iter()
+                .filter(|rule| {
+                    !super::rbac::uncovered(&stored.rules, std::slice::from_ref(rule)).is_empty()
+                })
+                .cloned()
+                .collect();
+            stored.rules.extend(lost.iter().cloned());
+            !lost.is_empty()
+        })
+        .await;
     }
     for binding in cluster_role_bindings() {
-        create(api, &binding).await;
+        reconcile(api, &binding, |stored: &mut ClusterRoleBinding, wanted| {
+            let missing: Vec<Subject> = wanted
+                .subjects
+                .iter()
+                .filter(|s| !stored.subjects.contains(s))
+                .cloned()
+                .collect();
+            stored.subjects.extend(missing.iter().cloned());
+            // A binding to another role is a user's choice: roleRef never changes.
+            !missing.is_empty()
+        })
+        .await;
     }
 }
 
-async fn create<K: Resource + Serialize>(api: &GenericStore, object: &K) {
+/// Creates `wanted`, or, if it exists and may be updated, lets `merge` add
+/// what it lost and writes it back.
+async fn reconcile<K>(api: &GenericStore, wanted: &K, merge: impl Fn(&mut K, &K) -> bool)
+where
+    K: Resource + Serialize + serde::de::DeserializeOwned,
+{
     let resource = api.catalog.builtin_resource::<K>();
-    let Ok(value) = serde_json::to_value(object) else {
+    let name = wanted.meta().name.clone();
+    let Ok(value) = serde_json::to_value(wanted) else {
         return;
     };
     let options = WriteOptions {
@@ -290,12 +326,37 @@ async fn create<K: Resource + Serialize>(api: &GenericStore, object: &K) {
         ..Default::default()
     };
     for attempt in 0..50 {
-        match api.create(&resource, None, value.clone(), &options).await {
+        let outcome = match api.create(&resource, None, value.clone(), &options).await {
             Ok(_) => return,
-            Err(error) if error.code() == 409 => return,
+            Err(error) if error.code() == 409 => match api.get(&resource, "", &name).await {
+                Ok(stored) => {
+                    let Ok(mut stored) = serde_json::from_value::<K>(stored) else {
+                        return;
+                    };
+                    let autoupdate = stored
+                        .meta()
+                        .annotations
+                        .get("rbac.authorization.kubernetes.io/autoupdate")
+                        .map(String::as_str);
+                    if autoupdate == Some("false") || !merge(&mut stored, wanted) {
+                        return;
+                    }
+                    let Ok(updated) = serde_json::to_value(&stored) else {
+                        return;
+                    };
+                    api.update(&resource, "", &name, updated, Part::Main, &options)
+                        .await
+                        .map(|_| ())
+                }
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(()) => return,
             Err(error) => {
                 if attempt % 10 == 0 {
-                    warn!(kind = K::KIND, name = %object.meta().name, error = %error.0.message, "cannot create a bootstrap role yet");
+                    warn!(kind = K::KIND, %name, error = %error.0.message, "cannot write a bootstrap role yet");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
