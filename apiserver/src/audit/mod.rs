@@ -490,10 +490,14 @@ fn scrub(line: &str, secret: &str) -> String {
     line
 }
 
-/// A body as a JSON value: JSON, or YAML (server-side apply's patches).
+/// A body as a JSON value: JSON, YAML (server-side apply's patches), or
+/// the protobuf kubectl sends for a few core kinds.
 fn parse_object(body: &[u8], content_type: Option<&str>) -> Option<Value> {
     if let Ok(value) = serde_json::from_slice(body) {
         return Some(value);
+    }
+    if content_type.is_some_and(|t| t.starts_with(crate::protobuf::CONTENT_TYPE)) {
+        return crate::protobuf::decode(body).ok();
     }
     if content_type.is_none_or(|t| t.contains("yaml")) {
         let text = std::str::from_utf8(body).ok()?;
@@ -594,6 +598,26 @@ mod tests {
         assert_eq!(config.log.max_backups, 10);
         assert_eq!(config.policy, Policy::default_for_up());
         assert_eq!(config.policy.max_level(), Level::Metadata);
+    }
+
+    #[test]
+    fn bodies_are_logged_as_json_whatever_their_encoding() {
+        let json = br#"{"kind":"Job"}"#;
+        assert_eq!(
+            parse_object(json, Some("application/json")),
+            Some(serde_json::json!({"kind": "Job"}))
+        );
+        let yaml = b"kind: Job\nmetadata: {name: x}\n";
+        assert_eq!(
+            parse_object(yaml, Some("application/apply-patch+yaml")),
+            Some(serde_json::json!({"kind": "Job", "metadata": {"name": "x"}}))
+        );
+        // Not what it says it is: not logged, never an error.
+        assert_eq!(
+            parse_object(b"\x00\x01", Some(crate::protobuf::CONTENT_TYPE)),
+            None
+        );
+        assert_eq!(parse_object(b"kind: [", Some("application/json")), None);
     }
 
     #[test]
