@@ -717,6 +717,8 @@ async fn apiserver_command(args: ApiserverArgs) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)
             .context("cannot open the store")?;
     let mut config = api_config(&args.default_task_memory, &args.limits);
+    // Every request is authorized by RBAC: there is no flag to turn it off.
+    config.authorization = apiserver::authz::Authorization::Rbac;
     config.audit = audit_config(&args.audit)?;
     if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_private_key_file) {
         config.tls = Some(loom_listener::tls::server_config(
