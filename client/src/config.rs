@@ -358,46 +358,6 @@ pub fn default_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| Path::new(&home).join(".loom").join("config"))
 }
 
-/// Loom's config file before it was a kubeconfig (contexts holding a server).
-/// Only `loom up` still writes it until it writes kubeconfigs; reading one now
-/// fails with what to do ([`crate::KubeconfigError::OldFormat`]).
-#[doc(hidden)]
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case", default)]
-pub struct ConfigFile {
-    /// The context in use.
-    pub current_context: String,
-    /// Every context.
-    pub contexts: Vec<Context>,
-}
-
-/// A context of the old format.
-#[doc(hidden)]
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case", default)]
-pub struct Context {
-    /// The context's name.
-    pub name: String,
-    /// The API server's URL.
-    pub server: String,
-    /// The default namespace.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub namespace: String,
-}
-
-impl ConfigFile {
-    /// The current context.
-    pub fn current(&self) -> Option<&Context> {
-        self.contexts
-            .iter()
-            .find(|c| c.name == self.current_context)
-            .or(match self.current_context.as_str() {
-                "" => self.contexts.first(),
-                _ => None,
-            })
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
