@@ -303,6 +303,7 @@ pub async fn run(
     });
     crate::authz::bootstrap::ensure(&api).await;
     ensure_namespaces(&api).await;
+    crate::registry::service_account::ensure_built_in_defaults(&api).await;
     crate::registry::service_account::keep_default_accounts(api.clone(), caches.clone());
     let authenticator = crate::authn::Authenticator::new(
         config.authentication.clone(),

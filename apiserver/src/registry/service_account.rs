@@ -200,6 +200,24 @@ pub async fn ensure_default(api: &GenericStore, namespace: &str) -> ApiResult<()
     }
 }
 
+/// Creates the default accounts of the namespaces every cluster has, before
+/// the API is served (so that a client never sees them appear later).
+pub async fn ensure_built_in_defaults(api: &GenericStore) {
+    for namespace in super::namespace::BUILT_IN {
+        for attempt in 0..50 {
+            match ensure_default(api, namespace).await {
+                Ok(()) => break,
+                Err(error) => {
+                    if attempt % 10 == 0 {
+                        warn!(%namespace, error = %error.0.message, "cannot create the default service account yet");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
 /// Keeps a `default` account in every namespace that is not being deleted
 /// (Kubernetes' service-account controller): made with each namespace, those
 /// of other API servers' making included, and again when deleted, until
