@@ -1,5 +1,6 @@
-//! Bearer tokens and in-cluster inference against a small fake API server
-//! that records the `Authorization` header of every request.
+//! Bearer tokens and in-cluster inference: the header against a small fake
+//! API server that records it, and a task's service account against the real
+//! API server (its identity, and a rotated token picked up after a 401).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -232,4 +233,133 @@ fn a_bad_service_account_ca_is_an_error_naming_the_file() {
     std::fs::write(sa.path().join("token"), "\n").expect("write");
     let error = Config::in_cluster("10.0.0.1", "443", sa.path()).expect_err("empty token");
     assert!(error.to_string().contains("token"), "{error}");
+}
+
+/// POSTs `body` as the client and returns the answer.
+async fn post(
+    client: &Client,
+    path: &str,
+    body: serde_json::Value,
+) -> client::Result<serde_json::Value> {
+    client
+        .request(
+            client::client::Method::POST,
+            path,
+            Some(client::client::Body {
+                content_type: "application/json",
+                bytes: serde_json::to_vec(&body).expect("json").into(),
+            }),
+        )
+        .await
+}
+
+/// A service-account token for `default/name`, from the TokenRequest subresource.
+async fn token_for(admin: &Client, name: &str) -> String {
+    let answer = post(
+        admin,
+        &format!("/api/v1/namespaces/default/serviceaccounts/{name}/token"),
+        serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}),
+    )
+    .await
+    .expect("a token");
+    answer["status"]["token"]
+        .as_str()
+        .expect("status.token")
+        .to_owned()
+}
+
+async fn whoami(client: &Client) -> client::Result<String> {
+    let review = post(
+        client,
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}),
+    )
+    .await?;
+    Ok(review["status"]["userInfo"]["username"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_task_the_client_is_its_service_account_and_follows_token_rotation() {
+    use apiserver::authn::service_account::DEFAULT_ISSUER;
+    use apiserver::authn::{Authentication, ServiceAccountTokens};
+    let (private, public) = pki::signing_key_pair().expect("key pair");
+    let accounts = ServiceAccountTokens::from_pem(
+        DEFAULT_ISSUER,
+        &[("sa.pub".into(), public)],
+        Some(("sa.key".into(), private)),
+    )
+    .expect("service-account keys");
+    let server = loom_testing::TestServer::embedded(apiserver::Config {
+        authentication: Authentication {
+            anonymous: false,
+            x509: true,
+            tokens: None,
+            service_accounts: Some(Arc::new(accounts)),
+        },
+        ..apiserver::Config::default()
+    })
+    .await
+    .expect("server");
+    let admin = server.client();
+    for name in ["robot", "relief"] {
+        post(
+            &admin,
+            "/api/v1/namespaces/default/serviceaccounts",
+            serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}}),
+        )
+        .await
+        .expect("account created");
+    }
+    // What a task finds mounted, and in its environment.
+    let sa = tempfile::tempdir().expect("temp dir");
+    std::fs::write(sa.path().join("token"), token_for(&admin, "robot").await).expect("write");
+    std::fs::write(sa.path().join("ca.crt"), server.pki.ca_pem()).expect("write");
+    std::fs::write(sa.path().join("namespace"), "default").expect("write");
+    let home = tempfile::tempdir().expect("temp dir");
+    let (host, port) = server
+        .url
+        .trim_start_matches("https://")
+        .rsplit_once(':')
+        .expect("host:port");
+    let env = Environment {
+        home: Some(home.path().to_owned()),
+        service_host: Some(host.to_owned()),
+        service_port: Some(port.to_owned()),
+        service_account_dir: sa.path().to_owned(),
+        ..Environment::default()
+    };
+    let mut config = Config::infer_from(&env).expect("in-cluster config");
+    config.retries = 0;
+    let client = Client::new(config).expect("client");
+    assert_eq!(
+        whoami(&client).await.expect("whoami"),
+        "system:serviceaccount:default:robot"
+    );
+    // The token is rotated in the file and the old one stops working (its
+    // account deleted): one 401, then the client reads the new token.
+    std::fs::write(sa.path().join("token"), token_for(&admin, "relief").await).expect("write");
+    admin
+        .request_bytes(
+            client::client::Method::DELETE,
+            "/api/v1/namespaces/default/serviceaccounts/robot",
+            None,
+        )
+        .await
+        .expect("account deleted");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match whoami(&client).await {
+            Ok(name) if name == "system:serviceaccount:default:relief" => break,
+            Ok(name) => assert_eq!(name, "system:serviceaccount:default:robot"),
+            Err(error) => assert_eq!(error.code(), Some(401), "{error}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated token was never used"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
