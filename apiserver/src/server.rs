@@ -177,8 +177,7 @@ pub struct Config {
     /// How requests are authenticated (client certificates, token file,
     /// service-account tokens; whether requests without a credential pass).
     pub authentication: crate::authn::Authentication,
-    /// How requests are authorized: `AlwaysAllow` (this library's default
-    /// for now) or `Rbac` (what `loom apiserver` runs).
+    /// How requests are authorized: RBAC (the default) or `AlwaysAllow`.
     pub authorization: crate::authz::Authorization,
     /// Write an audit log (`None`: none).
     pub audit: Option<crate::audit::Config>,
@@ -205,7 +204,7 @@ impl Default for Config {
             default_task_memory: None,
             tls: None,
             authentication: crate::authn::Authentication::default(),
-            authorization: crate::authz::Authorization::AlwaysAllow,
+            authorization: crate::authz::Authorization::Rbac,
             audit: None,
         }
     }

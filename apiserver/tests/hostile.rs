@@ -392,7 +392,10 @@ async fn log_proxy_does_not_follow_redirects() {
     .await;
     // The stand-in for "elsewhere" answers when asked directly.
     assert_eq!(
-        reqwest::get(&elsewhere)
+        server
+            .http()
+            .get(&elsewhere)
+            .send()
             .await
             .unwrap()
             .text()

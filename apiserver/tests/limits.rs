@@ -14,6 +14,7 @@ use apiserver::Config;
 use futures::StreamExt;
 use loom_testing::TestServer;
 use loom_testing::http::JsonClient;
+use loom_testing::tls::TEST_USERS_GROUP;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -190,8 +191,10 @@ async fn raw_request(
     Ok((code, head, stream))
 }
 
-fn watch_request(server: SocketAddr) -> String {
-    format!("GET {JOBS}?watch=true HTTP/1.1\r\nHost: {server}\r\n\r\n")
+fn watch_request(server: SocketAddr, token: &str) -> String {
+    format!(
+        "GET {JOBS}?watch=true HTTP/1.1\r\nHost: {server}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
 }
 
 /// Whether the server has closed `stream` (read gives EOF or a reset) by `deadline`.
@@ -443,7 +446,8 @@ async fn a_body_sent_too_slowly_gets_408() {
     .unwrap();
     let body = job("slow", json!({})).to_string();
     let request = format!(
-        "POST {JOBS} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        "POST {JOBS} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        server.pki.admin_token(),
         body.len(),
         &body[..10]
     );
@@ -513,6 +517,13 @@ async fn a_flood_leaves_other_clients_served() {
     let addr = address(&server);
     let flooder: IpAddr = "127.0.0.1".parse().unwrap();
     let other: IpAddr = "127.0.0.2".parse().unwrap();
+    // The flooder and the other watcher are two users who may read jobs;
+    // the bystander is the administrator.
+    server
+        .bind_cluster_role("Group", TEST_USERS_GROUP, "view")
+        .await;
+    let flooder_token = server.pki.token("alice");
+    let other_token = server.pki.token("bob");
     let bystander = JsonClient::from_address(&server, other);
     bystander.create_jobs("seed", 20, json!({})).await;
     let (code, _) = bystander.post(JOBS, &job("target", json!({}))).await;
@@ -565,34 +576,38 @@ async fn a_flood_leaves_other_clients_served() {
         idle.push(TcpStream::connect(addr).await.unwrap());
     }
 
-    // 10,000 watches from one address: the first PER_SOURCE are served and
+    // 10,000 watches of one user: the first PER_SOURCE are served and
     // stay open, the rest get 429 with Retry-After. Each of a few hundred
     // workers sends its requests one after another over one keep-alive
     // connection (a new one after each served watch), as a client library would.
     const WORKERS: usize = 250;
     let outcomes: Vec<(Vec<u16>, Vec<String>, Vec<TcpStream>)> = futures::stream::iter(0..WORKERS)
-        .map(|worker| async move {
-            let mut codes = Vec::new();
-            let mut refusals = Vec::new();
-            let mut kept = Vec::new();
-            let mut connection: Option<TcpStream> = None;
-            for _ in (worker..WATCHES).step_by(WORKERS) {
-                let mut stream = match connection.take() {
-                    Some(stream) => stream,
-                    None => connect_from(addr, flooder).await.unwrap(),
-                };
-                let (code, head) = exchange(&mut stream, &watch_request(addr), true)
-                    .await
-                    .unwrap();
-                codes.push(code);
-                if code == 200 {
-                    kept.push(stream);
-                } else {
-                    refusals.push(head);
-                    connection = Some(stream);
+        .map(|worker| {
+            let flooder_token = flooder_token.clone();
+            async move {
+                let mut codes = Vec::new();
+                let mut refusals = Vec::new();
+                let mut kept = Vec::new();
+                let mut connection: Option<TcpStream> = None;
+                for _ in (worker..WATCHES).step_by(WORKERS) {
+                    let mut stream = match connection.take() {
+                        Some(stream) => stream,
+                        None => connect_from(addr, flooder).await.unwrap(),
+                    };
+                    let (code, head) =
+                        exchange(&mut stream, &watch_request(addr, &flooder_token), true)
+                            .await
+                            .unwrap();
+                    codes.push(code);
+                    if code == 200 {
+                        kept.push(stream);
+                    } else {
+                        refusals.push(head);
+                        connection = Some(stream);
+                    }
                 }
+                (codes, refusals, kept)
             }
-            (codes, refusals, kept)
         })
         .buffer_unordered(WORKERS)
         .collect()
@@ -608,7 +623,7 @@ async fn a_flood_leaves_other_clients_served() {
     let served = codes.iter().filter(|c| **c == 200).count();
     let refused: Vec<&String> = outcomes.iter().flat_map(|(_, r, _)| r.iter()).collect();
     assert_eq!(codes.len(), WATCHES);
-    assert_eq!(served, PER_SOURCE, "watches served from one address");
+    assert_eq!(served, PER_SOURCE, "watches served to one user");
     assert_eq!(refused.len(), WATCHES - PER_SOURCE, "watches refused");
     assert!(
         refused.iter().all(|head| head.starts_with("HTTP/1.1 429")
@@ -618,8 +633,8 @@ async fn a_flood_leaves_other_clients_served() {
     );
     let watches: Vec<TcpStream> = outcomes.into_iter().flat_map(|(_, _, k)| k).collect();
 
-    // Another address may still watch.
-    let (code, head, other_watch) = raw_request(addr, other, &watch_request(addr))
+    // Another user may still watch.
+    let (code, head, other_watch) = raw_request(addr, other, &watch_request(addr, &other_token))
         .await
         .unwrap();
     assert_eq!(code, 200, "{head}");
@@ -685,7 +700,7 @@ async fn a_flood_leaves_other_clients_served() {
         assert!(Instant::now() < deadline, "{open} watches still counted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (code, head, _again) = raw_request(addr, flooder, &watch_request(addr))
+    let (code, head, _again) = raw_request(addr, flooder, &watch_request(addr, &flooder_token))
         .await
         .unwrap();
     assert_eq!(code, 200, "{head}");

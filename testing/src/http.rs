@@ -35,8 +35,7 @@ impl JsonClient {
     pub fn from_address(server: &TestServer, local: IpAddr) -> Self {
         JsonClient {
             http: server
-                .pki
-                .http_client(Some(server.pki.admin()))
+                .http_builder()
                 .local_address(local)
                 .build()
                 .expect("an HTTP client"),

@@ -83,6 +83,9 @@ impl TestServer {
         if tls && config.tls.is_none() {
             config.tls = Some(files.server_config()?);
         }
+        if config.authentication.tokens.is_none() {
+            config.authentication.tokens = Some(pki.static_tokens());
+        }
         let scheme = if config.tls.is_some() {
             "https"
         } else {
@@ -133,12 +136,25 @@ impl TestServer {
             .expect("a client of the test API server")
     }
 
-    /// A plain HTTP client, as the administrator.
+    /// A plain HTTP client, as the administrator (by certificate over HTTPS,
+    /// by bearer token over plain HTTP).
     pub fn http(&self) -> reqwest::Client {
-        self.pki
-            .http_client(Some(self.pki.admin()))
-            .build()
-            .expect("an HTTP client")
+        self.http_builder().build().expect("an HTTP client")
+    }
+
+    /// What [`TestServer::http`] builds, to add to.
+    pub fn http_builder(&self) -> reqwest::ClientBuilder {
+        let builder = self.pki.http_client(Some(self.pki.admin()));
+        if self.url.starts_with("https://") {
+            return builder;
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.pki.admin_token()))
+                .expect("a header value");
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder.default_headers(headers)
     }
 
     /// A plain HTTP client, as `user` in `group`.
@@ -148,6 +164,58 @@ impl TestServer {
             .http_client(Some(&identity))
             .build()
             .expect("an HTTP client")
+    }
+
+    /// Binds cluster role `role` (one that grants reading tasks: `view`,
+    /// `edit`, `admin`, `cluster-admin`) to `kind` (`User` or `Group`) `name`
+    /// cluster-wide, as the administrator, and waits until the authorizer
+    /// lets the subject use it.
+    pub async fn bind_cluster_role(&self, kind: &str, name: &str, role: &str) {
+        let binding = serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"generateName": format!("test-{role}-")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name}],
+        });
+        let response = self
+            .http()
+            .post(format!(
+                "{}/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+                self.url
+            ))
+            .json(&binding)
+            .send()
+            .await
+            .expect("the API server answers");
+        let code = response.status();
+        assert!(
+            code.is_success(),
+            "binding {role} to {kind} {name}: {code} {}",
+            response.text().await.unwrap_or_default()
+        );
+        // The authorizer learns of the binding through its watch: wait until
+        // it answers a review with it.
+        let (user, groups) = match kind {
+            "Group" => ("loom-test:probe".to_owned(), vec![name.to_owned()]),
+            _ => (name.to_owned(), Vec::new()),
+        };
+        let review = serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {"user": user, "groups": groups, "resourceAttributes": {
+                "verb": "get", "group": "loom.dev", "resource": "tasks", "namespace": "default"}},
+        });
+        let url = format!(
+            "{}/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            self.url
+        );
+        crate::wait::eventually(&format!("{role} bound to {kind} {name}"), || async {
+            let response = self.http().post(&url).json(&review).send().await.ok()?;
+            let answer: serde_json::Value = response.json().await.ok()?;
+            (answer["status"]["allowed"] == true).then_some(())
+        })
+        .await;
     }
 
     /// A plain HTTP client that trusts the server but presents no certificate.

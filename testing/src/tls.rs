@@ -14,6 +14,11 @@ use crate::{Error, Result};
 pub const ADMIN: &str = "loom-admin";
 /// The administrator's group: allowed everything.
 pub const MASTERS: &str = "system:masters";
+/// Users every test server knows by bearer token ([`TestPki::token`]), in
+/// [`TEST_USERS_GROUP`]; they may do nothing until a test binds them a role.
+pub const TEST_USERS: [&str; 3] = ["alice", "bob", "carol"];
+/// The group of [`TEST_USERS`].
+pub const TEST_USERS_GROUP: &str = "loom-test:users";
 
 /// The CA and the certificates issued by it, shared by every server of one
 /// test process (issuing is cheap, making the CA once keeps it cheaper).
@@ -21,6 +26,7 @@ pub struct TestPki {
     ca: Ca,
     serving: KeyAndCert,
     admin: KeyAndCert,
+    admin_token: String,
 }
 
 impl std::fmt::Debug for TestPki {
@@ -39,7 +45,18 @@ impl TestPki {
                 let names = ["127.0.0.1", "localhost", "::1"].map(str::to_owned);
                 let serving = ca.issue(&Profile::server("loom-apiserver", &names))?;
                 let admin = ca.issue(&Profile::client(ADMIN, Some(MASTERS)))?;
-                Ok(TestPki { ca, serving, admin })
+                // Random per process (std's hasher keys come from the OS).
+                let random = || {
+                    use std::hash::BuildHasher as _;
+                    std::collections::hash_map::RandomState::new().hash_one(0u8)
+                };
+                let admin_token = format!("loom-test-{:016x}{:016x}", random(), random());
+                Ok(TestPki {
+                    ca,
+                    serving,
+                    admin,
+                    admin_token,
+                })
             };
             match make() {
                 Ok(pki) => Arc::new(pki),
@@ -63,6 +80,35 @@ impl TestPki {
     /// The administrator's certificate and key.
     pub fn admin(&self) -> &KeyAndCert {
         &self.admin
+    }
+
+    /// The administrator's bearer token (every test server's static token
+    /// file has it): for clients that cannot present a certificate, such as
+    /// raw requests to a plain-HTTP server.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// The bearer token of `user`, one of [`TEST_USERS`].
+    pub fn token(&self, user: &str) -> String {
+        assert!(TEST_USERS.contains(&user), "{user} is not a test user");
+        format!("{}-{user}", self.admin_token)
+    }
+
+    /// The static token file every test server reads: the administrator's
+    /// token and those of [`TEST_USERS`].
+    pub fn static_tokens(&self) -> std::sync::Arc<apiserver::authn::StaticTokens> {
+        let mut lines = format!("{},{ADMIN},{ADMIN},{MASTERS}\n", self.admin_token);
+        for user in TEST_USERS {
+            lines.push_str(&format!(
+                "{},{user},{user},{TEST_USERS_GROUP}\n",
+                self.token(user)
+            ));
+        }
+        match apiserver::authn::StaticTokens::parse(&lines, Path::new("test-tokens.csv")) {
+            Ok(tokens) => std::sync::Arc::new(tokens),
+            Err(error) => panic!("the test token file: {error}"),
+        }
     }
 
     /// A client certificate for `user` in `group`.

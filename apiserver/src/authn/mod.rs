@@ -54,8 +54,7 @@ pub struct Authentication {
 impl Default for Authentication {
     fn default() -> Self {
         Authentication {
-            // Until every client of the tests presents a credential.
-            anonymous: true,
+            anonymous: false,
             x509: true,
             tokens: None,
             service_accounts: None,

@@ -35,12 +35,13 @@ pub const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/livez", "/version"];
 /// How the API server authorizes requests (`apiserver::Config::authorization`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Authorization {
-    /// Every request is allowed (the library's default while every client
-    /// still speaks plain HTTP without an identity).
-    #[default]
+    /// Every request is allowed (Kubernetes' `AlwaysAllow`): for an
+    /// embedder that authorizes elsewhere; nothing in Loom runs it.
     AlwaysAllow,
     /// Kubernetes' RBAC over Role, ClusterRole and their bindings;
-    /// `system:masters` may do anything. What `loom apiserver` runs.
+    /// `system:masters` may do anything. The default, and what `loom
+    /// apiserver` and `loom up` run.
+    #[default]
     Rbac,
 }
 
