@@ -235,21 +235,37 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
 
 /// Runs a command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    run_command(cli).await.map_err(explain)
+    let env = client::config::Environment::current();
+    // Nothing says where the API is: the default server was used.
+    let unconfigured = cli.server.is_none()
+        && cli.kubeconfig.is_none()
+        && env.service_host.is_none()
+        && env.kubeconfig_path().is_none_or(|path| !path.exists());
+    run_command(cli)
+        .await
+        .map_err(|error| explain(error, unconfigured))
 }
 
-/// Says what a 401 means, as kubectl does, wherever in a command it happened.
-fn explain(error: anyhow::Error) -> anyhow::Error {
-    let unauthorized = error.chain().any(|cause| {
-        cause
-            .downcast_ref::<client::Error>()
-            .is_some_and(|e| e.code() == Some(401))
-    });
-    if unauthorized {
+/// Says what a 401 means, as kubectl does, wherever in a command it happened;
+/// and, when no config was found, where one comes from.
+fn explain(error: anyhow::Error, unconfigured: bool) -> anyhow::Error {
+    let client_error = |test: fn(&client::Error) -> bool| {
+        error
+            .chain()
+            .any(|cause| cause.downcast_ref::<client::Error>().is_some_and(test))
+    };
+    if client_error(|e| e.code() == Some(401)) {
         error.context(
             "You must be logged in to the server (Unauthorized): the API server did not \
              accept the credentials of your kubeconfig's user (see `loomctl config view`)",
         )
+    } else if unconfigured && client_error(|e| matches!(e, client::Error::Http(_))) {
+        error.context(format!(
+            "no kubeconfig found ($LOOMCONFIG, $KUBECONFIG, ~/.loom/config), so loomctl tried \
+             {}: `loom up` writes ~/.loom/config; for another cluster use `loomctl config \
+             set-cluster`, `set-credentials` and `set-context`",
+            client::config::DEFAULT_SERVER
+        ))
     } else {
         error
     }

@@ -21,6 +21,7 @@ async fn loomctl(args: &[&str], home: &std::path::Path) -> Run {
         .env("HOME", home)
         .env_remove("LOOMCONFIG")
         .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
         .output()
         .await
         .unwrap();
@@ -427,4 +428,13 @@ async fn can_i_against_the_real_server_agrees_with_kubectl() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_any_config_loomctl_says_where_one_comes_from() {
+    let home = tempfile::tempdir().unwrap();
+    let run = loomctl(&["get", "jobs"], home.path()).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("no kubeconfig found"), "{}", run.stderr);
+    assert!(run.stderr.contains("loom up"), "{}", run.stderr);
 }
