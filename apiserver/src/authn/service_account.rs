@@ -478,6 +478,29 @@ mod tests {
     }
 
     #[test]
+    fn a_token_of_another_algorithm_is_refused_even_keyed_with_the_public_key() {
+        let (private, public) = pki::signing_key_pair().unwrap();
+        let tokens = ServiceAccountTokens::from_pem(
+            DEFAULT_ISSUER,
+            &[("sa.pub".into(), public.clone())],
+            Some(("sa.key".into(), private)),
+        )
+        .unwrap();
+        let claims = tokens.claims("ns", "a", "u", &[], 3600, None, Utc::now());
+        // The classic confusion: HMAC keyed with the (public) verification key.
+        let forged = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(public.as_bytes()),
+        )
+        .unwrap();
+        let refused = tokens
+            .verify_signature(&forged, &tokens.audiences)
+            .unwrap_err();
+        assert_eq!(refused.0, "the token is not signed with ES256");
+    }
+
+    #[test]
     fn remembered_claims_are_in_time_only_between_nbf_and_exp() {
         let tokens = tokens();
         let now = Utc::now();
