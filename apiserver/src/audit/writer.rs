@@ -298,6 +298,23 @@ mod tests {
     }
 
     #[test]
+    fn a_dash_is_standard_output_never_rotated() {
+        let file = LogFile {
+            path: PathBuf::from("-"),
+            max_size_bytes: 1,
+            max_backups: 1,
+        };
+        let written = Counter::default();
+        let (sender, thread) = start(&file, written.clone(), Counter::default()).unwrap();
+        sender.send(b"{\"kind\":\"Event\"}\n".to_vec());
+        sender.send(b"{\"kind\":\"Event\"}\n".to_vec());
+        drop(sender);
+        thread.join().unwrap();
+        assert_eq!(written.get(), 2);
+        assert!(!Path::new("-.1").exists());
+    }
+
+    #[test]
     fn a_log_that_cannot_be_opened_is_an_error_naming_it() {
         let file = LogFile {
             path: PathBuf::from("/nonexistent-dir/audit.log"),
