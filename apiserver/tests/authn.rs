@@ -198,9 +198,15 @@ async fn a_request_without_a_credential_gets_401_except_health_and_version() {
 
 #[tokio::test]
 async fn anonymous_requests_pass_only_when_allowed_and_bad_credentials_never() {
-    let server = TestServer::embedded(apiserver::Config::default())
-        .await
-        .unwrap();
+    let server = TestServer::embedded(apiserver::Config {
+        authentication: Authentication {
+            anonymous: true,
+            ..Authentication::default()
+        },
+        ..apiserver::Config::default()
+    })
+    .await
+    .unwrap();
     let (code, user) = whoami(&anonymous(&server)).await;
     assert_eq!(code, 201);
     assert_eq!(user["username"], "system:anonymous");
