@@ -1013,3 +1013,59 @@ async fn logs_of_a_task() {
         unbound.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_tokens_are_redacted_and_minify_keeps_the_current_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    let loomctl = Path::new(env!("CARGO_BIN_EXE_loomctl"));
+    let run = async |args: &[&str]| {
+        let run = run_with_config(loomctl, &config, dir.path(), args).await;
+        assert_eq!(run.code, 0, "loomctl {args:?}: {}", run.stderr);
+        run.stdout
+    };
+    run(&["config", "set-cluster", "a", "--server", "http://a:1"]).await;
+    run(&["config", "set-cluster", "b", "--server", "http://b:2"]).await;
+    run(&["config", "set-credentials", "bob", "--token", "t0ps3cret"]).await;
+    run(&[
+        "config",
+        "set-context",
+        "a",
+        "--cluster",
+        "a",
+        "--user",
+        "bob",
+    ])
+    .await;
+    run(&["config", "set-context", "b", "--cluster", "b"]).await;
+    let view = run(&["config", "view"]).await;
+    assert!(view.contains("token: REDACTED"), "{view}");
+    assert!(!view.contains("t0ps3cret"), "{view}");
+    assert!(
+        run(&["config", "view", "--raw"])
+            .await
+            .contains("token: t0ps3cret")
+    );
+    // The first context set became current; --minify keeps only what it uses.
+    let minified = run(&["config", "view", "--minify"]).await;
+    assert!(minified.contains("server: http://a:1"), "{minified}");
+    assert!(!minified.contains("http://b:2"), "{minified}");
+    assert!(minified.contains("name: bob"), "{minified}");
+    run(&["config", "use-context", "b"]).await;
+    let minified = run(&["config", "view", "--minify"]).await;
+    assert!(!minified.contains("bob"), "{minified}");
+    // --context picks another context for one command.
+    let other = run_with_config(
+        loomctl,
+        &config,
+        dir.path(),
+        &["--context", "nope", "get", "jobs"],
+    )
+    .await;
+    assert_eq!(other.code, 1);
+    assert!(
+        other.stderr.contains("no context named \"nope\""),
+        "{}",
+        other.stderr
+    );
+}
