@@ -291,7 +291,10 @@ pub async fn run(
     let authorizer = crate::authz::Authorizer::start(config.authorization, &catalog);
     let admission =
         admission::Chain::standard(store.clone(), catalog.clone(), config.default_task_memory)
-            .with(Arc::new(crate::authz::Escalation::new(authorizer.clone())));
+            .with(Arc::new(crate::authz::Escalation::new(authorizer.clone())))
+            .with(crate::authz::node::NodeRestriction::new(
+                authorizer.mode() == crate::authz::Authorization::Rbac,
+            ));
     info!(steps = ?admission.steps(), "admission chain");
     let api = Arc::new(GenericStore {
         store,

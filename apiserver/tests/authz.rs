@@ -19,6 +19,11 @@ const REVIEWS: &str = "/apis/authorization.k8s.io/v1";
 fn config() -> apiserver::Config {
     apiserver::Config {
         authorization: Authorization::Rbac,
+        // Requests without credentials pass authentication, to be refused here.
+        authentication: apiserver::authn::Authentication {
+            anonymous: true,
+            ..apiserver::authn::Authentication::default()
+        },
         ..apiserver::Config::default()
     }
 }
@@ -710,6 +715,172 @@ async fn nobody_grants_more_than_it_holds() {
     }
     let (_, readers) = admin.get(&format!("{roles}/readers")).await;
     assert_eq!(readers["rules"][0]["resources"], json!(["tasks"]));
+}
+
+/// A node is only itself (the Node authorizer and NodeRestriction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_is_only_itself() {
+    let (server, admin) = cluster().await;
+    let n1 = as_user(&server, "system:node:n1", Some("system:nodes"));
+    let node = |name: &str| json!({"apiVersion": "loom.dev/v1", "kind": "Node", "metadata": {"name": name}});
+    let bound = |name: &str, node: &str| json!({"apiVersion": "loom.dev/v1", "kind": "Task", "metadata": {"name": name}, "spec": {"image": "busybox", "nodeName": node}});
+    let lease = |name: &str| json!({"apiVersion": "loom.dev/v1", "kind": "Lease", "metadata": {"name": name}, "spec": {"holderIdentity": name, "leaseDurationSeconds": 40}});
+    let nodes = "/apis/loom.dev/v1/nodes";
+    let leases = "/apis/loom.dev/v1/namespaces/loom-node-lease/leases";
+    let (code, body) = admin
+        .post(
+            "/apis/loom.dev/v1/namespaces",
+            &json!({"apiVersion": "loom.dev/v1", "kind": "Namespace", "metadata": {"name": "loom-node-lease"}}),
+        )
+        .await;
+    assert!(code == 201 || code == 409, "{body}");
+    assert_eq!(admin.post(nodes, &node("n2")).await.0, 201);
+    for (name, on) in [("on1", "n1"), ("on2", "n2")] {
+        let (code, body) = admin.post(&tasks("a"), &bound(name, on)).await;
+        assert_eq!(code, 201, "{body}");
+    }
+    assert_eq!(admin.post(leases, &lease("n2")).await.0, 201);
+    let merge = "application/merge-patch+json";
+    let label = r#"{"metadata":{"labels":{"x":"y"}}}"#.to_owned();
+    let running = r#"{"status":{"phase":"Running"}}"#.to_owned();
+    type Case = (Method, String, Option<String>, u16);
+    let cases: Vec<Case> = vec![
+        // Its own Node and Lease, and only those.
+        (
+            Method::POST,
+            nodes.into(),
+            Some(node("n1").to_string()),
+            201,
+        ),
+        (
+            Method::POST,
+            nodes.into(),
+            Some(node("n3").to_string()),
+            403,
+        ),
+        (Method::GET, format!("{nodes}/n1"), None, 200),
+        (
+            Method::PATCH,
+            format!("{nodes}/n1"),
+            Some(label.clone()),
+            200,
+        ),
+        (
+            Method::PATCH,
+            format!("{nodes}/n1/status"),
+            Some(r#"{"status":{}}"#.into()),
+            200,
+        ),
+        (Method::GET, format!("{nodes}/n2"), None, 403),
+        (
+            Method::PATCH,
+            format!("{nodes}/n2"),
+            Some(label.clone()),
+            403,
+        ),
+        (
+            Method::PATCH,
+            format!("{nodes}/n2/status"),
+            Some(r#"{"status":{}}"#.into()),
+            403,
+        ),
+        (Method::DELETE, format!("{nodes}/n1"), None, 403),
+        (Method::GET, nodes.into(), None, 200),
+        (
+            Method::POST,
+            leases.into(),
+            Some(lease("n1").to_string()),
+            201,
+        ),
+        (
+            Method::POST,
+            leases.into(),
+            Some(lease("n9").to_string()),
+            403,
+        ),
+        (Method::GET, format!("{leases}/n1"), None, 200),
+        (
+            Method::PATCH,
+            format!("{leases}/n2"),
+            Some(label.clone()),
+            403,
+        ),
+        (Method::GET, format!("{leases}/n2"), None, 403),
+        // The tasks bound to it: listed by its selector, their status written.
+        (
+            Method::GET,
+            "/apis/loom.dev/v1/tasks?fieldSelector=spec.nodeName%3Dn1".into(),
+            None,
+            200,
+        ),
+        (Method::GET, "/apis/loom.dev/v1/tasks".into(), None, 403),
+        (
+            Method::GET,
+            "/apis/loom.dev/v1/tasks?fieldSelector=spec.nodeName%3Dn2".into(),
+            None,
+            403,
+        ),
+        (Method::GET, format!("{}/on1", tasks("a")), None, 200),
+        (Method::GET, format!("{}/on2", tasks("a")), None, 403),
+        (Method::GET, format!("{}/t1", tasks("a")), None, 403),
+        (
+            Method::PATCH,
+            format!("{}/on1/status", tasks("a")),
+            Some(running.clone()),
+            200,
+        ),
+        (
+            Method::PATCH,
+            format!("{}/on2/status", tasks("a")),
+            Some(running.clone()),
+            403,
+        ),
+        (
+            Method::PATCH,
+            format!("{}/on1", tasks("a")),
+            Some(label.clone()),
+            403,
+        ),
+        (Method::DELETE, format!("{}/on1", tasks("a")), None, 403),
+        (
+            Method::POST,
+            tasks("a"),
+            Some(bound("mine", "n1").to_string()),
+            403,
+        ),
+        // Services to list; nothing else of the cluster.
+        (Method::GET, "/apis/loom.dev/v1/services".into(), None, 200),
+        (Method::GET, "/apis/loom.dev/v1/jobs".into(), None, 403),
+        (Method::GET, format!("{RBAC}/clusterroles"), None, 403),
+    ];
+    for (method, path, body, expected) in cases {
+        let content_type = if method == Method::PATCH {
+            merge
+        } else {
+            "application/json"
+        };
+        let (code, answer) = n1
+            .send(
+                method.clone(),
+                &path,
+                content_type,
+                body.map(String::into_bytes),
+            )
+            .await;
+        assert_eq!(code, expected, "{method} {path}: {answer}");
+    }
+    // Nothing of another node was written.
+    let (_, n2) = admin.get(&format!("{nodes}/n2")).await;
+    assert!(n2["metadata"]["labels"]["x"].is_null(), "{n2}");
+    let (_, on2) = admin.get(&format!("{}/on2", tasks("a"))).await;
+    assert_ne!(on2["status"]["phase"], "Running", "{on2}");
+    assert_eq!(admin.get(&format!("{nodes}/n3")).await.0, 404);
+    assert_eq!(admin.get(&format!("{leases}/n9")).await.0, 404);
+    let (_, denied) = n1.get(&format!("{nodes}/n2")).await;
+    assert_eq!(
+        denied["message"],
+        r#"nodes.loom.dev "n2" is forbidden: User "system:node:n1" cannot get resource "nodes" in API group "loom.dev" at the cluster scope: no relationship found between node "n1" and this object"#
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -78,9 +78,11 @@ pub fn request_attributes(user: &User, method: &str, path: &str, query: &str) ->
             "list"
         }
         .to_owned();
+        let selector = query_value(query, "fieldSelector");
+        attributes.field_selector = selector.clone().unwrap_or_default();
         // A list narrowed to one name is a request about that name, so a
         // rule limited by `resourceNames` may allow it.
-        if let Some(selector) = query_value(query, "fieldSelector")
+        if let Some(selector) = selector
             && let Some(name) = selector.strip_prefix("metadata.name=")
             && !name.is_empty()
             && !name.contains([',', '=', '!', '/', '%'])

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use api_types::{ClusterRole, ClusterRoleBinding, GroupResource, Resource, Role, RoleBinding};
+use api_types::{
+    ClusterRole, ClusterRoleBinding, GroupResource, Resource, Role, RoleBinding, Task,
+};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -19,8 +21,9 @@ use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::attributes::request_attributes;
+use super::node;
 use super::rbac::{self, Attributes, Binding, Decision, PolicyRule, RuleSource, UserInfo};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, ServedResource};
 use crate::error::ApiError;
 use crate::http::User;
 use crate::watch_cache::{Filter, WatchCache, WatchError, WatchItem};
@@ -135,6 +138,8 @@ pub struct Authorizer {
     /// Woken after every rebuild of the index.
     rebuilt: Notify,
     caches: Option<Caches>,
+    /// The tasks, for the Node authorizer (which tasks are bound where).
+    tasks: Option<Arc<ServedResource>>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -163,6 +168,7 @@ impl Authorizer {
             index: RwLock::new(Arc::new(Index::default())),
             rebuilt: Notify::new(),
             caches: Some(caches),
+            tasks: Some(catalog.builtin_resource::<Task>()),
         });
         if let Some(caches) = &authorizer.caches {
             for cache in [
@@ -185,6 +191,7 @@ impl Authorizer {
             index: RwLock::new(Arc::new(index)),
             rebuilt: Notify::new(),
             caches: None,
+            tasks: None,
         })
     }
 
@@ -230,6 +237,15 @@ impl Authorizer {
             return Decision::Allowed {
                 reason: "an open path".to_owned(),
             };
+        }
+        // A node: the Node authorizer, then RBAC (Kubernetes' `Node,RBAC`).
+        if let (Some(node), Some(tasks)) = (node::node_of(&request.user), &self.tasks) {
+            let decision = node::decide(node, request, tasks);
+            if decision.is_allowed() {
+                return decision;
+            }
+            let rbac = rbac::authorize(&*self.index(), request);
+            return if rbac.is_allowed() { rbac } else { decision };
         }
         rbac::authorize(&*self.index(), request)
     }

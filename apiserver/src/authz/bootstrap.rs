@@ -154,8 +154,9 @@ fn controllers_rules() -> Vec<PolicyRule> {
     ]
 }
 
-/// A node (as RBAC sees every node; the node authorizer narrows it to its
-/// own objects): registers and updates its Node, renews its Lease, follows
+/// A node, as RBAC would see every node: bound to no one by default (the
+/// Node authorizer grants each node what it needs of its own objects); for
+/// an operator who must grant a node more by hand: registers and updates its Node, renews its Lease, follows
 /// the tasks bound to it and writes their status, records Events, creates
 /// the Lease namespace if missing, and mints its tasks' service-account
 /// tokens.
@@ -252,7 +253,10 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
             "system:loom-controllers",
             vec![Subject::user(CONTROLLERS_USER)],
         ),
-        ("system:node", vec![Subject::group(NODES_GROUP)]),
+        // Nodes are authorized by the Node authorizer, each to its own
+        // objects; binding this role to `system:nodes` would give every node
+        // every node's rights (Kubernetes leaves it unbound too).
+        ("system:node", Vec::new()),
     ];
     bindings
         .into_iter()

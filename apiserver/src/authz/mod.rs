@@ -6,12 +6,13 @@
 //! watch caches; [`escalation`] is the admission step that keeps role and
 //! binding writers from granting more than they hold; [`review`] answers the
 //! access reviews of `authorization.k8s.io`; [`bootstrap`] creates the roles
-//! every cluster has.
+//! every cluster has; [`node`] limits a node to its own objects.
 
 pub mod attributes;
 pub mod authorizer;
 pub mod bootstrap;
 pub mod escalation;
+pub mod node;
 pub mod rbac;
 pub mod registry;
 pub mod review;

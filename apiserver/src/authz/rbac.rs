@@ -41,6 +41,9 @@ pub struct Attributes {
     pub name: String,
     /// The path of a non-resource request.
     pub path: String,
+    /// A list's or watch's field selector, as sent (the Node authorizer lets
+    /// a node list only the tasks bound to it).
+    pub field_selector: String,
 }
 
 fn has(list: &[String], wanted: &str) -> bool {

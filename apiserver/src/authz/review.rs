@@ -221,7 +221,7 @@ pub fn answer(
             subresource: r.subresource.clone(),
             namespace: r.namespace.clone(),
             name: r.name.clone(),
-            path: String::new(),
+            ..Attributes::default()
         },
         (None, Some(n)) => Attributes {
             user,
