@@ -362,9 +362,59 @@ fn is_dns_name(name: &str) -> bool {
 
 /// `sha256:` and the hex SHA-256 of a DER SubjectPublicKeyInfo.
 pub fn public_key_hash(spki_der: &[u8]) -> String {
-    let digest = Sha256::digest(spki_der);
+    sha256(spki_der)
+}
+
+/// `sha256:` and the hex SHA-256 of `bytes` (how a bootstrap token's secret
+/// is stored: never in clear).
+pub fn sha256(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
+}
+
+/// What a certificate request asks to be called.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestInfo {
+    /// The subject's CN.
+    pub common_name: String,
+    /// The subject's O values, in order.
+    pub organizations: Vec<String>,
+    /// DNS names and IP addresses it asks for (a client's should have none).
+    pub alt_names: usize,
+}
+
+impl RequestInfo {
+    /// Reads a PEM certificate request, its signature checked (the requester
+    /// holds the key it asks a certificate for).
+    pub fn from_pem(pem: &str) -> std::result::Result<RequestInfo, String> {
+        let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .map_err(|e| format!("no PEM certificate request: {e}"))?;
+        if block.label != "CERTIFICATE REQUEST" && block.label != "NEW CERTIFICATE REQUEST" {
+            return Err(format!(
+                "a {:?} where a CERTIFICATE REQUEST was expected",
+                block.label
+            ));
+        }
+        // rcgen checks the request's self-signature as it parses it.
+        let params = CertificateSigningRequestParams::from_pem(pem)
+            .map_err(|e| format!("bad certificate request: {e}"))?;
+        let (_, request) = <x509_parser::certification_request::X509CertificationRequest<'_> as x509_parser::prelude::FromDer<'_, _>>::from_der(&block.contents)
+            .map_err(|e| format!("bad certificate request: {e}"))?;
+        let strings = |attrs: &x509_parser::x509::AttributeTypeAndValue<'_>| {
+            attrs.as_str().map(str::to_owned).ok()
+        };
+        let subject = &request.certification_request_info.subject;
+        Ok(RequestInfo {
+            common_name: subject
+                .iter_common_name()
+                .next()
+                .and_then(strings)
+                .unwrap_or_default(),
+            organizations: subject.iter_organization().filter_map(strings).collect(),
+            alt_names: params.params.subject_alt_names.len(),
+        })
+    }
 }
 
 /// A new key and a PEM certificate request for `profile`'s subject and names
@@ -583,6 +633,22 @@ mod tests {
             ca.sign_request("not a request", &approved),
             Err(Error::Bad(_))
         ));
+    }
+
+    #[test]
+    fn a_request_names_its_subject_and_junk_is_refused() {
+        let (csr, _key) = request(&Profile::client("system:node:a", Some("system:nodes"))).unwrap();
+        let info = RequestInfo::from_pem(&csr).unwrap();
+        assert_eq!(info.common_name, "system:node:a");
+        assert_eq!(info.organizations, ["system:nodes"]);
+        assert_eq!(info.alt_names, 0);
+        assert!(RequestInfo::from_pem("junk").is_err());
+        let ca = Ca::generate("test").unwrap();
+        assert!(RequestInfo::from_pem(ca.cert_pem()).is_err());
+        // A request whose body was changed after it was signed.
+        let tampered = csr.replacen("A", "B", 1);
+        assert!(RequestInfo::from_pem(&tampered).is_err());
+        assert_eq!(sha256(b"abc").len(), "sha256:".len() + 64);
     }
 
     #[test]
