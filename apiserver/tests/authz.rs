@@ -22,10 +22,24 @@ fn config() -> apiserver::Config {
         // Requests without credentials pass authentication, to be refused here.
         authentication: apiserver::authn::Authentication {
             anonymous: true,
+            service_accounts: Some(service_account_tokens()),
             ..apiserver::authn::Authentication::default()
         },
         ..apiserver::Config::default()
     }
+}
+
+/// Service-account tokens signed and verified with a fresh key pair.
+fn service_account_tokens() -> std::sync::Arc<apiserver::authn::ServiceAccountTokens> {
+    let (private, public) = pki::signing_key_pair().unwrap();
+    std::sync::Arc::new(
+        apiserver::authn::ServiceAccountTokens::from_pem(
+            apiserver::authn::service_account::DEFAULT_ISSUER,
+            &[("sa.pub".into(), public)],
+            Some(("sa.key".into(), private)),
+        )
+        .unwrap(),
+    )
 }
 
 fn as_user(server: &TestServer, user: &str, group: Option<&str>) -> JsonClient {
@@ -725,6 +739,9 @@ async fn a_node_is_only_itself() {
     let node = |name: &str| json!({"apiVersion": "loom.dev/v1", "kind": "Node", "metadata": {"name": name}});
     let bound = |name: &str, node: &str| json!({"apiVersion": "loom.dev/v1", "kind": "Task", "metadata": {"name": name}, "spec": {"image": "busybox", "nodeName": node}});
     let lease = |name: &str| json!({"apiVersion": "loom.dev/v1", "kind": "Lease", "metadata": {"name": name}, "spec": {"holderIdentity": name, "leaseDurationSeconds": 40}});
+    let token_request = |task: &str| {
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"boundObjectRef": {"kind": "Task", "apiVersion": "loom.dev/v1", "name": task}}}).to_string()
+    };
     let nodes = "/apis/loom.dev/v1/nodes";
     let leases = "/apis/loom.dev/v1/namespaces/loom-node-lease/leases";
     let (code, body) = admin
@@ -846,6 +863,25 @@ async fn a_node_is_only_itself() {
             Method::POST,
             tasks("a"),
             Some(bound("mine", "n1").to_string()),
+            403,
+        ),
+        // Tokens of the accounts its tasks run as, and no other.
+        (
+            Method::POST,
+            "/api/v1/namespaces/a/serviceaccounts/default/token".into(),
+            Some(token_request("on1")),
+            201,
+        ),
+        (
+            Method::POST,
+            "/api/v1/namespaces/a/serviceaccounts/robot/token".into(),
+            Some(token_request("on1")),
+            403,
+        ),
+        (
+            Method::POST,
+            "/api/v1/namespaces/b/serviceaccounts/default/token".into(),
+            Some(token_request("on1")),
             403,
         ),
         // Services to list; nothing else of the cluster.

@@ -5,8 +5,9 @@
 //! its own Node and its status (and create it: registration), list and watch
 //! Nodes; get, create, update and patch its own Lease in the node-lease
 //! namespace; list and watch the Tasks bound to it (a `spec.nodeName=NAME`
-//! field selector), get them and update or patch their status; get, create,
-//! patch and update Events; list and watch Services and Endpoints; get and
+//! field selector), get them and update or patch their status, and create
+//! tokens of the service accounts they run as; get, create, patch and update
+//! Events; list and watch Services and Endpoints; get and
 //! create the node-lease namespace it registers into. Anything else is up to
 //! RBAC, where nodes hold nothing but discovery and self reviews, so it is a
 //! 403. The authorizer decides by the request's path and the Task cache; the
@@ -54,6 +55,31 @@ fn bound_node(tasks: &ServedResource, namespace: &str, name: &str) -> Option<Str
     object.fields.get("spec.nodeName").cloned()
 }
 
+/// Whether a task of `namespace` bound to `node` runs as the service
+/// account `account` (`default` when it names none).
+fn runs_as(tasks: &ServedResource, node: &str, namespace: &str, account: &str) -> bool {
+    let filter = crate::watch_cache::Filter {
+        namespace: Some(namespace.to_owned()),
+        ..Default::default()
+    };
+    tasks
+        .cache
+        .list_at_most(&filter, usize::MAX)
+        .map(|(objects, _)| objects)
+        .unwrap_or_default()
+        .iter()
+        .filter(|o| o.fields.get("spec.nodeName").map(String::as_str) == Some(node))
+        .any(|o| {
+            let task = o.value();
+            let named = task
+                .pointer("/spec/serviceAccountName")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let named = if named.is_empty() { "default" } else { named };
+            named == account
+        })
+}
+
 /// The Node authorizer's answer for `node`'s request: allowed, or why not.
 pub fn decide(node: &str, request: &Attributes, tasks: &ServedResource) -> Decision {
     let allowed = || Decision::Allowed {
@@ -89,6 +115,13 @@ pub fn decide(node: &str, request: &Attributes, tasks: &ServedResource) -> Decis
         },
         "events" if loom => matches!(verb, "get" | "create" | "patch" | "update") && sub.is_empty(),
         "services" | "endpoints" if loom => matches!(verb, "list" | "watch") && sub.is_empty(),
+        // A token for the account a task bound to it runs as (what it
+        // mounts into the task).
+        "serviceaccounts" if core_or_loom => {
+            verb == "create"
+                && sub == "token"
+                && runs_as(tasks, node, &request.namespace, &request.name)
+        }
         "namespaces" if core_or_loom => match verb {
             "get" => request.name == NODE_LEASE_NAMESPACE && sub.is_empty(),
             "create" => sub.is_empty(),
