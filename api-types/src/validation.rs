@@ -939,6 +939,16 @@ pub fn validate_task_spec(
         ));
     }
 
+    if !spec.service_account_name.is_empty() {
+        for problem in crate::names::is_dns1123_subdomain(&spec.service_account_name) {
+            errs.push(FieldError::invalid(
+                child(path, "serviceAccountName"),
+                &spec.service_account_name,
+                &problem,
+            ));
+        }
+    }
+
     let node_path = child(path, "nodeName");
     let index_path = child(path, "index");
     match context {

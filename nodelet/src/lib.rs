@@ -14,6 +14,7 @@ pub mod permissions;
 pub mod pull;
 pub mod run;
 pub mod server;
+pub mod service_account;
 pub mod shim;
 pub mod spec;
 pub mod tasks;
@@ -304,6 +305,35 @@ pub async fn run_with(
         shutdown.clone(),
     ));
 
+    // Running tasks' service-account tokens, requested again at 80 % of
+    // their life (the files change in place: the mounts follow).
+    let refresher = tokio::spawn({
+        let (ctx, store, shutdown) = (ctx.clone(), store.clone(), shutdown.clone());
+        async move {
+            let mut every = tokio::time::interval(service_account::REFRESH_EVERY);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                for task in store.list() {
+                    let task_dir = ctx.task_dir(&task.metadata.uid);
+                    let dir = service_account::dir_of(&task_dir);
+                    let finished = task.status.as_ref().is_some_and(|s| s.phase.is_terminal());
+                    if finished || !dir.is_dir() || !service_account::due(&dir, chrono::Utc::now())
+                    {
+                        continue;
+                    }
+                    if let Err(failure) =
+                        service_account::project(&ctx.client, &task, &task_dir).await
+                    {
+                        warn!(task = %format!("{}/{}", task.metadata.namespace, task.metadata.name), reason = failure.reason, error = %failure.message, "cannot renew the service-account token");
+                    }
+                }
+            }
+        }
+    });
+
     store.wait_ready().await;
     let mut actors: Actors = HashMap::new();
     let spawn = |actors: &mut Actors, uid: &str, task: Option<Arc<Task>>| {
@@ -378,6 +408,7 @@ pub async fn run_with(
     }
     informer.stop();
     let _ = heartbeat.await;
+    let _ = refresher.await;
     let _ = server.await;
     if config.stop_tasks_on_exit {
         cgroup::remove_tree(&format!("/{}/{}", config.cgroup_parent, config.name));

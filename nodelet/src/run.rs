@@ -106,6 +106,10 @@ pub struct RunSpec {
     /// The confined exec driver's sandbox (`exec` only).
     #[serde(default)]
     pub sandbox: Option<Sandbox>,
+    /// The task's service-account credentials, mounted read-only at
+    /// [`crate::service_account::MOUNT_PATH`].
+    #[serde(default)]
+    pub service_account: Option<PathBuf>,
 }
 
 /// What the shim reports once the process runs (one JSON line on its stdout).

@@ -493,6 +493,13 @@ pub fn runtime_spec(run: &RunSpec) -> Result<Spec, String> {
                         mount.read_only,
                     ));
                 }
+                if let Some(dir) = &run.service_account {
+                    mounts.push(bind(
+                        dir,
+                        Path::new(crate::service_account::MOUNT_PATH),
+                        true,
+                    ));
+                }
             }
         }
         DriverKind::Exec | DriverKind::Raw => {
@@ -502,7 +509,14 @@ pub fn runtime_spec(run: &RunSpec) -> Result<Spec, String> {
                 .ok_or_else(|| format!("run of {}: the exec driver needs a sandbox", run.task))?;
             spec["root"] = json!({"path": "rootfs", "readonly": true});
             spec["process"]["user"] = json!({"uid": sandbox.uid, "gid": sandbox.uid});
-            spec["mounts"] = json!(exec_mounts(sandbox, &run.mounts));
+            let mut mounts = exec_mounts(sandbox, &run.mounts);
+            if let Some(dir) = &run.service_account {
+                // Inside the sandbox's empty /run (/var/run is its symlink on
+                // the host), so the mount point is made in a tmpfs, never on
+                // the host.
+                mounts.push(bind(dir, &exec_service_account_path(), true));
+            }
+            spec["mounts"] = json!(mounts);
             // The host's network: no network namespace.
             spec["linux"]["namespaces"] = json!(
                 ["pid", "ipc", "uts", "mount", "cgroup"]
@@ -554,6 +568,19 @@ fn tmpfs(destination: &str, mode: &str) -> Value {
         "source": "tmpfs",
         "options": ["nosuid", "nodev", format!("mode={mode}")],
     })
+}
+
+/// Where an exec task's service-account files are bound: the mount path
+/// with `/var/run` resolved as the host resolves it (to `/run`).
+fn exec_service_account_path() -> PathBuf {
+    let mount = Path::new(crate::service_account::MOUNT_PATH);
+    match std::fs::canonicalize("/var/run") {
+        Ok(run) => match mount.strip_prefix("/var/run") {
+            Ok(rest) => run.join(rest),
+            Err(_) => mount.to_owned(),
+        },
+        Err(_) => mount.to_owned(),
+    }
 }
 
 /// The mounts of a confined exec process over the host's read-only root: fresh
@@ -707,7 +734,51 @@ mod tests {
             hostname: "t".into(),
             grace_seconds: None,
             sandbox: None,
+            service_account: Some("/var/lib/loom/tasks/u/serviceaccount".into()),
         }
+    }
+
+    #[test]
+    fn the_service_account_is_mounted_read_only_where_clients_look() {
+        let spec = serde_json::to_value(runtime_spec(&run()).unwrap()).unwrap();
+        let sa = mount(&spec, crate::service_account::MOUNT_PATH);
+        assert_eq!(sa["source"], "/var/lib/loom/tasks/u/serviceaccount");
+        assert!(
+            sa["options"].as_array().unwrap().iter().any(|o| o == "ro"),
+            "{sa}"
+        );
+        // An exec task sees it through the sandbox's own /run.
+        let spec = serde_json::to_value(runtime_spec(&exec_run()).unwrap()).unwrap();
+        let path = exec_service_account_path();
+        let sa = mount(&spec, &path.display().to_string());
+        assert_eq!(sa["source"], "/var/lib/loom/tasks/u/serviceaccount");
+        assert!(
+            sa["options"].as_array().unwrap().iter().any(|o| o == "ro"),
+            "{sa}"
+        );
+        let mounts = spec["mounts"].as_array().unwrap();
+        let run_tmpfs = mounts
+            .iter()
+            .position(|m| m["destination"] == "/run")
+            .unwrap();
+        let bound = mounts
+            .iter()
+            .position(|m| m["destination"] == path.display().to_string())
+            .unwrap();
+        assert!(
+            run_tmpfs < bound,
+            "the bind goes into the sandbox's /run, after it"
+        );
+        let mut without = run();
+        without.service_account = None;
+        let spec = serde_json::to_value(runtime_spec(&without).unwrap()).unwrap();
+        assert!(
+            !spec["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["destination"] == crate::service_account::MOUNT_PATH)
+        );
     }
 
     fn exec_run() -> RunSpec {

@@ -816,6 +816,16 @@ async fn start(ctx: &Ctx, dir: &Path, task: &Task, n: u32) -> Result<Started, Ex
         .pull_missing(task)
         .await
         .map_err(|e| ExitRecord::failed("ImagePullFailed", e.to_string()));
+    // The service account's token, requested before anything else is
+    // prepared: a missing account fails the task before it runs.
+    let service_account = match crate::service_account::account_of(task) {
+        None => None,
+        Some(_) => Some(
+            crate::service_account::project(&ctx.client, task, &ctx.task_dir(&task.metadata.uid))
+                .await
+                .map_err(|failure| ExitRecord::failed(failure.reason, failure.message)),
+        ),
+    };
     let prepared = (|| -> Result<(), ExitRecord> {
         std::fs::create_dir_all(&run.0)
             .map_err(|e| ExitRecord::failed("StartFailed", format!("{}: {e}", run.0.display())))?;
@@ -829,7 +839,8 @@ async fn start(ctx: &Ctx, dir: &Path, task: &Task, n: u32) -> Result<Started, Ex
         }
         .map_err(|e| ExitRecord::failed("StartFailed", e.to_string()))?;
         pulled?;
-        let spec = run_spec(ctx, task, n)?;
+        let service_account = service_account.transpose()?;
+        let spec = run_spec(ctx, task, n, service_account)?;
         let bytes = serde_json::to_vec_pretty(&spec)
             .map_err(|e| ExitRecord::failed("StartFailed", e.to_string()))?;
         write_replace(&run.spec(), &bytes)
@@ -866,7 +877,12 @@ async fn start(ctx: &Ctx, dir: &Path, task: &Task, n: u32) -> Result<Started, Ex
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The run spec of run `n` of `task`.
-fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
+fn run_spec(
+    ctx: &Ctx,
+    task: &Task,
+    n: u32,
+    service_account: Option<PathBuf>,
+) -> Result<RunSpec, ExitRecord> {
     let spec = &task.spec;
     let driver = match spec.driver.unwrap_or_default() {
         api_types::Driver::Container => DriverKind::Container,
@@ -932,6 +948,12 @@ fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
     set(&mut env, "LOOM_NODE_NAME", ctx.config.name.clone());
     if let Some(index) = spec.index {
         set(&mut env, "LOOM_TASK_INDEX", index.to_string());
+    }
+    if service_account.is_some()
+        && let Some((host, port)) = crate::service_account::service_env(&ctx.client)
+    {
+        set(&mut env, "KUBERNETES_SERVICE_HOST", host);
+        set(&mut env, "KUBERNETES_SERVICE_PORT", port);
     }
     for var in &spec.env {
         set(&mut env, &var.name, var.value.clone());
@@ -1011,6 +1033,7 @@ fn run_spec(ctx: &Ctx, task: &Task, n: u32) -> Result<RunSpec, ExitRecord> {
             .termination_grace_period_seconds
             .map(|s| s.max(0) as u64),
         sandbox,
+        service_account,
     })
 }
 

@@ -266,6 +266,16 @@ pub struct TaskSpec {
     /// empty). Never a path: the node chooses where logs are kept. Fixed at creation.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub log_path: String,
+    /// The ServiceAccount the task runs as (`default` when empty): its token,
+    /// the cluster's CA and the namespace are mounted at
+    /// `/var/run/secrets/kubernetes.io/serviceaccount/`, and
+    /// `KUBERNETES_SERVICE_HOST`/`_PORT` name the API server, so a client in
+    /// the task (`Client::infer()`, kubectl, client-go) talks to the API as it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub service_account_name: String,
+    /// Whether the service account's token is mounted (default true).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
     /// The node it is bound to (set by the scheduler).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub node_name: String,
