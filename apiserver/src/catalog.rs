@@ -189,6 +189,8 @@ impl Catalog {
         catalog.builtin::<api_types::ClusterRoleBinding>(
             crate::authz::registry::cluster_role_binding(),
         );
+        catalog.builtin::<api_types::CertificateSigningRequest>(crate::certificates::rest());
+        catalog.builtin::<api_types::BootstrapToken>(crate::certificates::bootstrap_tokens());
         catalog
     }
 

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod catalog;
+pub mod certificates;
 pub mod discovery;
 pub mod error;
 pub mod generic;

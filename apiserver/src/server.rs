@@ -181,6 +181,9 @@ pub struct Config {
     pub authorization: crate::authz::Authorization,
     /// Write an audit log (`None`: none).
     pub audit: Option<crate::audit::Config>,
+    /// Sign approved CertificateSigningRequests with this CA, and serve its
+    /// certificate to joining nodes (`None`: requests stay unsigned).
+    pub cluster_signing: Option<crate::certificates::Signing>,
 }
 
 /// The longest header read timeout allowed.
@@ -206,6 +209,7 @@ impl Default for Config {
             authentication: crate::authn::Authentication::default(),
             authorization: crate::authz::Authorization::Rbac,
             audit: None,
+            cluster_signing: None,
         }
     }
 }
@@ -294,6 +298,9 @@ pub async fn run(
             .with(Arc::new(crate::authz::Escalation::new(authorizer.clone())))
             .with(crate::authz::node::NodeRestriction::new(
                 authorizer.mode() == crate::authz::Authorization::Rbac,
+            ))
+            .with(crate::certificates::CertificateAdmission::new(
+                config.cluster_signing.clone(),
             ));
     info!(steps = ?admission.steps(), "admission chain");
     let api = Arc::new(GenericStore {
@@ -322,6 +329,13 @@ pub async fn run(
         min_watch_timeout: config.min_watch_timeout,
         body_read_timeout: config.body_read_timeout,
     });
+    let app = crate::certificates::serve_cluster_ca(
+        app,
+        config
+            .cluster_signing
+            .as_ref()
+            .map(|signing| signing.ca.cert_pem().to_owned()),
+    );
     // The audit layer is the outermost: it sees every answer, 401s and 429s too.
     let app = match auditor {
         Some(auditor) => app.layer(axum::middleware::from_fn_with_state(

@@ -1,6 +1,7 @@
 //! Loom's built-in kinds, one module each, and the list of them all.
 
 pub mod authorization;
+pub mod certificates;
 pub mod event;
 pub mod job;
 pub mod lease;
@@ -12,6 +13,11 @@ pub mod service;
 pub mod service_account;
 pub mod task;
 
+pub use certificates::{
+    BootstrapToken, BootstrapTokenSpec, BootstrapTokenValue, CertificateSigningRequest,
+    CertificateSigningRequestCondition, CertificateSigningRequestSpec,
+    CertificateSigningRequestStatus,
+};
 pub use event::{Event, EventSource, EventType};
 pub use job::{Indexes, IndexesError, Job, JobInput, JobPhase, JobSpec, JobStatus, TaskOverride};
 pub use lease::{Lease, LeaseSpec};

@@ -1,10 +1,11 @@
 //! Authentication: who made each request, from its client certificate, a
-//! static bearer token or a service-account token, as Kubernetes'
-//! authenticators establish it. One layer in front of the router sets the
+//! static bearer token, a bootstrap token or a service-account token, as
+//! Kubernetes' authenticators establish it. One layer in front of the router sets the
 //! [`User`] on the request (and on the response, for the audit log); a request
 //! with a bad credential, or none where anonymous requests are off, ends
 //! there with a 401 Status.
 
+pub mod bootstrap;
 pub mod review;
 pub mod service_account;
 pub mod static_tokens;
@@ -214,6 +215,13 @@ impl Authenticator {
             && let Some(user) = tokens.user(token)
         {
             return Outcome::User(user.clone());
+        }
+        // `<id>.<secret>`: a bootstrap token or nothing.
+        if bootstrap::is_bootstrap_token(token) {
+            return match bootstrap::authenticate(&self.catalog, &*self.store, token).await {
+                Ok(user) => Outcome::User(user),
+                Err(why) => Outcome::Refused(why),
+            };
         }
         // A JWT has three dot-separated parts; anything else is no such token.
         if let Some(accounts) = &self.config.service_accounts

@@ -177,6 +177,25 @@ fn node_rules() -> Vec<PolicyRule> {
     ]
 }
 
+/// What a node joining with a bootstrap token, or renewing its certificate,
+/// may do with certificate requests: ask, and follow the answer (the
+/// certificate admission step refuses any request but the node's own client
+/// certificate, as Kubernetes' `system:node-bootstrapper` and
+/// `selfnodeclient` approval do).
+fn certificate_request_rules() -> Vec<PolicyRule> {
+    vec![rule(
+        &["create", "get", "list", "watch"],
+        &[api_types::certificates::CERTIFICATES_GROUP],
+        &["certificatesigningrequests"],
+    )]
+}
+
+/// The role of bootstrap tokens.
+pub const NODE_BOOTSTRAPPER_ROLE: &str = "system:node-bootstrapper";
+/// The role nodes renew their certificates by.
+pub const SELF_NODE_CLIENT_ROLE: &str =
+    "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient";
+
 /// Every bootstrap cluster role.
 pub fn cluster_roles() -> Vec<ClusterRole> {
     let everything = vec![
@@ -224,6 +243,8 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
         ("system:loom-scheduler", scheduler_rules()),
         ("system:loom-controllers", controllers_rules()),
         ("system:node", node_rules()),
+        (NODE_BOOTSTRAPPER_ROLE, certificate_request_rules()),
+        (SELF_NODE_CLIENT_ROLE, certificate_request_rules()),
     ];
     roles
         .into_iter()
@@ -257,6 +278,11 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
         // objects; binding this role to `system:nodes` would give every node
         // every node's rights (Kubernetes leaves it unbound too).
         ("system:node", Vec::new()),
+        (
+            NODE_BOOTSTRAPPER_ROLE,
+            vec![Subject::group(api_types::certificates::BOOTSTRAPPERS_GROUP)],
+        ),
+        (SELF_NODE_CLIENT_ROLE, vec![Subject::group(NODES_GROUP)]),
     ];
     bindings
         .into_iter()

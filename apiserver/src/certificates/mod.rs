@@ -1,0 +1,445 @@
+//! TLS bootstrapping of nodes (Kubernetes' CSR approver and signer, in the
+//! API server): the REST storage of CertificateSigningRequest and
+//! BootstrapToken, and the admission step that stamps each request with its
+//! requester, approves a node's own client certificate request at once, and
+//! signs approved requests with the cluster CA.
+//!
+//! Who is approved at creation: a bootstrap token (`system:bootstrappers`)
+//! asking for `CN=system:node:NAME, O=system:nodes`, and a node
+//! `system:node:NAME` asking for its own name again (renewal); for client
+//! authentication only, from the kubelet-client signer. Anything else such
+//! a requester asks is refused (403); anyone else's request waits for an
+//! administrator to approve it (a status write with an `Approved` condition),
+//! and is signed then. Signing happens in the write that approves, so a
+//! request is never stored approved but unsigned while this server signs.
+//!
+//! The cluster CA's certificate is served to anyone at
+//! [`CLUSTER_CA_PATH`]: a joining node knows nothing yet, and checks what it
+//! fetched against the hash it was given before trusting it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api_types::certificates::{
+    BOOTSTRAPPERS_GROUP, CLIENT_SIGNER, CLUSTER_CA_PATH, KUBELET_CLIENT_SIGNER, NODE_CLIENT_USAGES,
+};
+use api_types::{BootstrapToken, CertificateSigningRequest, FieldError, Status};
+use async_trait::async_trait;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::admission::{AdmissionStep, Operation, Phase, Review};
+use crate::authz::authorizer::request_user;
+use crate::authz::node::{NODE_USER_PREFIX, NODES_GROUP, node_of};
+use crate::authz::rbac::UserInfo;
+use crate::error::{ApiError, ApiResult};
+use crate::registry::{Column, Rest, Typed};
+
+/// How long a node's certificate lasts unless its request asks for less.
+pub const DEFAULT_DURATION: Duration = pki::NODE_CERT_VALIDITY;
+
+/// The cluster CA this server signs approved requests with
+/// (`--cluster-signing-cert-file`, `--cluster-signing-key-file`).
+#[derive(Clone)]
+pub struct Signing {
+    /// The CA.
+    pub ca: Arc<pki::Ca>,
+    /// The longest certificate it signs (`--cluster-signing-duration`).
+    pub duration: Duration,
+}
+
+impl std::fmt::Debug for Signing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signing")
+            .field("ca", &self.ca.cert_hash())
+            .field("duration", &self.duration)
+            .finish()
+    }
+}
+
+impl Signing {
+    /// Signing with `ca`, for the default 30 days.
+    pub fn new(ca: pki::Ca) -> Self {
+        Signing {
+            ca: Arc::new(ca),
+            duration: DEFAULT_DURATION,
+        }
+    }
+}
+
+fn cell(path: &'static str) -> fn(&Value) -> Value {
+    match path {
+        "signer" => |o| json!(crate::registry::field(o, "spec.signerName")),
+        "requestor" => |o| json!(crate::registry::field(o, "spec.username")),
+        _ => |o| {
+            let csr: Option<CertificateSigningRequest> = serde_json::from_value(o.clone()).ok();
+            let Some(csr) = csr else {
+                return json!("");
+            };
+            let mut words: Vec<&str> = ["Approved", "Denied", "Failed"]
+                .into_iter()
+                .filter(|c| csr.has_condition(c))
+                .collect();
+            if words.is_empty() {
+                words.push("Pending");
+            }
+            if csr.certificate().is_some() {
+                words.push("Issued");
+            }
+            json!(words.join(","))
+        },
+    }
+}
+
+/// The decoded PEM request of a CSR object, or the problem with it.
+fn request_pem(object: &Value) -> Result<String, String> {
+    let encoded = object
+        .pointer("/spec/request")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let bytes = BASE64
+        .decode(encoded)
+        .map_err(|_| "must be a base64-encoded PEM certificate request".to_owned())?;
+    String::from_utf8(bytes).map_err(|_| "must be a base64-encoded PEM certificate request".into())
+}
+
+/// The request's subject, or the problem with it.
+fn request_info(object: &Value) -> Result<pki::RequestInfo, String> {
+    pki::RequestInfo::from_pem(&request_pem(object)?)
+}
+
+fn validate_request(object: &Value) -> Vec<FieldError> {
+    match request_info(object) {
+        Ok(_) => Vec::new(),
+        // The value is a certificate request; the message says what is wrong.
+        Err(why) => vec![FieldError::invalid("spec.request", "<request>", why)],
+    }
+}
+
+/// CertificateSigningRequest's REST storage.
+pub fn rest() -> Rest {
+    Rest::new(
+        Typed::<CertificateSigningRequest>::new(vec![
+            Column {
+                name: "SignerName",
+                kind: "string",
+                description: "The signer asked for",
+                priority: 0,
+                cell: cell("signer"),
+            },
+            Column {
+                name: "Requestor",
+                kind: "string",
+                description: "Who asked",
+                priority: 0,
+                cell: cell("requestor"),
+            },
+            Column {
+                name: "Condition",
+                kind: "string",
+                description: "Approved, Denied, Failed, Pending; Issued once signed",
+                priority: 0,
+                cell: cell("condition"),
+            },
+        ])
+        .validate_admitted(validate_request),
+    )
+}
+
+/// BootstrapToken's REST storage.
+pub fn bootstrap_tokens() -> Rest {
+    Rest::new(Typed::<BootstrapToken>::new(vec![
+        Column {
+            name: "Expiration",
+            kind: "string",
+            description: "When the token stops being accepted",
+            priority: 0,
+            cell: |o| json!(crate::registry::field(o, "spec.expiration")),
+        },
+        Column {
+            name: "Description",
+            kind: "string",
+            description: "What it is for",
+            priority: 0,
+            cell: |o| json!(crate::registry::field(o, "spec.description")),
+        },
+    ]))
+}
+
+/// Whether `csr` (with subject `info`) asks for exactly a node's client
+/// certificate from the kubelet-client signer: the node's name, or why not.
+pub fn node_client_request<'a>(
+    csr: &CertificateSigningRequest,
+    info: &'a pki::RequestInfo,
+) -> Result<&'a str, String> {
+    if csr.spec.signer_name != KUBELET_CLIENT_SIGNER {
+        return Err(format!("the signer must be {KUBELET_CLIENT_SIGNER}"));
+    }
+    let node = info
+        .common_name
+        .strip_prefix(NODE_USER_PREFIX)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "the subject's CN must be system:node:NAME, not {:?}",
+                info.common_name
+            )
+        })?;
+    if info.organizations != [NODES_GROUP] {
+        return Err(format!(
+            "the subject's O must be {NODES_GROUP} alone, not {:?}",
+            info.organizations
+        ));
+    }
+    if info.alt_names != 0 {
+        return Err("a client certificate has no subject alternative names".to_owned());
+    }
+    if !csr.spec.usages.iter().any(|u| u == "client auth")
+        || csr
+            .spec
+            .usages
+            .iter()
+            .any(|u| !NODE_CLIENT_USAGES.contains(&u.as_str()))
+    {
+        return Err(format!(
+            "the usages must be client auth, with digital signature and key encipherment allowed; not {:?}",
+            csr.spec.usages
+        ));
+    }
+    Ok(node)
+}
+
+/// What a requester's new request gets: approval, a refusal, or neither
+/// (an administrator decides).
+pub fn approval(
+    user: &UserInfo,
+    csr: &CertificateSigningRequest,
+    info: &pki::RequestInfo,
+) -> Result<Option<&'static str>, String> {
+    let bootstrapper = user.groups.iter().any(|g| g == BOOTSTRAPPERS_GROUP);
+    if bootstrapper {
+        node_client_request(csr, info).map_err(|why| {
+            format!("a bootstrap token may only ask for a node's client certificate: {why}")
+        })?;
+        return Ok(Some(
+            "Auto approving a node's client certificate requested with a bootstrap token.",
+        ));
+    }
+    if let Some(node) = node_of(user) {
+        let asked = node_client_request(csr, info)
+            .map_err(|why| format!("a node may only ask for its own client certificate: {why}"))?;
+        if asked != node {
+            return Err(format!(
+                "node {node:?} may only ask for its own client certificate, not node {asked:?}'s"
+            ));
+        }
+        return Ok(Some(
+            "Auto approving the renewal of a node's own client certificate.",
+        ));
+    }
+    Ok(None)
+}
+
+/// Signs an approved request: the PEM certificate, or why it is not signed.
+pub fn sign(
+    signing: &Signing,
+    csr: &CertificateSigningRequest,
+    pem: &str,
+    info: &pki::RequestInfo,
+) -> Result<String, String> {
+    match csr.spec.signer_name.as_str() {
+        KUBELET_CLIENT_SIGNER => {
+            node_client_request(csr, info)?;
+        }
+        CLIENT_SIGNER => {
+            if info.common_name.is_empty() {
+                return Err("the subject has no CN to name a user".to_owned());
+            }
+            if csr.spec.usages.iter().any(|u| u == "server auth") {
+                return Err("a client certificate cannot be for server auth".to_owned());
+            }
+        }
+        other => return Err(format!("this API server does not sign for {other:?}")),
+    }
+    if info.organizations.len() > 1 {
+        return Err("the subject may name at most one O (group)".to_owned());
+    }
+    let mut validity = signing.duration;
+    if let Some(seconds) = csr.spec.expiration_seconds {
+        validity = validity.min(Duration::from_secs(u64::try_from(seconds).unwrap_or(0)));
+    }
+    let profile = pki::Profile::client(
+        &info.common_name,
+        info.organizations.first().map(String::as_str),
+    )
+    .valid_for(validity);
+    signing
+        .ca
+        .sign_request(pem, &profile)
+        .map_err(|e| e.to_string())
+}
+
+fn condition(type_: &str, reason: &str, message: &str) -> Value {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    json!({
+        "type": type_,
+        "status": "True",
+        "reason": reason,
+        "message": message,
+        "lastUpdateTime": now,
+        "lastTransitionTime": now,
+    })
+}
+
+fn push_condition(object: &mut Value, condition: Value) {
+    let Some(map) = object.as_object_mut() else {
+        return;
+    };
+    let status = map.entry("status").or_insert_with(|| json!({}));
+    if !status.is_object() {
+        *status = json!({});
+    }
+    if let Some(status) = status.as_object_mut() {
+        let conditions = status.entry("conditions").or_insert_with(|| json!([]));
+        if let Some(list) = conditions.as_array_mut() {
+            list.push(condition);
+        } else {
+            *conditions = json!([condition]);
+        }
+    }
+}
+
+/// The admission step of CertificateSigningRequests.
+#[derive(Debug)]
+pub struct CertificateAdmission {
+    signing: Option<Signing>,
+}
+
+impl CertificateAdmission {
+    /// The step, signing with `signing` when given.
+    pub fn new(signing: Option<Signing>) -> Arc<Self> {
+        Arc::new(CertificateAdmission { signing })
+    }
+}
+
+#[async_trait]
+impl AdmissionStep for CertificateAdmission {
+    fn name(&self) -> &'static str {
+        "CertificateSigning"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Mutating
+    }
+
+    async fn admit(&self, review: &mut Review<'_>) -> ApiResult<()> {
+        if !review.resource.is::<CertificateSigningRequest>()
+            || review.operation == Operation::Delete
+        {
+            return Ok(());
+        }
+        let user = request_user();
+        if review.operation == Operation::Create
+            && let Some(user) = &user
+            && let Some(spec) = review.object.get_mut("spec").and_then(Value::as_object_mut)
+        {
+            // Who asked is the server's to say.
+            spec.insert("username".to_owned(), json!(user.name));
+            spec.insert("groups".to_owned(), json!(user.groups));
+            spec.remove("uid");
+            spec.remove("extra");
+        }
+        // A request that does not decode is the kind's validation's to refuse.
+        let Ok(csr) = serde_json::from_value::<CertificateSigningRequest>(review.object.clone())
+        else {
+            return Ok(());
+        };
+        let Ok(pem) = request_pem(&review.object) else {
+            return Ok(());
+        };
+        let Ok(info) = pki::RequestInfo::from_pem(&pem) else {
+            return Ok(());
+        };
+        if review.operation == Operation::Create
+            && let Some(user) = &user
+        {
+            match approval(user, &csr, &info) {
+                Ok(Some(message)) => {
+                    push_condition(
+                        &mut review.object,
+                        condition("Approved", "AutoApproved", message),
+                    );
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    return Err(ApiError::from(Status::forbidden(
+                        &review.resource.group_resource(),
+                        review.name,
+                        &format!(
+                            "user {:?} cannot create this certificate signing request: {why}",
+                            user.name
+                        ),
+                    )));
+                }
+            }
+        }
+        let Ok(csr) = serde_json::from_value::<CertificateSigningRequest>(review.object.clone())
+        else {
+            return Ok(());
+        };
+        if !csr.is_approved() || csr.certificate().is_some() || review.dry_run {
+            return Ok(());
+        }
+        let Some(signing) = &self.signing else {
+            return Ok(());
+        };
+        match sign(signing, &csr, &pem, &info) {
+            Ok(certificate) => {
+                info!(csr = review.name, subject = %info.common_name, "signed a certificate signing request");
+                if let Some(status) = review
+                    .object
+                    .get_mut("status")
+                    .and_then(Value::as_object_mut)
+                {
+                    status.insert("certificate".to_owned(), json!(BASE64.encode(certificate)));
+                }
+            }
+            Err(why) => {
+                warn!(csr = review.name, reason = %why, "cannot sign a certificate signing request");
+                push_condition(
+                    &mut review.object,
+                    condition("Failed", "SignerValidationFailure", &why),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `router` with the cluster CA's certificate served to anyone at
+/// [`CLUSTER_CA_PATH`] (added after the authentication and authorization
+/// layers, so neither applies: a joining node has no credential yet).
+pub fn serve_cluster_ca(router: Router, ca_pem: Option<String>) -> Router {
+    let Some(pem) = ca_pem else {
+        return router;
+    };
+    router.route(
+        CLUSTER_CA_PATH,
+        axum::routing::get(move || {
+            let pem = pem.clone();
+            async move {
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/x-pem-file")],
+                    pem,
+                )
+                    .into_response()
+            }
+        }),
+    )
+}
