@@ -480,7 +480,8 @@ async fn a_token_request_is_bounded_and_needs_an_account_and_a_signing_key() {
     assert_eq!(code, 405, "{body}");
 
     // A server without a signing key verifies tokens but mints none.
-    let verifier = TestServer::embedded(apiserver::Config::default())
+    let (_, public) = pki::signing_key_pair().unwrap();
+    let verifier = TestServer::embedded(secure_config(&accounts(&public, None)))
         .await
         .unwrap();
     let admin = JsonClient::new(&verifier);

@@ -17,7 +17,7 @@ use axum::extract::{Request, State};
 use axum::http::{Extensions, HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub use service_account::ServiceAccountTokens;
 pub use static_tokens::StaticTokens;
@@ -386,12 +386,17 @@ pub async fn authenticate(
             authenticator
                 .metrics
                 .authentication_failure("invalid_credential");
-            // The reason, never the credential.
-            warn!(path = %request.uri().path(), reason = %why, "authentication failed");
+            // The reason, never the credential; at info, so that a flood of
+            // bad tokens does not flood the log at warn (the metric counts them).
+            info!(path = %request.uri().path(), reason = %why, "authentication failed");
             return unauthorized(&why);
         }
     };
-    if let Some(accounts) = &authenticator.config.service_accounts {
+    // Only a server with the signing key mints tokens; one without answers
+    // TokenRequest with a 404 that says which flag it lacks.
+    if let Some(accounts) = &authenticator.config.service_accounts
+        && accounts.can_sign()
+    {
         request
             .extensions_mut()
             .insert(TokenIssuer(accounts.clone()));
