@@ -13,6 +13,7 @@ use loom_testing::{EtcdServer, free_port};
 use serde_json::{Value, json};
 
 use crate::Backend;
+use crate::access::{self, Access};
 use crate::measure::{header, measure_paced, report};
 use crate::store::{raw_creates, raw_puts};
 
@@ -60,10 +61,14 @@ pub struct MemoryArgs {
     concurrency: usize,
 }
 
-/// A `loom apiserver` child process, killed on drop.
+/// A `loom apiserver` child process, killed on drop: secured (HTTPS, every
+/// request authenticated and authorized by RBAC) when its `loom` can be,
+/// plain HTTP as before for a `loom` from before that.
 pub struct ServerProcess {
     child: Child,
     pub url: String,
+    /// How to reach it, and as whom.
+    pub access: Access,
     _dir: tempfile::TempDir,
 }
 
@@ -76,15 +81,27 @@ impl ServerProcess {
             Some(store) => store.to_owned(),
             None => format!("sqlite:{}", dir.path().join("loom.db").display()),
         };
+        let secure = access::is_secure(&loom);
+        let scheme = if secure { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
+        let pki = if secure {
+            Some(access::Pki::make(&loom, dir.path(), &url)?)
+        } else {
+            None
+        };
         let log = std::fs::File::create(dir.path().join("apiserver.log"))?;
+        let mut args: Vec<String> = vec![
+            "apiserver".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--store".into(),
+            store,
+        ];
+        if let Some(pki) = &pki {
+            args.extend(pki.server_args());
+        }
         let child = Command::new(&loom)
-            .args([
-                "apiserver",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--store",
-                &store,
-            ])
+            .args(&args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -92,22 +109,26 @@ impl ServerProcess {
             .with_context(|| format!("cannot start {}", loom.display()))?;
         let server = ServerProcess {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: url.clone(),
+            access: Access::new(url, pki, loom),
             _dir: dir,
         };
-        let client = reqwest::Client::new();
+        // /readyz is open to anyone, as in Kubernetes.
+        let client = server.access.http()?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(response) = client.get(format!("{}/readyz", server.url)).send().await
                 && response.status().is_success()
             {
-                return Ok(server);
+                break;
             }
             if Instant::now() > deadline {
                 bail!("the API server did not become ready within 30 s");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        server.access.bind_bench_user().await?;
+        Ok(server)
     }
 
     /// The process's resident memory.
@@ -123,8 +144,16 @@ impl Drop for ServerProcess {
     }
 }
 
-/// The `loom` binary built beside this one.
+/// The `loom` binary built beside this one, or `$LOOM_BENCH_LOOM` (another
+/// build's, which is run as it can be: see [`access::is_secure`]).
 pub fn loom_binary() -> anyhow::Result<PathBuf> {
+    if let Some(loom) = std::env::var_os("LOOM_BENCH_LOOM") {
+        let loom = PathBuf::from(loom);
+        if !loom.is_file() {
+            bail!("LOOM_BENCH_LOOM={}: no such file", loom.display());
+        }
+        return Ok(loom);
+    }
     let me = std::env::current_exe()?;
     let loom = me.with_file_name("loom");
     if !loom.exists() {
@@ -153,28 +182,29 @@ fn task(i: usize) -> Vec<u8> {
 }
 
 pub async fn create_tasks(
-    url: &str,
+    access: &Access,
     count: usize,
     concurrency: usize,
     acked: Option<Arc<Vec<AtomicU64>>>,
     epoch: Instant,
 ) -> anyhow::Result<crate::measure::Measurement> {
-    create_tasks_at(url, count, concurrency, 0, acked, epoch).await
+    create_tasks_at(access, count, concurrency, 0, acked, epoch).await
 }
 
 /// Creates `count` tasks, at most `rate` a second (0: no limit).
 async fn create_tasks_at(
-    url: &str,
+    access: &Access,
     count: usize,
     concurrency: usize,
     rate: u64,
     acked: Option<Arc<Vec<AtomicU64>>>,
     epoch: Instant,
 ) -> anyhow::Result<crate::measure::Measurement> {
-    let client = reqwest::Client::builder()
+    let client = access
+        .http_builder()?
         .pool_max_idle_per_host(concurrency)
         .build()?;
-    let endpoint = format!("{url}{TASKS}");
+    let endpoint = format!("{}{TASKS}", access.url);
     measure_paced(count, concurrency, rate, move |i| {
         let client = client.clone();
         let endpoint = endpoint.clone();
@@ -204,11 +234,12 @@ async fn create_tasks_at(
 
 /// `loom-bench api`: creates over HTTP at the given concurrency.
 pub async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
+    println!("{}", access::describe(&loom_binary()?));
     header("creates");
     if matches!(args.backend, Backend::Embedded | Backend::All) {
         let server = ServerProcess::start(None).await?;
         let m = create_tasks(
-            &server.url,
+            &server.access,
             args.creates,
             args.concurrency,
             None,
@@ -233,7 +264,7 @@ pub async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         let store = format!("etcd://{}", etcd.endpoint().trim_start_matches("http://"));
         let server = ServerProcess::start(Some(&store)).await?;
         let m = create_tasks(
-            &server.url,
+            &server.access,
             args.creates,
             args.concurrency,
             None,
@@ -284,12 +315,14 @@ fn bench_index(finder: &memchr::memmem::Finder<'_>, line: &[u8]) -> Option<usize
 
 /// `loom-bench watch`: every watcher must see every create; lag and memory reported.
 pub async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
+    println!("{}", access::describe(&loom_binary()?));
     let server = ServerProcess::start(None).await?;
-    let client = reqwest::Client::new();
+    let client = server.access.http()?;
     let list: Value = client
         .get(format!("{}{TASKS}", server.url))
         .send()
         .await?
+        .error_for_status()?
         .json()
         .await?;
     let rv = list["metadata"]["resourceVersion"]
@@ -308,7 +341,9 @@ pub async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
         let counts = counts.clone();
         let expected = args.creates;
         // One connection per watcher, as separate clients would have.
-        let client = reqwest::Client::builder()
+        let client = server
+            .access
+            .http_builder()?
             .pool_max_idle_per_host(0)
             .build()?;
         let response = client.get(&url).send().await?;
@@ -352,7 +387,7 @@ pub async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
     }
     let rss_before = server.rss_bytes();
     let m = create_tasks_at(
-        &server.url,
+        &server.access,
         args.creates,
         args.concurrency,
         args.rate,
@@ -419,7 +454,7 @@ pub async fn run_memory(args: MemoryArgs) -> anyhow::Result<()> {
     let server = ServerProcess::start(None).await?;
     let idle = server.rss_bytes();
     let m = create_tasks(
-        &server.url,
+        &server.access,
         args.objects,
         args.concurrency,
         None,
@@ -430,10 +465,13 @@ pub async fn run_memory(args: MemoryArgs) -> anyhow::Result<()> {
     report("HTTP create (embedded)", args.concurrency, &m, None);
     let stored = server.rss_bytes();
     let started = Instant::now();
-    let list: Value = reqwest::Client::new()
+    let list: Value = server
+        .access
+        .http()?
         .get(format!("{}{TASKS}", server.url))
         .send()
         .await?
+        .error_for_status()?
         .json()
         .await?;
     let listed = list["items"].as_array().map_or(0, Vec::len);

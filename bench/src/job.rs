@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use api_types::{Job, Node};
-use client::{Api, Client, PostParams};
+use client::{Api, PostParams};
 use serde_json::json;
 
+use crate::access::Component;
 use crate::api::{ServerProcess, loom_binary};
 
 /// `loom-bench job`.
@@ -79,10 +80,13 @@ pub async fn run(args: JobArgs) -> anyhow::Result<()> {
         .prefix("loom-bench-job-")
         .tempdir()?;
     let server = ServerProcess::start(None).await?;
-    let url = server.url.clone();
     let mut children = Children(Vec::new());
-    for part in ["controllers", "scheduler"] {
-        let args = vec![part.to_owned(), "--server".to_owned(), url.clone()];
+    for (part, component) in [
+        ("controllers", Component::Controllers),
+        ("scheduler", Component::Scheduler),
+    ] {
+        let mut args = vec![part.to_owned()];
+        args.extend(server.access.component_args(&component)?);
         children.0.push(spawn(
             &loom,
             &args,
@@ -92,10 +96,13 @@ pub async fn run(args: JobArgs) -> anyhow::Result<()> {
     for i in 0..args.nodes {
         let name = format!("bench-{i}");
         let state = dir.path().join(&name);
-        let nodelet_args: Vec<String> = vec![
-            "nodelet".into(),
-            "--server".into(),
-            url.clone(),
+        let mut nodelet_args: Vec<String> = vec!["nodelet".into()];
+        nodelet_args.extend(
+            server
+                .access
+                .component_args(&Component::Node(name.clone()))?,
+        );
+        nodelet_args.extend([
             "--name".into(),
             name.clone(),
             "--state-dir".into(),
@@ -105,8 +112,7 @@ pub async fn run(args: JobArgs) -> anyhow::Result<()> {
             "--max-tasks".into(),
             args.max_tasks.to_string(),
             "--stop-tasks-on-exit".into(),
-        ];
-        let mut nodelet_args = nodelet_args;
+        ]);
         if args.driver == "raw" {
             nodelet_args.push("--allow-raw-exec".into());
         }
@@ -116,8 +122,9 @@ pub async fn run(args: JobArgs) -> anyhow::Result<()> {
             &dir.path().join(format!("{name}.log")),
         )?);
     }
-    let client = Client::for_server(&url)?;
-    let nodes: Api<Node> = Api::all(client.clone());
+    // Nodes are the administrator's to read; the job is the bench user's.
+    let nodes: Api<Node> = Api::all(server.access.admin()?);
+    let client = server.access.client()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let ready = nodes

@@ -1,5 +1,6 @@
 //! `loom-bench`: Loom's benchmarks, each reported beside the raw baseline measured in the same run.
 
+mod access;
 mod api;
 mod compare;
 mod job;

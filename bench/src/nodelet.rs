@@ -12,10 +12,11 @@ use anyhow::{Context as _, bail};
 use api_types::{Task, TaskPhase};
 use chrono::Utc;
 use client::reflector::{Change, ObjectKey};
-use client::{Api, Client, Informer, PostParams, watcher};
+use client::{Api, Informer, PostParams, watcher};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
+use crate::access::Component;
 use crate::api::{ServerProcess, loom_binary};
 use crate::job::Children;
 
@@ -136,15 +137,13 @@ pub async fn run(args: NodeletArgs) -> anyhow::Result<()> {
     let name = "bench-node";
     let log = std::fs::File::create(dir.path().join("nodelet.log"))?;
     let child = Command::new(&loom)
-        .args([
-            "nodelet",
-            "--server",
-            &server.url,
-            "--name",
-            name,
-            "--cgroup-parent",
-            "loom-bench",
-        ])
+        .arg("nodelet")
+        .args(
+            server
+                .access
+                .component_args(&Component::Node(name.to_owned()))?,
+        )
+        .args(["--name", name, "--cgroup-parent", "loom-bench"])
         .arg("--state-dir")
         .arg(&state)
         .arg("--stop-tasks-on-exit")
@@ -154,8 +153,9 @@ pub async fn run(args: NodeletArgs) -> anyhow::Result<()> {
         .spawn()
         .context("cannot start the nodelet")?;
     let nodelet = Children(vec![child]);
-    let client = Client::for_server(&server.url)?;
-    let nodes: Api<api_types::Node> = Api::all(client.clone());
+    // Nodes are the administrator's to read; tasks the bench user's.
+    let nodes: Api<api_types::Node> = Api::all(server.access.admin()?);
+    let client = server.access.client()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !nodes.get_opt(name).await?.is_some_and(|n| n.is_ready()) {
         if Instant::now() > deadline {

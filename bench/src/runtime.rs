@@ -1,5 +1,6 @@
 //! `loom-bench reflector|controller`: the client library's cache and controller runtime.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -23,9 +24,12 @@ pub struct RuntimeArgs {
 /// `loom-bench touch-tasks`.
 #[derive(Debug, clap::Args)]
 pub struct TouchArgs {
-    /// The API server.
+    /// The API server of a build without authentication.
     #[arg(long)]
-    url: String,
+    url: Option<String>,
+    /// A kubeconfig naming the API server and the bench user.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// Tasks `bench-0`… to label.
     #[arg(long)]
     objects: usize,
@@ -33,7 +37,8 @@ pub struct TouchArgs {
 
 /// Labels every bench task once.
 pub async fn touch_tasks(args: TouchArgs) -> anyhow::Result<()> {
-    update_all(&args.url, args.objects).await
+    let config = crate::access::touch_config(args.kubeconfig.as_deref(), args.url.as_deref())?;
+    update_all(Client::new(config)?, args.objects).await
 }
 
 /// This process's CPU time (user + system).
@@ -56,8 +61,8 @@ fn rss() -> u64 {
 /// Memory and CPU of a reflector holding `objects` tasks, and of following as many updates.
 pub async fn run_reflector(args: RuntimeArgs) -> anyhow::Result<()> {
     let server = ServerProcess::start(None).await?;
-    create_tasks(&server.url, args.objects, 64, None, Instant::now()).await?;
-    let api: Api<Task> = Api::namespaced(Client::for_server(&server.url)?, "default");
+    create_tasks(&server.access, args.objects, 64, None, Instant::now()).await?;
+    let api: Api<Task> = Api::namespaced(server.access.client()?, "default");
     let (rss_before, cpu_before, started) = (rss(), cpu_time(), Instant::now());
     let informer = Informer::start(api.clone(), watcher::Config::default());
     let store = informer.store();
@@ -68,13 +73,9 @@ pub async fn run_reflector(args: RuntimeArgs) -> anyhow::Result<()> {
     let mut changes = informer.subscribe();
     // The updates come from another process, so only the reflector's CPU counts.
     let mut updater = tokio::process::Command::new(std::env::current_exe()?)
-        .args([
-            "touch-tasks",
-            "--url",
-            &server.url,
-            "--objects",
-            &args.objects.to_string(),
-        ])
+        .arg("touch-tasks")
+        .args(server.access.touch_args())
+        .args(["--objects", &args.objects.to_string()])
         .spawn()?;
     let mut seen = 0;
     while seen < args.objects {
@@ -100,8 +101,8 @@ pub async fn run_reflector(args: RuntimeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn update_all(url: &str, objects: usize) -> anyhow::Result<()> {
-    let api: Api<Task> = Api::namespaced(Client::for_server(url)?, "default");
+async fn update_all(client: Client, objects: usize) -> anyhow::Result<()> {
+    let api: Api<Task> = Api::namespaced(client, "default");
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..32 {
@@ -128,8 +129,8 @@ async fn update_all(url: &str, objects: usize) -> anyhow::Result<()> {
 /// Reconciles per second of a no-op controller over `objects` tasks.
 pub async fn run_controller(args: RuntimeArgs) -> anyhow::Result<()> {
     let server = ServerProcess::start(None).await?;
-    create_tasks(&server.url, args.objects, 64, None, Instant::now()).await?;
-    let api: Api<Task> = Api::namespaced(Client::for_server(&server.url)?, "default");
+    create_tasks(&server.access, args.objects, 64, None, Instant::now()).await?;
+    let api: Api<Task> = Api::namespaced(server.access.client()?, "default");
     let informer = Informer::start(api, watcher::Config::default());
     informer.store().wait_ready().await;
     let reconciled = Arc::new(AtomicUsize::new(0));

@@ -19,6 +19,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::Backend;
+use crate::access::{Access, Component};
 use crate::api::ServerProcess;
 use crate::measure::measure;
 
@@ -99,7 +100,7 @@ pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
     if matches!(args.backend, Backend::Embedded | Backend::All) {
         for &claims in modes {
             let server = ServerProcess::start(None).await?;
-            end_to_end(&args, &server.url, "embedded", claims).await?;
+            end_to_end(&args, &server.access, "embedded", claims).await?;
         }
     }
     if matches!(args.backend, Backend::Etcd | Backend::All) {
@@ -107,7 +108,7 @@ pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
             let etcd = EtcdServer::start().await?;
             let store = format!("etcd://{}", etcd.endpoint().trim_start_matches("http://"));
             let server = ServerProcess::start(Some(&store)).await?;
-            end_to_end(&args, &server.url, "etcd", claims).await?;
+            end_to_end(&args, &server.access, "etcd", claims).await?;
         }
     }
     Ok(())
@@ -174,12 +175,14 @@ fn decisions(args: &ScheduleArgs) {
 /// Registers the nodes, creates the tasks, then runs the scheduler and times the binds.
 async fn end_to_end(
     args: &ScheduleArgs,
-    url: &str,
+    access: &Access,
     backend: &str,
     claims: bool,
 ) -> anyhow::Result<()> {
-    let client = Client::for_server(url)?;
-    let nodes: Api<Node> = Api::all(client.clone());
+    // The simulated nodes are the administrator's to make; tasks the bench
+    // user's; the scheduler binds with its own credential.
+    let client = access.client()?;
+    let nodes: Api<Node> = Api::all(access.admin()?);
     let api = nodes.clone();
     let registered = measure(args.nodes, args.concurrency, move |i| {
         let api = api.clone();
@@ -219,17 +222,27 @@ async fn end_to_end(
         .metadata
         .resource_version;
     let bound = Arc::new(AtomicUsize::new(0));
-    let watch = tokio::spawn(count_binds(url.to_owned(), rv, args.tasks, bound.clone()));
+    let watch = tokio::spawn(count_binds(
+        access.http()?,
+        access.url.clone(),
+        rv,
+        args.tasks,
+        bound.clone(),
+    ));
     let config = scheduler::Config {
         binds_in_flight: args.binds_in_flight,
         claim_nodes: claims,
         ..Default::default()
     };
-    let server_pid = server_pid(url);
+    let server_pid = server_pid(&access.url);
     let cpu_before = (cpu_of("self"), server_pid.as_deref().map(cpu_of));
     let stop = CancellationToken::new();
     let started = Instant::now();
-    let scheduler = tokio::spawn(scheduler::run_with(client.clone(), config, stop.clone()));
+    let scheduler = tokio::spawn(scheduler::run_with(
+        access.client_as(&Component::Scheduler)?,
+        config,
+        stop.clone(),
+    ));
     let deadline = started + Duration::from_secs(600);
     let mut first_bind = None;
     let mut last_report = started;
@@ -312,7 +325,9 @@ fn cpu_of(pid: &str) -> Duration {
 
 /// The pid of the `loom apiserver` process listening at `url`.
 fn server_pid(url: &str) -> Option<String> {
-    let listen = url.trim_start_matches("http://");
+    let listen = url
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
     std::fs::read_dir("/proc")
         .ok()?
         .flatten()
@@ -326,12 +341,13 @@ fn server_pid(url: &str) -> Option<String> {
 
 /// Follows a watch of the tasks and counts each first seen with a node.
 async fn count_binds(
+    http: reqwest::Client,
     url: String,
     rv: String,
     total: usize,
     bound: Arc<AtomicUsize>,
 ) -> anyhow::Result<()> {
-    let response = reqwest::Client::new()
+    let response = http
         .get(format!(
             "{url}/apis/loom.dev/v1/namespaces/default/tasks?watch=true&resourceVersion={rv}&timeoutSeconds=3600"
         ))
