@@ -2,6 +2,7 @@
 //! component, and every user's own controller, talks to the API with.
 
 pub mod api;
+pub mod bootstrap;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -23,6 +23,10 @@ pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kub
 pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
 /// The group every bootstrap token authenticates in.
 pub const BOOTSTRAPPERS_GROUP: &str = "system:bootstrappers";
+/// The user-name prefix of a node: `system:node:NAME`.
+pub const NODE_USER_PREFIX: &str = "system:node:";
+/// The group of every node.
+pub const NODES_GROUP: &str = "system:nodes";
 /// The user-name prefix of a bootstrap token: `system:bootstrap:<id>`.
 pub const BOOTSTRAP_USER_PREFIX: &str = "system:bootstrap:";
 /// The path, served to anyone, of the cluster CA's certificate (PEM): what a
