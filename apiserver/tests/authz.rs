@@ -1081,6 +1081,7 @@ async fn bootstrap_roles_exist_and_come_back() {
         "system:loom-scheduler",
         "system:loom-controllers",
         "system:node",
+        "system:node-bootstrapper",
     ] {
         let (code, role) = admin.get(&format!("{RBAC}/clusterroles/{name}")).await;
         assert_eq!(code, 200, "{name}: {role}");
