@@ -374,7 +374,7 @@ pub fn is_log_file_name(name: &str) -> bool {
 }
 
 /// The rule a node's `status.nodeletEndpoint` follows, as shown in messages.
-pub const NODELET_ENDPOINT_RULE: &str = "must be http://IP:PORT: an IP address literal (IPv6 in brackets), a port from 1 to 65535, no path other than '/', and no user info, query or fragment";
+pub const NODELET_ENDPOINT_RULE: &str = "must be https://IP:PORT or http://IP:PORT: an IP address literal (IPv6 in brackets), a port from 1 to 65535, no path other than '/', and no user info, query or fragment";
 
 /// Why a nodelet endpoint is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -397,7 +397,10 @@ pub enum EndpointError {
 pub fn parse_nodelet_endpoint(endpoint: &str) -> Result<std::net::SocketAddr, EndpointError> {
     use std::net::{IpAddr, SocketAddr};
     let rule = || EndpointError::Malformed;
-    let rest = endpoint.strip_prefix("http://").ok_or_else(rule)?;
+    let rest = endpoint
+        .strip_prefix("https://")
+        .or_else(|| endpoint.strip_prefix("http://"))
+        .ok_or_else(rule)?;
     let authority = match rest.strip_suffix('/') {
         Some(authority) => authority,
         None => rest,
@@ -2290,6 +2293,7 @@ mod tests {
             ("http://10.0.0.5:7444/", "10.0.0.5:7444"),
             ("http://[::1]:1", "[::1]:1"),
             ("http://[2001:db8::5]:65535", "[2001:db8::5]:65535"),
+            ("https://1.2.3.4:443", "1.2.3.4:443"),
         ] {
             assert_eq!(
                 parse_nodelet_endpoint(good).map(|a| a.to_string()),
@@ -2302,7 +2306,7 @@ mod tests {
             "http://user@1.2.3.4:1/",
             "http://user:pw@1.2.3.4:1",
             "file:///etc/shadow",
-            "https://1.2.3.4:443",
+            "HTTPS://1.2.3.4:443",
             "HTTP://1.2.3.4:80",
             "http://1.2.3.4",
             "http://1.2.3.4:",
@@ -2338,6 +2342,7 @@ mod tests {
         }
         for reserved in [
             "http://169.254.169.254:80",
+            "https://169.254.169.254:443/",
             "http://0.0.0.0:7444",
             "http://255.255.255.255:80",
             "http://224.0.0.1:80",

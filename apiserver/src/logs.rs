@@ -11,7 +11,6 @@
 //! followed log lasts as long as the client stays.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use api_types::{Node, Status};
@@ -44,29 +43,63 @@ fn unavailable(message: String) -> ApiError {
     ApiError::from(status)
 }
 
-/// The one client for nodelets: no redirects, no proxy, a connect timeout.
-fn client() -> Result<&'static reqwest::Client, String> {
-    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            // reqwest is built without a process-wide TLS provider, so it is
-            // given one; it trusts no server until nodelets serve TLS (issue 17).
-            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-            let tls = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth();
-            reqwest::Client::builder()
-                .use_preconfigured_tls(tls)
-                .connect_timeout(CONNECT_TIMEOUT)
-                .redirect(reqwest::redirect::Policy::none())
-                .no_proxy()
-                .build()
-                .map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(Clone::clone)
+/// How the API server calls nodelets that serve TLS: the cluster CA their
+/// serving certificates chain to, and the API server's own client certificate
+/// (user `system:loom-apiserver`), the one caller nodelets let in.
+#[derive(Clone)]
+pub struct NodeletClientTls {
+    /// PEM CA certificate(s).
+    pub ca_pem: String,
+    /// PEM client certificate.
+    pub cert_pem: String,
+    /// Its PEM private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for NodeletClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeletClientTls").finish_non_exhaustive()
+    }
+}
+
+/// The client for nodelets: no redirects, no proxy, a connect timeout; over
+/// TLS it trusts only `tls`'s CA and presents its certificate (without
+/// `tls`, it trusts no server: only plain-HTTP nodelets are reached).
+pub fn nodelet_client(tls: Option<&NodeletClientTls>) -> Result<reqwest::Client, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    // reqwest is built without a process-wide TLS provider, so it is given one.
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    let config = match tls {
+        None => builder.with_root_certificates(roots).with_no_client_auth(),
+        Some(tls) => {
+            for ca in CertificateDer::pem_slice_iter(tls.ca_pem.as_bytes()) {
+                roots
+                    .add(ca.map_err(|e| format!("the nodelet CA: {e}"))?)
+                    .map_err(|e| format!("the nodelet CA: {e}"))?;
+            }
+            let chain = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("the nodelet client certificate: {e}"))?;
+            let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes())
+                .map_err(|e| format!("the nodelet client key: {e}"))?;
+            builder
+                .with_root_certificates(roots)
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("the nodelet client certificate: {e}"))?
+        }
+    };
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// Streams a task's log from its node.
@@ -117,7 +150,12 @@ pub async fn task_log(
         };
     // Built from the parsed address and the stored names (DNS labels and
     // subdomains), so nothing in the Node or the request can add a path.
-    let mut url = reqwest::Url::parse(&format!("http://{address}/"))
+    let scheme = if endpoint.starts_with("https://") {
+        "https"
+    } else {
+        "http"
+    };
+    let mut url = reqwest::Url::parse(&format!("{scheme}://{address}/"))
         .map_err(|e| unavailable(format!("node {node_name:?}: {e}")))?;
     url.path_segments_mut()
         .map_err(|()| unavailable(format!("node {node_name:?}: not a base URL")))?
@@ -130,7 +168,7 @@ pub async fn task_log(
         url.query_pairs_mut()
             .append_pair("tailLines", &tail.to_string());
     }
-    let client = client().map_err(|e| unavailable(format!("no HTTP client: {e}")))?;
+    let client = &api.nodelet_client;
     let cannot_reach = |why: String| {
         unavailable(format!(
             "cannot reach the nodelet of {node_name:?} at {address}: {why}"

@@ -181,6 +181,8 @@ pub struct Config {
     pub authorization: crate::authz::Authorization,
     /// Write an audit log (`None`: none).
     pub audit: Option<crate::audit::Config>,
+    /// How nodelets serving TLS are called (`None`: only plain-HTTP ones are).
+    pub nodelet_client: Option<crate::logs::NodeletClientTls>,
     /// Sign approved CertificateSigningRequests with this CA, and serve its
     /// certificate to joining nodes (`None`: requests stay unsigned).
     pub cluster_signing: Option<crate::certificates::Signing>,
@@ -209,6 +211,7 @@ impl Default for Config {
             authentication: crate::authn::Authentication::default(),
             authorization: crate::authz::Authorization::Rbac,
             audit: None,
+            nodelet_client: None,
             cluster_signing: None,
         }
     }
@@ -309,6 +312,8 @@ pub async fn run(
         admission: Arc::new(admission),
         max_list_objects: config.max_list_objects,
         max_patch_operations: config.max_patch_operations,
+        nodelet_client: crate::logs::nodelet_client(config.nodelet_client.as_ref())
+            .map_err(|why| std::io::Error::new(std::io::ErrorKind::InvalidInput, why))?,
     });
     crate::authz::bootstrap::ensure(&api).await;
     ensure_namespaces(&api).await;

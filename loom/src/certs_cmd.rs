@@ -41,7 +41,9 @@ pub struct CertsArgs {
     #[arg(long)]
     server: Option<String>,
     /// Also issue a node credential (`system:node:NAME` in `system:nodes`)
-    /// and, with --server, its kubeconfig `node-NAME.conf`.
+    /// and, with --server, its kubeconfig `node-NAME.conf`; `NAME@IP,...`
+    /// also issues the serving certificate of its nodelet's endpoint for those
+    /// addresses (`node-NAME-serving.crt`).
     #[arg(long = "node")]
     nodes: Vec<String>,
 }
@@ -59,6 +61,8 @@ pub struct ClusterCredentials {
     pub scheduler: Credential,
     /// The controllers.
     pub controllers: Credential,
+    /// The API server as it calls nodelets (`system:loom-apiserver`).
+    pub nodelet_client: Credential,
 }
 
 impl ClusterCredentials {
@@ -78,12 +82,17 @@ impl ClusterCredentials {
             pki.ensure_credential("scheduler", &Profile::client(SCHEDULER_USER, None))?;
         let controllers =
             pki.ensure_credential("controllers", &Profile::client(CONTROLLERS_USER, None))?;
+        let nodelet_client = pki.ensure_credential(
+            "apiserver-nodelet-client",
+            &Profile::client(nodelet::server::API_SERVER_USER, None),
+        )?;
         Ok(ClusterCredentials {
             pki,
             serving,
             admin,
             scheduler,
             controllers,
+            nodelet_client,
         })
     }
 
@@ -99,6 +108,48 @@ impl ClusterCredentials {
         Ok(self
             .pki
             .ensure_credential(&file, &Profile::client(&node_user(name), Some(NODES_GROUP)))?)
+    }
+
+    /// The serving certificate of node `name`'s endpoint, for `addresses`.
+    pub fn node_serving(&self, name: &str, addresses: &[String]) -> anyhow::Result<Credential> {
+        let file = format!("node-{}-serving", name.replace('.', "-"));
+        Ok(self
+            .pki
+            .ensure_credential(&file, &Profile::server(&node_user(name), addresses))
+            .with_context(|| format!("--node {name}@{}", addresses.join(",")))?)
+    }
+
+    /// What the API server needs to call nodelets serving TLS.
+    pub fn nodelet_client_tls(&self) -> anyhow::Result<apiserver::logs::NodeletClientTls> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        Ok(apiserver::logs::NodeletClientTls {
+            ca_pem: self.pki.ca().cert_pem().to_owned(),
+            cert_pem: read(&self.nodelet_client.cert)?,
+            key_pem: read(&self.nodelet_client.key)?,
+        })
+    }
+
+    /// The TLS of node `name`'s endpoint: its serving certificate for
+    /// `addresses`, callers verified against the cluster CA, only the API
+    /// server let in.
+    pub fn endpoint_tls(
+        &self,
+        name: &str,
+        addresses: &[String],
+    ) -> anyhow::Result<nodelet::EndpointTls> {
+        let serving = self.node_serving(name, addresses)?;
+        Ok(nodelet::EndpointTls {
+            server: loom_listener::tls::server_config(
+                &serving.cert,
+                &serving.key,
+                Some(&self.pki.ca_cert()),
+            )?,
+            callers: nodelet::server::Callers {
+                users: vec![nodelet::server::API_SERVER_USER.to_owned()],
+            },
+        })
     }
 
     /// The client configuration of `credential` for `server`.
@@ -204,13 +255,29 @@ pub fn certs(args: CertsArgs) -> anyhow::Result<()> {
     );
     let mut nodes = Vec::new();
     for node in &args.nodes {
+        let (node, addresses) = match node.split_once('@') {
+            Some((name, addresses)) => (
+                name.to_owned(),
+                addresses.split(',').map(str::to_owned).collect(),
+            ),
+            None => (node.clone(), Vec::new()),
+        };
+        let node = &node;
+        if !addresses.is_empty() {
+            let serving = credentials.node_serving(node, &addresses)?;
+            println!(
+                "node {node} endpoint: {} (key {})",
+                serving.cert.display(),
+                serving.key.display()
+            );
+        }
         let credential = credentials.node(node)?;
         println!(
             "node {node}: {} (key {})",
             credential.cert.display(),
             credential.key.display()
         );
-        nodes.push((node, credential));
+        nodes.push((node.clone(), credential));
     }
     if let Some(server) = &args.server {
         let mut written = vec![

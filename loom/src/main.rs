@@ -104,6 +104,25 @@ struct ApiserverArgs {
     /// with --etcd-certfile and --etcd-keyfile.
     #[arg(long, env = "LOOM_ETCD_CAFILE", requires_all = ["etcd_certfile", "etcd_keyfile"])]
     etcd_cafile: Option<PathBuf>,
+    /// Call nodelets serving TLS with this PEM client certificate (user
+    /// `system:loom-apiserver`: `apiserver-nodelet-client.crt` of `loom
+    /// certs`); with --nodelet-client-key and --nodelet-certificate-authority.
+    #[arg(long, env = "LOOM_NODELET_CLIENT_CERTIFICATE", requires_all = ["nodelet_client_key", "nodelet_certificate_authority"])]
+    nodelet_client_certificate: Option<PathBuf>,
+    /// Its PEM private key.
+    #[arg(
+        long,
+        env = "LOOM_NODELET_CLIENT_KEY",
+        requires = "nodelet_client_certificate"
+    )]
+    nodelet_client_key: Option<PathBuf>,
+    /// The PEM CA nodelets' serving certificates chain to.
+    #[arg(
+        long,
+        env = "LOOM_NODELET_CERTIFICATE_AUTHORITY",
+        requires = "nodelet_client_certificate"
+    )]
+    nodelet_certificate_authority: Option<PathBuf>,
     /// The PEM client certificate the API server presents to etcd.
     #[arg(long, env = "LOOM_ETCD_CERTFILE", requires = "etcd_cafile")]
     etcd_certfile: Option<PathBuf>,
@@ -505,6 +524,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         ..apiserver::authn::Authentication::secure()
     };
     config.authorization = apiserver::authz::Authorization::Rbac;
+    config.nodelet_client = Some(credentials.nodelet_client_tls()?);
+    // Nodes join with bootstrap tokens: the cluster CA signs their certificates.
+    let ca = credentials.pki.ca();
+    config.cluster_signing = Some(apiserver::certificates::Signing::new(
+        pki::Ca::from_pem(ca.cert_pem(), ca.key_pem()).map_err(anyhow::Error::msg)?,
+    ));
     // Who changed what: every write at Metadata level, beside the store.
     config.audit = Some(apiserver::audit::Config::for_up(
         args.data_dir.join("audit.log"),
@@ -539,6 +564,9 @@ async fn all_in_one(
         cgroup_parent: args.cgroup_parent.clone(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         advertise: None,
+        tls_cert_file: None,
+        tls_private_key_file: None,
+        client_ca_file: None,
         cpu: None,
         memory: None,
         max_tasks: 110,
@@ -557,7 +585,12 @@ async fn all_in_one(
         ),
         exec_uid: 65534,
     };
-    let nodelet_config = nodelet_args.config()?;
+    let mut nodelet_config = nodelet_args.config()?;
+    // The node's endpoint (task logs) serves TLS to the API server only.
+    nodelet_config.endpoint_tls = Some(credentials.endpoint_tls(
+        &nodelet_config.name,
+        &[nodelet_config.listen.ip().to_string()],
+    )?);
     for dir in &nodelet_config.allow_host_paths {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the allowed host path {}", dir.display()))?;
@@ -720,6 +753,20 @@ async fn apiserver_command(args: ApiserverArgs) -> anyhow::Result<()> {
     // Every request is authorized by RBAC: there is no flag to turn it off.
     config.authorization = apiserver::authz::Authorization::Rbac;
     config.audit = audit_config(&args.audit)?;
+    if let (Some(cert), Some(key), Some(ca)) = (
+        &args.nodelet_client_certificate,
+        &args.nodelet_client_key,
+        &args.nodelet_certificate_authority,
+    ) {
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))
+        };
+        config.nodelet_client = Some(apiserver::logs::NodeletClientTls {
+            ca_pem: read("--nodelet-certificate-authority", ca)?,
+            cert_pem: read("--nodelet-client-certificate", cert)?,
+            key_pem: read("--nodelet-client-key", key)?,
+        });
+    }
     if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_private_key_file) {
         config.tls = Some(loom_listener::tls::server_config(
             cert,

@@ -32,6 +32,21 @@ pub struct NodeletArgs {
     /// URL the apiserver reaches the log endpoint at (default: from --listen).
     #[arg(long)]
     pub advertise: Option<String>,
+    /// Serve the endpoint over HTTPS with this PEM certificate (`node-NAME-serving.crt`
+    /// of `loom certs --node NAME@IP`); with --tls-private-key-file and --client-ca-file.
+    /// Only the API server's client certificate is then let in.
+    #[arg(long, env = "LOOM_NODELET_TLS_CERT_FILE", requires_all = ["tls_private_key_file", "client_ca_file"])]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The serving certificate's PEM private key.
+    #[arg(
+        long,
+        env = "LOOM_NODELET_TLS_PRIVATE_KEY_FILE",
+        requires = "tls_cert_file"
+    )]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// The cluster's CA, which callers' client certificates must chain to.
+    #[arg(long, env = "LOOM_NODELET_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    pub client_ca_file: Option<PathBuf>,
     /// CPU offered to tasks (default: every core).
     #[arg(long)]
     pub cpu: Option<api_types::Quantity>,
@@ -129,6 +144,18 @@ impl NodeletArgs {
         config.cgroup_parent = self.cgroup_parent.trim_matches('/').to_owned();
         config.listen = self.listen;
         config.advertise = self.advertise.clone();
+        if let (Some(cert), Some(key), Some(ca)) = (
+            &self.tls_cert_file,
+            &self.tls_private_key_file,
+            &self.client_ca_file,
+        ) {
+            config.endpoint_tls = Some(nodelet::EndpointTls {
+                server: loom_listener::tls::server_config(cert, key, Some(ca))?,
+                callers: nodelet::server::Callers {
+                    users: vec![nodelet::server::API_SERVER_USER.to_owned()],
+                },
+            });
+        }
         config.cpu = self.cpu;
         config.memory = self.memory;
         config.max_tasks = self.max_tasks;

@@ -55,6 +55,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The URL the apiserver reaches the endpoint at (default: from `listen`).
     pub advertise: Option<String>,
+    /// Serve the endpoint over TLS (the node's serving certificate, client
+    /// certificates verified against the cluster CA) to these callers only;
+    /// `None` serves plain HTTP to anyone.
+    pub endpoint_tls: Option<EndpointTls>,
     /// CPU offered (default: the machine's cores).
     pub cpu: Option<Quantity>,
     /// Memory offered (default: the machine's).
@@ -98,6 +102,15 @@ pub struct Config {
     pub exec_uid: u32,
 }
 
+/// The endpoint's TLS.
+#[derive(Clone, Debug)]
+pub struct EndpointTls {
+    /// The serving certificate and the CA of client certificates.
+    pub server: Arc<loom_listener::tls::ServerConfig>,
+    /// Who may call it.
+    pub callers: server::Callers,
+}
+
 impl Config {
     /// Defaults for a node `name` keeping its state in `state_dir`.
     pub fn new(name: &str, state_dir: PathBuf) -> Config {
@@ -110,6 +123,7 @@ impl Config {
             shim: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise: None,
+            endpoint_tls: None,
             cpu: None,
             memory: None,
             max_tasks: 110,
@@ -225,10 +239,15 @@ pub async fn run_with(
     }
     .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
+    let scheme = if config.endpoint_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let endpoint = config
         .advertise
         .clone()
-        .unwrap_or_else(|| format!("http://{local}"));
+        .unwrap_or_else(|| format!("{scheme}://{local}"));
     let config = Arc::new(config);
 
     // Until the API server can be reached and grants this node its rights (its
@@ -284,10 +303,11 @@ pub async fn run_with(
 
     let server_shutdown = shutdown.clone();
     let server = tokio::spawn({
-        let router = server::router(server::ServerState {
+        let state = server::ServerState {
             ctx: ctx.clone(),
             tasks: store.clone(),
-        });
+        };
+        let tls = config.endpoint_tls.clone();
         async move {
             // Connections get the same header timeout and limit as the API
             // server's; the endpoint serves only reads, so no body timeout.
@@ -295,7 +315,17 @@ pub async fn run_with(
                 max_connections: 1_000,
                 ..loom_listener::Limits::default()
             };
-            loom_listener::serve(listener, router, limits, server_shutdown).await;
+            match tls {
+                Some(tls) => {
+                    let router = server::secure_router(state, tls.callers);
+                    loom_listener::serve_tls(listener, router, limits, tls.server, server_shutdown)
+                        .await;
+                }
+                None => {
+                    loom_listener::serve(listener, server::router(state), limits, server_shutdown)
+                        .await;
+                }
+            }
         }
     });
     let heartbeat = tokio::spawn(node::heartbeat(

@@ -48,6 +48,58 @@ pub fn router(state: ServerState) -> Router {
         .with_state(state)
 }
 
+/// Who may call an endpoint served over TLS: users named by client
+/// certificates of the cluster CA (the TLS layer verified the chain).
+#[derive(Clone, Debug)]
+pub struct Callers {
+    /// The users allowed (the API server's, `system:loom-apiserver`).
+    pub users: Vec<String>,
+}
+
+/// The API server's user when it calls nodelets (its client certificate's CN).
+pub const API_SERVER_USER: &str = "system:loom-apiserver";
+
+/// [`router`] behind a check of the caller's client certificate: none is a
+/// 401, a user not in `callers` a 403, whatever the path but `/healthz`.
+pub fn secure_router(state: ServerState, callers: Callers) -> Router {
+    let callers = Arc::new(callers);
+    router(state).layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let callers = callers.clone();
+            async move {
+                if request.uri().path() == "/healthz" {
+                    return next.run(request).await;
+                }
+                match caller(&request) {
+                    None => (
+                        StatusCode::UNAUTHORIZED,
+                        "a client certificate of the cluster's CA is required\n",
+                    )
+                        .into_response(),
+                    Some(user) if callers.users.iter().any(|u| *u == user) => {
+                        next.run(request).await
+                    }
+                    Some(user) => (
+                        StatusCode::FORBIDDEN,
+                        format!("user {user:?} may not use this node's endpoint\n"),
+                    )
+                        .into_response(),
+                }
+            }
+        },
+    ))
+}
+
+/// The user a request's verified client certificate names, if any.
+fn caller(request: &axum::extract::Request) -> Option<String> {
+    let certificates = request
+        .extensions()
+        .get::<loom_listener::tls::PeerCertificates>()?;
+    let leaf = certificates.0.first()?;
+    let info = pki::CertInfo::from_der(leaf.as_ref()).ok()?;
+    (info.client_auth && !info.common_name.is_empty()).then_some(info.common_name)
+}
+
 async fn metrics(State(state): State<ServerState>) -> Response {
     (
         [(

@@ -111,7 +111,12 @@ async fn request_token(
         .create_subresource("token", account, &PostParams::default(), &request)
         .await
         .map_err(|error| Failure {
-            reason: if error.is_not_found() {
+            reason: if error.is_not_found()
+                && error
+                    .status()
+                    .and_then(|s| s.details.as_ref())
+                    .is_some_and(|d| d.kind == "serviceaccounts")
+            {
                 "ServiceAccountNotFound"
             } else {
                 "ServiceAccountTokenFailed"

@@ -86,6 +86,18 @@ impl TestServer {
         if config.authentication.tokens.is_none() {
             config.authentication.tokens = Some(pki.static_tokens());
         }
+        if config.authentication.service_accounts.is_none() {
+            config.authentication.service_accounts = Some(pki.service_account_tokens());
+        }
+        if config.nodelet_client.is_none() {
+            // Nodelets serving TLS let in this user only (Loom's API server's).
+            let identity = pki.user("system:loom-apiserver", None);
+            config.nodelet_client = Some(apiserver::logs::NodeletClientTls {
+                ca_pem: pki.ca_pem().to_owned(),
+                cert_pem: identity.cert_pem,
+                key_pem: identity.key_pem,
+            });
+        }
         let scheme = if config.tls.is_some() {
             "https"
         } else {

@@ -27,6 +27,8 @@ pub struct TestPki {
     serving: KeyAndCert,
     admin: KeyAndCert,
     admin_token: String,
+    /// The service-account signing key (PKCS #8 PEM) and its public key.
+    service_account_keys: (String, String),
 }
 
 impl std::fmt::Debug for TestPki {
@@ -56,6 +58,7 @@ impl TestPki {
                     serving,
                     admin,
                     admin_token,
+                    service_account_keys: pki::signing_key_pair()?,
                 })
             };
             match make() {
@@ -87,6 +90,21 @@ impl TestPki {
     /// raw requests to a plain-HTTP server.
     pub fn admin_token(&self) -> &str {
         &self.admin_token
+    }
+
+    /// Service-account tokens signed and verified with the process's key pair.
+    pub fn service_account_tokens(
+        &self,
+    ) -> std::sync::Arc<apiserver::authn::ServiceAccountTokens> {
+        let (private, public) = &self.service_account_keys;
+        match apiserver::authn::ServiceAccountTokens::from_pem(
+            apiserver::authn::service_account::DEFAULT_ISSUER,
+            &[(PathBuf::from("sa.pub"), public.clone())],
+            Some((PathBuf::from("sa.key"), private.clone())),
+        ) {
+            Ok(tokens) => std::sync::Arc::new(tokens),
+            Err(error) => panic!("the test service-account keys: {error}"),
+        }
     }
 
     /// The bearer token of `user`, one of [`TEST_USERS`].

@@ -83,6 +83,8 @@ pub struct GenericStore {
     pub max_list_objects: usize,
     /// The most operations one JSON Patch may have (413 beyond).
     pub max_patch_operations: usize,
+    /// How nodelets are called (task logs).
+    pub nodelet_client: reqwest::Client,
 }
 
 impl std::fmt::Debug for GenericStore {

@@ -527,8 +527,9 @@ impl Cluster {
             args.push(addr.ip().to_string());
         }
         for node in &self.nodes {
+            // The node's credential, and its endpoint's serving certificate.
             args.push("--node".to_owned());
-            args.push(node.name.clone());
+            args.push(format!("{}@{}", node.name, node.ip));
         }
         let output = Command::new(&self.loom)
             .args(&args)
@@ -659,6 +660,19 @@ impl Cluster {
             self.pki().join("apiserver.key").display().to_string(),
             "--client-ca-file".to_owned(),
             self.pki().join("ca.crt").display().to_string(),
+            // Task logs come from nodelets over TLS, as the API server.
+            "--nodelet-client-certificate".to_owned(),
+            self.pki()
+                .join("apiserver-nodelet-client.crt")
+                .display()
+                .to_string(),
+            "--nodelet-client-key".to_owned(),
+            self.pki()
+                .join("apiserver-nodelet-client.key")
+                .display()
+                .to_string(),
+            "--nodelet-certificate-authority".to_owned(),
+            self.pki().join("ca.crt").display().to_string(),
         ];
         self.spawn(&format!("apiserver-{i}"), &self.loom, &args)
     }
@@ -729,7 +743,19 @@ impl Cluster {
             "--listen".to_owned(),
             format!("{}:{port}", node.ip),
             "--advertise".to_owned(),
-            format!("http://{}:{port}", node.ip),
+            format!("https://{}:{port}", node.ip),
+            "--tls-cert-file".to_owned(),
+            self.pki()
+                .join(format!("node-{}-serving.crt", node.name))
+                .display()
+                .to_string(),
+            "--tls-private-key-file".to_owned(),
+            self.pki()
+                .join(format!("node-{}-serving.key", node.name))
+                .display()
+                .to_string(),
+            "--client-ca-file".to_owned(),
+            self.pki().join("ca.crt").display().to_string(),
             "--stop-tasks-on-exit".to_owned(),
             // The jobs' output directories are host paths: allowed here only.
             "--allow-host-paths".to_owned(),
