@@ -5,7 +5,9 @@
 //! built. `loom apiserver` runs the API server alone, over SQLite or etcd.
 
 mod certs_cmd;
+mod join;
 mod node_cmd;
+mod token_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +56,9 @@ enum Command {
     /// server's serving certificate, an administrator's client certificate and
     /// the service-account signing key.
     Certs(certs_cmd::CertsArgs),
+    /// Bootstrap tokens nodes join with: create (printing the join
+    /// command), list, delete.
+    Token(token_cmd::TokenArgs),
     /// The per-run shim the nodelet starts (internal).
     #[command(hide = true)]
     Shim {
@@ -179,6 +184,49 @@ struct ApiserverArgs {
         default_value = apiserver::authn::service_account::DEFAULT_ISSUER
     )]
     service_account_issuer: String,
+    /// Sign nodes' (and approved) certificate requests with this PEM CA
+    /// certificate (`ca.crt` of `loom certs`); with --cluster-signing-key-file.
+    #[arg(
+        long,
+        env = "LOOM_CLUSTER_SIGNING_CERT_FILE",
+        requires = "cluster_signing_key_file"
+    )]
+    cluster_signing_cert_file: Option<PathBuf>,
+    /// The signing CA's PEM private key (`ca.key` of `loom certs`).
+    #[arg(
+        long,
+        env = "LOOM_CLUSTER_SIGNING_KEY_FILE",
+        requires = "cluster_signing_cert_file"
+    )]
+    cluster_signing_key_file: Option<PathBuf>,
+    /// The longest certificate signed, in hours (nodes' last this long).
+    #[arg(long, env = "LOOM_CLUSTER_SIGNING_DURATION_HOURS", default_value_t = 720, value_parser = clap::value_parser!(u64).range(1..))]
+    cluster_signing_duration_hours: u64,
+}
+
+/// The CA `loom apiserver` signs certificate requests with, if given.
+fn cluster_signing(
+    args: &ApiserverArgs,
+) -> anyhow::Result<Option<apiserver::certificates::Signing>> {
+    let (Some(cert), Some(key)) = (
+        &args.cluster_signing_cert_file,
+        &args.cluster_signing_key_file,
+    ) else {
+        return Ok(None);
+    };
+    let cert_pem = pki::read_file(cert)?;
+    let key_pem = pki::read_file(key)?;
+    let ca = pki::Ca::from_pem(&cert_pem, &key_pem).map_err(|why| {
+        anyhow::anyhow!(
+            "--cluster-signing-cert-file {} / --cluster-signing-key-file {}: {why}",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    let mut signing = apiserver::certificates::Signing::new(ca);
+    signing.duration =
+        std::time::Duration::from_secs(args.cluster_signing_duration_hours.saturating_mul(3600));
+    Ok(Some(signing))
 }
 
 /// How `loom apiserver` authenticates: client certificates of
@@ -414,6 +462,7 @@ fn main() -> ExitCode {
             Command::Up(args) => up(args).await,
             Command::Apiserver(args) => apiserver_command(*args).await,
             Command::Nodelet(args) => node_cmd::nodelet(*args).await,
+            Command::Token(args) => token_cmd::run(args).await,
             Command::Shim { .. } | Command::Image(_) | Command::Certs(_) => Ok(()),
             Command::Controllers(args) => {
                 let client = args.api.client()?;
@@ -530,6 +579,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.cluster_signing = Some(apiserver::certificates::Signing::new(
         pki::Ca::from_pem(ca.cert_pem(), ca.key_pem()).map_err(anyhow::Error::msg)?,
     ));
+    // Nodes join with bootstrap tokens: the cluster CA signs their certificates.
+    let ca = credentials.pki.ca();
+    config.cluster_signing = Some(apiserver::certificates::Signing::new(
+        pki::Ca::from_pem(ca.cert_pem(), ca.key_pem()).map_err(anyhow::Error::msg)?,
+    ));
     // Who changed what: every write at Metadata level, beside the store.
     config.audit = Some(apiserver::audit::Config::for_up(
         args.data_dir.join("audit.log"),
@@ -557,6 +611,7 @@ async fn all_in_one(
     );
     let nodelet_args = node_cmd::NodeletArgs {
         api: node_cmd::ApiArgs::default(),
+        join: join::JoinArgs::default(),
         name: args.name.clone(),
         state_dir: args.data_dir.join("nodelet"),
         labels: String::new(),
@@ -775,6 +830,7 @@ async fn apiserver_command(args: ApiserverArgs) -> anyhow::Result<()> {
         )?);
     }
     config.authentication = authentication(&args)?;
+    config.cluster_signing = cluster_signing(&args)?;
     serve(store, args.listen, config).await
 }
 

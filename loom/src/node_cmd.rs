@@ -11,6 +11,9 @@ pub struct NodeletArgs {
     /// How to reach the API server, and as whom.
     #[command(flatten)]
     pub api: ApiArgs,
+    /// How the node joins the cluster (a bootstrap token).
+    #[command(flatten)]
+    pub join: crate::join::JoinArgs,
     /// The node's name (default: the host name).
     #[arg(long, env = "LOOM_NODE_NAME")]
     pub name: Option<String>,
@@ -212,9 +215,18 @@ pub async fn nodelet(args: NodeletArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot import {}", path.display()))?;
         println!("imported {}", names.join(", "));
     }
-    let client = args.api.client()?;
     let shutdown = CancellationToken::new();
-    let mut work = tokio::spawn(nodelet::run(client, config, shutdown.clone()));
+    let credentials =
+        crate::join::credentials(&args.api, &args.join, &config.state_dir, &config.name).await?;
+    let mut work = match credentials {
+        // Its own certificate, renewed as it ages.
+        Some(credentials) => tokio::spawn(crate::join::run_renewing(
+            credentials,
+            config,
+            shutdown.clone(),
+        )),
+        None => tokio::spawn(nodelet::run(args.api.client()?, config, shutdown.clone())),
+    };
     tokio::select! {
         result = super::shutdown_signal() => result?,
         // It stopped on its own: a configuration or registration error.

@@ -341,6 +341,26 @@ impl Default for BootstrapToken {
     }
 }
 
+impl BootstrapToken {
+    /// The token `id` whose secret hashes to `secret_hash`, accepted until
+    /// `expiration` (`None`: for ever).
+    pub fn new(
+        id: &str,
+        secret_hash: String,
+        expiration: Option<std::time::SystemTime>,
+        description: &str,
+    ) -> Self {
+        let mut token = BootstrapToken::default();
+        token.metadata.name = id.to_owned();
+        token.spec = BootstrapTokenSpec {
+            secret_hash,
+            expiration: expiration.map(DateTime::<Utc>::from),
+            description: description.to_owned(),
+        };
+        token
+    }
+}
+
 /// What a bootstrap token is.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
