@@ -1,0 +1,261 @@
+//! A node joining as an operator does it, with the real binaries: `loom
+//! certs`, `loom apiserver` signing with the cluster CA, `loom token create`
+//! printing the join command, and that command run: the node fetches and
+//! pins the CA, gets its own certificate (kept in node.conf, owner-only) and
+//! registers its Node with it. A wrong CA hash or a deleted token stops it
+//! with a line saying why, nothing written.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn loom(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_loom"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("LOOM_TOKEN")
+        .output()
+        .expect("run loom")
+}
+
+/// A child process killed on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn path(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+/// curl's body and HTTP code.
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "000"));
+    (body.to_owned(), code.to_owned())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Waits up to `seconds` for `check`.
+fn eventually(what: &str, seconds: u64, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {seconds} s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_node_joins_with_the_command_loom_token_create_prints() {
+    if !is_root() {
+        eprintln!("skipped: the nodelet must run as root");
+        return;
+    }
+    let temp = tempfile::tempdir().expect("temp dir");
+    let pki = temp.path().join("pki");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let base = format!("https://127.0.0.1:{port}");
+    let made = loom(&[
+        "certs",
+        "--dir",
+        &pki.display().to_string(),
+        "--server",
+        &base,
+    ]);
+    assert!(made.status.success(), "{made:?}");
+    let server = Command::new(env!("CARGO_BIN_EXE_loom"))
+        .args(["apiserver", "--listen", &format!("127.0.0.1:{port}")])
+        .arg(format!(
+            "--store=sqlite:{}",
+            temp.path().join("loom.db").display()
+        ))
+        .args(["--tls-cert-file", &path(&pki, "apiserver.crt")])
+        .args(["--tls-private-key-file", &path(&pki, "apiserver.key")])
+        .args(["--client-ca-file", &path(&pki, "ca.crt")])
+        .args(["--cluster-signing-cert-file", &path(&pki, "ca.crt")])
+        .args(["--cluster-signing-key-file", &path(&pki, "ca.key")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start loom apiserver");
+    let _server = Child(server);
+    let ca = path(&pki, "ca.crt");
+    eventually("the API server ready", 30, || {
+        curl(&["--cacert", &ca, &format!("{base}/readyz")]).1 == "200"
+    });
+    let admin = path(&pki, "admin.conf");
+
+    let created = loom(&["token", "create", "--kubeconfig", &admin, "--ttl", "1h"]);
+    assert!(created.status.success(), "{created:?}");
+    let stdout = String::from_utf8_lossy(&created.stdout).into_owned();
+    let token = stdout.lines().next().unwrap_or_default().trim().to_owned();
+    assert_eq!(token.len(), 23, "{stdout}");
+    let command = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("loom nodelet "))
+        .unwrap_or_else(|| panic!("no join command in {stdout}"))
+        .to_owned();
+    let ca_info =
+        pki::CertInfo::from_pem(&std::fs::read_to_string(&ca).expect("ca.crt")).expect("the CA");
+    let hash = pki::public_key_hash(&ca_info.public_key_info);
+    assert!(
+        command.contains(&format!("--server {base}"))
+            && command.contains(&format!("--token {token}"))
+            && command.contains(&format!("--ca-cert-hash {hash}")),
+        "{command}"
+    );
+    let listed = loom(&["token", "list", "--kubeconfig", &admin]);
+    let id = &token[..6];
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains(id),
+        "{listed:?}"
+    );
+
+    // The join command, as printed, with a name and a state dir of the test's.
+    let state = temp.path().join("node");
+    let mut args: Vec<String> = command
+        .split_whitespace()
+        .filter(|word| *word != "--name" && *word != "NAME")
+        .map(str::to_owned)
+        .collect();
+    args.extend(
+        [
+            "--name",
+            "joined-1",
+            "--state-dir",
+            &state.display().to_string(),
+            "--cgroup-parent",
+            "loom-test-join",
+        ]
+        .map(str::to_owned),
+    );
+    let nodelet = Command::new(env!("CARGO_BIN_EXE_loom"))
+        .arg("nodelet")
+        .args(&args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start loom nodelet");
+    let mut nodelet = Child(nodelet);
+    let conf = state.join("node.conf");
+    let admin_curl = [
+        "--cacert",
+        ca.as_str(),
+        "--cert",
+        &path(&pki, "admin.crt"),
+        "--key",
+        &path(&pki, "admin.key"),
+    ];
+    let node_url = format!("{base}/apis/loom.dev/v1/nodes/joined-1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if curl(&[&admin_curl[..], &[node_url.as_str()]].concat()).1 == "200" {
+            break;
+        }
+        if let Ok(Some(status)) = nodelet.0.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = nodelet.0.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            panic!("the nodelet exited ({status}): {stderr}");
+        }
+        assert!(Instant::now() < deadline, "the node did not register");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mode = std::fs::metadata(&conf)
+        .expect("node.conf")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let kubeconfig = client::Kubeconfig::read(&conf).expect("node.conf is a kubeconfig");
+    let config = kubeconfig.config(&conf, None).expect("a usable kubeconfig");
+    let (cert, _) = config
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.identity.clone())
+        .expect("a client certificate in node.conf");
+    let info = pki::CertInfo::from_pem(&cert).expect("the node's certificate");
+    assert_eq!(info.common_name, "system:node:joined-1");
+    assert_eq!(info.organizations, ["system:nodes"]);
+    let life = info
+        .not_after
+        .duration_since(info.not_before)
+        .expect("a life");
+    assert!(life >= Duration::from_secs(30 * 24 * 3600), "{life:?}");
+    // The CSR is on record, requested by the token.
+    let (body, code) = curl(
+        &[
+            &admin_curl[..],
+            &[format!("{base}/apis/certificates.k8s.io/v1/certificatesigningrequests").as_str()],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains(&format!("system:bootstrap:{id}")), "{body}");
+    drop(nodelet);
+
+    // A CA hash that is not this cluster's: nothing is trusted or written.
+    let other = temp.path().join("other");
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    let refused = loom(&[
+        "nodelet",
+        "--server",
+        &base,
+        "--token",
+        &token,
+        "--ca-cert-hash",
+        &wrong,
+        "--name",
+        "joined-2",
+        "--state-dir",
+        &other.display().to_string(),
+    ]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--ca-cert-hash"), "{stderr}");
+    assert!(!other.join("node.conf").exists());
+
+    // A deleted token is refused.
+    let deleted = loom(&["token", "delete", "--kubeconfig", &admin, &token]);
+    assert!(deleted.status.success(), "{deleted:?}");
+    let refused = loom(&[
+        "nodelet",
+        "--server",
+        &base,
+        "--token",
+        &token,
+        "--ca-cert-hash",
+        &hash,
+        "--name",
+        "joined-2",
+        "--state-dir",
+        &other.display().to_string(),
+    ]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("bootstrap token") && stderr.contains("not known"),
+        "{stderr}"
+    );
+    assert!(!other.join("node.conf").exists());
+}
