@@ -884,6 +884,13 @@ async fn a_node_is_only_itself() {
             Some(token_request("on1")),
             403,
         ),
+        // Reviews of its own callers.
+        (
+            Method::POST,
+            format!("{REVIEWS}/subjectaccessreviews"),
+            Some(json!({"spec": {"user": "alice", "resourceAttributes": {"verb": "get", "group": "loom.dev", "resource": "tasks", "namespace": "a"}}}).to_string()),
+            201,
+        ),
         // Services to list; nothing else of the cluster.
         (Method::GET, "/apis/loom.dev/v1/services".into(), None, 200),
         (Method::GET, "/apis/loom.dev/v1/jobs".into(), None, 403),

@@ -8,7 +8,9 @@
 //! field selector), get them and update or patch their status, and create
 //! tokens of the service accounts they run as; get, create, patch and update
 //! Events; list and watch Services and Endpoints; get and
-//! create the node-lease namespace it registers into. Anything else is up to
+//! create the node-lease namespace it registers into; create TokenReviews
+//! and SubjectAccessReviews (to authenticate and authorize the callers of
+//! its own server). Anything else is up to
 //! RBAC, where nodes hold nothing but discovery and self reviews, so it is a
 //! 403. The authorizer decides by the request's path and the Task cache; the
 //! admission step checks what the path does not show (the name in a create's
@@ -122,6 +124,11 @@ pub fn decide(node: &str, request: &Attributes, tasks: &ServedResource) -> Decis
                 && sub == "token"
                 && runs_as(tasks, node, &request.namespace, &request.name)
         }
+        // Who a caller of its own server is, and what the caller may do
+        // (the nodelet authenticates and authorizes its callers as the
+        // kubelet does: TokenReview, SubjectAccessReview).
+        "tokenreviews" if request.api_group == "authentication.k8s.io" => verb == "create",
+        "subjectaccessreviews" if request.api_group == "authorization.k8s.io" => verb == "create",
         "namespaces" if core_or_loom => match verb {
             "get" => request.name == NODE_LEASE_NAMESPACE && sub.is_empty(),
             "create" => sub.is_empty(),
