@@ -214,6 +214,84 @@ fn a_node_joins_with_the_command_loom_token_create_prints() {
     assert!(body.contains(&format!("system:bootstrap:{id}")), "{body}");
     drop(nodelet);
 
+    // A certificate past 80 % of its life is renewed with itself at start,
+    // with no token: node.conf gets a new 30-day certificate, asked for by
+    // the node. (Certificates are backdated 5 minutes: 30 s more of life
+    // puts this one at 89 %.)
+    let ca_key = std::fs::read_to_string(path(&pki, "ca.key")).expect("ca.key");
+    let cluster_ca =
+        pki::Ca::from_pem(&std::fs::read_to_string(&ca).expect("ca.crt"), &ca_key).expect("the CA");
+    let aging = cluster_ca
+        .issue(
+            &pki::Profile::client("system:node:joined-1", Some("system:nodes"))
+                .valid_for(Duration::from_secs(30)),
+        )
+        .expect("an aging certificate");
+    client::Kubeconfig::single(
+        "loom",
+        &base,
+        Some(cluster_ca.cert_pem()),
+        Some(client::Credential::ClientCert {
+            cert_pem: aging.cert_pem.clone(),
+            key_pem: aging.key_pem,
+        }),
+        "",
+    )
+    .write(&conf)
+    .expect("write node.conf");
+    let restarted = Command::new(env!("CARGO_BIN_EXE_loom"))
+        .args([
+            "nodelet",
+            "--name",
+            "joined-1",
+            "--cgroup-parent",
+            "loom-test-join",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .env("RUST_LOG", "warn")
+        .env_remove("LOOM_TOKEN")
+        .env_remove("LOOM_KUBECONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start loom nodelet again");
+    let restarted = Child(restarted);
+    let renewed = || -> Option<pki::CertInfo> {
+        let config = client::Kubeconfig::read(&conf)
+            .ok()?
+            .config(&conf, None)
+            .ok()?;
+        let (cert, _) = config.tls?.identity?;
+        (cert != aging.cert_pem).then(|| pki::CertInfo::from_pem(&cert).ok())?
+    };
+    eventually("the aging certificate renewed", 60, || renewed().is_some());
+    let info = renewed().expect("the renewed certificate");
+    assert_eq!(info.common_name, "system:node:joined-1");
+    let life = info
+        .not_after
+        .duration_since(info.not_before)
+        .expect("a life");
+    assert!(life >= Duration::from_secs(30 * 24 * 3600), "{life:?}");
+    let mode = std::fs::metadata(&conf)
+        .expect("node.conf")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let (body, _) = curl(
+        &[
+            &admin_curl[..],
+            &[format!("{base}/apis/certificates.k8s.io/v1/certificatesigningrequests").as_str()],
+        ]
+        .concat(),
+    );
+    assert!(
+        body.contains("\"username\":\"system:node:joined-1\""),
+        "{body}"
+    );
+    drop(restarted);
+
     // A CA hash that is not this cluster's: nothing is trusted or written.
     let other = temp.path().join("other");
     let wrong = format!("sha256:{}", "ab".repeat(32));
