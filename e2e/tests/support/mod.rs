@@ -660,6 +660,11 @@ impl Cluster {
             self.pki().join("apiserver.key").display().to_string(),
             "--client-ca-file".to_owned(),
             self.pki().join("ca.crt").display().to_string(),
+            // Service-account tokens: one key pair for both API servers.
+            "--service-account-key-file".to_owned(),
+            self.pki().join("sa.pub").display().to_string(),
+            "--service-account-signing-key-file".to_owned(),
+            self.pki().join("sa.key").display().to_string(),
             // Task logs come from nodelets over TLS, as the API server.
             "--nodelet-client-certificate".to_owned(),
             self.pki()
