@@ -292,13 +292,15 @@ async fn a_node_joins_with_a_token_and_renews_with_its_certificate_for_its_own_n
     assert_eq!(code, 200);
     assert_eq!(certificate_of(&read), certificate);
     // But not approve or rewrite it.
-    let (code, _) = send(
-        token
-            .put(format!("{}{CSRS}/{name}/status", server.url))
-            .json(&read),
-    )
-    .await;
-    assert_eq!(code, 403);
+    for sub in ["status", "approval"] {
+        let (code, _) = send(
+            token
+                .put(format!("{}{CSRS}/{name}/{sub}", server.url))
+                .json(&read),
+        )
+        .await;
+        assert_eq!(code, 403, "{sub}");
+    }
 
     // The node, with its new certificate: itself, and may renew only itself.
     let identity = pki::KeyAndCert {
@@ -359,6 +361,29 @@ async fn an_administrators_request_waits_for_approval_then_is_signed() {
     assert_eq!(info.organizations, ["dev"]);
     let life = info.not_after.duration_since(SystemTime::now()).unwrap();
     assert!(life <= Duration::from_secs(3600), "{life:?}");
+    // kubectl certificate approve's path: only the conditions are taken.
+    let (object, _) = csr("dave", Some("dev"), &CLIENT);
+    let mut object = object;
+    object["spec"]["signerName"] = json!("kubernetes.io/kube-apiserver-client");
+    let (code, pending) = send(admin.post(format!("{}{CSRS}", server.url)).json(&object)).await;
+    assert_eq!(code, 201, "{pending}");
+    let other = pending["metadata"]["name"].as_str().unwrap();
+    let mut approval = pending.clone();
+    approval["spec"]["username"] = json!("someone-else");
+    approval["status"] = json!({
+        "certificate": BASE64.encode("forged"),
+        "conditions": [{"type": "Approved", "status": "True", "reason": "KubectlApprove"}],
+    });
+    let (code, approved) = send(
+        admin
+            .put(format!("{}{CSRS}/{other}/approval", server.url))
+            .json(&approval),
+    )
+    .await;
+    assert_eq!(code, 200, "{approved}");
+    assert_eq!(approved["spec"]["username"], pending["spec"]["username"]);
+    let info = pki::CertInfo::from_pem(&certificate_of(&approved)).unwrap();
+    assert_eq!(info.common_name, "dave");
     // The spec never changes.
     let mut changed = signed.clone();
     changed["spec"]["usages"] = json!(["client auth"]);

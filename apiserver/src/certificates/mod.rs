@@ -149,6 +149,73 @@ pub fn rest() -> Rest {
         ])
         .validate_admitted(validate_request),
     )
+    .subresource(Approval)
+}
+
+/// `certificatesigningrequests/{name}/approval`: what `kubectl certificate
+/// approve` and `deny` write — the request's conditions, nothing else (the
+/// write that approves also signs, by the admission step).
+#[derive(Clone, Copy, Debug)]
+struct Approval;
+
+#[async_trait]
+impl crate::registry::Subresource for Approval {
+    fn name(&self) -> &'static str {
+        "approval"
+    }
+
+    fn verbs(&self) -> &'static [&'static str] {
+        &["get", "update"]
+    }
+
+    async fn serve(
+        &self,
+        request: crate::registry::SubresourceRequest<'_>,
+    ) -> ApiResult<axum::response::Response> {
+        use axum::http::Method;
+        let res = request.resource;
+        let stored = request.store.get(res, "", request.name).await?;
+        if request.method == Method::GET {
+            return Ok(crate::http::json_response(StatusCode::OK, &stored));
+        }
+        if request.method != Method::PUT {
+            return Err(ApiError::from(Status::method_not_allowed(
+                &api_types::GroupResource::new(
+                    &res.info.group,
+                    "certificatesigningrequests/approval",
+                ),
+                request.method.as_str(),
+            )));
+        }
+        let options = crate::http::write_options(request.query, request.headers, "")?;
+        let body = crate::http::parse_body(request.headers, &request.body)?;
+        let mut object = stored;
+        let conditions = body
+            .pointer("/status/conditions")
+            .cloned()
+            .unwrap_or_else(|| json!([]));
+        if let Some(map) = object.as_object_mut() {
+            let status = map.entry("status").or_insert_with(|| json!({}));
+            if let Some(status) = status.as_object_mut() {
+                status.insert("conditions".to_owned(), conditions);
+            }
+        }
+        if let Some(version) = crate::object::meta_str(&body, "resourceVersion") {
+            crate::object::set_meta(&mut object, "resourceVersion", json!(version));
+        }
+        let written = request
+            .store
+            .update(
+                res,
+                "",
+                request.name,
+                object,
+                crate::generic::Part::Status,
+                &options,
+            )
+            .await?;
+        Ok(crate::http::json_response(StatusCode::OK, &written.object))
+    }
 }
 
 /// BootstrapToken's REST storage.
