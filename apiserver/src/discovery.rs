@@ -54,6 +54,8 @@ pub fn group_list(catalog: &Catalog) -> Value {
         .iter()
         .map(|(group, versions)| group_json(group, versions))
         .collect();
+    // Loom's own group first (clients prefer the first group serving a name).
+    groups.sort_by_key(|g| g["name"] != api_types::GROUP);
     groups.push(crate::authn::review::group_entry());
     groups.push(crate::authz::review::group_entry());
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
@@ -159,6 +161,7 @@ pub fn aggregated(catalog: &Catalog) -> Value {
             json!({"metadata": {"name": group}, "versions": versions})
         })
         .collect();
+    items.sort_by_key(|g| g["metadata"]["name"] != api_types::GROUP);
     items.push(crate::authn::review::aggregated_entry());
     items.push(crate::authz::review::aggregated_entry());
     json!({
