@@ -1,7 +1,8 @@
 //! Kubernetes' protobuf encoding (`application/vnd.kubernetes.protobuf`) of
 //! the few core kinds kubectl's typed clients send that way — Namespace,
-//! ServiceAccount, TokenRequest, TokenReview, SelfSubjectReview, and the
-//! access reviews of `kubectl auth can-i` — decoded
+//! ServiceAccount, TokenRequest, TokenReview, SelfSubjectReview, the
+//! access reviews of `kubectl auth can-i`, and the CertificateSigningRequest
+//! of `kubectl certificate approve` — decoded
 //! into their JSON form. Loom answers in JSON, which those clients accept.
 
 use serde_json::{Map, Value, json};
@@ -49,6 +50,9 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
             "SelfSubjectAccessReview" | "SubjectAccessReview" | "LocalSubjectAccessReview",
         ) => access_review(raw)?,
         ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => rules_review(raw)?,
+        ("certificates.k8s.io/v1", "CertificateSigningRequest") => {
+            certificate_signing_request(raw)?
+        }
         _ => {
             return Err(format!(
                 "{kind} {api_version} cannot be sent as protobuf to Loom: send it as application/json"
@@ -226,6 +230,61 @@ fn object_meta(raw: &[u8]) -> Result<Value, String> {
         meta.insert("finalizers".to_owned(), Value::Array(finalizers));
     }
     Ok(Value::Object(meta))
+}
+
+/// `certificates/v1` CertificateSigningRequest (what `kubectl certificate
+/// approve` and `deny` send): spec 2 {request 1 (bytes), username 2, uid 3,
+/// groups 4, usages 5, signerName 7, expirationSeconds 8}, status 3
+/// {conditions 1 {type 1, reason 2, message 3, status 6}, certificate 2
+/// (bytes)}; bytes become base64, as in JSON.
+fn certificate_signing_request(raw: &[u8]) -> Result<Map<String, Value>, String> {
+    use base64::Engine as _;
+    let base64 = |v: &[u8]| json!(base64::engine::general_purpose::STANDARD.encode(v));
+    let mut object = metadata_only(raw)?;
+    for field in Reader::new(raw) {
+        match field? {
+            (2, Wire::Bytes(v)) => {
+                let mut spec = strings(v, &[(2, "username"), (3, "uid"), (7, "signerName")])?;
+                let (mut groups, mut usages) = (Vec::new(), Vec::new());
+                for field in Reader::new(v) {
+                    match field? {
+                        (1, Wire::Bytes(r)) => _ = spec.insert("request".to_owned(), base64(r)),
+                        (4, Wire::Bytes(g)) => groups.push(json!(text(g)?)),
+                        (5, Wire::Bytes(u)) => usages.push(json!(text(u)?)),
+                        (8, Wire::Varint(s)) => {
+                            // An int32: negative values arrive sign-extended.
+                            let seconds = s as i64 as i32;
+                            _ = spec.insert("expirationSeconds".to_owned(), json!(seconds));
+                        }
+                        _ => {}
+                    }
+                }
+                spec.insert("groups".to_owned(), Value::Array(groups));
+                spec.insert("usages".to_owned(), Value::Array(usages));
+                object.insert("spec".to_owned(), Value::Object(spec));
+            }
+            (3, Wire::Bytes(v)) => {
+                let mut status = Map::new();
+                let mut conditions = Vec::new();
+                for field in Reader::new(v) {
+                    match field? {
+                        (1, Wire::Bytes(c)) => conditions.push(Value::Object(strings(
+                            c,
+                            &[(1, "type"), (2, "reason"), (3, "message"), (6, "status")],
+                        )?)),
+                        (2, Wire::Bytes(c)) => {
+                            _ = status.insert("certificate".to_owned(), base64(c))
+                        }
+                        _ => {}
+                    }
+                }
+                status.insert("conditions".to_owned(), Value::Array(conditions));
+                object.insert("status".to_owned(), Value::Object(status));
+            }
+            _ => {}
+        }
+    }
+    Ok(object)
 }
 
 fn metadata_only(raw: &[u8]) -> Result<Map<String, Value>, String> {

@@ -395,3 +395,55 @@ async fn an_administrators_request_waits_for_approval_then_is_signed() {
     .await;
     assert_eq!(code, 422);
 }
+
+/// The `kubectl` on `PATH`, if there is one.
+fn kubectl() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("kubectl"))
+            .find(|path| path.is_file())
+    })
+}
+
+#[tokio::test]
+async fn kubectl_certificate_approve_signs_and_deny_does_not() {
+    let Some(kubectl) = kubectl() else {
+        eprintln!("skipped: no kubectl on PATH");
+        return;
+    };
+    let server = server().await;
+    let kubeconfig = server.kubeconfig().unwrap();
+    let admin = server.http();
+    let mut names = Vec::new();
+    for user in ["erin", "frank"] {
+        let (mut object, _) = csr(user, Some("dev"), &CLIENT);
+        object["spec"]["signerName"] = json!("kubernetes.io/kube-apiserver-client");
+        let (code, created) = send(admin.post(format!("{}{CSRS}", server.url)).json(&object)).await;
+        assert_eq!(code, 201, "{created}");
+        names.push(created["metadata"]["name"].as_str().unwrap().to_owned());
+    }
+    let run = |verb: &'static str, name: String| {
+        let kubectl = kubectl.clone();
+        let kubeconfig = kubeconfig.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(kubectl)
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .args(["certificate", verb, &name])
+                .output()
+                .unwrap()
+        })
+    };
+    let approved = run("approve", names[0].clone()).await.unwrap();
+    assert!(approved.status.success(), "{approved:?}");
+    let denied = run("deny", names[1].clone()).await.unwrap();
+    assert!(denied.status.success(), "{denied:?}");
+
+    let (_, erin) = send(admin.get(format!("{}{CSRS}/{}", server.url, names[0]))).await;
+    let info = pki::CertInfo::from_pem(&certificate_of(&erin)).unwrap();
+    assert_eq!(info.common_name, "erin");
+    assert_eq!(erin["status"]["conditions"][0]["reason"], "KubectlApprove");
+    let (_, frank) = send(admin.get(format!("{}{CSRS}/{}", server.url, names[1]))).await;
+    assert_eq!(frank["status"]["conditions"][0]["type"], "Denied");
+    assert!(frank["status"]["certificate"].is_null(), "{frank}");
+}
