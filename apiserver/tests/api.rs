@@ -895,7 +895,8 @@ mod cases {
         );
         // fieldValidation=Ignore drops unknown fields; Warn drops them with a warning.
         let lenient = r#"{"apiVersion":"loom.dev/v1","kind":"Job","metadata":{"name":"lenient"},"spec":{"replicaz":1,"template":{"spec":{"image":"x"}}}}"#;
-        let response = server.http()
+        let response = server
+            .http()
             .post(format!("{}{JOBS}?fieldValidation=Warn", server.url))
             .header("Content-Type", "application/json")
             .body(lenient)
@@ -976,7 +977,10 @@ mod cases {
         // The watch cache learns of the task through its store watch: poll, do not race.
         let deadline = Instant::now() + Duration::from_secs(10);
         let metrics = loop {
-            let metrics = server.http().get(format!("{}/metrics", server.url)).send()
+            let metrics = server
+                .http()
+                .get(format!("{}/metrics", server.url))
+                .send()
                 .await
                 .unwrap()
                 .text()
@@ -1002,7 +1006,8 @@ mod cases {
             "{metrics}"
         );
         // Tables for kubectl.
-        let table: Value = server.http()
+        let table: Value = server
+            .http()
             .get(format!("{}{TASKS}", server.url))
             .header(
                 "Accept",

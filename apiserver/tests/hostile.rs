@@ -303,7 +303,8 @@ async fn nodelet_endpoint_is_an_ip_and_port_and_never_changes() {
         "http://localhost:7444",
         "http://10.0.0.5:7444/logs",
         "http://10.0.0.5:7444?x=1",
-        "https://10.0.0.5:7444",
+        "https://10.0.0.5:7444/logs",
+        "https://169.254.169.254:443",
     ]
     .into_iter()
     .enumerate()
@@ -575,7 +576,10 @@ async fn log_proxy_refuses_a_stored_endpoint_that_breaks_the_rule() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(code, 503, "{message}");
-    assert!(message.contains("must be http://IP:PORT"), "{message}");
+    assert!(
+        message.contains("must be https://IP:PORT or http://IP:PORT"),
+        "{message}"
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 0);
     // And it still takes heartbeats that keep the endpoint as it is.
     let patched = client

@@ -759,6 +759,8 @@ async fn a_user_over_its_watch_cap_gets_429_and_another_user_is_served() {
     })
     .await
     .unwrap();
+    // Both may read and write jobs: only the caps tell them apart.
+    server.bind_cluster_role("Group", "dev", "edit").await;
     let alice = as_user(&server, "alice", Some("dev"));
     let bob = as_user(&server, "bob", Some("dev"));
     let admin = JsonClient::new(&server);
@@ -911,6 +913,8 @@ async fn mutating_requests_in_flight_are_capped_per_user_and_in_all() {
     )
     .await
     .unwrap();
+    // All three may write jobs: only the caps tell them apart.
+    server.bind_cluster_role("Group", "dev", "edit").await;
     let alice = as_user(&server, "alice", Some("dev"));
     let bob = as_user(&server, "bob", Some("dev"));
     let carol = as_user(&server, "carol", Some("dev"));

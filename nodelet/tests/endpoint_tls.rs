@@ -69,9 +69,16 @@ async fn the_endpoint_serves_tls_to_the_api_server_only() {
         .unwrap();
     assert_eq!(get(anonymous.clone(), "/healthz").await, 200);
     assert_eq!(get(anonymous, "/logs/default/t").await, 401);
-    assert_eq!(get(admin, "/logs/default/t").await, 403, "an administrator is not the API server");
+    assert_eq!(
+        get(admin, "/logs/default/t").await,
+        403,
+        "an administrator is not the API server"
+    );
     let code = get(api_server.clone(), "/logs/default/t").await;
-    assert!(code != 401 && code != 403, "the API server is let in: {code}");
+    assert!(
+        code != 401 && code != 403,
+        "the API server is let in: {code}"
+    );
     assert_eq!(get(api_server, "/metrics").await, 200);
 
     // A client certificate of another CA does not even connect.

@@ -93,9 +93,7 @@ impl TestPki {
     }
 
     /// Service-account tokens signed and verified with the process's key pair.
-    pub fn service_account_tokens(
-        &self,
-    ) -> std::sync::Arc<apiserver::authn::ServiceAccountTokens> {
+    pub fn service_account_tokens(&self) -> std::sync::Arc<apiserver::authn::ServiceAccountTokens> {
         let (private, public) = &self.service_account_keys;
         match apiserver::authn::ServiceAccountTokens::from_pem(
             apiserver::authn::service_account::DEFAULT_ISSUER,
