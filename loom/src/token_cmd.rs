@@ -138,13 +138,13 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
                 .list(&client::ListParams::default())
                 .await
                 .context("cannot list the bootstrap tokens")?;
-            println!("{:<8} {:<26} DESCRIPTION", "ID", "EXPIRES");
+            println!("{:<8} {:<30} DESCRIPTION", "ID", "EXPIRES");
             for token in tokens.items {
                 let expires = token
                     .spec
                     .expiration
                     .map(|t| {
-                        let mut when = t.to_rfc3339();
+                        let mut when = t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
                         if std::time::SystemTime::from(t) <= std::time::SystemTime::now() {
                             when.push_str(" (expired)");
                         }
@@ -152,7 +152,7 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
                     })
                     .unwrap_or_else(|| "<forever>".to_owned());
                 println!(
-                    "{:<8} {:<26} {}",
+                    "{:<8} {:<30} {}",
                     token.metadata.name, expires, token.spec.description
                 );
             }
