@@ -113,10 +113,9 @@ impl ClusterCredentials {
     /// The serving certificate of node `name`'s endpoint, for `addresses`.
     pub fn node_serving(&self, name: &str, addresses: &[String]) -> anyhow::Result<Credential> {
         let file = format!("node-{}-serving", name.replace('.', "-"));
-        Ok(self
-            .pki
+        self.pki
             .ensure_credential(&file, &Profile::server(&node_user(name), addresses))
-            .with_context(|| format!("--node {name}@{}", addresses.join(",")))?)
+            .with_context(|| format!("--node {name}@{}", addresses.join(",")))
     }
 
     /// What the API server needs to call nodelets serving TLS.

@@ -76,9 +76,7 @@ pub fn secure_router(state: ServerState, callers: Callers) -> Router {
                         "a client certificate of the cluster's CA is required\n",
                     )
                         .into_response(),
-                    Some(user) if callers.users.iter().any(|u| *u == user) => {
-                        next.run(request).await
-                    }
+                    Some(user) if callers.users.contains(&user) => next.run(request).await,
                     Some(user) => (
                         StatusCode::FORBIDDEN,
                         format!("user {user:?} may not use this node's endpoint\n"),
