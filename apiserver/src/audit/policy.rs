@@ -10,6 +10,9 @@ use serde_json::Value;
 
 use crate::authz::rbac::Attributes;
 
+/// The `kind` of an audit policy file (a file format, not an API object).
+const POLICY_FILE_KIND: &str = "Policy";
+
 /// How much of a request is logged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Level {
@@ -169,7 +172,7 @@ impl Policy {
             .map_err(|e| error(None, format!("not valid YAML: {e}")))?;
         let document: Document =
             serde_json::from_value(value).map_err(|e| error(None, e.to_string()))?;
-        if document.kind != "Policy" {
+        if document.kind != POLICY_FILE_KIND {
             return Err(error(
                 None,
                 format!("kind is {:?}: it must be Policy", document.kind),

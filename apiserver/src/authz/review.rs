@@ -127,6 +127,27 @@ fn now() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// The reviews this module answers, told apart once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReviewKind {
+    /// SelfSubjectRulesReview: the asker's rules in a namespace.
+    SelfSubjectRules,
+    /// LocalSubjectAccessReview: a SubjectAccessReview bound to its namespace.
+    LocalSubjectAccess,
+    /// SelfSubjectAccessReview or SubjectAccessReview.
+    Access,
+}
+
+impl ReviewKind {
+    fn of(kind: &str) -> Self {
+        match kind {
+            "SelfSubjectRulesReview" => ReviewKind::SelfSubjectRules,
+            "LocalSubjectAccessReview" => ReviewKind::LocalSubjectAccess,
+            _ => ReviewKind::Access,
+        }
+    }
+}
+
 /// Answers one review posted by `asker` (to `namespace`, for a local review).
 pub fn answer(
     authorizer: &Authorizer,
@@ -147,7 +168,8 @@ pub fn answer(
             }
         }
     }
-    if kind == "SelfSubjectRulesReview" {
+    let review_kind = ReviewKind::of(kind);
+    if review_kind == ReviewKind::SelfSubjectRules {
         let mut review: SelfSubjectRulesReview = serde_json::from_value(body)
             .map_err(|e| ApiError::bad_request(format!("not a {kind}: {e}")))?;
         review.status = Some(rules_review(authorizer, asker, &review.spec.namespace));
@@ -194,7 +216,7 @@ pub fn answer(
             groups: spec.groups.clone(),
         }
     };
-    if kind == "LocalSubjectAccessReview" {
+    if review_kind == ReviewKind::LocalSubjectAccess {
         let asked = spec
             .resource_attributes
             .as_ref()
