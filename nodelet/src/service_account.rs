@@ -107,25 +107,45 @@ async fn request_token(
         },
         ..TokenRequest::default()
     };
-    let answer: TokenRequest = accounts
-        .create_subresource("token", account, &PostParams::default(), &request)
-        .await
-        .map_err(|error| Failure {
-            reason: if error.is_not_found()
-                && error
-                    .status()
-                    .and_then(|s| s.details.as_ref())
-                    .is_some_and(|d| d.kind == "serviceaccounts")
-            {
-                "ServiceAccountNotFound"
-            } else {
-                "ServiceAccountTokenFailed"
-            },
-            message: format!(
-                "cannot get a token of service account {}/{account}: {error}",
-                task.metadata.namespace
-            ),
-        })?;
+    // A token request is a POST, which the client does not retry: an API
+    // server restarting or failing over must not fail the task, so transient
+    // failures are retried here (about 20 s in all) before it does.
+    let mut delay = Duration::from_millis(200);
+    let mut attempts = 0;
+    let answered = loop {
+        match accounts
+            .create_subresource::<_, TokenRequest>(
+                "token",
+                account,
+                &PostParams::default(),
+                &request,
+            )
+            .await
+        {
+            Err(error) if error.is_transient() && attempts < TOKEN_ATTEMPTS => {
+                attempts += 1;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            answered => break answered,
+        }
+    };
+    let answer: TokenRequest = answered.map_err(|error| Failure {
+        reason: if error.is_not_found()
+            && error
+                .status()
+                .and_then(|s| s.details.as_ref())
+                .is_some_and(|d| d.kind == "serviceaccounts")
+        {
+            "ServiceAccountNotFound"
+        } else {
+            "ServiceAccountTokenFailed"
+        },
+        message: format!(
+            "cannot get a token of service account {}/{account}: {error}",
+            task.metadata.namespace
+        ),
+    })?;
     let status = answer.status.ok_or_else(|| Failure {
         reason: "ServiceAccountTokenFailed",
         message: "the TokenRequest was answered without a token".to_owned(),
@@ -175,6 +195,9 @@ fn host_and_port(url: &str) -> Option<(String, String)> {
     }
     Some((host.to_owned(), port.to_owned()))
 }
+
+/// Transient failures of a token request retried before the task fails.
+const TOKEN_ATTEMPTS: u32 = 8;
 
 /// How often running tasks' tokens are checked.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(60);
