@@ -137,6 +137,10 @@ pub struct Authorizer {
     index: RwLock<Arc<Index>>,
     /// Woken after every rebuild of the index.
     rebuilt: Notify,
+    /// Held across a rebuild's read of the caches and its write of the
+    /// index: the four caches' followers rebuild concurrently, and an index
+    /// read before a change must never be written after one read after it.
+    rebuilding: std::sync::Mutex<()>,
     caches: Option<Caches>,
     /// The tasks, for the Node authorizer (which tasks are bound where).
     tasks: Option<Arc<ServedResource>>,
@@ -167,6 +171,7 @@ impl Authorizer {
             mode,
             index: RwLock::new(Arc::new(Index::default())),
             rebuilt: Notify::new(),
+            rebuilding: std::sync::Mutex::new(()),
             caches: Some(caches),
             tasks: Some(catalog.builtin_resource::<Task>()),
         });
@@ -190,6 +195,7 @@ impl Authorizer {
             mode,
             index: RwLock::new(Arc::new(index)),
             rebuilt: Notify::new(),
+            rebuilding: std::sync::Mutex::new(()),
             caches: None,
             tasks: None,
         })
@@ -207,6 +213,7 @@ impl Authorizer {
 
     fn rebuild(&self) {
         if let Some(caches) = &self.caches {
+            let _rebuilding = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
             let index = Arc::new(caches.index());
             *self.index.write().unwrap_or_else(|e| e.into_inner()) = index;
             self.rebuilt.notify_waiters();
