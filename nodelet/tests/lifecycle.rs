@@ -52,7 +52,15 @@ async fn the_node_registers_with_capacity_labels_taints_and_a_lease() {
         h.client.clone(),
         api_types::well_known::NODE_LEASE_NAMESPACE,
     );
-    let lease = leases.get(&h.name).await.unwrap();
+    // The lease is made just after the Node, which may be Ready first.
+    let deadline = Instant::now() + LONG;
+    let lease = loop {
+        if let Some(lease) = leases.get_opt(&h.name).await.unwrap() {
+            break lease;
+        }
+        assert!(Instant::now() < deadline, "the node never made its lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(lease.spec.holder_identity.as_deref(), Some(h.name.as_str()));
     assert!(lease.spec.renew_time.is_some());
     nodelet.stop().await;
