@@ -66,33 +66,12 @@ impl std::fmt::Debug for NodeletClientTls {
 /// TLS it trusts only `tls`'s CA and presents its certificate (without
 /// `tls`, it trusts no server: only plain-HTTP nodelets are reached).
 pub fn nodelet_client(tls: Option<&NodeletClientTls>) -> Result<reqwest::Client, String> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     // reqwest is built without a process-wide TLS provider, so it is given one.
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let mut roots = rustls::RootCertStore::empty();
-    let config = match tls {
-        None => builder.with_root_certificates(roots).with_no_client_auth(),
-        Some(tls) => {
-            for ca in CertificateDer::pem_slice_iter(tls.ca_pem.as_bytes()) {
-                roots
-                    .add(ca.map_err(|e| format!("the nodelet CA: {e}"))?)
-                    .map_err(|e| format!("the nodelet CA: {e}"))?;
-            }
-            let chain = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("the nodelet client certificate: {e}"))?;
-            let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes())
-                .map_err(|e| format!("the nodelet client key: {e}"))?;
-            builder
-                .with_root_certificates(roots)
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("the nodelet client certificate: {e}"))?
-        }
-    };
+    let config = loom_listener::tls::client_config(
+        tls.map(|t| t.ca_pem.as_str()),
+        tls.map(|t| (t.cert_pem.as_str(), t.key_pem.as_str())),
+    )
+    .map_err(|e| format!("the nodelet client: {e}"))?;
     reqwest::Client::builder()
         .use_preconfigured_tls(config)
         .connect_timeout(CONNECT_TIMEOUT)

@@ -9,7 +9,6 @@
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -179,36 +178,10 @@ impl Access {
     /// plain HTTP: reqwest is built without a process-wide TLS provider),
     /// presenting `identity` (a PEM certificate and key) if given.
     fn rustls(&self, identity: Option<(&str, &str)>) -> anyhow::Result<rustls::ClientConfig> {
-        use rustls::pki_types::pem::PemObject as _;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(pki) = &self.pki {
-            for ca in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
-                roots
-                    .add(ca.context("the cluster CA certificate")?)
-                    .context("the cluster CA certificate")?;
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("TLS")?
-            .with_root_certificates(roots);
-        let mut config = match identity {
-            None => builder.with_no_client_auth(),
-            Some((cert, key)) => {
-                let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .context("the client certificate")?;
-                let key =
-                    PrivateKeyDer::from_pem_slice(key.as_bytes()).context("the client key")?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .context("the client certificate")?
-            }
-        };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(config)
+        Ok(loom_listener::tls::client_config(
+            self.pki.as_ref().map(|pki| pki.ca_pem.as_str()),
+            identity,
+        )?)
     }
 
     /// A raw HTTP client builder as the bench user.

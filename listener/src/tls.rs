@@ -92,3 +92,41 @@ pub fn server_config(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// A client's TLS configuration (ring, HTTP/1.1 by ALPN): `ca_pem`'s
+/// certificates as the only roots (none: a client that trusts no server,
+/// for plain-HTTP use of a reqwest built without a process-wide provider),
+/// and `identity`, a PEM certificate chain and its PEM key, to present.
+pub fn client_config(
+    ca_pem: Option<&str>,
+    identity: Option<(&str, &str)>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| TlsError::Config(format!("{what}: {e}"));
+    let mut roots = RootCertStore::empty();
+    if let Some(ca_pem) = ca_pem {
+        for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            let ca = ca.map_err(|e| bad("the CA certificate", &e))?;
+            roots.add(ca).map_err(|e| bad("the CA certificate", &e))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("TLS", &e))?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad("the client certificate", &e))?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+                .map_err(|e| bad("the client key", &e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| bad("the client certificate", &e))?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}

@@ -152,32 +152,11 @@ impl TestPki {
     /// The rustls configuration of a client trusting this CA and presenting
     /// `identity` (none: only a bearer token, or nothing, authenticates it).
     pub fn rustls_client(&self, identity: Option<&KeyAndCert>) -> rustls::ClientConfig {
-        use rustls::pki_types::pem::PemObject as _;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in CertificateDer::pem_slice_iter(self.ca.cert_pem().as_bytes()).flatten() {
-            let _ = roots.add(ca);
+        let identity = identity.map(|i| (i.cert_pem.as_str(), i.key_pem.as_str()));
+        match loom_listener::tls::client_config(Some(self.ca.cert_pem()), identity) {
+            Ok(config) => config,
+            Err(error) => panic!("the test PKI's client TLS: {error}"),
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS 1.2 and 1.3 with ring")
-            .with_root_certificates(roots);
-        let mut config = match identity {
-            None => builder.with_no_client_auth(),
-            Some(identity) => {
-                let chain = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .expect("a certificate this PKI issued");
-                let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())
-                    .expect("a key this PKI made");
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .expect("a certificate and its key")
-            }
-        };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        config
     }
 
     /// An HTTP client trusting this CA and presenting `identity`.
