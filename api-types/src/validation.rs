@@ -2287,6 +2287,23 @@ mod tests {
     }
 
     #[test]
+    fn service_account_names_are_names_not_paths() {
+        let mut task = valid_task();
+        task.spec.service_account_name = "robot".to_owned();
+        assert!(task.validate().is_empty(), "{:?}", task.validate());
+        for hostile in ["../default", "a/b", "A", "a b", "-a", &"a".repeat(254)] {
+            task.spec.service_account_name = hostile.to_owned();
+            let errors = task.validate();
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.to_string().contains("spec.serviceAccountName")),
+                "{hostile:?}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
     fn nodelet_endpoint_rules() {
         for (good, address) in [
             ("http://127.0.0.1:7444", "127.0.0.1:7444"),
