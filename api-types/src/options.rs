@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::validation::FieldError;
+
 /// The body of a delete (Kubernetes' `DeleteOptions`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -49,6 +51,28 @@ pub enum OptionsError {
         /// What it was.
         value: String,
     },
+    /// A boolean parameter that is neither `true` nor `false`.
+    #[error("{parameter} {value:?} is not a boolean")]
+    NotABool {
+        /// The parameter (`sendInitialEvents`).
+        parameter: &'static str,
+        /// What it was.
+        value: String,
+    },
+}
+
+/// Reads a boolean as Go's `strconv.ParseBool` does, which Kubernetes uses
+/// for its query parameters.
+fn boolean(parameter: &'static str, value: Option<&str>) -> Result<Option<bool>, OptionsError> {
+    match value {
+        None => Ok(None),
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(Some(true)),
+        Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(Some(false)),
+        Some(v) => Err(OptionsError::NotABool {
+            parameter,
+            value: v.to_owned(),
+        }),
+    }
 }
 
 fn number(parameter: &'static str, value: Option<&str>) -> Result<Option<u64>, OptionsError> {
@@ -135,6 +159,10 @@ impl ListOptions {
     }
 }
 
+/// The annotation of the BOOKMARK that ends a streaming list's initial
+/// events (Kubernetes' `metav1.InitialEventsAnnotationKey`).
+pub const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
 /// What a watch asks for besides where it starts (`resourceVersion`): its
 /// query parameters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -147,6 +175,15 @@ pub struct WatchOptions {
     pub bookmarks: bool,
     /// `timeoutSeconds`: end the watch after this many seconds.
     pub timeout_seconds: Option<u32>,
+    /// `sendInitialEvents` (a streaming list): `true` sends every current
+    /// object as ADDED, then a BOOKMARK annotated [`INITIAL_EVENTS_END`],
+    /// then the changes; `false` sends only the changes, from now when the
+    /// watch has no resourceVersion. Absent, a watch without a
+    /// resourceVersion starts with the current objects and no such bookmark.
+    pub send_initial_events: Option<bool>,
+    /// `resourceVersionMatch`: only `NotOlderThan`, and only with
+    /// `sendInitialEvents`.
+    pub resource_version_match: Option<String>,
 }
 
 impl WatchOptions {
@@ -166,6 +203,11 @@ impl WatchOptions {
                 "timeoutSeconds",
                 self.timeout_seconds.map(|t| t.to_string()),
             ),
+            (
+                "sendInitialEvents",
+                self.send_initial_events.map(|s| s.to_string()),
+            ),
+            ("resourceVersionMatch", self.resource_version_match.clone()),
         ];
         pairs.extend(
             optional
@@ -186,7 +228,62 @@ impl WatchOptions {
             field_selector: text(get("fieldSelector")),
             bookmarks: matches!(get("allowWatchBookmarks"), Some("true" | "1")),
             timeout_seconds,
+            send_initial_events: boolean("sendInitialEvents", get("sendInitialEvents"))?,
+            resource_version_match: text(get("resourceVersionMatch")),
         })
+    }
+
+    /// What is wrong with these options together, as Kubernetes'
+    /// `validateWatchOptions` says it (a server answers 422 `Invalid` for
+    /// kind `ListOptions` with these): `sendInitialEvents` needs
+    /// `resourceVersionMatch=NotOlderThan` and `allowWatchBookmarks=true`;
+    /// `resourceVersionMatch` needs `sendInitialEvents`.
+    pub fn validate(&self) -> Vec<FieldError> {
+        const NOT_OLDER_THAN: &str = "NotOlderThan";
+        let mut errors = Vec::new();
+        let matching = self.resource_version_match.as_deref();
+        if self.send_initial_events.is_some() {
+            if matching != Some(NOT_OLDER_THAN) {
+                errors.push(FieldError::forbidden(
+                    "resourceVersionMatch",
+                    format!("sendInitialEvents requires setting resourceVersionMatch to {NOT_OLDER_THAN}"),
+                ));
+            }
+            if !self.bookmarks {
+                errors.push(FieldError::forbidden(
+                    "allowWatchBookmarks",
+                    "sendInitialEvents requires setting allowWatchBookmarks to true",
+                ));
+            }
+        }
+        if let Some(matching) = matching {
+            if self.send_initial_events.is_none() {
+                errors.push(FieldError::forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+                ));
+            }
+            if matching != NOT_OLDER_THAN {
+                errors.push(FieldError::not_supported(
+                    "resourceVersionMatch",
+                    matching,
+                    &[NOT_OLDER_THAN],
+                ));
+            }
+        }
+        errors
+    }
+}
+
+/// What is wrong with a list's (not a watch's) `sendInitialEvents`: Kubernetes
+/// forbids it outside a watch.
+pub fn validate_list_send_initial_events(value: Option<&str>) -> Vec<FieldError> {
+    match value {
+        None => Vec::new(),
+        Some(_) => vec![FieldError::forbidden(
+            "sendInitialEvents",
+            "sendInitialEvents is forbidden for list",
+        )],
     }
 }
 
@@ -250,6 +347,8 @@ mod tests {
             field_selector: None,
             bookmarks: true,
             timeout_seconds: Some(290),
+            send_initial_events: Some(true),
+            resource_version_match: Some("NotOlderThan".into()),
         };
         let pairs = options.query_pairs("7");
         assert_eq!(pairs[0], ("watch", "true".to_owned()));
@@ -261,6 +360,60 @@ mod tests {
         let q = query(&[("timeoutSeconds", "soon")]);
         let error = WatchOptions::from_query(|k| q.get(k).map(String::as_str)).unwrap_err();
         assert_eq!(error.to_string(), "timeoutSeconds \"soon\" is not a number");
+    }
+
+    #[test]
+    fn a_streaming_list_needs_bookmarks_and_not_older_than() {
+        let read = |pairs: &[(&str, &str)]| {
+            let q = query(pairs);
+            WatchOptions::from_query(|k| q.get(k).map(String::as_str))
+        };
+        let good = read(&[
+            ("sendInitialEvents", "true"),
+            ("allowWatchBookmarks", "true"),
+            ("resourceVersionMatch", "NotOlderThan"),
+        ])
+        .unwrap();
+        assert_eq!(good.send_initial_events, Some(true));
+        assert!(good.validate().is_empty());
+        assert!(read(&[]).unwrap().validate().is_empty());
+        let fields = |options: WatchOptions| -> Vec<String> {
+            options.validate().iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(
+            fields(read(&[("sendInitialEvents", "true")]).unwrap()),
+            [
+                "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                "allowWatchBookmarks: Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true",
+            ]
+        );
+        assert_eq!(
+            fields(
+                read(&[
+                    ("sendInitialEvents", "false"),
+                    ("allowWatchBookmarks", "true"),
+                    ("resourceVersionMatch", "Exact"),
+                ])
+                .unwrap()
+            ),
+            [
+                "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                "resourceVersionMatch: Unsupported value: \"Exact\": supported values: \"NotOlderThan\"",
+            ]
+        );
+        assert_eq!(
+            fields(read(&[("resourceVersionMatch", "NotOlderThan")]).unwrap()),
+            [
+                "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"
+            ]
+        );
+        let error = read(&[("sendInitialEvents", "yes")]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "sendInitialEvents \"yes\" is not a boolean"
+        );
+        assert_eq!(validate_list_send_initial_events(Some("true")).len(), 1);
+        assert!(validate_list_send_initial_events(None).is_empty());
     }
 
     #[test]

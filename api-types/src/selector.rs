@@ -796,6 +796,13 @@ impl FieldSelector {
                     term: term.to_string(),
                 });
             }
+            // `a! =b` would print as `a!=b`, another selector: no field ends with `!`.
+            if field.ends_with('!') {
+                return Err(FieldSelectorError::InvalidTerm {
+                    input: input.to_string(),
+                    term: term.to_string(),
+                });
+            }
             let raw_value = raw_value.trim();
             let value = unescape_field_value(raw_value).ok_or_else(|| {
                 FieldSelectorError::InvalidEscape {
@@ -1170,6 +1177,17 @@ mod tests {
             FieldSelector::parse(r"a=\x"),
             Err(FieldSelectorError::InvalidEscape { .. })
         ));
+        // Found by loom-fuzz: `a! =b` (field `a!`) printed as `a!=b`, another selector.
+        for ambiguous in ["a! =b", "spec.nodeName!\n=", "!\u{c}=!"] {
+            assert!(
+                matches!(
+                    FieldSelector::parse(ambiguous),
+                    Err(FieldSelectorError::InvalidTerm { .. })
+                ),
+                "{ambiguous:?}"
+            );
+        }
+        assert_eq!(FieldSelector::parse("a != b").unwrap().to_string(), "a!=b");
         let err = FieldSelector::parse_allowed("spec.foo=x", &["metadata.name"]).unwrap_err();
         assert_eq!(err.to_string(), "field label not supported: spec.foo");
         assert!(FieldSelector::parse_allowed("metadata.name=a", COMMON_SELECTABLE_FIELDS).is_ok());

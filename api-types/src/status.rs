@@ -294,10 +294,10 @@ impl Status {
         failure(410, reason::EXPIRED, message.into(), None)
     }
 
-    /// 410 for a watch or list from a compacted revision:
-    /// `too old resource version: 5 (120)`.
+    /// 410 `Expired` for a watch from a revision the watch cache no longer
+    /// holds: `too old resource version: 5 (120)`, as Kubernetes' cacher says it.
     pub fn too_old_resource_version(requested: i64, oldest: i64) -> Status {
-        Status::gone(format!("too old resource version: {requested} ({oldest})"))
+        Status::expired(format!("too old resource version: {requested} ({oldest})"))
     }
 
     /// 413: `Request entity too large: <message>`.
@@ -502,7 +502,7 @@ mod tests {
             (
                 Status::too_old_resource_version(5, 10),
                 410,
-                "Gone",
+                "Expired",
                 "too old resource version: 5 (10)",
             ),
             (Status::expired("old"), 410, "Expired", "old"),

@@ -447,6 +447,66 @@ pub fn parse_nodelet_endpoint(endpoint: &str) -> Result<std::net::SocketAddr, En
     Ok(SocketAddr::new(host, port))
 }
 
+/// The longest CIDR there is, in bytes (`255.255.255.255/32`).
+pub const MAX_CIDR_LENGTH: usize = 18;
+/// The prefix lengths a Node's `spec.taskCIDR` (and the controllers'
+/// `--cluster-cidr` and `--node-cidr-mask-size`) may have: at most a /8, and at
+/// least a /30 (two usable addresses).
+pub const TASK_CIDR_PREFIX: std::ops::RangeInclusive<u8> = 8..=30;
+
+/// Why a string is not an IPv4 CIDR in canonical form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    /// Not `a.b.c.d/n` (or longer than any CIDR).
+    #[error("must be an IPv4 CIDR ADDRESS/PREFIX such as 10.77.0.0/24")]
+    Malformed,
+    /// An IPv6 CIDR.
+    #[error("must be an IPv4 CIDR such as 10.77.0.0/24: IPv6 is not supported yet")]
+    Ipv6,
+    /// Host bits set: the range's own network address is this.
+    #[error("must be the network address of its range, with no host bits set: {0}")]
+    NotNetworkAddress(ipnet::Ipv4Net),
+    /// The prefix length is outside [`TASK_CIDR_PREFIX`].
+    #[error("the prefix length must be between /8 and /30 (got /{0})")]
+    Prefix(u8),
+}
+
+/// Parses an IPv4 CIDR written canonically (`10.77.3.0/24`: the network address,
+/// decimal octets without leading zeros, no spaces) with a prefix length in
+/// [`TASK_CIDR_PREFIX`]: a Node's `spec.taskCIDR`, and the subnets the
+/// controllers hand out. One string, one subnet: two spellings of the same range
+/// could not be compared as written.
+pub fn parse_task_cidr(value: &str) -> Result<ipnet::Ipv4Net, CidrError> {
+    if value.contains(':') {
+        return Err(CidrError::Ipv6);
+    }
+    if value.len() > MAX_CIDR_LENGTH {
+        return Err(CidrError::Malformed);
+    }
+    let net: ipnet::Ipv4Net = value.parse().map_err(|_| CidrError::Malformed)?;
+    if net.trunc() != net {
+        return Err(CidrError::NotNetworkAddress(net.trunc()));
+    }
+    if net.to_string() != value {
+        return Err(CidrError::Malformed);
+    }
+    if !TASK_CIDR_PREFIX.contains(&net.prefix_len()) {
+        return Err(CidrError::Prefix(net.prefix_len()));
+    }
+    Ok(net)
+}
+
+fn task_cidr(errs: &mut Vec<FieldError>, field: &str, value: &str) {
+    if value.is_empty() {
+        return;
+    }
+    if value.len() > MAX_CIDR_LENGTH {
+        errs.push(FieldError::too_long(field, MAX_CIDR_LENGTH));
+    } else if let Err(rule) = parse_task_cidr(value) {
+        errs.push(FieldError::invalid(field, value, rule.to_string()));
+    }
+}
+
 fn non_negative_quantity(errs: &mut Vec<FieldError>, field: &str, value: Option<&Quantity>) {
     if let Some(q) = value
         && q.is_negative()
@@ -1338,6 +1398,7 @@ impl Validate for Node {
                 }
             }
         }
+        task_cidr(&mut errs, "spec.taskCIDR", &self.spec.task_cidr);
         if let Some(status) = &self.status {
             for (field, map) in [
                 ("status.capacity", &status.capacity),
@@ -1366,9 +1427,25 @@ impl Validate for Node {
     /// Besides `validate`: `status.nodeletEndpoint` may not change once set, so a
     /// Node cannot send the API server's calls somewhere else later (until nodes
     /// have an identity); a nodelet that moves needs its Node deleted first.
+    /// Nor may `spec.taskCIDR` (as Kubernetes' `podCIDR`): tasks hold addresses
+    /// in it, and other nodes route to it.
     fn validate_update(&self, old: &Self) -> Vec<FieldError> {
         let mut errs = self.validate();
         errs.extend(validate_object_meta_update(&self.metadata, &old.metadata));
+        // (An over-long value is already refused by `validate`, without echoing it.)
+        if !old.spec.task_cidr.is_empty()
+            && self.spec.task_cidr != old.spec.task_cidr
+            && self.spec.task_cidr.len() <= MAX_CIDR_LENGTH
+        {
+            errs.push(FieldError::invalid(
+                "spec.taskCIDR",
+                &self.spec.task_cidr,
+                format!(
+                    "field is immutable once set (it was {}): delete and register the Node again to change it",
+                    old.spec.task_cidr
+                ),
+            ));
+        }
         let endpoint = |n: &Node| {
             n.status
                 .as_ref()
@@ -2499,6 +2576,7 @@ mod tests {
                         effect: Some(TaintEffect::NoSchedule),
                     },
                 ],
+                ..NodeSpec::default()
             },
         );
         node.status = Some(NodeStatus {
@@ -2517,6 +2595,163 @@ mod tests {
             &errs,
             "status.capacity[cpu]: Invalid value: \"-1\": must be greater than or equal to 0",
         );
+    }
+
+    fn with_task_cidr(cidr: &str) -> Node {
+        Node::new(
+            "n1",
+            NodeSpec {
+                task_cidr: cidr.into(),
+                ..NodeSpec::default()
+            },
+        )
+    }
+
+    #[test]
+    fn task_cidr_is_a_canonical_ipv4_cidr() {
+        for good in [
+            "10.77.0.0/24",
+            "10.0.0.0/8",
+            "192.168.1.4/30",
+            "172.16.0.0/12",
+        ] {
+            assert!(with_task_cidr(good).validate().is_empty(), "{good}");
+            assert_eq!(parse_task_cidr(good).unwrap().to_string(), good);
+        }
+        assert!(with_task_cidr("").validate().is_empty(), "optional");
+        let rule = |value: &str| {
+            let errs = with_task_cidr(value).validate();
+            assert_eq!(errs.len(), 1, "{value:?}: {:#?}", fields(&errs));
+            errs[0].to_string()
+        };
+        let malformed = "must be an IPv4 CIDR ADDRESS/PREFIX such as 10.77.0.0/24";
+        for garbage in [
+            "garbage",
+            "10.0.0.0",
+            "10.0.0.0/",
+            "/24",
+            "10.0.0.0/24/8",
+            "10.0.0.256/24",
+            "10.0.0/24",
+            "10.0.0.0.0/24",
+            "010.0.0.0/24",
+            "10.0.0.0/024",
+            "10.0.0.0/+8",
+            "10.0.0.0/-8",
+            " 10.0.0.0/24",
+            "10.0.0.0/24 ",
+            "10.0.0.0\n/24",
+            "10.0.0.0/24\0",
+            "١٠.0.0.0/8",
+            "0x0a.0.0.0/8",
+            "10.0.0.0/33",
+        ] {
+            assert_eq!(
+                rule(garbage),
+                format!("spec.taskCIDR: Invalid value: {garbage:?}: {malformed}"),
+            );
+        }
+        assert_eq!(
+            rule("10.0.0.1/24"),
+            "spec.taskCIDR: Invalid value: \"10.0.0.1/24\": must be the network address of its range, with no host bits set: 10.0.0.0/24"
+        );
+        assert_eq!(
+            rule("0.0.0.0/0"),
+            "spec.taskCIDR: Invalid value: \"0.0.0.0/0\": the prefix length must be between /8 and /30 (got /0)"
+        );
+        assert_eq!(
+            rule("10.0.0.0/7"),
+            "spec.taskCIDR: Invalid value: \"10.0.0.0/7\": the prefix length must be between /8 and /30 (got /7)"
+        );
+        for (narrow, prefix) in [("10.0.0.0/31", 31), ("10.0.0.1/32", 32)] {
+            assert_eq!(
+                rule(narrow),
+                format!(
+                    "spec.taskCIDR: Invalid value: {narrow:?}: the prefix length must be between /8 and /30 (got /{prefix})"
+                )
+            );
+        }
+        for v6 in ["fd00::/64", "::/0", "::ffff:a00:0/104", "fd00::zz/64"] {
+            assert_eq!(
+                rule(v6),
+                format!(
+                    "spec.taskCIDR: Invalid value: {v6:?}: must be an IPv4 CIDR such as 10.77.0.0/24: IPv6 is not supported yet"
+                )
+            );
+        }
+        // Too long for any CIDR: refused without echoing the value.
+        for long in [
+            "1".repeat(MAX_CIDR_LENGTH + 1),
+            "10.0.0.0/8".repeat(100_000),
+        ] {
+            assert_eq!(
+                rule(&long),
+                "spec.taskCIDR: Too long: may not be more than 18 bytes"
+            );
+            assert_eq!(parse_task_cidr(&long), Err(CidrError::Malformed));
+        }
+    }
+
+    #[test]
+    fn task_cidr_is_immutable_once_set() {
+        let unset = with_task_cidr("");
+        let set = with_task_cidr("10.77.3.0/24");
+        assert!(set.validate_update(&unset).is_empty(), "setting it once");
+        assert!(set.validate_update(&set).is_empty(), "keeping it");
+        let mut cordoned = set.clone();
+        cordoned.spec.unschedulable = true;
+        assert!(
+            cordoned.validate_update(&set).is_empty(),
+            "other fields change"
+        );
+        let immutable = "field is immutable once set (it was 10.77.3.0/24): delete and register the Node again to change it";
+        assert_eq!(
+            fields(&with_task_cidr("10.77.4.0/24").validate_update(&set)),
+            vec![format!(
+                "spec.taskCIDR: Invalid value: \"10.77.4.0/24\": {immutable}"
+            )]
+        );
+        assert_eq!(
+            fields(&unset.validate_update(&set)),
+            vec![format!("spec.taskCIDR: Invalid value: \"\": {immutable}")]
+        );
+        // An invalid new value is refused for both reasons; a huge one only as too long.
+        assert_eq!(
+            with_task_cidr("10.77.3.1/24").validate_update(&set).len(),
+            2
+        );
+        let huge = with_task_cidr(&"9".repeat(4096));
+        assert_eq!(
+            fields(&huge.validate_update(&set)),
+            vec!["spec.taskCIDR: Too long: may not be more than 18 bytes"]
+        );
+    }
+
+    #[test]
+    fn task_cidr_json_name_is_task_cidr_in_capitals() {
+        let node = with_task_cidr("10.77.3.0/24");
+        let json = serde_json::to_value(&node).unwrap();
+        assert_eq!(json["spec"]["taskCIDR"], "10.77.3.0/24");
+        assert!(json["spec"].get("taskCidr").is_none());
+        let back: Node = serde_json::from_value(json).unwrap();
+        assert_eq!(back.spec.task_cidr, "10.77.3.0/24");
+        let unset = serde_json::to_value(with_task_cidr("")).unwrap();
+        assert!(unset.get("spec").is_none(), "an empty spec is left out");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_network_parses_back_and_host_bits_are_refused(addr: u32, prefix in 8u8..=30) {
+            let net = ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(addr), prefix).unwrap();
+            let network = net.trunc();
+            proptest::prop_assert_eq!(parse_task_cidr(&network.to_string()), Ok(network));
+            if net != network {
+                proptest::prop_assert_eq!(
+                    parse_task_cidr(&net.to_string()),
+                    Err(CidrError::NotNetworkAddress(network))
+                );
+            }
+        }
     }
 
     #[test]

@@ -72,6 +72,16 @@ pub const REASON_TIME_LIMIT_EXCEEDED: &str = "TimeLimitExceeded";
 /// A task Lost because its node stopped renewing its Lease (written by the node
 /// lifecycle controller; owners replace the task).
 pub const REASON_NODE_LOST: &str = "NodeLost";
+/// A run whose shim died without recording its end (the node crashed, or the
+/// shim was killed): written by the nodelet, which restarts the task in place
+/// when its restart policy allows and otherwise marks it Lost (owners replace
+/// it without counting a failure).
+pub const REASON_SHIM_LOST: &str = "ShimLost";
+/// A task Killed by its own node because the node could not renew its Lease
+/// for longer than the lease's duration (fencing: the control plane may have
+/// replaced it elsewhere). Written by the nodelet; owners replace the task
+/// without counting a failure.
+pub const REASON_NODE_FENCED: &str = "NodeFenced";
 
 #[cfg(test)]
 mod tests {

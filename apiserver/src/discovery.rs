@@ -124,6 +124,68 @@ pub fn resource_list(catalog: &Catalog, group: &str, version: &str) -> Option<Va
     }))
 }
 
+/// One resource of aggregated discovery, with every subresource the legacy
+/// list names (`status`, `binding`, `log`, `token`, …).
+fn aggregated_resource(r: &ServedResource) -> Value {
+    let kind = |name: &str| json!({"group": r.info.group, "version": r.info.version, "kind": name});
+    let mut subresources: Vec<Value> = r
+        .subresources
+        .iter()
+        .map(|sub| {
+            json!({
+                "subresource": sub.name(),
+                "responseKind": kind(sub.kind().unwrap_or(&r.info.kind)),
+                "verbs": sub.verbs(),
+            })
+        })
+        .collect();
+    if r.info.has_status {
+        subresources.push(json!({
+            "subresource": "status",
+            "responseKind": kind(&r.info.kind),
+            "verbs": SUB_VERBS,
+        }));
+    }
+    let mut doc = json!({
+        "resource": r.info.plural,
+        "responseKind": kind(&r.info.kind),
+        "scope": if r.info.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": r.info.singular,
+        "verbs": VERBS,
+        "shortNames": r.info.short_names,
+    });
+    if !subresources.is_empty() {
+        doc["subresources"] = json!(subresources);
+    }
+    doc
+}
+
+/// A group's versions in aggregated discovery (`""` is the core group).
+fn aggregated_versions(
+    all: &[std::sync::Arc<ServedResource>],
+    group: &str,
+    versions: &[String],
+) -> Vec<Value> {
+    versions
+        .iter()
+        .map(|version| {
+            let resources: Vec<Value> = in_version(all, group, version)
+                .map(|r| aggregated_resource(r))
+                .collect();
+            json!({"version": version, "resources": resources, "freshness": "Current"})
+        })
+        .collect()
+}
+
+fn aggregated_list(items: Vec<Value>) -> Value {
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {},
+        "items": items,
+    })
+}
+
 /// `GET /apis` as an aggregated `APIGroupDiscoveryList`.
 pub fn aggregated(catalog: &Catalog) -> Value {
     let all = catalog.resources();
@@ -131,45 +193,30 @@ pub fn aggregated(catalog: &Catalog) -> Value {
         .groups()
         .iter()
         .map(|(group, versions)| {
-            let versions: Vec<Value> = versions
-                .iter()
-                .map(|version| {
-                    let resources: Vec<Value> = in_version(&all, group, version)
-                        .map(|r| {
-                            let kind = json!({"group": r.info.group, "version": r.info.version, "kind": r.info.kind});
-                            let mut doc = json!({
-                                "resource": r.info.plural,
-                                "responseKind": kind,
-                                "scope": if r.info.namespaced { "Namespaced" } else { "Cluster" },
-                                "singularResource": r.info.singular,
-                                "verbs": VERBS,
-                                "shortNames": r.info.short_names,
-                            });
-                            if r.info.has_status {
-                                doc["subresources"] = json!([{
-                                    "subresource": "status",
-                                    "responseKind": kind,
-                                    "verbs": SUB_VERBS,
-                                }]);
-                            }
-                            doc
-                        })
-                        .collect();
-                    json!({"version": version, "resources": resources, "freshness": "Current"})
-                })
-                .collect();
-            json!({"metadata": {"name": group}, "versions": versions})
+            json!({
+                "metadata": {"name": group},
+                "versions": aggregated_versions(&all, group, versions),
+            })
         })
         .collect();
     items.sort_by_key(|g| g["metadata"]["name"] != api_types::GROUP);
     items.push(crate::authn::review::aggregated_entry());
     items.push(crate::authz::review::aggregated_entry());
-    json!({
-        "kind": "APIGroupDiscoveryList",
-        "apiVersion": "apidiscovery.k8s.io/v2",
-        "metadata": {},
-        "items": items,
-    })
+    aggregated_list(items)
+}
+
+/// `GET /api` as an aggregated `APIGroupDiscoveryList`: the core group alone,
+/// nameless as Kubernetes serves it (kube-rs's `Discovery::run_aggregated`
+/// and kubectl ask for this form first).
+pub fn core_aggregated(catalog: &Catalog) -> Value {
+    let all = catalog.resources();
+    let served = all.iter().any(|r| r.info.group.is_empty());
+    let items = if served {
+        vec![json!({"metadata": {}, "versions": aggregated_versions(&all, "", &["v1".to_owned()])})]
+    } else {
+        Vec::new()
+    };
+    aggregated_list(items)
 }
 
 /// `GET /openapi/v3`: one entry per group version, with a hash of its document.

@@ -39,10 +39,11 @@ impl ApiError {
             store::Error::NotFound { .. } => Status::not_found(resource, name),
             store::Error::AlreadyExists { .. } => Status::already_exists(resource, name),
             store::Error::Conflict { .. } => Status::conflict_modified(resource, name),
-            store::Error::Compacted {
-                requested,
-                compacted,
-            } => Status::too_old_resource_version(requested, compacted),
+            // Only a list reads at a revision from the store (watches start in the
+            // watch cache): Kubernetes' etcd3 store says it this way.
+            store::Error::Compacted { .. } => {
+                Status::expired("The resourceVersion for the provided list is too old.")
+            }
             store::Error::FutureRevision { requested, current } => {
                 let mut status = Status::timeout(format!(
                     "Too large resource version: {requested}, current: {current}"
@@ -57,6 +58,23 @@ impl ApiError {
                 Status::bad_request(format!("invalid continue token: {why}"))
             }
             store::Error::Backend(why) => Status::internal_error(&format!("storage: {why}")),
+            // Kubernetes' answer to an unreachable store: a server timeout
+            // with a hint to retry (the request may or may not have been
+            // applied, so clients repeat only what is safe to repeat).
+            store::Error::Unavailable(why) => {
+                let mut status = Status::timeout(format!(
+                    "the request could not be completed at this time, please try again: the store did not answer ({why})"
+                ));
+                status.reason = "ServerTimeout".to_owned();
+                status.details = Some(api_types::StatusDetails {
+                    name: name.to_owned(),
+                    group: resource.group.clone(),
+                    kind: resource.resource.clone(),
+                    retry_after_seconds: Some(2),
+                    ..api_types::StatusDetails::default()
+                });
+                status
+            }
         };
         ApiError(Box::new(status))
     }

@@ -6,7 +6,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api_types::options::{DeleteOptions, ListOptions, WatchOptions};
+use api_types::options::{
+    DeleteOptions, INITIAL_EVENTS_END, ListOptions, WatchOptions, validate_list_send_initial_events,
+};
 use api_types::{FieldSelector, FieldValidation, Namespace, Selector};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -29,7 +31,7 @@ use crate::limits::{Limits, Permit, Requester};
 use crate::metrics::{Metrics, ResourceLabels, resource_label};
 use crate::registry::Column;
 use crate::registry::SubresourceRequest;
-use crate::watch_cache::{CachedObject, EventType, Filter, WatchItem};
+use crate::watch_cache::{CachedObject, EventType, Filter, InitialEvents, WatchItem};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -119,15 +121,7 @@ pub fn router(state: AppState) -> Router {
         .route("/livez", get(healthy))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .route(
-            "/api",
-            get(|State(state): State<AppState>| async move {
-                json_response(
-                    StatusCode::OK,
-                    &discovery::core_versions(&state.api.catalog),
-                )
-            }),
-        )
+        .route("/api", get(api))
         .route("/api/{*rest}", any(core_request))
         .route(
             "/apis/authentication.k8s.io",
@@ -185,17 +179,46 @@ fn present(res: &ServedResource, mut object: Value) -> Value {
     {
         map.insert("apiVersion".to_owned(), json!(res.info.api_version()));
     }
+    if let Some(hook) = conversion(res) {
+        hook.to_served(&mut object, &res.info.api_version());
+    }
     object
+}
+
+/// The kind's conversion hook; `None` (every kind today) is the identity.
+fn conversion(res: &ServedResource) -> Option<Arc<dyn crate::registry::conversion::Conversion>> {
+    crate::registry::conversion::hook(&res.storage_group, &res.info.kind)
+}
+
+/// Whether responses differ from the stored bytes: another `apiVersion`, or
+/// a conversion hook.
+fn presents_other_form(res: &ServedResource) -> bool {
+    res.presents_other_version() || conversion(res).is_some()
+}
+
+/// A create or update body as its kind stores it (its conversion hook's
+/// `to_stored`), before validation and storage.
+fn to_stored(res: &ServedResource, mut object: Value) -> ApiResult<Value> {
+    if let Some(hook) = conversion(res) {
+        hook.to_stored(
+            &mut object,
+            &res.info.api_version(),
+            &res.stored_api_version,
+        )
+        .map_err(ApiError::bad_request)?;
+    }
+    Ok(object)
 }
 
 /// [`present`] on an object's stored bytes: stored objects' keys are sorted,
 /// so `apiVersion` comes first and is swapped without parsing the object.
 fn present_bytes(res: &ServedResource, bytes: Bytes) -> Bytes {
-    if !res.presents_other_version() {
+    let hooked = conversion(res).is_some();
+    if !hooked && !res.presents_other_version() {
         return bytes;
     }
     let stored = format!("{{\"apiVersion\":{}", json!(res.stored_api_version));
-    if let Some(rest) = bytes.strip_prefix(stored.as_bytes()) {
+    if !hooked && let Some(rest) = bytes.strip_prefix(stored.as_bytes()) {
         let served = format!("{{\"apiVersion\":{}", json!(res.info.api_version()));
         let mut out = Vec::with_capacity(served.len() + rest.len());
         out.extend_from_slice(served.as_bytes());
@@ -242,7 +265,32 @@ async fn healthy() -> &'static str {
     "ok"
 }
 
+/// How long `/readyz` waits for the store.
+const READY_STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn ready(State(state): State<AppState>) -> Response {
+    // The store answers (Kubernetes' `[+]etcd` check): an API server cut
+    // from its store is taken out of rotation, not left answering 500s.
+    match tokio::time::timeout(READY_STORE_TIMEOUT, state.api.store.current_revision()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the store does not answer: {error}"),
+            )
+                .into_response();
+        }
+        Err(_) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the store did not answer within {} s",
+                    READY_STORE_TIMEOUT.as_secs()
+                ),
+            )
+                .into_response();
+        }
+    }
     let unready: Vec<String> = state
         .api
         .catalog
@@ -271,19 +319,37 @@ async fn metrics(State(state): State<AppState>) -> Response {
     response
 }
 
-async fn apis(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let accept = headers
+/// Whether a discovery request asks for the aggregated form (kubectl and
+/// kube-rs list it first in `Accept`, the legacy form after it).
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if accept.contains("as=APIGroupDiscoveryList") {
-        let body =
-            serde_json::to_vec(&discovery::aggregated(&state.api.catalog)).unwrap_or_default();
-        return bytes_response(
-            StatusCode::OK,
-            discovery::AGGREGATED_CONTENT_TYPE,
-            body.into(),
-        );
+        .is_some_and(|accept| accept.contains("as=APIGroupDiscoveryList"))
+}
+
+fn aggregated_response(doc: &serde_json::Value) -> Response {
+    let body = serde_json::to_vec(doc).unwrap_or_default();
+    bytes_response(
+        StatusCode::OK,
+        discovery::AGGREGATED_CONTENT_TYPE,
+        body.into(),
+    )
+}
+
+async fn api(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if wants_aggregated(&headers) {
+        return aggregated_response(&discovery::core_aggregated(&state.api.catalog));
+    }
+    json_response(
+        StatusCode::OK,
+        &discovery::core_versions(&state.api.catalog),
+    )
+}
+
+async fn apis(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if wants_aggregated(&headers) {
+        return aggregated_response(&discovery::aggregated(&state.api.catalog));
     }
     json_response(StatusCode::OK, &discovery::group_list(&state.api.catalog))
 }
@@ -409,6 +475,23 @@ pub(crate) fn write_options(
     })
 }
 
+/// What a list of `resource` in `namespace` asks for, from its query
+/// parameters, as a list request decodes them (for loom-fuzz).
+#[doc(hidden)]
+pub fn decode_list_query(
+    resource: Arc<ServedResource>,
+    namespace: Option<String>,
+    query: &HashMap<String, String>,
+) -> ApiResult<ListQuery> {
+    let target = Target {
+        resource,
+        namespace,
+        name: None,
+        subresource: None,
+    };
+    list_query(&target, query)
+}
+
 fn list_query(target: &Target, query: &HashMap<String, String>) -> ApiResult<ListQuery> {
     let options = ListOptions::from_query(|key| query.get(key).map(String::as_str))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -455,7 +538,8 @@ fn wants_table(headers: &HeaderMap) -> bool {
 }
 
 /// Parses a request body as JSON or YAML (by content type).
-pub(crate) fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
+#[doc(hidden)] // pub for loom-fuzz
+pub fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -728,6 +812,12 @@ async fn serve(
             if query_flag(query, "watch") {
                 return watch(state, target, query, headers, requester, list).await;
             }
+            let errors = validate_list_send_initial_events(
+                query.get("sendInitialEvents").map(String::as_str),
+            );
+            if !errors.is_empty() {
+                return Err(list_options_invalid(&errors));
+            }
             let page = api.list(res, list).await?;
             Ok(list_response(res, page, wants_table(headers)))
         }
@@ -749,7 +839,7 @@ async fn serve(
                 )));
             }
             let options = write_options(query, headers, "loom")?;
-            let object = parse_body(headers, &body)?;
+            let object = to_stored(res, parse_body(headers, &body)?)?;
             let written = api
                 .create(res, target.namespace.as_deref(), object, &options)
                 .await?;
@@ -761,7 +851,7 @@ async fn serve(
         }
         ("PUT", Some(name)) => {
             let options = write_options(query, headers, "loom")?;
-            let object = parse_body(headers, &body)?;
+            let object = to_stored(res, parse_body(headers, &body)?)?;
             let written = api
                 .update(res, namespace, name, object, part, &options)
                 .await?;
@@ -896,7 +986,7 @@ fn items_response(res: &ServedResource, meta: &Value, items: Vec<Bytes>) -> Resp
     // Streamed a few hundred objects at a time: a list of 100,000 objects is not
     // copied into one more buffer of its own size.
     let mut first = true;
-    let items: Vec<Bytes> = if res.presents_other_version() {
+    let items: Vec<Bytes> = if presents_other_form(res) {
         items.into_iter().map(|o| present_bytes(res, o)).collect()
     } else {
         items
@@ -990,9 +1080,31 @@ async fn watch(
     list: ListQuery,
 ) -> ApiResult<Response> {
     let res = target.resource.clone();
-    let from = watch_from(list.resource_version.as_deref())?;
     let options = WatchOptions::from_query(|key| query.get(key).map(String::as_str))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let errors = options.validate();
+    if !errors.is_empty() {
+        return Err(list_options_invalid(&errors));
+    }
+    let mut from = watch_from(list.resource_version.as_deref())?;
+    let initial = match options.send_initial_events {
+        None => InitialEvents::Unset,
+        Some(true) => InitialEvents::Send,
+        Some(false) => InitialEvents::Skip,
+    };
+    // Kubernetes' cacher: with sendInitialEvents and no resourceVersion the
+    // watch starts from a state at least as new as the store's latest write
+    // (a consistent read); `0` takes whatever the cache holds.
+    if options.send_initial_events.is_some()
+        && list.resource_version.as_deref().unwrap_or("").is_empty()
+    {
+        let latest = res
+            .cache
+            .store_revision()
+            .await
+            .map_err(|e| ApiError::from_store(e, &res.group_resource(), ""))?;
+        from = Some(latest);
+    }
     let bookmarks = options.bookmarks;
     let as_table = wants_table(headers);
     let timeout = match options.timeout_seconds {
@@ -1002,7 +1114,10 @@ async fn watch(
     // Taken before the watch starts (which may wait for the cache) and held by
     // the stream, so a watch counts until its connection lets go of it.
     let slot = state.limits.watch(requester)?;
-    let started = state.api.watch(&res, from, list.filter).await;
+    let started = match initial {
+        InitialEvents::Unset => state.api.watch(&res, from, list.filter).await,
+        _ => res.cache.watch_with(from, initial, list.filter).await,
+    };
     let watch = match started {
         Ok(watch) => watch,
         Err(error) => {
@@ -1079,8 +1194,27 @@ fn watch_line(
             });
             Some(format!("{}\n", json!({"type": "BOOKMARK", "object": object})).into())
         }
+        // Asked for with allowWatchBookmarks (validated), so always sent.
+        WatchItem::InitialEventsEnd(revision) => {
+            let object = json!({
+                "kind": res.info.kind,
+                "apiVersion": res.info.api_version(),
+                "metadata": {
+                    "resourceVersion": revision.to_string(),
+                    "annotations": {INITIAL_EVENTS_END: "true"},
+                },
+            });
+            Some(format!("{}\n", json!({"type": "BOOKMARK", "object": object})).into())
+        }
         WatchItem::Event(kind, object) => Some(event_line(res, *kind, object, as_table)),
     }
+}
+
+/// 422 for list or watch options that do not go together, as Kubernetes
+/// says it: `ListOptions.meta.k8s.io "" is invalid: ...`.
+fn list_options_invalid(errors: &[api_types::FieldError]) -> ApiError {
+    let kind = api_types::GroupKind::new("meta.k8s.io", "ListOptions");
+    ApiError::from(api_types::Status::invalid(&kind, "", errors))
 }
 
 fn event_line(
@@ -1094,7 +1228,7 @@ fn event_line(
         let table = table(res, &[value], Some(object.revision), None);
         return format!("{}\n", json!({"type": kind.as_str(), "object": table})).into();
     }
-    if res.presents_other_version() {
+    if presents_other_form(res) {
         let json = present_bytes(res, object.json.clone());
         let mut line = Vec::with_capacity(json.len() + 32);
         line.extend_from_slice(b"{\"type\":\"");

@@ -19,6 +19,7 @@ pub mod protobuf;
 pub mod registry;
 pub mod schema;
 pub mod server;
+pub mod snapshot;
 pub mod store;
 pub mod watch_cache;
 

@@ -2,15 +2,23 @@
 //! runs the task, at `{node.status.nodeletEndpoint}/logs/{namespace}/{task}`
 //! with the same `follow` and `tailLines` parameters, streaming the answer back.
 //!
-//! Until nodes have an identity, a Node object is only a claim, so the call goes
-//! only to an endpoint that follows the rule of
+//! A Node object is only what its nodelet reports, so the call goes only to
+//! an endpoint that follows the rule of
 //! [`api_types::validation::parse_nodelet_endpoint`] (checked again here, for
 //! objects stored before the rule), never through a proxy, never after a
 //! redirect, and never waits forever: connecting and the answer's headers have
 //! deadlines, a whole log must keep coming and is bounded in size, and a
 //! followed log lasts as long as the client stays.
+//!
+//! Over HTTPS the nodelet must prove it is the node the task is bound to: the
+//! connection goes to the endpoint's address, but the certificate is checked
+//! against the node's name (the TLS server name is `NAME`, which the
+//! certificate must hold as `DNS:NAME`, chained to the cluster CA), and its
+//! subject must be `system:node:NAME`. A node that reports another node's
+//! address, or shows another node's certificate, is not believed.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use api_types::{Node, Status};
@@ -62,23 +70,143 @@ impl std::fmt::Debug for NodeletClientTls {
     }
 }
 
-/// The client for nodelets: no redirects, no proxy, a connect timeout; over
-/// TLS it trusts only `tls`'s CA and presents its certificate (without
-/// `tls`, it trusts no server: only plain-HTTP nodelets are reached).
-pub fn nodelet_client(tls: Option<&NodeletClientTls>) -> Result<reqwest::Client, String> {
-    // reqwest is built without a process-wide TLS provider, so it is given one.
-    let config = loom_listener::tls::client_config(
-        tls.map(|t| t.ca_pem.as_str()),
-        tls.map(|t| (t.cert_pem.as_str(), t.key_pem.as_str())),
-    )
-    .map_err(|e| format!("the nodelet client: {e}"))?;
+/// How the API server calls nodelets: one client for plain-HTTP endpoints,
+/// and for HTTPS ones a client made per call that reaches the endpoint's
+/// address but checks the certificate against the node's name.
+#[derive(Clone, Debug)]
+pub struct NodeletClient {
+    plain: reqwest::Client,
+    tls: Option<NodeletClientTls>,
+}
+
+/// A client builder: no redirects, no proxy, a connect timeout, and `tls`
+/// (a rustls client configuration of [`loom_listener::tls::client_config`]:
+/// reqwest is built without a process-wide TLS provider).
+fn builder(tls: impl std::any::Any) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
-        .use_preconfigured_tls(config)
+        .use_preconfigured_tls(tls)
         .connect_timeout(CONNECT_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
-        .build()
-        .map_err(|e| e.to_string())
+}
+
+/// The client for nodelets: no redirects, no proxy, a connect timeout; over
+/// TLS it trusts only `tls`'s CA and presents its certificate (without
+/// `tls`, it trusts no server: only plain-HTTP nodelets are reached).
+pub fn nodelet_client(tls: Option<&NodeletClientTls>) -> Result<NodeletClient, String> {
+    // reqwest is built without a process-wide TLS provider, so it is given one.
+    let config = loom_listener::tls::client_config(None, None)
+        .map_err(|e| format!("the nodelet client: {e}"))?;
+    if let Some(tls) = tls {
+        // Checked now, so a bad file stops the server at start, not a call.
+        loom_listener::tls::client_config(Some(&tls.ca_pem), Some((&tls.cert_pem, &tls.key_pem)))
+            .map_err(|e| format!("the nodelet client: {e}"))?;
+    }
+    Ok(NodeletClient {
+        plain: builder(config).build().map_err(|e| e.to_string())?,
+        tls: tls.cloned(),
+    })
+}
+
+/// Resolves the one name a call to a node may go to, the node's, to the
+/// address its endpoint names, and nothing else (not even through DNS).
+#[derive(Debug)]
+struct OnlyNode {
+    node: String,
+    address: SocketAddr,
+}
+
+impl reqwest::dns::Resolve for OnlyNode {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let answer: Result<reqwest::dns::Addrs, Box<dyn std::error::Error + Send + Sync>> =
+            if name.as_str() == self.node {
+                Ok(Box::new(std::iter::once(self.address)))
+            } else {
+                Err(format!("{:?} is not the node being called", name.as_str()).into())
+            };
+        Box::pin(std::future::ready(answer))
+    }
+}
+
+impl NodeletClient {
+    /// The client and base URL that reach node `node`'s nodelet at `address`:
+    /// over HTTPS (`https`), a client whose one host name is the node's, so
+    /// the certificate is checked against `DNS:NODE`; else the plain one.
+    pub fn to_node(
+        &self,
+        node: &str,
+        address: SocketAddr,
+        https: bool,
+    ) -> Result<(reqwest::Client, reqwest::Url), String> {
+        if !https {
+            let url =
+                reqwest::Url::parse(&format!("http://{address}/")).map_err(|e| e.to_string())?;
+            return Ok((self.plain.clone(), url));
+        }
+        let Some(tls) = &self.tls else {
+            return Err(
+                "this API server has no credential for nodelets serving HTTPS \
+                 (--nodelet-client-certificate)"
+                    .to_owned(),
+            );
+        };
+        let url = reqwest::Url::parse(&format!("https://{node}:{}/", address.port()))
+            .map_err(|e| format!("the node's name is not a host name: {e}"))?;
+        // A name a URL reads as an address (`10.0.0.1`, `a.1`) would be
+        // called as that address, and checked against it.
+        if url.domain() != Some(node) {
+            return Err(format!(
+                "the node's name {node:?} is read as an address, not a host name its certificate can be checked against"
+            ));
+        }
+        let config = loom_listener::tls::client_config(
+            Some(&tls.ca_pem),
+            Some((&tls.cert_pem, &tls.key_pem)),
+        )
+        .map_err(|e| format!("the nodelet client: {e}"))?;
+        let client = builder(config)
+            .dns_resolver(OnlyNode {
+                node: node.to_owned(),
+                address,
+            })
+            .tls_info(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok((client, url))
+    }
+}
+
+/// Whether the certificate `response` came with is node `node`'s own: its
+/// subject `system:node:NODE` (its name, `DNS:NODE`, was checked in the
+/// handshake), or why not.
+pub fn check_node_certificate(response: &reqwest::Response, node: &str) -> Result<(), String> {
+    let der = response
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(reqwest::tls::TlsInfo::peer_certificate)
+        .ok_or_else(|| "the nodelet showed no certificate".to_owned())?;
+    let info = pki::CertInfo::from_der(der)?;
+    let wanted = format!("{}{node}", crate::authz::node::NODE_USER_PREFIX);
+    if info.common_name != wanted {
+        return Err(format!(
+            "its certificate is {:?}'s, not {wanted:?}'s",
+            info.common_name
+        ));
+    }
+    Ok(())
+}
+
+/// An error and its causes, `: `-separated (reqwest's own message hides why a
+/// call failed, such as a certificate refused).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
 }
 
 /// Streams a task's log from its node.
@@ -129,13 +257,11 @@ pub async fn task_log(
         };
     // Built from the parsed address and the stored names (DNS labels and
     // subdomains), so nothing in the Node or the request can add a path.
-    let scheme = if endpoint.starts_with("https://") {
-        "https"
-    } else {
-        "http"
-    };
-    let mut url = reqwest::Url::parse(&format!("{scheme}://{address}/"))
-        .map_err(|e| unavailable(format!("node {node_name:?}: {e}")))?;
+    let https = endpoint.starts_with("https://");
+    let (client, mut url) = api
+        .nodelet_client
+        .to_node(node_name, address, https)
+        .map_err(|why| unavailable(format!("cannot call the nodelet of {node_name:?}: {why}")))?;
     url.path_segments_mut()
         .map_err(|()| unavailable(format!("node {node_name:?}: not a base URL")))?
         .clear()
@@ -147,7 +273,6 @@ pub async fn task_log(
         url.query_pairs_mut()
             .append_pair("tailLines", &tail.to_string());
     }
-    let client = &api.nodelet_client;
     let cannot_reach = |why: String| {
         unavailable(format!(
             "cannot reach the nodelet of {node_name:?} at {address}: {why}"
@@ -156,7 +281,10 @@ pub async fn task_log(
     let response = tokio::time::timeout(RESPONSE_TIMEOUT, client.get(url).send())
         .await
         .map_err(|_| cannot_reach(format!("no answer within {} s", RESPONSE_TIMEOUT.as_secs())))?
-        .map_err(|e| cannot_reach(e.to_string()))?;
+        .map_err(|e| cannot_reach(with_causes(&e)))?;
+    if https {
+        check_node_certificate(&response, node_name).map_err(cannot_reach)?;
+    }
     if !response.status().is_success() {
         // Redirects end here too: they are never followed.
         let code = response.status().as_u16();

@@ -345,6 +345,13 @@ impl Store for MeteredStore {
     async fn current_revision(&self) -> Result<Revision> {
         self.inner.current_revision().await
     }
+
+    async fn snapshot(&self) -> Result<crate::store::Snapshot> {
+        let started = Instant::now();
+        let result = self.inner.snapshot().await;
+        self.observe("snapshot", started);
+        result
+    }
 }
 
 #[cfg(test)]

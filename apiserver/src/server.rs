@@ -325,7 +325,7 @@ pub async fn run(
         api.store.clone(),
         metrics.clone(),
     );
-    let app = router(AppState {
+    let state = AppState {
         authenticator,
         authorizer,
         limits: Limits::new(config.caps(), metrics.clone()),
@@ -333,7 +333,8 @@ pub async fn run(
         metrics,
         min_watch_timeout: config.min_watch_timeout,
         body_read_timeout: config.body_read_timeout,
-    });
+    };
+    let app = router(state.clone()).merge(crate::snapshot::router(&state));
     let app = crate::certificates::serve_cluster_ca(
         app,
         config

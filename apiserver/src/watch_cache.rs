@@ -128,6 +128,24 @@ pub enum WatchItem {
     Event(EventType, Arc<CachedObject>),
     /// Every change up to this revision has been sent.
     Bookmark(Revision),
+    /// A streaming list's initial events are all sent: they are the state at
+    /// this revision, and every later change follows.
+    InitialEventsEnd(Revision),
+}
+
+/// What a watch sends before the changes (Kubernetes' `sendInitialEvents`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InitialEvents {
+    /// Not asked: without a revision the current objects as ADDED, with one
+    /// every change after it.
+    #[default]
+    Unset,
+    /// `true` (a streaming list): the objects at a revision not older than
+    /// the one asked for, as ADDED, then [`WatchItem::InitialEventsEnd`] at
+    /// that revision, then every change after it.
+    Send,
+    /// `false`: only the changes, from now when no revision is asked for.
+    Skip,
 }
 
 /// Which objects a watch or list wants.
@@ -376,6 +394,25 @@ impl WatchCache {
     /// Starts a client watch. Without `from`, the current objects come first as
     /// ADDED events; with it, every event after it.
     pub async fn watch(&self, from: Option<Revision>, filter: Filter) -> Result<Watch, WatchError> {
+        self.watch_with(from, InitialEvents::Unset, filter).await
+    }
+
+    /// The store's latest revision: a watch that must start from a state at
+    /// least this fresh (a streaming list without a resourceVersion) waits for it.
+    pub async fn store_revision(&self) -> store::Result<Revision> {
+        self.store.current_revision().await
+    }
+
+    /// Starts a client watch from `from` (none: any recent state) sending
+    /// `initial` first. The initial events are taken and the watcher joins
+    /// the fan-out under one lock, so nothing is missed or sent twice between
+    /// them.
+    pub async fn watch_with(
+        &self,
+        from: Option<Revision>,
+        initial: InitialEvents,
+        filter: Filter,
+    ) -> Result<Watch, WatchError> {
         let wanted = from.unwrap_or(0);
         if !self.wait_for(wanted, Duration::from_secs(3)).await {
             if self.cancel.is_cancelled() {
@@ -393,14 +430,26 @@ impl WatchCache {
             return Err(WatchError::Stopped);
         }
         let (queue, live) = mpsc::channel(WATCHER_QUEUE);
-        let initial = match from {
-            None => state
+        let initial = match (initial, from) {
+            // Not older than `from`: the cache's state now, which has waited for it.
+            (InitialEvents::Send, _) => {
+                let mut items: Vec<WatchItem> = state
+                    .objects
+                    .values()
+                    .filter(|o| filter.matches(o))
+                    .map(|o| WatchItem::Event(EventType::Added, o.clone()))
+                    .collect();
+                items.push(WatchItem::InitialEventsEnd(state.revision));
+                items
+            }
+            (InitialEvents::Skip, None) => Vec::new(),
+            (InitialEvents::Unset, None) => state
                 .objects
                 .values()
                 .filter(|o| filter.matches(o))
                 .map(|o| WatchItem::Event(EventType::Added, o.clone()))
                 .collect(),
-            Some(from) => {
+            (_, Some(from)) => {
                 if from < state.oldest {
                     return Err(WatchError::Gone {
                         requested: from,
@@ -657,8 +706,87 @@ mod tests {
     fn kind_and_name(item: &WatchItem) -> (EventType, String) {
         match item {
             WatchItem::Event(kind, object) => (*kind, object.name.clone()),
-            WatchItem::Bookmark(_) => panic!("unexpected bookmark"),
+            other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_streaming_list_sends_the_state_its_revision_then_every_later_change_once() {
+        let (_dir, store, cache) = setup().await;
+        for i in 0..5 {
+            let key = format!("loom.dev/tasks/default/t{i}");
+            store
+                .create(&key, task(&format!("t{i}"), "", "x"))
+                .await
+                .unwrap();
+        }
+        // Writes go on while the watch starts.
+        let writing = store.clone();
+        let writer = tokio::spawn(async move {
+            for i in 5..60 {
+                let key = format!("loom.dev/tasks/default/t{i}");
+                writing
+                    .create(&key, task(&format!("t{i}"), "", "x"))
+                    .await
+                    .unwrap();
+            }
+        });
+        tokio::task::yield_now().await;
+        let mut watch = cache
+            .watch_with(None, InitialEvents::Send, Filter::default())
+            .await
+            .unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut items = std::mem::take(&mut watch.initial).into_iter();
+        let end = loop {
+            match items.next().unwrap() {
+                WatchItem::Event(EventType::Added, object) => {
+                    assert!(seen.insert(object.name.clone()))
+                }
+                WatchItem::InitialEventsEnd(revision) => break revision,
+                other => panic!("unexpected {other:?} among the initial events"),
+            }
+        };
+        assert!(items.next().is_none(), "the end bookmark comes last");
+        assert!(seen.len() >= 5);
+        writer.await.unwrap();
+        while seen.len() < 60 {
+            match next(&mut watch).await {
+                WatchItem::Event(EventType::Added, object) => {
+                    assert!(
+                        object.revision > end,
+                        "{} is older than the end bookmark",
+                        object.name
+                    );
+                    assert!(seen.insert(object.name.clone()), "{} twice", object.name);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn without_initial_events_a_watch_starts_from_now() {
+        let (_dir, store, cache) = setup().await;
+        store
+            .create("loom.dev/tasks/default/old", task("old", "", "x"))
+            .await
+            .unwrap();
+        let head = store.current_revision().await.unwrap();
+        assert!(cache.wait_for(head, Duration::from_secs(5)).await);
+        let mut watch = cache
+            .watch_with(None, InitialEvents::Skip, Filter::default())
+            .await
+            .unwrap();
+        assert!(watch.initial.is_empty());
+        store
+            .create("loom.dev/tasks/default/new", task("new", "", "x"))
+            .await
+            .unwrap();
+        assert_eq!(
+            kind_and_name(&next(&mut watch).await),
+            (EventType::Added, "new".into())
+        );
     }
 
     #[tokio::test]

@@ -243,7 +243,8 @@ mod cases {
         assert_eq!(all.next_change().await["type"], "MODIFIED");
     }
 
-    /// A watch from a revision older than the cache's ring gets 410 Gone.
+    /// A watch from a revision older than the cache's ring gets 410 Expired,
+    /// as from Kubernetes' watch cache.
     pub async fn watch_from_too_old_is_gone(server: TestServer) {
         let c = JsonClient::new(&server);
         let (_, first) = c.post(TASKS, &task("old")).await;
@@ -269,7 +270,11 @@ mod cases {
         let event = watch.next().await.unwrap();
         assert_eq!(event["type"], "ERROR", "{event}");
         assert_eq!(event["object"]["code"], 410);
-        assert_eq!(event["object"]["reason"], "Gone");
+        assert_eq!(event["object"]["reason"], "Expired");
+        // Kubernetes' cacher: `too old resource version: <asked> (<oldest>)`.
+        let message = event["object"]["message"].as_str().unwrap();
+        let asked = format!("too old resource version: {} (", rv(&first));
+        assert!(message.starts_with(&asked), "{event}");
     }
 
     pub async fn bookmarks(server: TestServer) {
@@ -1091,11 +1096,16 @@ mod store_level {
             .await;
         assert_eq!(
             (code, body["reason"].as_str()),
-            (410, Some("Gone")),
+            (410, Some("Expired")),
+            "{body}"
+        );
+        assert_eq!(
+            body["message"], "The resourceVersion for the provided list is too old.",
             "{body}"
         );
         let (code, body) = c.get(&format!("{TASKS}?limit=2&continue={token}")).await;
         assert_eq!(code, 410, "{body}");
+        assert_eq!(body["reason"], "Expired", "{body}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

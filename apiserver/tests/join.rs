@@ -103,13 +103,36 @@ const CLIENT: [&str; 2] = ["digital signature", "client auth"];
 /// bootstrap roles by watch), then returns the client.
 async fn bootstrapper(server: &TestServer, token: &str) -> reqwest::Client {
     let client = with_token(server, token);
-    let url = format!("{}{CSRS}", server.url);
-    loom_testing::wait::eventually("the bootstrappers may list CSRs", || async {
-        let (code, _) = send(client.get(&url)).await;
-        (code == 200).then_some(())
+    loom_testing::wait::eventually("the bootstrappers may create CSRs", || async {
+        may_create_csrs(server, &client).await.then_some(())
     })
     .await;
     client
+}
+
+/// Whether `client`'s user may create CertificateSigningRequests, by a
+/// SelfSubjectAccessReview (the authorizer's caches follow the bootstrap
+/// roles by watch).
+async fn may_create_csrs(server: &TestServer, client: &reqwest::Client) -> bool {
+    let review = json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {
+            "group": "certificates.k8s.io",
+            "resource": "certificatesigningrequests",
+            "verb": "create",
+        }},
+    });
+    let (code, answer) = send(
+        client
+            .post(format!(
+                "{}/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                server.url
+            ))
+            .json(&review),
+    )
+    .await;
+    code == 201 && answer["status"]["allowed"] == true
 }
 
 fn certificate_of(object: &Value) -> String {

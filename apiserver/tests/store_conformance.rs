@@ -692,6 +692,46 @@ mod suite {
             Err(Error::FutureRevision { .. })
         ));
     }
+
+    /// A snapshot taken while writes go on holds every write acknowledged
+    /// before it was asked for, and says the revision it holds.
+    pub async fn snapshot_holds_every_acknowledged_write(store: Arc<dyn Store>) {
+        let mut before = Vec::new();
+        for i in 0..20 {
+            before.push(
+                store
+                    .create(&format!("snap/before-{i}"), bytes("v"))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..200 {
+                    store
+                        .create(&format!("snap/during-{i}"), bytes("v"))
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        let mut snapshot = store.snapshot().await.unwrap();
+        writer.await.unwrap();
+        let last = before.last().unwrap().mod_revision;
+        assert!(snapshot.revision >= last, "{} < {last}", snapshot.revision);
+        let mut copy = Vec::new();
+        std::io::Read::read_to_end(&mut snapshot.file, &mut copy).unwrap();
+        assert_eq!(copy.len() as u64, snapshot.size);
+        for kv in &before {
+            let key = kv.key.as_bytes();
+            assert!(
+                copy.windows(key.len()).any(|w| w == key),
+                "{} missing from the snapshot",
+                kv.key
+            );
+        }
+    }
 }
 
 macro_rules! conformance {
@@ -711,6 +751,7 @@ macro_rules! conformance {
             conformance!(@case $backend, pagination_under_concurrent_writes);
             conformance!(@case $backend, value_size_limit);
             conformance!(@case $backend, future_revisions_are_refused);
+            conformance!(@case $backend, snapshot_holds_every_acknowledged_write);
         }
     };
     (@case $backend:ident, $case:ident) => {

@@ -60,6 +60,10 @@ pub struct Pki {
     pub bench_conf: PathBuf,
     ca_pem: String,
     token: String,
+    /// Whether `loom apiserver` signs nodes' certificate requests with the
+    /// cluster CA (`--cluster-signing-cert-file`): a node given its
+    /// credential by `--kubeconfig` asks for its serving certificate so.
+    signs: bool,
 }
 
 impl Pki {
@@ -94,13 +98,14 @@ impl Pki {
             bench_conf,
             ca_pem,
             token,
+            signs: has_flag(loom, "apiserver", "--cluster-signing-cert-file"),
         })
     }
 
     /// `loom apiserver`'s flags for these files.
     pub fn server_args(&self) -> Vec<String> {
         let file = |name: &str| self.dir.join(name).display().to_string();
-        vec![
+        let mut args: Vec<String> = vec![
             "--tls-cert-file".into(),
             file("apiserver.crt"),
             "--tls-private-key-file".into(),
@@ -113,8 +118,28 @@ impl Pki {
             file("sa.pub"),
             "--service-account-signing-key-file".into(),
             file("sa.key"),
-        ]
+        ];
+        if self.signs {
+            // Nodes get their serving certificates from the cluster CA.
+            args.extend([
+                "--cluster-signing-cert-file".into(),
+                file("ca.crt"),
+                "--cluster-signing-key-file".into(),
+                file("ca.key"),
+            ]);
+        }
+        args
     }
+}
+
+/// Whether `loom SUBCOMMAND --help` names `flag` (an older build may not).
+fn has_flag(loom: &Path, subcommand: &str, flag: &str) -> bool {
+    Command::new(loom)
+        .args([subcommand, "--help"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(flag))
 }
 
 /// `loom certs --dir DIR --server URL [--node NAME]...`.

@@ -9,6 +9,7 @@ mod nodelet;
 mod report;
 mod runtime;
 mod schedule;
+mod soak;
 mod store;
 
 use std::process::ExitCode;
@@ -49,6 +50,9 @@ enum Command {
     Report(report::ReportArgs),
     /// One Job of many exec tasks through every part, submit -> Completed.
     Job(job::JobArgs),
+    /// A cluster of real processes under a workload while faults are
+    /// injected; the recorded history checked, docs/reliability.md written.
+    Soak(soak::SoakArgs),
     /// This build against an earlier one: API creates/s and task start latency,
     /// medians of interleaved rounds in one run.
     Compare(compare::CompareArgs),
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
             Command::TouchTasks(args) => runtime::touch_tasks(args).await,
             Command::Nodelet(args) => nodelet::run(args).await,
             Command::Job(args) => job::run(args).await,
+            Command::Soak(args) => soak::run(args).await,
             Command::BareContainer(_) | Command::Report(_) | Command::Compare(_) => Ok(()),
         }
     });

@@ -124,44 +124,116 @@ pub async fn request_node_certificate(
     timeout: Duration,
 ) -> Result<(String, String)> {
     use api_types::certificates::{KUBELET_CLIENT_SIGNER, NODE_USER_PREFIX, NODES_GROUP};
+    let profile = pki::Profile::client(&format!("{NODE_USER_PREFIX}{node}"), Some(NODES_GROUP));
+    request_certificate(
+        client,
+        &profile,
+        KUBELET_CLIENT_SIGNER,
+        &["digital signature", "client auth"],
+        &format!("node-csr-{node}-"),
+        timeout,
+    )
+    .await
+}
+
+/// Asks the cluster CA, as node `node` (`client` holds its client
+/// certificate), for the serving certificate of its endpoint
+/// (`CN=system:node:NODE`, `O=system:nodes`, `DNS:NODE` alone: the name the
+/// API server checks) with a new key, and waits up to `timeout` for it to
+/// be signed. The PEM certificate and key.
+pub async fn request_node_serving_certificate(
+    client: &crate::Client,
+    node: &str,
+    timeout: Duration,
+) -> Result<(String, String)> {
+    use api_types::certificates::{KUBELET_SERVING_SIGNER, NODE_SERVING_USAGES};
+    request_certificate(
+        client,
+        &pki::Profile::node_serving(node, &[]),
+        KUBELET_SERVING_SIGNER,
+        &NODE_SERVING_USAGES,
+        &format!("node-serving-{node}-"),
+        timeout,
+    )
+    .await
+}
+
+/// How often a pending request is read again.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Request `name` once it is signed, denied or failed, read by name every
+/// [`POLL`] for up to `timeout`: a node or a bootstrap token may read only
+/// its own requests, one by name (no list, no watch). A transient error, a
+/// 404 or a 403 is tried again: the request is the caller's own, just
+/// created, so either means the API server has not seen it yet (it checks
+/// whose a request is by its cache of them).
+async fn await_answer(
+    api: &crate::Api<api_types::CertificateSigningRequest>,
+    name: &str,
+    timeout: Duration,
+) -> Result<api_types::CertificateSigningRequest> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match api.get(name).await {
+            Ok(csr)
+                if csr.certificate().is_some()
+                    || csr.has_condition("Denied")
+                    || csr.has_condition("Failed") =>
+            {
+                return Ok(csr);
+            }
+            Ok(_) => "pending".to_owned(),
+            Err(error) if error.is_transient() || matches!(error.code(), Some(403 | 404)) => {
+                error.to_string()
+            }
+            Err(error) => return Err(error),
+        };
+        if tokio::time::Instant::now() + POLL > deadline {
+            return Err(Error::Config(format!(
+                "the certificate signing request {name} was not answered within {timeout:?} ({last})"
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Creates a CertificateSigningRequest for `profile` with a new key, from
+/// `signer` for `usages`, named `generate_name` and a suffix, and waits up
+/// to `timeout` for it to be signed, denied or failed.
+async fn request_certificate(
+    client: &crate::Client,
+    profile: &pki::Profile,
+    signer: &str,
+    usages: &[&str],
+    generate_name: &str,
+    timeout: Duration,
+) -> Result<(String, String)> {
     use api_types::{CertificateSigningRequest, CertificateSigningRequestSpec};
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
 
-    let profile = pki::Profile::client(&format!("{NODE_USER_PREFIX}{node}"), Some(NODES_GROUP));
     let (request, key) =
-        pki::request(&profile).map_err(|e| Error::Config(format!("cannot make a key: {e}")))?;
+        pki::request(profile).map_err(|e| Error::Config(format!("cannot make a key: {e}")))?;
     let mut object = CertificateSigningRequest {
         spec: CertificateSigningRequestSpec {
             request: STANDARD.encode(request),
-            signer_name: KUBELET_CLIENT_SIGNER.to_owned(),
-            usages: vec!["digital signature".to_owned(), "client auth".to_owned()],
+            signer_name: signer.to_owned(),
+            usages: usages.iter().map(|u| (*u).to_owned()).collect(),
             ..CertificateSigningRequestSpec::default()
         },
         ..CertificateSigningRequest::default()
     };
-    object.metadata.generate_name = format!("node-csr-{node}-");
+    object.metadata.generate_name = generate_name.to_owned();
     let api = crate::Api::<CertificateSigningRequest>::all(client.clone());
     let created = api.create(&crate::PostParams::default(), &object).await?;
     let name = created.metadata.name.clone();
-    let signed = if created.certificate().is_some() {
+    let signed = if created.certificate().is_some()
+        || created.has_condition("Denied")
+        || created.has_condition("Failed")
+    {
         created
     } else {
-        let done = |csr: Option<&CertificateSigningRequest>| {
-            csr.is_none_or(|csr| {
-                csr.certificate().is_some()
-                    || csr.has_condition("Denied")
-                    || csr.has_condition("Failed")
-            })
-        };
-        crate::wait::await_condition(api, &name, done, timeout)
-            .await
-            .map_err(|e| Error::Config(e.to_string()))?
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "the certificate signing request {name} was deleted"
-                ))
-            })?
+        await_answer(&api, &name, timeout).await?
     };
     let Some(encoded) = signed.certificate() else {
         let why: Vec<String> = signed

@@ -21,6 +21,8 @@ const TOKEN_FILE_REFRESH: Duration = Duration::from_secs(60);
 #[derive(Clone, Debug)]
 pub struct Client {
     http: reqwest::Client,
+    /// The client of streams: no connection pool.
+    streams: reqwest::Client,
     config: Config,
     servers: Arc<Vec<String>>,
     current: Arc<AtomicUsize>,
@@ -119,14 +121,24 @@ pub struct Body {
 impl Client {
     /// A client for `config`.
     pub fn new(config: Config) -> Result<Self> {
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("loom-client/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5));
-        builder = builder.use_preconfigured_tls(match &config.tls {
+        let tls = match &config.tls {
             Some(tls) => tls.rustls_for(config.tls_server_name.as_deref())?,
             None => crate::config::rustls_trusting_nothing()?,
-        });
-        let http = builder.build()?;
+        };
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("loom-client/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(5))
+                // A pooled connection idle this long is not trusted again (a
+                // partition may have left it open and dead).
+                .pool_idle_timeout(Duration::from_secs(30))
+                .use_preconfigured_tls(tls.clone())
+        };
+        let http = builder().build()?;
+        // Streams (watches, logs) each get a connection of their own, never
+        // pooled: one made again after its connection went silent must not
+        // be handed another that went silent with it.
+        let streams = builder().pool_max_idle_per_host(0).build()?;
         let servers: Vec<String> = config
             .server
             .split(',')
@@ -144,6 +156,7 @@ impl Client {
         };
         Ok(Client {
             http,
+            streams,
             config,
             servers: Arc::new(servers),
             current: Arc::new(AtomicUsize::new(0)),
@@ -174,7 +187,7 @@ impl Client {
             tracing::warn!(
                 unreachable = server,
                 next = self.server(),
-                "API server unreachable; failing over"
+                "API server unreachable or unable to serve; failing over"
             );
         }
     }
@@ -198,10 +211,26 @@ impl Client {
                     tries += 1;
                 }
                 Err(error) => {
-                    if error.is_connect() {
+                    // Unreachable, or reached but silent: later requests go
+                    // to the next server (this one is not repeated here: it
+                    // may have been served).
+                    if error.is_connect() || error.is_timeout() {
                         self.fail_over(&server);
                     }
                     return Err(error.into());
+                }
+                Ok(response)
+                    if matches!(
+                        response.status(),
+                        reqwest::StatusCode::SERVICE_UNAVAILABLE
+                            | reqwest::StatusCode::GATEWAY_TIMEOUT
+                    ) =>
+                {
+                    // The server answers but cannot serve (its store is
+                    // unreachable, it is shutting down): later requests,
+                    // and the retries of this one, go to the next.
+                    self.fail_over(&server);
+                    return Ok(response);
                 }
                 Ok(response) => {
                     if response.status() == reqwest::StatusCode::UNAUTHORIZED
@@ -328,13 +357,26 @@ impl Client {
         path: &str,
         accept: &str,
     ) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static + use<>> {
-        let response = self
-            .send_with_failover(|server| {
-                self.http
+        // The body streams for as long as it lasts, but its headers must
+        // come within the request timeout: a server reached over a link that
+        // went silent would otherwise be waited for without end.
+        let response = tokio::time::timeout(
+            self.config.timeout,
+            self.send_with_failover(|server| {
+                self.streams
                     .get(format!("{server}{path}"))
                     .header(reqwest::header::ACCEPT, accept)
-            })
-            .await?;
+            }),
+        )
+        .await
+        .map_err(|_| {
+            let server = self.server().to_owned();
+            self.fail_over(&server);
+            Error::Api(Box::new(api_types::Status::timeout(format!(
+                "{server} did not answer {path} within {} s",
+                self.config.timeout.as_secs()
+            ))))
+        })??;
         let code = response.status();
         if !code.is_success() {
             let bytes = response.bytes().await?;

@@ -41,6 +41,10 @@ pub struct Config {
     pub min_backoff: Duration,
     /// The longest delay after errors.
     pub max_backoff: Duration,
+    /// A watch that brings nothing, not even a bookmark, for this long is
+    /// taken for dead and made again: a connection cut by a partition may
+    /// never be reset or closed (the API server sends a bookmark every 10 s).
+    pub idle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -52,6 +56,7 @@ impl Default for Config {
             timeout_seconds: 290,
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -135,6 +140,7 @@ async fn run<K: Object>(api: Api<K>, config: Config, tx: mpsc::Sender<Result<Eve
         field_selector: config.field_selector.clone(),
         bookmarks: true,
         timeout_seconds: Some(config.timeout_seconds),
+        ..WatchParams::default()
     };
     'relist: loop {
         send!(tx, Ok(Event::Init));
@@ -185,6 +191,10 @@ async fn run<K: Object>(api: Api<K>, config: Config, tx: mpsc::Sender<Result<Eve
                 let item = tokio::select! {
                     item = stream.next() => item,
                     () = tx.closed() => return,
+                    // Silent for too long: watch again from where it got to
+                    // (after a partition the old connection may stay open,
+                    // and dead, until the server's own timeout, minutes on).
+                    () = tokio::time::sleep(config.idle_timeout) => break,
                 };
                 let Some(item) = item else { break };
                 match item {

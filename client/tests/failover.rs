@@ -44,3 +44,36 @@ async fn an_unreachable_server_fails_over_to_the_next() {
     let namespaces: Api<Namespace> = Api::all(client);
     assert!(namespaces.list(&ListParams::default()).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_cannot_serve_fails_over_to_the_next() {
+    // The first server's store is gone: it answers, but 504 (its store does
+    // not answer), as Kubernetes does.
+    let etcd = loom_testing::EtcdServer::start().await.unwrap();
+    let store = etcd.store("/failover/").await.unwrap();
+    let stranded = TestServer::over(std::sync::Arc::new(store), apiserver::Config::default())
+        .await
+        .unwrap();
+    let healthy = TestServer::embedded(apiserver::Config::default())
+        .await
+        .unwrap();
+    drop(etcd);
+    let mut config = healthy.client_config();
+    config.server = format!("{},{}", stranded.url, healthy.url);
+    let client = Client::new(config).unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    // Through the stranded server alone: a 504 naming the store.
+    let only = {
+        let mut config = healthy.client_config();
+        config.server = stranded.url.clone();
+        config.retries = 0;
+        Api::<Namespace>::all(Client::new(config).unwrap())
+    };
+    let error = only.get("default").await.unwrap_err();
+    assert_eq!(error.code(), Some(504), "{error}");
+    assert!(error.to_string().contains("store"), "{error}");
+    // The client given both is answered by the healthy one, and stays there.
+    let list = namespaces.list(&ListParams::default()).await.unwrap();
+    assert!(list.items.iter().any(|n| n.metadata.name == "default"));
+    assert_eq!(client.server(), healthy.url.trim_end_matches('/'));
+}

@@ -8,8 +8,10 @@
 //! AlreadyExists keeps it from duplicating a task.
 //!
 //! A `Failed` task, or a task `Killed` for its own sake (a time limit), uses up one
-//! of `maxRetries`; a `Lost` task (its node died) or one killed by preemption is
-//! replaced without counting. Killing is a status write: phase `Killed` with
+//! of `maxRetries`; a `Lost` task (its node died, or crashed and found the run
+//! dead when it came back: reason `ShimLost`), a task `Failed` with reason
+//! `ShimLost` or `NodeLost`, or one killed by preemption or by its own node's
+//! fencing (`NodeFenced`) is replaced without counting. Killing is a status write: phase `Killed` with
 //! reason `JobKilled` (a user set `killed: true`), `JobFailed` (another task of
 //! the job failed for good) or `JobCompleted` (a task of an index beyond a lowered
 //! `replicas` outlived its job); the nodelet stops a task whose status says Killed.
@@ -21,7 +23,8 @@ use api_types::event::EventType;
 use api_types::kinds::task::merge_env;
 use api_types::meta::set_condition;
 use api_types::well_known::{
-    LABEL_ATTEMPT, LABEL_JOB, LABEL_JOB_INDEX, REASON_PREEMPTED, REASON_TIME_LIMIT_EXCEEDED,
+    LABEL_ATTEMPT, LABEL_JOB, LABEL_JOB_INDEX, REASON_NODE_FENCED, REASON_NODE_LOST,
+    REASON_PREEMPTED, REASON_SHIM_LOST, REASON_TIME_LIMIT_EXCEEDED,
 };
 use api_types::{
     Condition, ConditionStatus, Driver, EnvVar, Job, JobPhase, JobStatus, Mount, ObjectMeta,
@@ -181,13 +184,20 @@ fn attempt_of(task: &Task) -> u32 {
         .unwrap_or(0)
 }
 
-/// Whether a terminal task used up one of its index's retries.
+/// Whether a terminal task used up one of its index's retries. A task that
+/// ended with its node does not: `Lost` (the node stopped answering, or the
+/// nodelet found its run dead after a crash) or `Failed` with reason
+/// `ShimLost` or `NodeLost` (what a nodelet before the crash fix wrote). A
+/// node crash is not the task's doing; its replacement is a retry that costs
+/// none of `maxRetries` (as Kubernetes' Jobs do when a pod failure policy
+/// ignores disruptions).
 fn counts_as_failure(task: &Task) -> bool {
     let reason = task.status.as_ref().map_or("", |s| s.reason.as_str());
     match task.phase() {
-        TaskPhase::Failed => true,
+        TaskPhase::Failed => ![REASON_SHIM_LOST, REASON_NODE_LOST].contains(&reason),
         TaskPhase::Killed => ![
             REASON_PREEMPTED,
+            REASON_NODE_FENCED,
             REASON_JOB_KILLED,
             REASON_JOB_FAILED,
             REASON_JOB_COMPLETED,
@@ -1127,6 +1137,55 @@ mod tests {
         assert_eq!(d.kill[0].0.metadata.name, "train-1");
         assert_eq!(d.kill[0].1, REASON_JOB_FAILED);
         assert_eq!((d.status.killed, d.status.failed, d.status.lost), (1, 2, 1));
+    }
+
+    #[test]
+    fn tasks_that_ended_with_their_node_are_retried_without_using_a_retry() {
+        use api_types::well_known::REASON_SHIM_LOST;
+        let job =
+            job(json!({"replicas": 1, "maxRetries": 0, "template": {"spec": {"image": "x"}}}));
+        // A nodelet that came back from a crash marks a run it found dead Lost;
+        // one before the fix marked it Failed. Neither costs a retry.
+        let lost = with_phase(
+            build_task(&job, 0, 0),
+            TaskPhase::Lost,
+            REASON_SHIM_LOST,
+            None,
+        );
+        let crashed = with_phase(
+            build_task(&job, 0, 1),
+            TaskPhase::Failed,
+            REASON_SHIM_LOST,
+            None,
+        );
+        // Nor does one its node stopped because it could not renew its lease.
+        let fenced = with_phase(
+            build_task(&job, 0, 2),
+            TaskPhase::Killed,
+            REASON_NODE_FENCED,
+            None,
+        );
+        let d = decide(
+            &job,
+            &[lost.clone(), crashed.clone(), fenced.clone()],
+            &[],
+            None,
+            Utc::now(),
+        );
+        assert_ne!(d.status.phase, JobPhase::Failed, "{}", d.status.message);
+        assert_eq!(d.create.len(), 1);
+        assert_eq!(d.create[0].metadata.name, "train-0-r3");
+        // A failure of its own still fails it at once with maxRetries 0.
+        let failed = with_phase(build_task(&job, 0, 3), TaskPhase::Failed, "Error", Some(1));
+        let d = decide(
+            &job,
+            &[lost, crashed, fenced, failed],
+            &[],
+            None,
+            Utc::now(),
+        );
+        assert_eq!(d.status.phase, JobPhase::Failed);
+        assert!(d.create.is_empty());
     }
 
     #[test]

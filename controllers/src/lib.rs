@@ -1,5 +1,5 @@
-//! Built-in reconcilers (Job, Service, garbage collector, node lifecycle, TTL after
-//! finished) and the controller-manager that runs them.
+//! Built-in reconcilers (Job, Service, garbage collector, node lifecycle, node IPAM,
+//! TTL after finished) and the controller-manager that runs them.
 //!
 //! Every reconciler is a function of one object and the shared caches that returns
 //! what to do next; it is idempotent, level-triggered and safe to crash between any
@@ -10,8 +10,10 @@
 pub mod gc;
 pub mod job;
 pub mod manager;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod service;
+pub mod token_cleaner;
 pub mod ttl;
 
 use std::sync::Arc;
@@ -38,6 +40,16 @@ pub enum Error {
         /// The client's error.
         #[source]
         source: client::Error,
+    },
+    /// A conditional write kept conflicting with other writers.
+    #[error("failed to {action} {object}: it changed under each of {attempts} attempts")]
+    Conflicts {
+        /// What was being done.
+        action: &'static str,
+        /// `namespace/name`.
+        object: String,
+        /// How many writes were tried.
+        attempts: usize,
     },
 }
 

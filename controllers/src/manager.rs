@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api_types::well_known::{LEASE_CONTROLLERS, NODE_LEASE_NAMESPACE};
-use api_types::{Job, Lease, Namespace, Node, ObjectMeta, Service, Task};
+use api_types::{BootstrapToken, Job, Lease, Namespace, Node, ObjectMeta, Service, Task};
 use client::controller::{self, Action, Controller};
 use client::{Api, Client, Informer, ObjectKey, PostParams, StoreBuilder, watcher};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{BY_CONTROLLER, BY_DEPENDENCY, BY_NODE, BY_OWNER, Context, Error, gc, job};
-use crate::{node_lifecycle, service, ttl};
+use crate::{node_ipam, node_lifecycle, service, token_cleaner, ttl};
 
 /// How the controllers run.
 #[derive(Clone, Debug)]
@@ -31,6 +31,9 @@ pub struct Config {
     pub rollout_failure_restarts: i32,
     /// Reconciles at once per controller.
     pub concurrency: usize,
+    /// Where nodes' task subnets (`spec.taskCIDR`) come from; `None`: no node is
+    /// given one (as Kubernetes' `--allocate-node-cidrs=false`).
+    pub cluster_cidr: Option<node_ipam::ClusterCidr>,
 }
 
 impl Default for Config {
@@ -42,6 +45,7 @@ impl Default for Config {
             node_lease_namespace: NODE_LEASE_NAMESPACE.to_owned(),
             rollout_failure_restarts: 3,
             concurrency: 8,
+            cluster_cidr: None,
         }
     }
 }
@@ -90,7 +94,7 @@ pub(crate) fn service_store() -> StoreBuilder<Service> {
     StoreBuilder::default().index(BY_OWNER, |s: &Service| owner_uids(&s.metadata))
 }
 
-fn error_policy<K>(_: Arc<K>, _: &Error, _: Arc<Context>) -> Action {
+fn error_policy<K, C>(_: Arc<K>, _: &Error, _: Arc<C>) -> Action {
     // The controller backs off per key; nothing else to do.
     Action::await_change()
 }
@@ -110,13 +114,15 @@ pub async fn run_manager(client: Client, config: Config, shutdown: CancellationT
         Api::<Lease>::namespaced(client.clone(), &config.node_lease_namespace),
         watch(),
     );
+    let bootstrap_tokens = Informer::start(Api::<BootstrapToken>::all(client.clone()), watch());
     let watches = {
-        let (t, j, s, n, l) = (
+        let (t, j, s, n, l, b) = (
             tasks.clone(),
             jobs.clone(),
             services.clone(),
             nodes.clone(),
             leases.clone(),
+            bootstrap_tokens.clone(),
         );
         StopOnDrop(vec![
             Box::new(move || t.stop()),
@@ -124,6 +130,7 @@ pub async fn run_manager(client: Client, config: Config, shutdown: CancellationT
             Box::new(move || s.stop()),
             Box::new(move || n.stop()),
             Box::new(move || l.stop()),
+            Box::new(move || b.stop()),
         ])
     };
     ensure_namespace(&client, &config.node_lease_namespace).await;
@@ -165,6 +172,13 @@ pub async fn run_manager(client: Client, config: Config, shutdown: CancellationT
         shutdown.clone(),
     );
 
+    let token_cleaner = Controller::new(&bootstrap_tokens, settings.clone()).run(
+        token_cleaner::reconcile,
+        error_policy,
+        ctx.clone(),
+        shutdown.clone(),
+    );
+
     let lease_namespace = config.node_lease_namespace.clone();
     let node_controller = Controller::new(&nodes, settings.clone())
         .watches(&leases, move |l: &Lease| {
@@ -180,6 +194,25 @@ pub async fn run_manager(client: Client, config: Config, shutdown: CancellationT
             ctx.clone(),
             shutdown.clone(),
         );
+
+    // Node IPAM runs only with a cluster CIDR; otherwise it is a future that is done.
+    let node_ipam_controller = {
+        let cluster = config.cluster_cidr;
+        let ctx = ctx.clone();
+        let nodes = nodes.clone();
+        let settings = settings.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let Some(cluster) = cluster else { return };
+            info!(%cluster, "node IPAM: assigning task subnets");
+            let ipam = Arc::new(node_ipam::Ipam::new(ctx, cluster));
+            let deleted = ipam.clone();
+            Controller::new(&nodes, settings)
+                .watches(&nodes, move |n: &Node| deleted.on_change(n))
+                .run(node_ipam::reconcile, error_policy, ipam, shutdown)
+                .await;
+        }
+    };
 
     let tasks_of_node = ctx.clone();
     let lost_tasks = Controller::new(&tasks, settings.clone())
@@ -252,7 +285,9 @@ pub async fn run_manager(client: Client, config: Config, shutdown: CancellationT
         job_controller,
         service_controller,
         ttl_controller,
+        token_cleaner,
         node_controller,
+        node_ipam_controller,
         lost_tasks,
         gc_tasks,
         gc_jobs,

@@ -12,14 +12,19 @@
 //! fails the rollout: the `Progressing` condition goes False with reason
 //! `RolloutFailed` and no further new task is made until the template changes.
 //! Finished tasks are deleted, except the failed ones of the current template,
-//! which stay as the record of why the rollout failed.
+//! which stay as the record of why the rollout failed. A task that ended with
+//! its node (phase `Lost`, or `Failed` with reason `ShimLost` or `NodeLost`)
+//! says nothing about the template: it is deleted and replaced, and never
+//! fails a rollout.
 
 use std::sync::Arc;
 
 use api_types::event::EventType;
 use api_types::kinds::task::TASK_CONDITION_READY;
 use api_types::meta::{find_condition, set_condition};
-use api_types::well_known::{LABEL_SERVICE, LABEL_TEMPLATE_HASH};
+use api_types::well_known::{
+    LABEL_SERVICE, LABEL_TEMPLATE_HASH, REASON_NODE_LOST, REASON_SHIM_LOST,
+};
 use api_types::{
     Condition, ConditionStatus, ObjectMeta, OwnerReference, RestartPolicy, Service, ServiceStatus,
     Task, TaskPhase, TaskTemplate,
@@ -81,6 +86,16 @@ pub fn is_ready(task: &Task) -> bool {
             .is_none_or(Condition::is_true)
 }
 
+/// Whether a task ended because its node crashed or went away rather than by
+/// anything of its template: `Failed` with reason `ShimLost` (what a nodelet
+/// before the crash fix wrote, and what a data dir from then still holds) or
+/// `NodeLost`. Such a task is replaced like a `Lost` one; it never fails a
+/// rollout.
+pub fn lost_with_its_node(task: &Task) -> bool {
+    let reason = task.status.as_ref().map_or("", |s| s.reason.as_str());
+    task.phase() == TaskPhase::Failed && [REASON_SHIM_LOST, REASON_NODE_LOST].contains(&reason)
+}
+
 fn hash_of(task: &Task) -> &str {
     task.metadata
         .labels
@@ -124,7 +139,7 @@ pub fn plan(service: &Service, tasks: &[Arc<Task>], failure_restarts: i32) -> Pl
 
     let failure = tasks.iter().filter(|t| hash_of(t) == hash).find_map(|t| {
         let status = t.status.as_ref()?;
-        if status.phase == TaskPhase::Failed {
+        if status.phase == TaskPhase::Failed && !lost_with_its_node(t) {
             let why = if status.reason.is_empty() {
                 "failed".to_owned()
             } else {
@@ -144,7 +159,8 @@ pub fn plan(service: &Service, tasks: &[Arc<Task>], failure_restarts: i32) -> Pl
         }
     });
     for task in tasks.iter().filter(|t| t.is_terminal()) {
-        let keep = task.phase() == TaskPhase::Failed && hash_of(task) == hash;
+        let keep =
+            task.phase() == TaskPhase::Failed && hash_of(task) == hash && !lost_with_its_node(task);
         if !keep {
             plan.delete.push(task.clone());
         }
@@ -530,5 +546,34 @@ mod tests {
         ];
         let p = plan(&svc, &tasks, 3);
         assert_eq!((p.create, p.delete.len()), (1, 1));
+    }
+
+    #[test]
+    fn tasks_failed_with_their_node_are_replaced_and_fail_no_rollout() {
+        let svc = service("web:1", 3, 1, 0);
+        for reason in [REASON_SHIM_LOST, REASON_NODE_LOST] {
+            let mut crashed = (*task(&svc, "crashed", TaskPhase::Failed)).clone();
+            if let Some(status) = crashed.status.as_mut() {
+                status.reason = reason.into();
+            }
+            let tasks = vec![
+                task(&svc, "a", TaskPhase::Running),
+                task(&svc, "b", TaskPhase::Running),
+                Arc::new(crashed),
+            ];
+            let p = plan(&svc, &tasks, 3);
+            assert_eq!(p.failure, None, "{reason}");
+            assert_eq!(p.create, 1, "{reason}: replaced");
+            assert_eq!(
+                p.delete
+                    .iter()
+                    .map(|t| t.metadata.name.as_str())
+                    .collect::<Vec<_>>(),
+                ["crashed"],
+                "{reason}: removed"
+            );
+            let progressing = find_condition(&p.status.conditions, CONDITION_PROGRESSING).unwrap();
+            assert_eq!(progressing.reason, "RollingOut", "{reason}");
+        }
     }
 }

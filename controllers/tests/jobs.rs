@@ -445,3 +445,50 @@ async fn finished_jobs_with_a_ttl_go_with_their_tasks() {
     assert_eq!(cluster.tasks_of("kept").await.len(), 1);
     cluster.shutdown().await;
 }
+
+/// A task whose run its node found dead after a crash (ShimLost, marked Lost
+/// by a nodelet since the crash fix, Failed by one before) is run again
+/// without using the job's retries: a job with `maxRetries: 0` still
+/// completes, each index exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_lost_in_a_node_crash_are_retried_free() {
+    use api_types::well_known::REASON_SHIM_LOST;
+    let cluster = Cluster::start(&["n1"], test_config()).await;
+    cluster
+        .create_job(job_manifest(
+            "crashy",
+            json!({"replicas": 2, "maxRetries": 0, "template": template(&["work", "1500"])}),
+        ))
+        .await;
+    for (index, phase) in [(0, "Failed"), (1, "Lost")] {
+        let name = format!("crashy-{index}");
+        eventually(&format!("{name} runs"), || async {
+            let task = cluster.tasks().get_opt(&name).await.unwrap()?;
+            (task.phase() == TaskPhase::Running).then_some(())
+        })
+        .await;
+        cluster
+            .tasks()
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"status": {"phase": phase, "reason": REASON_SHIM_LOST,
+                    "message": "the run's shim died without recording its end"}}),
+                ),
+            )
+            .await
+            .unwrap();
+    }
+    let job = cluster.job_in("crashy", JobPhase::Completed).await;
+    let status = job.status.unwrap();
+    assert_eq!(status.completed, 2, "{status:?}");
+    let tasks = cluster.tasks_of("crashy").await;
+    let completed: Vec<_> = tasks
+        .iter()
+        .filter(|t| t.phase() == TaskPhase::Completed)
+        .map(|t| t.metadata.name.clone())
+        .collect();
+    assert_eq!(completed.len(), 2, "one completion an index: {completed:?}");
+    cluster.shutdown().await;
+}

@@ -175,3 +175,58 @@ async fn a_rollout_never_drops_below_replicas_and_scaling_follows() {
     assert_eq!(failed_tasks, 1, "no new task after the failure");
     cluster.shutdown().await;
 }
+
+/// A node that crashed and came back found its task's run dead: a nodelet of
+/// before the crash fix marked it Failed with reason ShimLost (and a data dir
+/// from then still holds such tasks), one since marks it Lost. Either way the
+/// service replaces it and gets back to all its replicas; the rollout does not
+/// fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_lost_in_a_node_crash_are_replaced() {
+    use api_types::well_known::REASON_SHIM_LOST;
+    let cluster = Cluster::start(&["n1", "n2"], test_config()).await;
+    let service: Service = serde_json::from_value(json!({
+        "apiVersion": "loom.dev/v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"replicas": 3,
+                 "template": {"spec": {"image": "web:1", "command": ["sleep"]}}},
+    }))
+    .unwrap();
+    cluster
+        .services()
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    rolled_out(&cluster, 3).await;
+    for phase in ["Failed", "Lost"] {
+        let victim = service_tasks(&cluster).await[0].metadata.name.clone();
+        cluster
+            .tasks()
+            .patch_status(
+                &victim,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"status": {"phase": phase, "reason": REASON_SHIM_LOST,
+                    "message": "the run's shim died without recording its end"}}),
+                ),
+            )
+            .await
+            .unwrap();
+        let service = rolled_out(&cluster, 3).await;
+        let tasks = service_tasks(&cluster).await;
+        assert!(
+            tasks.iter().all(|t| t.metadata.name != victim),
+            "{phase}: the lost task is removed"
+        );
+        assert!(
+            !service
+                .status
+                .unwrap()
+                .conditions
+                .iter()
+                .any(|c| c.reason == "RolloutFailed"),
+            "{phase}: a node crash failed the rollout"
+        );
+    }
+    cluster.shutdown().await;
+}

@@ -11,7 +11,9 @@ mod support;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use api_types::well_known::{LABEL_JOB, LABEL_JOB_INDEX, LABEL_SERVICE, REASON_NODE_LOST};
+use api_types::well_known::{
+    LABEL_JOB, LABEL_JOB_INDEX, LABEL_SERVICE, REASON_NODE_LOST, REASON_SHIM_LOST,
+};
 use serde_json::Value;
 use support::{Cluster, wait_for};
 
@@ -39,8 +41,16 @@ fn cluster_runs_jobs_and_services_and_survives_failures() {
     eprintln!("job through control-plane kills: {:?}", step.elapsed());
 
     let step = Instant::now();
-    cut_node_loses_and_replaces_tasks(&mut cluster);
+    node_crash_and_restart(&mut cluster);
+    eprintln!("node crash and restart: {:?}", step.elapsed());
+
+    let step = Instant::now();
+    let (cut, lost) = cut_node_loses_and_replaces_tasks(&mut cluster);
     eprintln!("cut node: {:?}", step.elapsed());
+
+    let step = Instant::now();
+    restored_link_rejoins_without_duplicates(&mut cluster, cut, &lost);
+    eprintln!("restored link: {:?}", step.elapsed());
 
     let step = Instant::now();
     drop(cluster);
@@ -336,9 +346,187 @@ spec:
     }
 }
 
+/// A node that crashes — its nodelet, shims and containers killed at once, as
+/// in a power loss — and comes back on the same state dir: the Service returns
+/// to 3 of 3 by itself (its tasks there restart in place), the Job's task that
+/// was lost there is retried without using a retry (`maxRetries: 0`) and the
+/// job completes with exactly one completed run an index, nothing ran twice
+/// for one index unless retried, and the dead runs' mounts, cgroups and
+/// container state are gone.
+fn node_crash_and_restart(cluster: &mut Cluster) {
+    let out = cluster.output_dir("crashjob");
+    cluster.apply(
+        "crashjob",
+        &format!(
+            r#"
+apiVersion: loom.dev/v1
+kind: Job
+metadata: {{name: crashjob}}
+spec:
+  replicas: 3
+  parallelism: 3
+  maxRetries: 0
+  outputDir: {out}
+  template:
+    spec:
+      image: busybox
+      command: ["sh", "-c", "echo start >> $LOOM_OUTPUT_DIR/runs; sleep 15; echo end >> $LOOM_OUTPUT_DIR/runs"]
+      resources: {{cpu: 100m, memory: 32Mi}}
+"#,
+            out = out.display()
+        ),
+    );
+    let jobs = wait_for("3 crashjob tasks Running", Duration::from_secs(60), || {
+        let tasks = tasks_of_job(cluster, "crashjob");
+        if tasks.len() == 3 && tasks.iter().all(|t| t["status"]["phase"] == "Running") {
+            Ok(tasks)
+        } else {
+            Err(summary(&tasks))
+        }
+    });
+    let web = live_web_tasks(cluster);
+    let node_of = |t: &Value| t["spec"]["nodeName"].as_str().unwrap_or("").to_owned();
+    let name_of = |t: &Value| t["metadata"]["name"].as_str().unwrap_or("").to_owned();
+    // The node with the most of both, so both kinds of owner lose a task.
+    let n = (0..cluster.nodes.len())
+        .max_by_key(|&n| {
+            let name = &cluster.nodes[n].name;
+            let j = jobs.iter().filter(|t| node_of(t) == *name).count();
+            let w = web.iter().filter(|t| node_of(t) == *name).count();
+            (j.min(1) + w.min(1), j + w)
+        })
+        .unwrap();
+    let node = cluster.nodes[n].name.clone();
+    let crashed_jobs: Vec<String> = jobs
+        .iter()
+        .filter(|t| node_of(t) == node)
+        .map(name_of)
+        .collect();
+    let crashed_web: Vec<String> = web
+        .iter()
+        .filter(|t| node_of(t) == node)
+        .map(name_of)
+        .collect();
+    assert!(
+        !crashed_jobs.is_empty() || !crashed_web.is_empty(),
+        "no task on {node}"
+    );
+
+    let crash = Instant::now();
+    cluster.crash_node(n);
+    let left = cluster.dead_run_leftovers(n);
+    assert!(
+        !left.is_empty(),
+        "the crash of {node} left nothing to clean up"
+    );
+    cluster.restart_nodelet(n);
+
+    wait_for(
+        &format!("web back to 3 of 3 after {node} crashed"),
+        Duration::from_secs(90),
+        || {
+            let tasks = live_web_tasks(cluster);
+            let runs = |t: &Value| {
+                t["status"]["phase"] == "Running"
+                    && t["status"]["reason"].as_str().unwrap_or("").is_empty()
+            };
+            let running = tasks.iter().filter(|t| runs(t)).count();
+            // Each of its tasks on the crashed node runs again (a later run
+            // reported: restartCount 1 or more, no BackOff), or was replaced.
+            let stale: Vec<&String> = crashed_web
+                .iter()
+                .filter(|name| {
+                    tasks.iter().any(|t| {
+                        name_of(t) == **name
+                            && !(runs(t) && t["status"]["restartCount"].as_i64() >= Some(1))
+                    })
+                })
+                .collect();
+            if tasks.len() == 3 && running == 3 && stale.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("not back yet: {stale:?}; {}", summary(&tasks)))
+            }
+        },
+    );
+    cluster.loomctl_ok(&["rollout", "status", "service/web", "--timeout", "60"]);
+    let back = crash.elapsed();
+    // Its tasks there ran again in place, unless the node was gone long enough
+    // for them to be marked Lost and replaced.
+    let all = cluster.list("tasks");
+    for name in &crashed_web {
+        let task = all.iter().find(|t| name_of(t) == *name);
+        let in_place = task.is_some_and(|t| {
+            t["status"]["phase"] == "Running" && t["status"]["restartCount"].as_i64() >= Some(1)
+        });
+        eprintln!(
+            "web task {name} on {node}: {}",
+            if in_place {
+                "restarted in place"
+            } else {
+                "replaced"
+            }
+        );
+    }
+    wait_for(
+        &format!("no leftovers of {node}'s dead runs"),
+        Duration::from_secs(30),
+        || {
+            let left = cluster.dead_run_leftovers(n);
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    );
+
+    cluster.loomctl_ok(&[
+        "wait",
+        "job/crashjob",
+        "--for=phase=Completed",
+        "--timeout",
+        "120",
+    ]);
+    let tasks = tasks_of_job(cluster, "crashjob");
+    for name in &crashed_jobs {
+        let task = tasks.iter().find(|t| name_of(t) == *name).unwrap();
+        assert_eq!(task["status"]["phase"], "Lost", "{task:#}");
+        assert_eq!(task["status"]["reason"], REASON_SHIM_LOST, "{task:#}");
+    }
+    for index in 0..3 {
+        let index = index.to_string();
+        let of_index: Vec<&Value> = tasks
+            .iter()
+            .filter(|t| t["metadata"]["labels"][LABEL_JOB_INDEX] == index.as_str())
+            .collect();
+        let completed = of_index
+            .iter()
+            .filter(|t| t["status"]["phase"] == "Completed")
+            .count();
+        assert_eq!(completed, 1, "index {index}: {}", summary(&tasks));
+        let path = out.join(&index).join("runs");
+        let runs = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let starts = runs.lines().filter(|l| *l == "start").count();
+        let ends = runs.lines().filter(|l| *l == "end").count();
+        assert_eq!(
+            (starts, ends),
+            (of_index.len(), 1),
+            "index {index} ran once a task, finished once:
+{runs}
+{}",
+            summary(&tasks)
+        );
+    }
+    eprintln!(
+        "{node} crashed with {crashed_jobs:?} of crashjob and {crashed_web:?} of web; web 3/3 again {back:?} after"
+    );
+}
+
 /// A node whose link is cut has its tasks marked Lost and replaced on the other
 /// nodes within 60 s: a Job's task stays on record as Lost, a Service's goes.
-fn cut_node_loses_and_replaces_tasks(cluster: &mut Cluster) {
+/// Returns the node and the uids of the tasks it lost.
+fn cut_node_loses_and_replaces_tasks(cluster: &mut Cluster) -> (usize, Vec<String>) {
     cluster.apply(
         "steady",
         r#"
@@ -456,6 +644,50 @@ spec:
         "{node}'s tasks ({} of steady, {lost_web:?} of web) Lost and replaced {:?} after its link was cut",
         lost_steady.len(),
         cut.elapsed()
+    );
+    let uid_of = |t: &Value| t["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+    let mut lost_uids: Vec<String> = lost_steady.iter().map(uid_of).collect();
+    lost_uids.extend(
+        web.iter()
+            .filter(|t| lost_web.contains(&name_of(t)))
+            .map(uid_of),
+    );
+    (n, lost_uids)
+}
+
+/// The cut link comes back: the node is Ready again, it stops the runs of
+/// the tasks it lost (replaced elsewhere meanwhile: they must not run twice
+/// for long), and the job and the service keep exactly their replacements.
+fn restored_link_rejoins_without_duplicates(cluster: &mut Cluster, n: usize, lost: &[String]) {
+    let node = cluster.nodes[n].name.clone();
+    assert!(!lost.is_empty());
+    cluster.restore_link(n);
+    let back = Instant::now();
+    cluster.wait_ready_nodes(cluster.nodes.len(), Duration::from_secs(60));
+    wait_for(
+        &format!("{node} stopped the runs of the tasks it lost"),
+        Duration::from_secs(60),
+        || {
+            let runs = cluster.runs_on(n);
+            let still: Vec<&String> = lost.iter().filter(|uid| runs.contains(*uid)).collect();
+            if still.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still running on {node}: {still:?}"))
+            }
+        },
+    );
+    let steady = tasks_of_job(cluster, "steady");
+    let running: Vec<&Value> = steady
+        .iter()
+        .filter(|t| t["status"]["phase"] == "Running")
+        .collect();
+    assert_eq!(running.len(), 3, "steady: {}", summary(&steady));
+    let web: Vec<Value> = live_web_tasks(cluster);
+    assert_eq!(web.len(), 3, "web: {}", summary(&web));
+    eprintln!(
+        "{node} back and its lost runs stopped {:?} after its link was restored",
+        back.elapsed()
     );
 }
 

@@ -10,6 +10,7 @@
 //! [`serve_tls`] serves over TLS ([`tls`]): the handshake must finish within
 //! the header read timeout too.
 
+pub mod auth;
 pub mod tls;
 
 use std::net::SocketAddr;

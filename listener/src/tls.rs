@@ -130,3 +130,93 @@ pub fn client_config(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
+
+/// A serving certificate that can be replaced while its server runs (a
+/// node's, renewed before it expires): every new handshake gets the current
+/// one, connections already made keep theirs.
+#[derive(Debug)]
+pub struct ServingCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+fn certified_key(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| TlsError::Config(format!("{what}: {e}"));
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("the serving certificate", &e))?;
+    if chain.is_empty() {
+        return Err(TlsError::Config(
+            "the serving certificate: no certificate in it".to_owned(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| bad("the serving key", &e))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = rustls::sign::CertifiedKey::from_der(chain, key, &provider)
+        .map_err(|e| bad("the serving key does not fit its certificate", &e))?;
+    Ok(Arc::new(certified))
+}
+
+impl ServingCert {
+    /// The PEM certificate chain (leaf first) and its PEM key.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Arc<ServingCert>, TlsError> {
+        Ok(Arc::new(ServingCert {
+            current: std::sync::RwLock::new(certified_key(cert_pem, key_pem)?),
+        }))
+    }
+
+    /// Serves `cert_pem` and `key_pem` from the next handshake on; on an
+    /// error the current one stays.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+        let next = certified_key(cert_pem, key_pem)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServingCert {
+    fn resolve(
+        &self,
+        _client_hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// A server configuration serving `cert` (replaceable while it runs) and
+/// verifying client certificates against `client_ca_pem`'s CAs (a client
+/// without one is let through, as [`server_config`]). HTTP/1.1 only.
+pub fn server_config_with(
+    cert: Arc<ServingCert>,
+    client_ca_pem: &str,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| TlsError::Config(format!("{what}: {e}"));
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
+        let ca = ca.map_err(|e| bad("the client CA", &e))?;
+        roots.add(ca).map_err(|e| bad("the client CA", &e))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Config("the client CA: no certificate".to_owned()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

@@ -110,11 +110,18 @@ impl ClusterCredentials {
             .ensure_credential(&file, &Profile::client(&node_user(name), Some(NODES_GROUP)))?)
     }
 
-    /// The serving certificate of node `name`'s endpoint, for `addresses`.
+    /// The serving certificate of node `name`'s endpoint, for `addresses` and
+    /// the DNS name `name` (what the API server checks when it calls the node),
+    /// `O=system:nodes` as the certificates nodes ask for themselves. One made
+    /// before without the name is made again.
     pub fn node_serving(&self, name: &str, addresses: &[String]) -> anyhow::Result<Credential> {
         let file = format!("node-{}-serving", name.replace('.', "-"));
+        let mut names = vec![name.to_owned()];
+        names.extend(addresses.iter().cloned());
+        let mut profile = Profile::server(&node_user(name), &names);
+        profile.organization = Some(NODES_GROUP.to_owned());
         self.pki
-            .ensure_credential(&file, &Profile::server(&node_user(name), addresses))
+            .ensure_credential(&file, &profile)
             .with_context(|| format!("--node {name}@{}", addresses.join(",")))
     }
 
@@ -145,9 +152,7 @@ impl ClusterCredentials {
                 &serving.key,
                 Some(&self.pki.ca_cert()),
             )?,
-            callers: nodelet::server::Callers {
-                users: vec![nodelet::server::API_SERVER_USER.to_owned()],
-            },
+            callers: crate::node_cmd::api_server_callers(),
         })
     }
 

@@ -7,6 +7,7 @@
 mod certs_cmd;
 mod join;
 mod node_cmd;
+mod snapshot_cmd;
 mod token_cmd;
 
 use std::path::PathBuf;
@@ -46,7 +47,12 @@ enum Command {
     Apiserver(Box<ApiserverArgs>),
     /// Run the scheduler against an API server.
     Scheduler(SchedulerArgs),
-    /// Run the controllers (Job, Service, garbage collector, node lifecycle) against an API server.
+    /// Run the controllers (Job, Service, garbage collector, node lifecycle, node IPAM) against an API server.
+    ///
+    /// With --cluster-cidr, every Node without a task subnet (`spec.taskCIDR`) is
+    /// given the lowest free subnet of --node-cidr-mask-size in that range, once
+    /// (it never changes after). This is the first step of task networking: the
+    /// nodelet does not use the subnet yet, so tasks get no address from it.
     Controllers(ControllersArgs),
     /// Run a node agent: registers the node and runs the tasks bound to it.
     Nodelet(Box<node_cmd::NodeletArgs>),
@@ -59,6 +65,9 @@ enum Command {
     /// Bootstrap tokens nodes join with: create (printing the join
     /// command), list, delete.
     Token(token_cmd::TokenArgs),
+    /// Back up and restore the cluster's store: save a consistent snapshot
+    /// of a running cluster, check one, make a data dir from one.
+    Snapshot(snapshot_cmd::SnapshotArgs),
     /// The per-run shim the nodelet starts (internal).
     #[command(hide = true)]
     Shim {
@@ -77,6 +86,33 @@ struct ControllersArgs {
     /// Further seconds before a NotReady node's tasks are marked Lost.
     #[arg(long, env = "LOOM_LOST_GRACE_SECONDS", default_value_t = 60)]
     lost_grace_seconds: u64,
+    #[command(flatten)]
+    task_cidrs: TaskCidrArgs,
+}
+
+/// Where nodes' task subnets come from.
+#[derive(Debug, clap::Args)]
+struct TaskCidrArgs {
+    /// The IPv4 range nodes' task subnets (`spec.taskCIDR`) are given from, e.g.
+    /// 10.77.0.0/16 (unset or empty: no node is given one). Nothing uses the
+    /// subnets yet: the first step of task networking.
+    #[arg(long, env = "LOOM_CLUSTER_CIDR")]
+    cluster_cidr: Option<String>,
+    /// The prefix length of each node's subnet in --cluster-cidr (8 to 30).
+    #[arg(long, env = "LOOM_NODE_CIDR_MASK_SIZE", default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
+    node_cidr_mask_size: u8,
+}
+
+impl TaskCidrArgs {
+    fn cluster_cidr(&self) -> anyhow::Result<Option<controllers::node_ipam::ClusterCidr>> {
+        match self.cluster_cidr.as_deref() {
+            None | Some("") => Ok(None),
+            Some(cidr) => Ok(Some(
+                controllers::node_ipam::ClusterCidr::new(cidr, self.node_cidr_mask_size)
+                    .context("bad --cluster-cidr or --node-cidr-mask-size")?,
+            )),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -409,7 +445,29 @@ struct UpArgs {
     default_task_memory: TaskMemory,
     #[command(flatten)]
     limits: ApiLimitArgs,
+    /// Take a snapshot of the store every this many seconds (0: never;
+    /// `loom snapshot save` takes one by hand).
+    #[arg(long, env = "LOOM_SNAPSHOT_INTERVAL_SECONDS", default_value_t = 0)]
+    snapshot_interval_seconds: u64,
+    /// Where scheduled snapshots go (default: DATA_DIR/snapshots).
+    #[arg(long, env = "LOOM_SNAPSHOT_DIR")]
+    snapshot_dir: Option<PathBuf>,
+    /// Scheduled snapshots kept, the newest.
+    #[arg(long, env = "LOOM_SNAPSHOT_KEEP", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_keep: u64,
+    /// The IPv4 range nodes' task subnets (`spec.taskCIDR`) are given from (empty:
+    /// none). Nothing uses the subnets yet: the first step of task networking.
+    /// The default is a range no common container tool picks (podman takes
+    /// 10.88.0.0/16, CRI-O 10.85.0.0/16, k3s 10.42.0.0/16, kind 10.244.0.0/16).
+    #[arg(long, env = "LOOM_CLUSTER_CIDR", default_value = UP_CLUSTER_CIDR)]
+    cluster_cidr: String,
+    /// The prefix length of each node's subnet in --cluster-cidr (8 to 30).
+    #[arg(long, env = "LOOM_NODE_CIDR_MASK_SIZE", default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
+    node_cidr_mask_size: u8,
 }
+
+/// `loom up`'s cluster CIDR.
+const UP_CLUSTER_CIDR: &str = "10.77.0.0/16";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -463,14 +521,17 @@ fn main() -> ExitCode {
             Command::Apiserver(args) => apiserver_command(*args).await,
             Command::Nodelet(args) => node_cmd::nodelet(*args).await,
             Command::Token(args) => token_cmd::run(args).await,
+            Command::Snapshot(args) => snapshot_cmd::run(args).await,
             Command::Shim { .. } | Command::Image(_) | Command::Certs(_) => Ok(()),
             Command::Controllers(args) => {
+                let cluster_cidr = args.task_cidrs.cluster_cidr()?;
                 let client = args.api.client()?;
                 let identity = leader_identity();
                 let config = controllers::Config {
                     identity: identity.clone(),
                     node_grace: std::time::Duration::from_secs(args.node_grace_seconds),
                     lost_grace: std::time::Duration::from_secs(args.lost_grace_seconds),
+                    cluster_cidr,
                     ..controllers::Config::default()
                 };
                 let leader_client = client.clone();
@@ -508,7 +569,19 @@ fn main() -> ExitCode {
     }
 }
 
+impl UpArgs {
+    fn cluster_cidr(&self) -> anyhow::Result<Option<controllers::node_ipam::ClusterCidr>> {
+        TaskCidrArgs {
+            cluster_cidr: Some(self.cluster_cidr.clone()),
+            node_cidr_mask_size: self.node_cidr_mask_size,
+        }
+        .cluster_cidr()
+    }
+}
+
 async fn up(args: UpArgs) -> anyhow::Result<()> {
+    // Refused before anything starts.
+    args.cluster_cidr()?;
     let path = args.data_dir.join("loom.db");
     let store = EmbeddedStore::open(EmbeddedOptions::new(&path))
         .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
@@ -527,6 +600,26 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let store: Arc<dyn Store> = Arc::new(store);
+    if args.snapshot_interval_seconds > 0 {
+        let schedule = snapshot_cmd::Schedule {
+            dir: args
+                .snapshot_dir
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("snapshots")),
+            interval: std::time::Duration::from_secs(args.snapshot_interval_seconds),
+            keep: usize::try_from(args.snapshot_keep).unwrap_or(usize::MAX),
+        };
+        println!(
+            "a snapshot of the store every {} s into {} (the newest {} kept)",
+            args.snapshot_interval_seconds,
+            schedule.dir.display(),
+            schedule.keep
+        );
+        tokio::spawn(tracing::Instrument::instrument(
+            snapshot_cmd::run_schedule(store.clone(), schedule),
+            tracing::info_span!("snapshot_schedule"),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -622,6 +715,7 @@ async fn all_in_one(
         tls_cert_file: None,
         tls_private_key_file: None,
         client_ca_file: None,
+        insecure_endpoint: false,
         cpu: None,
         memory: None,
         max_tasks: 110,
@@ -692,6 +786,7 @@ async fn all_in_one(
     let parts = CancellationToken::new();
     let controllers_config = controllers::Config {
         identity: format!("{}-up", hostname()),
+        cluster_cidr: args.cluster_cidr()?,
         ..controllers::Config::default()
     };
     let controllers = tokio::spawn(controllers::run_manager(
@@ -921,4 +1016,56 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         _ = terminate.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("loom").chain(args.iter().copied()))
+            .unwrap()
+            .command
+    }
+
+    #[test]
+    fn task_subnets_are_off_by_default_except_in_up() {
+        let Command::Controllers(args) = parse(&["controllers"]) else {
+            panic!("controllers");
+        };
+        assert_eq!(args.task_cidrs.cluster_cidr().unwrap(), None);
+        let Command::Controllers(args) = parse(&[
+            "controllers",
+            "--cluster-cidr",
+            "10.9.0.0/16",
+            "--node-cidr-mask-size",
+            "26",
+        ]) else {
+            panic!("controllers");
+        };
+        let cluster = args.task_cidrs.cluster_cidr().unwrap().unwrap();
+        assert_eq!(cluster.to_string(), "10.9.0.0/16 in /26 subnets");
+        let Command::Controllers(args) = parse(&["controllers", "--cluster-cidr", "10.9.0.1/16"])
+        else {
+            panic!("controllers");
+        };
+        let error = format!("{:#}", args.task_cidrs.cluster_cidr().unwrap_err());
+        assert!(error.contains("no host bits set: 10.9.0.0/16"), "{error}");
+        assert!(
+            Cli::try_parse_from(["loom", "controllers", "--node-cidr-mask-size", "31"]).is_err()
+        );
+
+        let Command::Up(args) = parse(&["up"]) else {
+            panic!("up");
+        };
+        assert_eq!(
+            args.cluster_cidr().unwrap().unwrap().to_string(),
+            "10.77.0.0/16 in /24 subnets"
+        );
+        let Command::Up(args) = parse(&["up", "--cluster-cidr", ""]) else {
+            panic!("up");
+        };
+        assert_eq!(args.cluster_cidr().unwrap(), None);
+    }
 }

@@ -37,9 +37,17 @@ pub struct NodeletArgs {
     pub advertise: Option<String>,
     /// Serve the endpoint over HTTPS with this PEM certificate (`node-NAME-serving.crt`
     /// of `loom certs --node NAME@IP`); with --tls-private-key-file and --client-ca-file.
-    /// Only the API server's client certificate is then let in.
+    /// A node whose credential is its own (`system:node:NAME`: joined with
+    /// --token, its node.conf, or `--kubeconfig node-NAME.conf` of `loom
+    /// certs --node NAME`) needs none: it asks the cluster for its serving
+    /// certificate and renews it.
     #[arg(long, env = "LOOM_NODELET_TLS_CERT_FILE", requires_all = ["tls_private_key_file", "client_ca_file"])]
     pub tls_cert_file: Option<PathBuf>,
+    /// INSECURE: serve the endpoint (every task's log) over plain HTTP, with
+    /// no TLS and no check of who calls, to anyone who reaches its port.
+    /// Refused unless --listen is a loopback address; for tests only.
+    #[arg(long, conflicts_with = "tls_cert_file")]
+    pub insecure_endpoint: bool,
     /// The serving certificate's PEM private key.
     #[arg(
         long,
@@ -147,6 +155,12 @@ impl NodeletArgs {
         config.cgroup_parent = self.cgroup_parent.trim_matches('/').to_owned();
         config.listen = self.listen;
         config.advertise = self.advertise.clone();
+        anyhow::ensure!(
+            !self.insecure_endpoint || self.listen.ip().is_loopback(),
+            "--insecure-endpoint serves every task's log to anyone who reaches the port: \
+             it is refused on --listen {}, which is not a loopback address",
+            self.listen
+        );
         if let (Some(cert), Some(key), Some(ca)) = (
             &self.tls_cert_file,
             &self.tls_private_key_file,
@@ -154,9 +168,7 @@ impl NodeletArgs {
         ) {
             config.endpoint_tls = Some(nodelet::EndpointTls {
                 server: loom_listener::tls::server_config(cert, key, Some(ca))?,
-                callers: nodelet::server::Callers {
-                    users: vec![nodelet::server::API_SERVER_USER.to_owned()],
-                },
+                callers: api_server_callers(),
             });
         }
         config.cpu = self.cpu;
@@ -180,6 +192,14 @@ impl NodeletArgs {
         config.exec_uid = self.exec_uid;
         config.shim = shim_command()?;
         Ok(config)
+    }
+}
+
+/// Who a nodelet's endpoint lets in: the API server, which authorized the
+/// request it proxies.
+pub fn api_server_callers() -> nodelet::server::Callers {
+    nodelet::server::Callers {
+        users: vec![nodelet::server::API_SERVER_USER.to_owned()],
     }
 }
 
@@ -215,9 +235,45 @@ pub async fn nodelet(args: NodeletArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot import {}", path.display()))?;
         println!("imported {}", names.join(", "));
     }
+    let mut config = config;
     let shutdown = CancellationToken::new();
     let credentials =
         crate::join::credentials(&args.api, &args.join, &config.state_dir, &config.name).await?;
+    let mut renewer = None;
+    if args.insecure_endpoint {
+        tracing::warn!(
+            listen = %config.listen,
+            "--insecure-endpoint: the node's endpoint serves every task's log over plain HTTP to anyone on this machine"
+        );
+    } else if config.endpoint_tls.is_none() {
+        // A node whose credential is its own (joined, or given by
+        // --kubeconfig) serves HTTPS with its own serving certificate,
+        // renewed while it runs; no node serves plain HTTP unless told to.
+        let identity = match &credentials {
+            Some(joined) => joined.clone(),
+            None => crate::join::node_identity(&args.api, &config.name)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "node {name}'s endpoint needs a serving certificate, and its credential is not \
+                     the node's own (system:node:{name}), so it cannot ask for one: run it with \
+                     --kubeconfig node-{name}.conf of `loom certs --node {name}`, or join with \
+                     --token, or give --tls-cert-file (--insecure-endpoint serves plain HTTP on a \
+                     loopback --listen, for tests only)",
+                    name = config.name
+                )
+            })?,
+        };
+        let serving = crate::join::serving(&identity, &config.state_dir, &config.name).await?;
+        let (tls, cert) = crate::join::endpoint_tls(&identity, &serving)?;
+        config.endpoint_tls = Some(tls);
+        renewer = Some(tokio::spawn(crate::join::renew_serving_forever(
+            serving,
+            cert,
+            identity,
+            config.state_dir.clone(),
+            config.name.clone(),
+            shutdown.clone(),
+        )));
+    }
     let mut work = match credentials {
         // Its own certificate, renewed as it ages.
         Some(credentials) => tokio::spawn(crate::join::run_renewing(
@@ -230,9 +286,15 @@ pub async fn nodelet(args: NodeletArgs) -> anyhow::Result<()> {
     tokio::select! {
         result = super::shutdown_signal() => result?,
         // It stopped on its own: a configuration or registration error.
-        finished = &mut work => return finished.context("the nodelet panicked")?,
+        finished = &mut work => {
+            shutdown.cancel();
+            return finished.context("the nodelet panicked")?;
+        }
     }
     shutdown.cancel();
+    if let Some(renewer) = renewer {
+        let _ = renewer.await;
+    }
     work.await.context("the nodelet panicked")?
 }
 

@@ -2,53 +2,17 @@
 //! certs`, `loom apiserver` signing with the cluster CA, `loom token create`
 //! printing the join command, and that command run: the node fetches and
 //! pins the CA, gets its own certificate (kept in node.conf, owner-only) and
-//! registers its Node with it. A wrong CA hash or a deleted token stops it
+//! registers its Node with it, then gets its serving certificate with that
+//! (DNS:NAME, key owner-only) and serves its endpoint over HTTPS, which the API
+//! server reaches and believes. A wrong CA hash or a deleted token stops it
 //! with a line saying why, nothing written.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn loom(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_loom"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .env_remove("LOOM_TOKEN")
-        .output()
-        .expect("run loom")
-}
-
-/// A child process killed on drop.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn path(dir: &Path, name: &str) -> String {
-    dir.join(name).display().to_string()
-}
-
-/// curl's body and HTTP code.
-fn curl(args: &[&str]) -> (String, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "000"));
-    (body.to_owned(), code.to_owned())
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+mod support;
+use support::{Child, curl, is_root, loom, path};
 
 /// Waits up to `seconds` for `check`.
 fn eventually(what: &str, seconds: u64, check: impl Fn() -> bool) {
@@ -91,6 +55,16 @@ fn a_node_joins_with_the_command_loom_token_create_prints() {
         .args(["--client-ca-file", &path(&pki, "ca.crt")])
         .args(["--cluster-signing-cert-file", &path(&pki, "ca.crt")])
         .args(["--cluster-signing-key-file", &path(&pki, "ca.key")])
+        // It calls nodelets over HTTPS as itself (task logs).
+        .args([
+            "--nodelet-client-certificate",
+            &path(&pki, "apiserver-nodelet-client.crt"),
+        ])
+        .args([
+            "--nodelet-client-key",
+            &path(&pki, "apiserver-nodelet-client.key"),
+        ])
+        .args(["--nodelet-certificate-authority", &path(&pki, "ca.crt")])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -212,6 +186,56 @@ fn a_node_joins_with_the_command_loom_token_create_prints() {
     );
     assert_eq!(code, "200", "{body}");
     assert!(body.contains(&format!("system:bootstrap:{id}")), "{body}");
+
+    // And its serving certificate, asked for with its own: DNS:joined-1,
+    // signed at once, the key owner-only; its endpoint serves HTTPS with it.
+    let serving = std::fs::read_to_string(state.join("serving.crt")).expect("serving.crt");
+    let info = pki::CertInfo::from_pem(&serving).expect("the serving certificate");
+    assert_eq!(info.common_name, "system:node:joined-1");
+    assert_eq!(info.dns_names, ["joined-1"]);
+    assert!(info.ip_addresses.is_empty());
+    assert!(info.server_auth && !info.client_auth);
+    let mode = std::fs::metadata(state.join("serving.key"))
+        .expect("serving.key")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(
+        body.contains("\"signerName\":\"kubernetes.io/kubelet-serving\"")
+            && body.contains("\"username\":\"system:node:joined-1\""),
+        "{body}"
+    );
+    let (node, _) = curl(&[&admin_curl[..], &[node_url.as_str()]].concat());
+    assert!(
+        node.contains("\"nodeletEndpoint\":\"https://127.0.0.1:"),
+        "{node}"
+    );
+    // The API server reaches it and believes it: a task bound to the node
+    // has its log asked of the node (which has none yet), not refused.
+    let tasks = format!("{base}/apis/loom.dev/v1/namespaces/default/tasks");
+    let task = r#"{"apiVersion":"loom.dev/v1","kind":"Task","metadata":{"name":"probe"},"spec":{"image":"no-such-image","nodeName":"joined-1"}}"#;
+    let (body, code) = curl(
+        &[
+            &admin_curl[..],
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                task,
+                tasks.as_str(),
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, "201", "{body}");
+    let (body, code) = curl(&[&admin_curl[..], &[format!("{tasks}/probe/log").as_str()]].concat());
+    assert!(
+        (code == "200" || code == "404") && !body.contains("cannot reach"),
+        "the node's endpoint refused: {code} {body}"
+    );
     drop(nodelet);
 
     // A certificate past 80 % of its life is renewed with itself at start,
@@ -239,6 +263,17 @@ fn a_node_joins_with_the_command_loom_token_create_prints() {
     )
     .write(&conf)
     .expect("write node.conf");
+    // And a serving certificate due for renewal about 20 s after the start
+    // (100 s of life, backdated 5 minutes: 80 % is 20 s from now), renewed
+    // by the running nodelet and served without a restart.
+    let mut profile = pki::Profile::node_serving("joined-1", &[]);
+    profile.validity = Duration::from_secs(100);
+    let short = cluster_ca
+        .issue(&profile)
+        .expect("a short serving certificate");
+    std::fs::write(state.join("serving.crt"), &short.cert_pem).expect("write serving.crt");
+    std::fs::write(state.join("serving.key"), &short.key_pem).expect("write serving.key");
+    let short_info = pki::CertInfo::from_pem(&short.cert_pem).expect("the short certificate");
     let restarted = Command::new(env!("CARGO_BIN_EXE_loom"))
         .args([
             "nodelet",
@@ -290,6 +325,40 @@ fn a_node_joins_with_the_command_loom_token_create_prints() {
         body.contains("\"username\":\"system:node:joined-1\""),
         "{body}"
     );
+    // The endpoint serves the short certificate, then the renewed one.
+    let (node, _) = curl(&[&admin_curl[..], &[node_url.as_str()]].concat());
+    let address = node
+        .split("\"nodeletEndpoint\":\"https://")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no https endpoint in {node}"))
+        .to_owned();
+    let served_until = || -> Option<std::time::SystemTime> {
+        let mut shown = Command::new("openssl")
+            .args(["s_client", "-connect", &address, "-servername", "joined-1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(shown.stdout.as_mut()?, &mut text).ok()?;
+        let _ = shown.wait();
+        let start = text.find("-----BEGIN CERTIFICATE-----")?;
+        let end = text.find("-----END CERTIFICATE-----")? + "-----END CERTIFICATE-----".len();
+        let info = pki::CertInfo::from_pem(&text[start..end]).ok()?;
+        (info.common_name == "system:node:joined-1").then_some(info.not_after)
+    };
+    eventually("the short serving certificate served", 30, || {
+        served_until() == Some(short_info.not_after)
+    });
+    eventually("the serving certificate renewed and served", 60, || {
+        served_until().is_some_and(|until| until > short_info.not_after + Duration::from_secs(3600))
+    });
+    let renewed_serving = std::fs::read_to_string(state.join("serving.crt")).expect("serving.crt");
+    let info = pki::CertInfo::from_pem(&renewed_serving).expect("the renewed serving certificate");
+    assert_eq!(info.dns_names, ["joined-1"]);
+    assert!(info.not_after > short_info.not_after);
     drop(restarted);
 
     // A CA hash that is not this cluster's: nothing is trusted or written.

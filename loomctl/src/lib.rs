@@ -16,6 +16,23 @@ mod manifest;
 mod more;
 mod nodes;
 
+/// The decoders loomctl runs on what a user gives it, for loom-fuzz.
+#[doc(hidden)]
+pub mod fuzz {
+    /// The objects of one manifest file's text, each with where it came from,
+    /// as `loomctl apply -f` reads them.
+    pub fn manifest(name: &str, text: &str) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+        let mut documents = Vec::new();
+        crate::manifest::parse(name, text, &mut documents)?;
+        Ok(documents.into_iter().map(|d| (d.origin, d.value)).collect())
+    }
+
+    /// A duration flag (`--timeout 1m30s`).
+    pub fn duration(text: &str) -> Result<std::time::Duration, String> {
+        crate::duration::parse(text)
+    }
+}
+
 use std::process::ExitCode;
 
 use anyhow::Context as _;

@@ -69,9 +69,21 @@ fn read_file(path: &Path, documents: &mut Vec<Document>) -> anyhow::Result<()> {
     parse(&path.display().to_string(), &text, documents)
 }
 
-fn parse(name: &str, text: &str, documents: &mut Vec<Document>) -> anyhow::Result<()> {
-    let parsed =
-        api_types::decode::yaml_documents(text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+pub(crate) fn parse(name: &str, text: &str, documents: &mut Vec<Document>) -> anyhow::Result<()> {
+    // A JSON object is read as JSON (as kubectl does): YAML refuses some
+    // characters JSON strings may hold unescaped (DEL, C1 controls), so
+    // `get -o json` output would not apply again.
+    let json = text
+        .trim_start()
+        .starts_with('{')
+        .then(|| serde_json::from_str::<Value>(text).ok())
+        .flatten();
+    let parsed = match json {
+        Some(value) => vec![api_types::YamlDocument { index: 0, value }],
+        None => {
+            api_types::decode::yaml_documents(text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?
+        }
+    };
     let several = parsed.len() > 1;
     for doc in parsed {
         let origin = if several {
@@ -164,5 +176,27 @@ impl Document {
             namespace,
             name: name.to_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_with_characters_yaml_refuses_is_read_as_json() {
+        // Found by loom-fuzz: DEL and C1 controls are valid unescaped in JSON
+        // strings but not in YAML, so `get -o json` output did not read back.
+        let text = "{\"apiVersion\":\"loom.dev/v1\",\"kind\":\"Task\",\"metadata\":{\"name\":\"a\"},\"spec\":{\"args\":[\"x\u{7f}\u{80}\"]}}";
+        let mut documents = Vec::new();
+        parse("t.json", text, &mut documents).expect("valid JSON reads");
+        assert_eq!(documents.len(), 1);
+        assert_eq!(documents[0].value["spec"]["args"][0], "x\u{7f}\u{80}");
+        assert_eq!(documents[0].origin, "t.json");
+        // Not one JSON object: read as YAML, errors name the file.
+        let mut documents = Vec::new();
+        let error = parse("t.json", "{\"a\": 1}\n{\"b\": 2}", &mut documents)
+            .expect_err("two JSON objects are not one document");
+        assert!(error.to_string().starts_with("t.json: "), "{error}");
     }
 }

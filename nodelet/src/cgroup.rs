@@ -190,6 +190,57 @@ impl Cgroup {
         std::fs::read_to_string(self.dir("devices").join("devices.list"))
     }
 
+    /// This cgroup's directories in every hierarchy that has it (libcontainer
+    /// makes a container's in every v1 hierarchy, not only Loom's four).
+    pub fn dirs_everywhere(&self) -> Vec<PathBuf> {
+        if !is_v1() {
+            return vec![self.dir("")]
+                .into_iter()
+                .filter(|d| d.is_dir())
+                .collect();
+        }
+        std::fs::read_dir(ROOT)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join(&self.path))
+            .filter(|d| d.is_dir())
+            .collect()
+    }
+
+    /// Removes what is left of a dead run's cgroup: SIGKILL to every process
+    /// still in it, or in a cgroup below it, in any hierarchy, until none is
+    /// left (at most ~2 s), then its directories, deepest first. Returns the
+    /// processes that were killed.
+    pub fn remove_leftovers(&self) -> usize {
+        let dirs = self.dirs_everywhere();
+        let mut killed = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let pids: Vec<i32> = dirs.iter().flat_map(|d| pids_below(d)).collect();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                killed.insert(pid);
+                // SAFETY: kill(2) with a pid read from the cgroup; no memory is touched.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        for dir in &dirs {
+            for _ in 0..50 {
+                remove_empty(dir);
+                if !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        killed.len()
+    }
+
     /// Removes the cgroup's directories (it must be empty).
     pub fn remove(&self) {
         for dir in self.dirs() {
@@ -211,6 +262,21 @@ pub fn remove_tree(parent: &str) {
     for dir in cgroup.dirs() {
         remove_empty(&dir);
     }
+}
+
+/// The processes in the cgroup at `dir` and in the cgroups below it.
+fn pids_below(dir: &Path) -> Vec<i32> {
+    let mut pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            pids.extend(pids_below(&entry.path()));
+        }
+    }
+    pids
 }
 
 fn remove_empty(dir: &Path) {

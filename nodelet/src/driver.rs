@@ -69,12 +69,14 @@ fn is_shim_of(pid: i32, dir: &Path) -> bool {
 }
 
 /// Finds the live shim of `dir`: by its pid file, else by scanning processes (a
-/// shim that has not written its pid file yet).
+/// shim that has not written its pid file yet). Once the pid file is there it
+/// alone counts: libcontainer's clones of the shim carry its command line until
+/// they exec, and one left by a shim that died (a container's init waiting to
+/// be started, which ignores SIGTERM as every pid namespace's init does) is not
+/// the shim.
 fn live_shim(dir: &RunDir) -> Option<i32> {
-    if let Some(pid) = dir.read_shim_pid()
-        && is_shim_of(pid, &dir.0)
-    {
-        return Some(pid);
+    if let Some(pid) = dir.read_shim_pid() {
+        return is_shim_of(pid, &dir.0).then_some(pid);
     }
     std::fs::read_dir("/proc")
         .ok()?
@@ -106,15 +108,47 @@ async fn wait_gone(pid: i32) {
     }
 }
 
-fn lost(message: &str) -> ExitRecord {
-    ExitRecord::failed("ShimLost", message)
+/// A start that failed before any shim ran: the node's fault, not the task's.
+fn shim_failed(message: &str) -> ExitRecord {
+    ExitRecord::failed("ShimFailed", message)
 }
+
+/// Ends a run whose shim died without recording its end: removes what it left
+/// (processes, mounts, cgroups, container state) and records the loss as the
+/// run's end, so it is dealt with once, even across a nodelet restart.
+async fn end_lost(dir: &RunDir, message: &'static str) -> ExitRecord {
+    let run = dir.clone();
+    let reaped = tokio::task::spawn_blocking(move || end_lost_now(&run, message)).await;
+    reaped.unwrap_or_else(|_| ExitRecord::lost(message))
+}
+
+fn end_lost_now(dir: &RunDir, message: &str) -> ExitRecord {
+    let left = crate::shim::remove_leftovers(dir);
+    // The shim may have written its record while it died.
+    if let Some(record) = dir.read_exit() {
+        return record;
+    }
+    tracing::warn!(
+        run = %dir.0.display(),
+        processes = left.processes,
+        mounts = left.mounts.len(),
+        "a run's shim died without recording its end; its leftovers are removed"
+    );
+    let record = ExitRecord::lost(message);
+    if let Ok(bytes) = serde_json::to_vec(&record) {
+        let _ = crate::run::write_replace(&dir.exit(), &bytes);
+    }
+    record
+}
+
+const DIED: &str =
+    "the run's shim died without recording its end (the node crashed, or the shim was killed)";
 
 #[async_trait]
 impl Driver for ShimDriver {
     async fn start(&self, dir: &RunDir) -> Result<Started, ExitRecord> {
         let Some((program, args)) = self.command.split_first() else {
-            return Err(lost("no shim command configured"));
+            return Err(shim_failed("no shim command configured"));
         };
         let mut command = tokio::process::Command::new(program);
         command
@@ -132,7 +166,7 @@ impl Driver for ShimDriver {
         command.process_group(0);
         let mut child = command
             .spawn()
-            .map_err(|e| lost(&format!("cannot start the shim {program:?}: {e}")))?;
+            .map_err(|e| shim_failed(&format!("cannot start the shim {program:?}: {e}")))?;
         let stdout = child.stdout.take();
         // The shim is reaped by tokio in the background once dropped.
         drop(child);
@@ -151,7 +185,7 @@ impl Driver for ShimDriver {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Err(lost("the shim ended without an exit record"))
+        Err(end_lost(dir, DIED).await)
     }
 
     fn find(&self, dir: &RunDir) -> Found {
@@ -173,8 +207,20 @@ impl Driver for ShimDriver {
             return Found::Exited(record);
         }
         if dir.read_started().is_some() || dir.shim_pid().exists() {
-            return Found::Exited(lost("the shim of this run died without an exit record"));
+            return Found::Exited(end_lost_now(dir, DIED));
         }
+        if dir.spec().exists() {
+            // A shim spawned just before the nodelet died may be in its exec,
+            // when its command line is not yet its own: look once more before
+            // starting the run again beside it.
+            std::thread::sleep(Duration::from_millis(200));
+            if live_shim(dir).is_some() || dir.shim_pid().exists() {
+                return self.find(dir);
+            }
+        }
+        // Never started: a crash between the run's spec and its shim's pid file
+        // may still have left a clone or a mount.
+        crate::shim::remove_leftovers(dir);
         Found::NotStarted
     }
 
@@ -186,9 +232,10 @@ impl Driver for ShimDriver {
             match live_shim(dir) {
                 Some(pid) => wait_gone(pid).await,
                 None => {
-                    return dir.read_exit().unwrap_or_else(|| {
-                        lost("the shim of this run died without an exit record")
-                    });
+                    return match dir.read_exit() {
+                        Some(record) => record,
+                        None => end_lost(dir, DIED).await,
+                    };
                 }
             }
         }
@@ -199,6 +246,15 @@ impl Driver for ShimDriver {
             return;
         }
         let Some(started) = dir.read_started() else {
+            // Not started yet, or its start record is gone: the shim passes a
+            // stop on to the task, or cancels its start; SIGKILL ends the shim,
+            // whose leftovers `wait` then removes.
+            if let Some(pid) = live_shim(dir) {
+                // SAFETY: kill(2) to the run's live shim (its command line checked).
+                unsafe {
+                    libc::kill(pid, signal);
+                }
+            }
             return;
         };
         let exec = std::fs::read(dir.spec())
@@ -373,5 +429,70 @@ impl Driver for FakeDriver {
         if signal == libc::SIGKILL || !ignore_term {
             self.finish(&dir.0, exited(128 + signal, Some(signal)));
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A process that names the run directory the way libcontainer's clones of
+    /// a shim do (its command line is the shim's until it execs). It waits on
+    /// its stdin, which the `Child` holds open, and forks nothing: a forked
+    /// child would name the directory too until it execs.
+    fn clone_of_shim(dir: &Path) -> std::process::Child {
+        let child = std::process::Command::new("sh")
+            .args(["-c", "read never"])
+            .arg(dir)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The spawn returns once the exec began; the new command line shows
+        // a moment later.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !is_shim_of(child.id() as i32, dir) {
+            assert!(std::time::Instant::now() < deadline, "sh never ran");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child
+    }
+
+    #[test]
+    fn a_dead_shims_clone_is_not_its_shim_and_goes_with_the_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir(tmp.path().join("run-1"));
+        std::fs::create_dir_all(&run.0).unwrap();
+        // The shim wrote its pid file and died; a clone of it lives on.
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        std::fs::write(run.shim_pid(), dead_pid.to_string()).unwrap();
+        let mut clone = clone_of_shim(&run.0);
+        let driver = ShimDriver {
+            command: vec!["loom-shim".into()],
+        };
+        match driver.find(&run) {
+            Found::Exited(record) => assert!(record.is_lost(), "{record:?}"),
+            other => panic!("the clone was taken for the shim: {other:?}"),
+        }
+        let status = clone.wait().unwrap();
+        assert!(status.code().is_none(), "killed, not exited: {status:?}");
+        // The loss is recorded: found again, it is the same end.
+        let recorded = run.read_exit().unwrap();
+        assert!(recorded.is_lost());
+        assert_eq!(driver.find(&run), Found::Exited(recorded));
+    }
+
+    #[test]
+    fn a_shim_without_a_pid_file_yet_is_found_by_its_command_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir(tmp.path().join("run-1"));
+        std::fs::create_dir_all(&run.0).unwrap();
+        let mut shim = clone_of_shim(&run.0);
+        assert_eq!(live_shim(&run), Some(shim.id() as i32));
+        shim.kill().unwrap();
+        shim.wait().unwrap();
+        assert_eq!(live_shim(&run), None);
     }
 }

@@ -17,6 +17,7 @@ pub mod server;
 pub mod service_account;
 pub mod shim;
 pub mod spec;
+pub mod state_version;
 pub mod tasks;
 
 use std::collections::{BTreeMap, HashMap};
@@ -221,6 +222,7 @@ pub async fn run_with(
     driver: Arc<dyn Driver>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    state_version::open(&config.state_dir)?;
     for dir in ["tasks", "containers", "images"] {
         let path = config.state_dir.join(dir);
         std::fs::create_dir_all(&path)
@@ -299,6 +301,7 @@ pub async fn run_with(
         recorder: Recorder::new(client.clone(), "loom-nodelet", &config.name),
         shutdown: shutdown.clone(),
         metrics: metrics::Metrics::default(),
+        fence: tasks::Fence::new(config.lease_duration),
     });
 
     let server_shutdown = shutdown.clone();
@@ -332,6 +335,7 @@ pub async fn run_with(
         client.clone(),
         config.clone(),
         endpoint.clone(),
+        ctx.fence.clone(),
         shutdown.clone(),
     ));
 

@@ -174,8 +174,8 @@ pub async fn register(
             let mut node = Node::new(
                 &config.name,
                 NodeSpec {
-                    unschedulable: false,
                     taints: config.taints.clone(),
+                    ..NodeSpec::default()
                 },
             );
             node.metadata.labels = labels;
@@ -367,12 +367,14 @@ impl CpuSampler {
     }
 }
 
-/// Renews the lease every `renew_interval` and reports status with usage every
-/// `status_interval`, until `shutdown`; then reports the node not ready.
+/// Renews the lease every `renew_interval` (telling `fence` of each renewal)
+/// and reports status with usage every `status_interval`, until `shutdown`;
+/// then reports the node not ready.
 pub async fn heartbeat(
     client: Client,
     config: std::sync::Arc<Config>,
     endpoint: String,
+    fence: crate::tasks::Fence,
     shutdown: CancellationToken,
 ) {
     let mut renew = tokio::time::interval(config.renew_interval);
@@ -384,8 +386,10 @@ pub async fn heartbeat(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = renew.tick() => {
-                if let Err(error) = renew_lease(&client, &config).await {
-                    warn!(%error, "cannot renew the node lease");
+                let asked = tokio::time::Instant::now();
+                match renew_lease(&client, &config).await {
+                    Ok(()) => fence.renewed(asked),
+                    Err(error) => warn!(%error, "cannot renew the node lease"),
                 }
             }
             _ = status.tick() => {

@@ -11,6 +11,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use api_types::well_known::REASON_SHIM_LOST;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -122,6 +123,51 @@ pub struct Started {
     pub started_at: DateTime<Utc>,
 }
 
+/// The bytes free to an unprivileged writer on the filesystem of `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs(3) fills the zeroed struct we pass for a valid path.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// How long process `pid` has run, by the boot clock (CLOCK_BOOTTIME): a
+/// step of the wall clock does not move it, and a restarted nodelet reads
+/// the same. `None` when the process is gone or unreadable.
+pub fn process_age(pid: i32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22, `starttime`, in clock ticks since boot; the fields after the
+    // command name (which may hold spaces and parentheses) start at 3.
+    let ticks: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf(3) has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|h| *h > 0)?;
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) into a local.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) } != 0 {
+        return None;
+    }
+    let now = std::time::Duration::new(
+        u64::try_from(now.tv_sec).ok()?,
+        u32::try_from(now.tv_nsec).ok()?,
+    );
+    let start = std::time::Duration::from_millis(ticks.saturating_mul(1000) / hz);
+    Some(now.saturating_sub(start))
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -152,6 +198,19 @@ impl ExitRecord {
             finished_at: Some(Utc::now()),
             ..ExitRecord::default()
         }
+    }
+
+    /// The record of a run whose shim died without recording its end: the node
+    /// crashed, or someone killed the shim. Not the task's doing, so it is not a
+    /// failure of the task: a task that restarts on failure or always runs
+    /// again in place, any other ends `Lost` and its owner replaces it.
+    pub fn lost(error: impl Into<String>) -> ExitRecord {
+        ExitRecord::failed(REASON_SHIM_LOST, error)
+    }
+
+    /// Whether this run was lost (see [`ExitRecord::lost`]).
+    pub fn is_lost(&self) -> bool {
+        self.error.is_some() && self.reason.as_deref() == Some(REASON_SHIM_LOST)
     }
 }
 

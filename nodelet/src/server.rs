@@ -1,5 +1,6 @@
 //! The nodelet's HTTP endpoint: task logs (what the apiserver proxies for
-//! `GET /api/v1/namespaces/NS/tasks/NAME/log`), health and metrics.
+//! `GET /api/v1/namespaces/NS/tasks/NAME/log`), health and metrics, and over
+//! TLS the check of who calls it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,10 @@ use serde::Deserialize;
 
 use crate::logfile;
 use crate::tasks::Ctx;
+
+pub mod caller_auth;
+
+pub use caller_auth::CallerAuth;
 
 /// What the endpoint needs.
 #[derive(Clone)]
@@ -48,54 +53,60 @@ pub fn router(state: ServerState) -> Router {
         .with_state(state)
 }
 
-/// Who may call an endpoint served over TLS: users named by client
-/// certificates of the cluster CA (the TLS layer verified the chain).
+/// Who may call an endpoint served over TLS without a review: users named
+/// by client certificates of the cluster CA (the TLS layer verified the
+/// chain). Any other caller is asked about (see [`caller_auth`]).
 #[derive(Clone, Debug)]
 pub struct Callers {
-    /// The users allowed (the API server's, `system:loom-apiserver`).
+    /// The users let in at once (the API server's, `system:loom-apiserver`,
+    /// which authorized the request it proxies).
     pub users: Vec<String>,
 }
 
 /// The API server's user when it calls nodelets (its client certificate's CN).
 pub const API_SERVER_USER: &str = "system:loom-apiserver";
 
-/// [`router`] behind a check of the caller's client certificate: none is a
-/// 401, a user not in `callers` a 403, whatever the path but `/healthz`.
+/// [`router`] behind the caller check, whatever the path but `/healthz`:
+/// `callers` at once, anyone else authenticated and authorized by the API
+/// server through the node's client, with the default cache settings.
 pub fn secure_router(state: ServerState, callers: Callers) -> Router {
-    let callers = Arc::new(callers);
+    let auth = CallerAuth::new(
+        state.ctx.client.clone(),
+        callers.users,
+        caller_auth::Settings::default(),
+    );
+    secure_router_with(state, Arc::new(auth))
+}
+
+/// [`router`] behind `auth`: no credential, or one naming no one, is a 401;
+/// a caller the API server does not allow a 403; a review that cannot be
+/// made a 503.
+pub fn secure_router_with(state: ServerState, auth: Arc<CallerAuth>) -> Router {
     router(state).layer(axum::middleware::from_fn(
         move |request: axum::extract::Request, next: axum::middleware::Next| {
-            let callers = callers.clone();
+            let auth = auth.clone();
             async move {
                 if request.uri().path() == "/healthz" {
                     return next.run(request).await;
                 }
-                match caller(&request) {
-                    None => (
-                        StatusCode::UNAUTHORIZED,
-                        "a client certificate of the cluster's CA is required\n",
+                let peer = request
+                    .extensions()
+                    .get::<loom_listener::tls::PeerCertificates>();
+                let checked = auth
+                    .check(
+                        request.method(),
+                        request.uri().path(),
+                        request.headers(),
+                        peer,
                     )
-                        .into_response(),
-                    Some(user) if callers.users.contains(&user) => next.run(request).await,
-                    Some(user) => (
-                        StatusCode::FORBIDDEN,
-                        format!("user {user:?} may not use this node's endpoint\n"),
-                    )
-                        .into_response(),
+                    .await;
+                match checked {
+                    Ok(()) => next.run(request).await,
+                    Err(refusal) => refusal.into_response(),
                 }
             }
         },
     ))
-}
-
-/// The user a request's verified client certificate names, if any.
-fn caller(request: &axum::extract::Request) -> Option<String> {
-    let certificates = request
-        .extensions()
-        .get::<loom_listener::tls::PeerCertificates>()?;
-    let leaf = certificates.0.first()?;
-    let info = pki::CertInfo::from_der(leaf.as_ref()).ok()?;
-    (info.client_auth && !info.common_name.is_empty()).then_some(info.common_name)
 }
 
 async fn metrics(State(state): State<ServerState>) -> Response {

@@ -17,6 +17,7 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -33,6 +34,7 @@ pub fn main(dir: &Path) -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
+    catch_stop_signals();
     let run_dir = RunDir(dir.to_owned());
     let record = match std::fs::read(run_dir.spec())
         .map_err(|e| format!("cannot read {}: {e}", run_dir.spec().display()))
@@ -89,6 +91,12 @@ fn run(dir: &RunDir, spec: &RunSpec) -> ExitRecord {
         }
     };
     let cgroup = Cgroup::new(&spec.cgroup_path);
+    if let Some(signal) = stop_asked() {
+        return ExitRecord::failed(
+            "Stopped",
+            format!("stopped by signal {signal} before it started"),
+        );
+    }
     let started = match spec.driver {
         DriverKind::Container => start_container(dir, spec, write),
         DriverKind::Exec => start_confined(dir, spec, write),
@@ -101,6 +109,9 @@ fn run(dir: &RunDir, spec: &RunSpec) -> ExitRecord {
             return ExitRecord::failed(reason, error);
         }
     };
+    // From now on a SIGTERM or SIGINT to the shim goes to the task; one that
+    // came while it started goes now.
+    forward_stop_signals(pid, !matches!(spec.driver, DriverKind::Container));
     let started_at = Utc::now();
     let report = Started { pid, started_at };
     if let Ok(line) = serde_json::to_vec(&report) {
@@ -714,6 +725,159 @@ fn wait(pid: i32) -> std::io::Result<Status> {
         }
         return Err(error);
     }
+}
+
+/// The task's process once it runs (0 before): where the shim's stop signals go.
+static TASK_PID: AtomicI32 = AtomicI32::new(0);
+/// Whether the task's process leads a process group that gets them too.
+static TASK_GROUP: AtomicBool = AtomicBool::new(false);
+/// A stop signal that came before the task ran (0: none).
+static STOP_ASKED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(signal: libc::c_int) {
+    let pid = TASK_PID.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe {
+            if TASK_GROUP.load(Ordering::SeqCst) {
+                libc::kill(-pid, signal);
+            }
+            libc::kill(pid, signal);
+        }
+    } else {
+        STOP_ASKED.store(signal, Ordering::SeqCst);
+    }
+}
+
+/// SIGTERM and SIGINT to the shim stop its run at every stage: before the task
+/// runs they cancel the start (a system call in progress is interrupted, not
+/// restarted, so a start that waits on a child that died does not wait on),
+/// and once it runs they go to the task (whose end the shim then records as
+/// usual). Someone stopping a run that has no start record yet, or whose record
+/// is gone, signals the shim.
+fn catch_stop_signals() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: sigaction with a handler that only touches atomics and calls
+        // kill(2); the struct is zeroed, then its handler set; no SA_RESTART.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_stop_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+/// The stop signal asked before the task ran, if one was.
+fn stop_asked() -> Option<i32> {
+    match STOP_ASKED.load(Ordering::SeqCst) {
+        0 => None,
+        signal => Some(signal),
+    }
+}
+
+/// Sends the shim's stop signals to `pid` (and its group) from now on, and the
+/// one asked while the task started, if any.
+fn forward_stop_signals(pid: i32, group: bool) {
+    TASK_GROUP.store(group, Ordering::SeqCst);
+    TASK_PID.store(pid, Ordering::SeqCst);
+    if let Some(signal) = stop_asked() {
+        on_stop_signal(signal);
+    }
+}
+
+/// What [`remove_leftovers`] found of a dead run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Leftovers {
+    /// Processes killed: the run's, in its cgroup, or libcontainer's clones of
+    /// its shim.
+    pub processes: usize,
+    /// Mounts removed.
+    pub mounts: Vec<String>,
+}
+
+/// Removes what a run whose shim died before cleaning up (a node crash, a
+/// killed shim) left behind: its processes (everything in its cgroup, and the
+/// clones libcontainer makes of the shim, which carry its command line until
+/// they exec), its mounts (the container's overlay root), its root's upper and
+/// work directories, its cgroup in every hierarchy and libcontainer's state of
+/// its container. Idempotent and blocking; the run's shim must be dead.
+pub fn remove_leftovers(dir: &RunDir) -> Leftovers {
+    let spec = std::fs::read(dir.spec())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<RunSpec>(&b).ok());
+    let mut killed = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        let pids = processes_naming(&dir.0);
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            killed.insert(pid);
+            // SAFETY: kill(2); the process names this dead run's directory.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut processes = killed.len();
+    if let Some(spec) = &spec {
+        processes += Cgroup::new(&spec.cgroup_path).remove_leftovers();
+    }
+    let mut mounts = mounts_under(&dir.0);
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for mount in &mounts {
+        unmount(Path::new(mount));
+    }
+    let _ = std::fs::remove_dir(dir.0.join("rootfs"));
+    let _ = std::fs::remove_dir_all(dir.0.join("upper"));
+    let _ = std::fs::remove_dir_all(dir.0.join("work"));
+    if let Some(spec) = &spec
+        && is_plain_name(&spec.container_id)
+    {
+        let state = spec.container_root.join(&spec.container_id);
+        if let Err(error) = std::fs::remove_dir_all(&state)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            shim_log(dir, &format!("cannot remove {}: {error}", state.display()));
+        }
+    }
+    Leftovers { processes, mounts }
+}
+
+/// Unmounts every mount at or below `dir`, deepest first (lazily: a busy one
+/// goes once it is not). Returns them.
+pub fn unmount_under(dir: &Path) -> Vec<String> {
+    let mut mounts = mounts_under(dir);
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for mount in &mounts {
+        unmount(Path::new(mount));
+    }
+    mounts
+}
+
+/// A single path component, neither `.` nor `..`.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/')
+}
+
+/// The processes, other than this one, whose command line has `dir` as an
+/// argument.
+fn processes_naming(dir: &Path) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let needle = dir.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == needle))
+        })
+        .collect()
 }
 
 /// How long a killed task's leftovers may take to go.

@@ -8,6 +8,11 @@
 //! task is reported with `restartCount = N - 1`; a run directory is created before
 //! its shim starts, so after a nodelet restart every run is either adopted, read
 //! back from its exit record, or known never to have started: no run happens twice.
+//! A run whose shim died without an exit record (the node crashed) is ended
+//! there, once: its leftovers removed, its loss recorded (`ShimLost`); the task
+//! runs again in place if it restarts on failure or always, and is `Lost`
+//! otherwise. A node that cannot renew its lease for the lease's duration
+//! stops its tasks and starts none ([`Fence`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api_types::event::EventType;
-use api_types::well_known::REASON_TIME_LIMIT_EXCEEDED;
+use api_types::well_known::{REASON_NODE_FENCED, REASON_SHIM_LOST, REASON_TIME_LIMIT_EXCEEDED};
 use api_types::{ObjectReference, RestartPolicy, Task, TaskPhase};
 use chrono::{DateTime, Utc};
 use client::{Api, Client, Patch, PatchParams, Recorder};
@@ -50,6 +55,54 @@ pub struct Ctx {
     pub shutdown: CancellationToken,
     /// Its metrics.
     pub metrics: crate::metrics::Metrics,
+    /// When the node last renewed its Lease: its tasks stop once that is
+    /// longer ago than the lease's duration.
+    pub fence: Fence,
+}
+
+/// Fencing: a node that cannot renew its Lease for longer than the lease's
+/// duration stops its tasks (reason `NodeFenced`) and starts none, so a task
+/// the control plane marks Lost and replaces elsewhere (it does so only after
+/// the lease expired and a further grace) never keeps running beside its
+/// replacement past that bound and the task's grace period. Measured from when
+/// the last successful renewal was asked, which is no later than the renewal
+/// time the API server recorded.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    renewed: Arc<std::sync::Mutex<tokio::time::Instant>>,
+    lease: Duration,
+}
+
+impl Fence {
+    /// A fence for a lease of `lease`, renewed now.
+    pub fn new(lease: Duration) -> Fence {
+        Fence {
+            renewed: Arc::new(std::sync::Mutex::new(tokio::time::Instant::now())),
+            lease,
+        }
+    }
+
+    /// The lease was renewed by a request asked at `asked`.
+    pub fn renewed(&self, asked: tokio::time::Instant) {
+        if let Ok(mut renewed) = self.renewed.lock() {
+            *renewed = (*renewed).max(asked);
+        }
+    }
+
+    /// When the lease runs out unless renewed before.
+    pub fn expires_at(&self) -> tokio::time::Instant {
+        let renewed = self
+            .renewed
+            .lock()
+            .map(|r| *r)
+            .unwrap_or_else(|_| tokio::time::Instant::now());
+        renewed + self.lease
+    }
+
+    /// Whether the lease ran out: the node's tasks must not run.
+    pub fn is_fenced(&self) -> bool {
+        tokio::time::Instant::now() >= self.expires_at()
+    }
 }
 
 impl std::fmt::Debug for Ctx {
@@ -198,7 +251,7 @@ struct Stopping {
 pub async fn drive(ctx: Arc<Ctx>, uid: String, mut updates: watch::Receiver<Option<Arc<Task>>>) {
     let dir = ctx.task_dir(&uid);
     let mut written: Option<Arc<Task>> = None;
-    let mut local = recover(&ctx, &dir);
+    let mut local = recover(&ctx, &dir).await;
     let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         // The freshest view: the watch, or what our own last write returned.
@@ -279,7 +332,7 @@ impl Found {
     fn exit_or_lost(self) -> ExitRecord {
         match self {
             Found::Exited(record) => record,
-            _ => ExitRecord::failed("ShimLost", "the run's end was not recorded"),
+            _ => ExitRecord::lost("the run's end was not recorded"),
         }
     }
 }
@@ -295,8 +348,10 @@ enum Step {
     Done,
 }
 
-/// Finds the runs of a task directory after a (re)start.
-fn recover(ctx: &Ctx, dir: &Path) -> Local {
+/// Finds the runs of a task directory after a (re)start. A run whose shim died
+/// with the node is ended there (its leftovers removed, its loss recorded),
+/// which blocks: off the runtime's workers.
+async fn recover(ctx: &Ctx, dir: &Path) -> Local {
     let n = last_run(dir);
     if n == 0 {
         return Local::Idle {
@@ -305,7 +360,16 @@ fn recover(ctx: &Ctx, dir: &Path) -> Local {
         };
     }
     let run = run_dir(dir, n);
-    match ctx.driver.find(&run) {
+    let found = {
+        let (driver, run) = (ctx.driver.clone(), run.clone());
+        tokio::task::spawn_blocking(move || driver.find(&run)).await
+    };
+    let found = found.unwrap_or_else(|_| {
+        Found::Exited(ExitRecord::lost(
+            "the run could not be looked at after a restart",
+        ))
+    });
+    match found {
         Found::Running(started) => {
             ctx.metrics.running.inc();
             info!(dir = %run.0.display(), pid = started.pid, "adopting a running task");
@@ -348,6 +412,7 @@ fn read_stop(run: &RunDir) -> Option<StopRecord> {
 /// Why a running task must stop, if it must.
 fn stop_reason(
     config: &Config,
+    fence: &Fence,
     task: Option<&Task>,
     started: &Started,
     shutting_down: bool,
@@ -380,7 +445,7 @@ fn stop_reason(
             .as_ref()
             .and_then(|s| s.start_time)
             .unwrap_or(started.started_at);
-        if Utc::now() >= since + chrono::Duration::seconds(limit) {
+        if time_run(since, started) >= chrono::Duration::seconds(limit) {
             return Some((
                 REASON_TIME_LIMIT_EXCEEDED.into(),
                 format!("the task ran longer than its time limit of {limit}s"),
@@ -389,6 +454,15 @@ fn stop_reason(
     }
     if shutting_down && config.stop_tasks_on_exit {
         return Some(("NodeShutdown".into(), "the node shut down".into()));
+    }
+    if fence.is_fenced() {
+        return Some((
+            REASON_NODE_FENCED.into(),
+            format!(
+                "the node could not renew its lease for {}s: its tasks may run elsewhere",
+                fence.lease.as_secs()
+            ),
+        ));
     }
     None
 }
@@ -402,10 +476,23 @@ fn time_limit_at(task: Option<&Task>, started: &Started) -> Option<tokio::time::
         .as_ref()
         .and_then(|s| s.start_time)
         .unwrap_or(started.started_at);
-    let left = (since + chrono::Duration::seconds(limit) - Utc::now())
+    let left = (chrono::Duration::seconds(limit) - time_run(since, started))
         .to_std()
         .unwrap_or_default();
     Some(tokio::time::Instant::now() + left)
+}
+
+/// How long a task has run toward its time limit (counted from `since`, its
+/// first start): the time before this run by the wall clock, plus this run's
+/// age by the boot clock, so that a step of the node's wall clock neither
+/// fires the limit early nor holds it off (the soak steps it 5 min either
+/// way). The wall clock alone when the run's process cannot be read.
+fn time_run(since: DateTime<Utc>, started: &Started) -> chrono::Duration {
+    // loom-soak: clock step
+    match crate::run::process_age(started.pid).and_then(|a| chrono::Duration::from_std(a).ok()) {
+        Some(age) => (started.started_at - since).max(chrono::Duration::zero()) + age,
+        None => Utc::now() - since,
+    }
 }
 
 /// What a state's step decided: what the actor does next, and the task's next
@@ -457,8 +544,13 @@ async fn step_running(
     if let Some(stopping) = running.stop.as_mut() {
         return Ok((Step::Wait(escalate_stop(ctx, &run, stopping)), None));
     }
-    if let Some((reason, message)) = stop_reason(&ctx.config, task, &running.started, shutting_down)
-    {
+    if let Some((reason, message)) = stop_reason(
+        &ctx.config,
+        &ctx.fence,
+        task,
+        &running.started,
+        shutting_down,
+    ) {
         running.stop = Some(begin_stop(ctx, task, &run, reason, message));
         return Ok((Step::Again, None));
     }
@@ -468,10 +560,11 @@ async fn step_running(
     if let Some(written) = report_running(ctx, task, n, &running.started).await? {
         return Ok((Step::Wrote(Box::new(written)), None));
     }
-    Ok((
-        Step::Wait(time_limit_at(Some(task), &running.started)),
-        None,
-    ))
+    // Look again at its time limit or when the lease would run out, whichever
+    // is first (a renewal meanwhile makes the second a no-op).
+    let fence_at = ctx.fence.expires_at();
+    let wake = time_limit_at(Some(task), &running.started).map_or(fence_at, |t| t.min(fence_at));
+    Ok((Step::Wait(Some(wake)), None))
 }
 
 /// A stop in progress: SIGKILL once the grace period is over. Returns when to look
@@ -635,6 +728,15 @@ impl RunEnd {
                 stop.message.clone(),
             );
         }
+        if record.is_lost() {
+            // Its node crashed (or its shim was killed): not the task's doing.
+            // A task that restarts on failure or always runs again here; any
+            // other is Lost, as if its node had gone, and its owner replaces it.
+            let message = record.error.clone().unwrap_or_default();
+            let restart = matches!(policy, RestartPolicy::Always | RestartPolicy::OnFailure);
+            let terminal = (!restart || shutting_down).then_some(TaskPhase::Lost);
+            return end(terminal, REASON_SHIM_LOST.to_owned(), message);
+        }
         if let Some(error) = &record.error {
             let reason = record
                 .reason
@@ -728,6 +830,12 @@ impl RunEnd {
     }
 }
 
+/// Below this much free space in its state dir, the nodelet starts no run.
+const MIN_FREE_BYTES: u64 = 1 << 20;
+
+/// The reason of the event of a task waiting for room in the state dir.
+const REASON_DISK_FULL: &str = "DiskFull";
+
 /// Runs `1..=last` are over: clean up after a deleted task, report a deletion,
 /// or start the next run once its backoff is over.
 async fn step_idle(
@@ -762,6 +870,35 @@ async fn step_idle(
         && tokio::time::Instant::now() < at
     {
         return Ok((Step::Wait(Some(at)), None));
+    }
+    if ctx.fence.is_fenced() {
+        // Nothing starts while the node cannot renew its lease.
+        let again = tokio::time::Instant::now() + Duration::from_secs(1);
+        return Ok((Step::Wait(Some(again)), None));
+    }
+    // loom-soak: disk full
+    // Nothing starts on a full state dir either: the run's records could not
+    // be written (it failed as StartFailed, or its shim died unrecorded and
+    // it was lost, a job's retries spent in seconds). The task waits, told
+    // why by an event, and starts once there is room again.
+    if let Some(free) = crate::run::free_bytes(&ctx.config.state_dir)
+        && free < MIN_FREE_BYTES
+    {
+        warn!(task = %task.metadata.name, free, "the state dir is full: the task waits to start");
+        let _ = ctx
+            .recorder
+            .publish(
+                &ObjectReference::to(task),
+                EventType::Warning,
+                REASON_DISK_FULL,
+                &format!(
+                    "the node's state dir {} has {free} bytes free (less than {MIN_FREE_BYTES}): the task waits to start",
+                    ctx.config.state_dir.display()
+                ),
+            )
+            .await;
+        let again = tokio::time::Instant::now() + Duration::from_secs(2);
+        return Ok((Step::Wait(Some(again)), None));
     }
     let n = last + 1;
     let next = match start(ctx, dir, task, n).await {
@@ -1054,8 +1191,13 @@ fn host_path(mounts: &[MountSpec], path: &str) -> Option<String> {
     })
 }
 
-/// Removes a deleted task's directory (runs, logs).
+/// Removes a deleted task's directory (runs, logs); a mount left in it (a
+/// crashed run's root) is unmounted first, so the removal never walks into it.
 fn cleanup(ctx: &Ctx, dir: &Path) {
+    let left = crate::shim::unmount_under(dir);
+    if !left.is_empty() {
+        warn!(dir = %dir.display(), mounts = ?left, "unmounted what a task's runs left");
+    }
     if let Err(error) = std::fs::remove_dir_all(dir)
         && error.kind() != std::io::ErrorKind::NotFound
     {
@@ -1148,6 +1290,27 @@ mod tests {
             of(&exited(3), None, RestartPolicy::Always, true).0,
             Some(TaskPhase::Failed)
         );
+        // A run lost with its node restarts in place when the task restarts at
+        // all, and is Lost (its owner replaces it) when it never restarts.
+        let lost = ExitRecord::lost("the node crashed");
+        assert_eq!(
+            of(&lost, None, RestartPolicy::Always, false),
+            (None, REASON_SHIM_LOST.into(), "the node crashed".into())
+        );
+        assert_eq!(of(&lost, None, RestartPolicy::OnFailure, false).0, None);
+        assert_eq!(
+            of(&lost, None, RestartPolicy::Never, false).0,
+            Some(TaskPhase::Lost)
+        );
+        assert_eq!(
+            of(&lost, None, RestartPolicy::Always, true).0,
+            Some(TaskPhase::Lost)
+        );
+        // A stop in progress when it was lost still ends it as that stop.
+        assert_eq!(
+            of(&lost, Some(&stop), RestartPolicy::Always, false).0,
+            Some(TaskPhase::Killed)
+        );
         let oom = ExitRecord {
             exit_code: Some(137),
             signal: Some(9),
@@ -1162,6 +1325,88 @@ mod tests {
                 "killed by signal 9".into()
             )
         );
+    }
+
+    #[test]
+    fn a_step_of_the_nodes_wall_clock_does_not_fire_a_time_limit() {
+        // loom-soak: clock step
+        let config = Config::new("n1", PathBuf::from("/nonexistent"));
+        let fence = Fence::new(Duration::from_secs(40));
+        // A run started a moment ago; the node's clock then stepped 5 min
+        // forward, so its start reads 5 min ago.
+        let mut child = match std::process::Command::new("sleep").arg("30").spawn() {
+            Ok(child) => child,
+            Err(error) => panic!("cannot start sleep: {error}"),
+        };
+        let stepped = Utc::now() - chrono::Duration::seconds(300);
+        let task = |limit: i64| -> Task {
+            serde_json::from_value(json!({
+                "metadata": {"name": "t", "namespace": "default"},
+                "spec": {"image": "x", "timeLimitSeconds": limit},
+                "status": {"phase": "Running", "startTime": stepped},
+            }))
+            .unwrap_or_default()
+        };
+        let run = |pid: i32| Started {
+            pid,
+            started_at: stepped,
+        };
+        let young = run(child.id() as i32);
+        let reason = stop_reason(&config, &fence, Some(&task(60)), &young, false);
+        let wake = time_limit_at(Some(&task(60)), &young);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(reason, None, "a young run stopped for its time limit");
+        assert!(
+            wake.is_some_and(|at| at > tokio::time::Instant::now() + Duration::from_secs(50)),
+            "the time limit's wake-up came early: {wake:?}"
+        );
+        // A run that did outlive its limit (pid 1 started at boot) stops.
+        assert_eq!(
+            stop_reason(&config, &fence, Some(&task(1)), &run(1), false).map(|(r, _)| r),
+            Some(REASON_TIME_LIMIT_EXCEEDED.to_owned())
+        );
+        // A process that cannot be read: the wall clock decides, as before.
+        assert_eq!(
+            stop_reason(&config, &fence, Some(&task(60)), &run(i32::MAX), false).map(|(r, _)| r),
+            Some(REASON_TIME_LIMIT_EXCEEDED.to_owned())
+        );
+    }
+
+    #[test]
+    fn a_node_that_cannot_renew_its_lease_stops_its_tasks() {
+        let config = Config::new("n1", PathBuf::from("/nonexistent"));
+        let lease = Duration::from_secs(40);
+        let started = Started {
+            pid: 1,
+            started_at: Utc::now(),
+        };
+        let task: Task = serde_json::from_value(json!({
+            "metadata": {"name": "t", "namespace": "default"},
+            "spec": {"image": "x"},
+            "status": {"phase": "Running"},
+        }))
+        .unwrap_or_default();
+        let reason = |fence: &Fence| {
+            stop_reason(&config, fence, Some(&task), &started, false).map(|(reason, _)| reason)
+        };
+        let now = tokio::time::Instant::now();
+        let renewed_ago = |secs| Fence {
+            renewed: Arc::new(std::sync::Mutex::new(now - Duration::from_secs(secs))),
+            lease,
+        };
+        assert_eq!(reason(&Fence::new(lease)), None);
+        assert_eq!(reason(&renewed_ago(39)), None);
+        let fence = renewed_ago(41);
+        assert!(fence.is_fenced());
+        assert_eq!(reason(&fence).as_deref(), Some(REASON_NODE_FENCED));
+        // An older renewal answered late does not move the bound back.
+        fence.renewed(now - Duration::from_secs(60));
+        assert!(fence.is_fenced());
+        // Renewed again: its tasks may run (and start) again.
+        fence.renewed(now);
+        assert_eq!(reason(&fence), None);
+        assert!(fence.expires_at() >= now + lease);
     }
 
     #[test]

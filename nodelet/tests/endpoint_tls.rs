@@ -1,6 +1,7 @@
 //! The nodelet's endpoint (task logs) over TLS: its serving certificate of
-//! the cluster CA, callers' client certificates verified against it, and only
-//! the API server's user let in — no certificate is a 401, another user a 403.
+//! the cluster CA, callers' client certificates verified against it, the API
+//! server's user let in, and others only as the API server allows — no
+//! certificate is a 401, a user without the right a 403.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use nodelet::server::{API_SERVER_USER, Callers};
 use nodelet::{EndpointTls, FakeDriver};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_endpoint_serves_tls_to_the_api_server_only() {
+async fn the_endpoint_serves_tls_to_callers_the_api_server_allows() {
     let h = Harness::new("endpoint-tls").await;
     let pki = h.server.pki.clone();
     let dir = tempfile::tempdir().unwrap();
@@ -69,11 +70,20 @@ async fn the_endpoint_serves_tls_to_the_api_server_only() {
         .unwrap();
     assert_eq!(get(anonymous.clone(), "/healthz").await, 200);
     assert_eq!(get(anonymous, "/logs/default/t").await, 401);
+    let nobody = pki
+        .http_client(Some(&pki.user("nobody", None)))
+        .build()
+        .unwrap();
     assert_eq!(
-        get(admin, "/logs/default/t").await,
+        get(nobody, "/logs/default/t").await,
         403,
-        "an administrator is not the API server"
+        "a user the API server does not allow to read logs"
     );
+    // An administrator is not the API server, but the API server allows it
+    // (caller_auth.rs tests who else is let in).
+    let code = get(admin.clone(), "/logs/default/t").await;
+    assert!(code != 401 && code != 403, "the administrator: {code}");
+    assert_eq!(get(admin, "/metrics").await, 200);
     let code = get(api_server.clone(), "/logs/default/t").await;
     assert!(
         code != 401 && code != 403,

@@ -193,3 +193,70 @@ async fn start_failures_fail_the_task_and_restarts_do_not_run_it_twice() {
     assert!(status.message.contains("no such device"));
     second.stop().await;
 }
+
+/// Fencing: a node whose lease renewals fail for longer than the lease's
+/// duration stops its tasks (Killed, reason NodeFenced) and starts none; while
+/// it renews, a task runs on past that duration untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_renew_its_lease_stops_its_tasks_and_starts_none() {
+    use api_types::Namespace;
+    use api_types::well_known::{NODE_LEASE_NAMESPACE, REASON_NODE_FENCED};
+    let h = Harness::new("fence").await;
+    h.import_busybox();
+    let driver = FakeDriver::default();
+    driver.set_default(FakeOutcome::UntilSignalled { ignore_term: false });
+    let mut config = h.config();
+    config.lease_duration = Duration::from_secs(3);
+    config.renew_interval = Duration::from_millis(500);
+    let nodelet = h.start(config, Some(Arc::new(driver.clone())));
+    h.create(json!({"metadata": {"name": "long"}, "spec": {"command": ["x"], "terminationGracePeriodSeconds": 1}}))
+        .await;
+    h.wait_for("long", LONG, |t| phase(t) == "Running").await;
+    // Renewing: past the lease's duration, nothing is stopped.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(driver.signals(), vec![], "stopped while renewing");
+
+    // Renewals fail from now on: its Lease and their namespace are deleted
+    // (a Lease cannot be made again in a namespace that is gone or going).
+    let namespaces: Api<Namespace> = Api::all(h.client.clone());
+    let leases: Api<Lease> = Api::namespaced(h.client.clone(), NODE_LEASE_NAMESPACE);
+    namespaces
+        .delete(NODE_LEASE_NAMESPACE, &Default::default())
+        .await
+        .unwrap();
+    let broken = Instant::now();
+    let deadline = broken + LONG;
+    while leases.get_opt(&h.name).await.unwrap().is_some() {
+        let _ = leases.delete(&h.name, &Default::default()).await;
+        assert!(Instant::now() < deadline, "the lease stays");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed = h
+        .wait_for("long", LONG, |t| {
+            t.status
+                .as_ref()
+                .is_some_and(|s| s.reason == REASON_NODE_FENCED)
+        })
+        .await;
+    assert_eq!(phase(&killed), "Killed");
+    let after = broken.elapsed();
+    assert!(
+        after >= Duration::from_secs(2) && after < Duration::from_secs(8),
+        "fenced {after:?} after the renewals stopped (lease 3 s)"
+    );
+    assert_eq!(
+        driver
+            .signals()
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect::<Vec<_>>(),
+        vec![libc::SIGTERM]
+    );
+    // Nothing starts while fenced.
+    let starts = driver.starts().len();
+    h.create(json!({"metadata": {"name": "new"}, "spec": {"command": ["x"]}}))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(driver.starts().len(), starts, "a task started while fenced");
+    nodelet.stop().await;
+}

@@ -68,6 +68,11 @@ pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub const CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How long a node's certificate is valid by default.
 pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The user-name prefix of a node (`system:node:NAME`), as
+/// `api_types::certificates` names it (this crate depends on no other).
+const NODE_USER_PREFIX: &str = "system:node:";
+/// The group of every node.
+const NODES_GROUP: &str = "system:nodes";
 /// Certificates are backdated this much, for clocks a little behind.
 const BACKDATE: Duration = Duration::from_secs(5 * 60);
 
@@ -117,6 +122,17 @@ impl Profile {
                 Err(_) => {}
             }
         }
+        profile
+    }
+
+    /// The serving certificate of node `node` (its endpoint's HTTPS):
+    /// `CN=system:node:NODE, O=system:nodes`, valid for the DNS name `NODE`
+    /// (what the API server checks when it calls the node) and `addresses`.
+    pub fn node_serving(node: &str, addresses: &[IpAddr]) -> Self {
+        let mut names = vec![node.to_owned()];
+        names.extend(addresses.iter().map(IpAddr::to_string));
+        let mut profile = Profile::server(&format!("{NODE_USER_PREFIX}{node}"), &names);
+        profile.organization = Some(NODES_GROUP.to_owned());
         profile
     }
 
@@ -380,8 +396,13 @@ pub struct RequestInfo {
     pub common_name: String,
     /// The subject's O values, in order.
     pub organizations: Vec<String>,
-    /// DNS names and IP addresses it asks for (a client's should have none).
+    /// How many subject alternative names it asks for, of any kind (a
+    /// client's should have none).
     pub alt_names: usize,
+    /// The DNS names among them.
+    pub dns_names: Vec<String>,
+    /// The IP addresses among them.
+    pub ip_addresses: Vec<IpAddr>,
 }
 
 impl RequestInfo {
@@ -413,6 +434,24 @@ impl RequestInfo {
                 .unwrap_or_default(),
             organizations: subject.iter_organization().filter_map(strings).collect(),
             alt_names: params.params.subject_alt_names.len(),
+            dns_names: params
+                .params
+                .subject_alt_names
+                .iter()
+                .filter_map(|name| match name {
+                    SanType::DnsName(dns) => Some(dns.as_str().to_owned()),
+                    _ => None,
+                })
+                .collect(),
+            ip_addresses: params
+                .params
+                .subject_alt_names
+                .iter()
+                .filter_map(|name| match name {
+                    SanType::IpAddress(ip) => Some(*ip),
+                    _ => None,
+                })
+                .collect(),
         })
     }
 }
@@ -649,6 +688,24 @@ mod tests {
         let tampered = csr.replacen("A", "B", 1);
         assert!(RequestInfo::from_pem(&tampered).is_err());
         assert_eq!(sha256(b"abc").len(), "sha256:".len() + 64);
+    }
+
+    #[test]
+    fn a_node_serving_request_names_the_node_and_its_addresses() {
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let profile = Profile::node_serving("node-a", &[ip]);
+        let (csr, _key) = request(&profile).unwrap();
+        let info = RequestInfo::from_pem(&csr).unwrap();
+        assert_eq!(info.common_name, "system:node:node-a");
+        assert_eq!(info.organizations, ["system:nodes"]);
+        assert_eq!(info.dns_names, ["node-a"]);
+        assert_eq!(info.ip_addresses, [ip]);
+        assert_eq!(info.alt_names, 2);
+        let ca = Ca::generate("loom-ca").unwrap();
+        let issued = ca.issue(&profile).unwrap();
+        let cert = CertInfo::from_pem(&issued.cert_pem).unwrap();
+        assert!(profile.is_met_by(&cert) && cert.server_auth && !cert.client_auth);
+        assert_eq!(cert.dns_names, ["node-a"]);
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! What Loom's tests, end-to-end suite and benchmarks start: a private etcd,
-//! API servers on loopback, a plain JSON client of them, and (with features) a small cluster and a nodelet
+//! API servers on loopback, a plain JSON client of them, fault proxies,
+//! network-namespace hosts, and (with features) a small cluster and a nodelet
 //! harness. A dev-dependency only: nothing here is compiled into the product.
 
 pub mod etcd;
 pub mod http;
+pub mod netns;
 pub mod process;
+pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod tls;
@@ -79,6 +82,14 @@ pub enum Error {
     #[cfg(feature = "nodelet")]
     #[error("cannot import the image: {0}")]
     Image(#[from] ::nodelet::image::ImageError),
+    /// A command setting up, cutting or removing a test host failed.
+    #[error("{command}: {detail}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Why it failed (its exit status and stderr).
+        detail: String,
+    },
     /// The API server did not become ready in time.
     #[error("the API server did not become ready within 20 s")]
     NotReady,

@@ -267,6 +267,13 @@ impl TestServer {
         self.wait_ready().await
     }
 
+    /// [`TestServer::restart`] over another store (one restored from a
+    /// snapshot, say): the same address, so its clients carry on against it.
+    pub async fn restart_over(&mut self, store: Arc<dyn Store>, config: Config) -> Result<()> {
+        self.store = store;
+        self.restart(config).await
+    }
+
     async fn wait_ready(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         let http = self

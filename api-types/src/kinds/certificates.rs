@@ -19,6 +19,8 @@ use crate::validation::{FieldError, Validate, validate_object_meta_for};
 pub const CERTIFICATES_GROUP: &str = "certificates.k8s.io";
 /// The signer of nodes' client certificates.
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// The signer of nodes' serving certificates (their endpoint's HTTPS).
+pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 /// The signer of other client certificates (approved by an administrator).
 pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
 /// The group every bootstrap token authenticates in.
@@ -35,6 +37,8 @@ pub const BOOTSTRAP_USER_PREFIX: &str = "system:bootstrap:";
 pub const CLUSTER_CA_PATH: &str = "/.well-known/loom/cluster-ca.crt";
 /// The key usages a node's client certificate may ask for.
 pub const NODE_CLIENT_USAGES: [&str; 3] = ["digital signature", "key encipherment", "client auth"];
+/// The key usages a node's serving certificate may ask for.
+pub const NODE_SERVING_USAGES: [&str; 3] = ["digital signature", "key encipherment", "server auth"];
 /// Every key usage Kubernetes names.
 pub const KEY_USAGES: [&str; 23] = [
     "signing",

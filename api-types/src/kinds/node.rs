@@ -1,4 +1,4 @@
-//! The Node kind: a machine, its taints, capacity, heartbeat condition and sampled usage.
+//! The Node kind: a machine, its taints, task subnet, capacity, heartbeat condition and sampled usage.
 
 use std::collections::BTreeMap;
 
@@ -39,7 +39,7 @@ pub struct Node {
     pub kind: String,
     /// Name and labels (attributes such as `loom.dev/arch`).
     pub metadata: ObjectMeta,
-    /// Cordon and taints.
+    /// Cordon, taints and the task subnet.
     #[serde(skip_serializing_if = "is_default")]
     pub spec: NodeSpec,
     /// Capacity, heartbeat and usage, written by the nodelet.
@@ -116,6 +116,12 @@ pub struct NodeSpec {
     /// Taints.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub taints: Vec<Taint>,
+    /// The IPv4 subnet this node's tasks take their addresses from, e.g.
+    /// `10.77.3.0/24` (`taskCIDR`, as Kubernetes' `podCIDR`). The controllers
+    /// assign it from their `--cluster-cidr` when it is empty; once set it never
+    /// changes. The first step of task networking: nothing uses it yet.
+    #[serde(rename = "taskCIDR", skip_serializing_if = "String::is_empty")]
+    pub task_cidr: String,
 }
 
 /// An address a node can be reached at.

@@ -85,7 +85,10 @@ fn remove_path(object: &mut Value, path: &str) {
         if let Some(open) = rest.find('[') {
             segments.push(rest[..open].to_owned());
             rest = &rest[open..];
-            while let Some(close) = rest.find(']') {
+            // Only `[i]` indexes: a key may hold `]` itself (`a [b]]`).
+            while rest.starts_with('[')
+                && let Some(close) = rest.find(']')
+            {
                 segments.push(rest[1..close].to_owned());
                 rest = &rest[close + 1..];
             }
@@ -118,5 +121,23 @@ fn remove_path(object: &mut Value, path: &str) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn paths_with_brackets_in_keys_do_not_panic() {
+        // Found by loom-fuzz: an unknown key `phase&a [*a]]` panicked here.
+        let mut object = json!({"status": {"phase&a [*a]]": 1, "x": 2}});
+        remove_path(&mut object, "status.phase&a [*a]]");
+        remove_path(&mut object, "]]");
+        remove_path(&mut object, "a[0]x]");
+        let mut object = json!({"spec": {"env": [{"name": "a"}, {"name": "b"}]}});
+        remove_path(&mut object, "spec.env[1].name");
+        assert_eq!(object, json!({"spec": {"env": [{"name": "a"}, {}]}}));
     }
 }

@@ -98,12 +98,15 @@ pub struct Policy {
     pub omit_stages: Vec<Stage>,
 }
 
-/// The policy `loom up` uses: every write at Metadata, reads and the
-/// health, discovery and metrics endpoints not at all.
+/// The policy `loom up` uses: every write and every snapshot at Metadata,
+/// reads and the health, discovery and metrics endpoints not at all.
 pub const DEFAULT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]
 rules:
+  # Snapshots: a copy of the whole store, Secrets included.
+  - level: Metadata
+    nonResourceURLs: ["/snapshot"]
   # Reads: neither the many watches and lists of the components, nor probes.
   - level: None
     verbs: ["get", "list", "watch", "head"]
@@ -549,7 +552,7 @@ rules:
     #[test]
     fn the_default_policy_logs_writes_at_metadata_and_no_reads() {
         let policy = Policy::default_for_up();
-        assert_eq!(policy.rules.len(), 2);
+        assert_eq!(policy.rules.len(), 3);
         let level = |method: &str, path: &str| {
             policy.level(
                 &request("alice", &[], method, path),
@@ -567,6 +570,7 @@ rules:
         assert_eq!(level("GET", &format!("{tasks}/t")), Level::None);
         assert_eq!(level("GET", "/healthz"), Level::None);
         assert_eq!(level("GET", "/metrics"), Level::None);
+        assert_eq!(level("GET", "/snapshot"), Level::Metadata);
         assert_eq!(policy.max_level(), Level::Metadata);
     }
 

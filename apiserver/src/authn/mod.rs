@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use api_types::{ServiceAccount, Status};
 use axum::extract::{Request, State};
-use axum::http::{Extensions, HeaderMap, header};
+use axum::http::{Extensions, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::{debug, info, warn};
@@ -316,32 +316,7 @@ pub fn certificate_user(der: &[u8]) -> Result<User, String> {
     })
 }
 
-/// The bearer token of an `Authorization` header: none without the header; an
-/// error for one that is not `Bearer TOKEN`.
-pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err("more than one Authorization header");
-    }
-    let value = value
-        .to_str()
-        .map_err(|_| "the Authorization header is not text")?;
-    let (scheme, token) = value
-        .trim()
-        .split_once(' ')
-        .ok_or("the Authorization header is not \"Bearer TOKEN\"")?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err("the Authorization header's scheme is not Bearer");
-    }
-    let token = token.trim();
-    if token.is_empty() || token.contains(char::is_whitespace) {
-        return Err("the Authorization header's bearer token is empty or has spaces");
-    }
-    Ok(Some(token))
-}
+pub use loom_listener::auth::bearer_token;
 
 /// Whether a path is served to requests without a credential.
 fn is_public(path: &str) -> bool {
@@ -417,7 +392,10 @@ mod tests {
     fn headers(values: &[&str]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for value in values {
-            headers.append(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            headers.append(
+                axum::http::header::AUTHORIZATION,
+                HeaderValue::from_str(value).unwrap(),
+            );
         }
         headers
     }

@@ -144,6 +144,9 @@ pub struct Authorizer {
     caches: Option<Caches>,
     /// The tasks, for the Node authorizer (which tasks are bound where).
     tasks: Option<Arc<ServedResource>>,
+    /// The certificate signing requests, for who asked for which: a node or
+    /// a bootstrap token reads only its own.
+    csrs: Option<Arc<ServedResource>>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -174,6 +177,7 @@ impl Authorizer {
             rebuilding: std::sync::Mutex::new(()),
             caches: Some(caches),
             tasks: Some(catalog.builtin_resource::<Task>()),
+            csrs: Some(catalog.builtin_resource::<api_types::CertificateSigningRequest>()),
         });
         if let Some(caches) = &authorizer.caches {
             for cache in [
@@ -198,6 +202,7 @@ impl Authorizer {
             rebuilding: std::sync::Mutex::new(()),
             caches: None,
             tasks: None,
+            csrs: None,
         })
     }
 
@@ -245,6 +250,17 @@ impl Authorizer {
                 reason: "an open path".to_owned(),
             };
         }
+        // A node's or a bootstrap token's read of a certificate signing
+        // request: its own only, unless RBAC grants more.
+        if let Some(csrs) = &self.csrs
+            && let Some(decision) = own_certificate_request(request, csrs)
+        {
+            if decision.is_allowed() {
+                return decision;
+            }
+            let rbac = rbac::authorize(&*self.index(), request);
+            return if rbac.is_allowed() { rbac } else { decision };
+        }
         // A node: the Node authorizer, then RBAC (Kubernetes' `Node,RBAC`).
         if let (Some(node), Some(tasks)) = (node::node_of(&request.user), &self.tasks) {
             let decision = node::decide(node, request, tasks);
@@ -268,6 +284,64 @@ impl Authorizer {
         }
         rbac::rules_for(&*self.index(), user, namespace)
     }
+}
+
+/// How a node (`system:node:NAME` in `system:nodes`) or a bootstrap token
+/// (`system:bootstrappers`) may read certificate signing requests: `get` of
+/// one it asked for itself (its `spec.username` is the reader), by the
+/// requests' cache; a name the cache does not hold (yet) is refused too (a
+/// request created a moment ago is not read by another who guesses its
+/// name). Lists and watches are refused: a node reads
+/// the answer to its request by name. `None` for every other request or
+/// user (RBAC decides).
+fn own_certificate_request(request: &Attributes, csrs: &ServedResource) -> Option<Decision> {
+    use api_types::certificates::{BOOTSTRAPPERS_GROUP, CERTIFICATES_GROUP};
+    let bootstrapper = request.user.groups.iter().any(|g| g == BOOTSTRAPPERS_GROUP);
+    if !request.resource_request
+        || request.api_group != CERTIFICATES_GROUP
+        || request.resource != "certificatesigningrequests"
+        || !request.subresource.is_empty()
+        || !matches!(request.verb.as_str(), "get" | "list" | "watch")
+        || !(bootstrapper || node::node_of(&request.user).is_some())
+    {
+        return None;
+    }
+    let user = &request.user.name;
+    if request.verb != "get" || request.name.is_empty() {
+        return Some(Decision::Denied {
+            reason: format!(
+                "{user:?} may read only the certificate signing requests it asked for, one by name (get)"
+            ),
+        });
+    }
+    let Some(object) = csrs.cache.get(&csrs.key("", &request.name)) else {
+        // Not known (yet: the cache follows the store closely): whose it is
+        // cannot be told, so it is nobody's to read.
+        return Some(Decision::Denied {
+            reason: format!(
+                "certificate signing request {:?} is not known (yet), so not known to be {user:?}'s",
+                request.name
+            ),
+        });
+    };
+    let requester = object
+        .value()
+        .pointer("/spec/username")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    Some(if requester == *user {
+        Decision::Allowed {
+            reason: format!("{user:?} reads the certificate signing request it asked for"),
+        }
+    } else {
+        Decision::Denied {
+            reason: format!(
+                "certificate signing request {:?} was asked for by {requester:?}, not by {user:?}",
+                request.name
+            ),
+        }
+    })
 }
 
 /// Whether `path` is one anyone may read.

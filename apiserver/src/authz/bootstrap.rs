@@ -127,7 +127,8 @@ fn scheduler_rules() -> Vec<PolicyRule> {
 }
 
 /// The controllers: jobs, services and their tasks; node lifecycle (the
-/// nodes' Leases, their status); TTL deletion; the nodes' Lease namespace;
+/// nodes' Leases, their status); TTL deletion; expired bootstrap tokens'
+/// deletion; the nodes' Lease namespace;
 /// Events; their leader Lease.
 fn controllers_rules() -> Vec<PolicyRule> {
     let all: Vec<&str> = READ.iter().chain(&WRITE).copied().collect();
@@ -151,6 +152,11 @@ fn controllers_rules() -> Vec<PolicyRule> {
             &["namespaces"],
         ),
         rule(&EVENTS, &[LOOM], &["events"]),
+        rule(
+            &["get", "list", "watch", "delete"],
+            &[LOOM],
+            &["bootstraptokens"],
+        ),
     ]
 }
 
@@ -158,8 +164,9 @@ fn controllers_rules() -> Vec<PolicyRule> {
 /// Node authorizer grants each node what it needs of its own objects); for
 /// an operator who must grant a node more by hand: registers and updates its Node, renews its Lease, follows
 /// the tasks bound to it and writes their status, records Events, creates
-/// the Lease namespace if missing, and mints its tasks' service-account
-/// tokens.
+/// the Lease namespace if missing, mints its tasks' service-account
+/// tokens, and asks who the callers of its own server are and what they may
+/// do (TokenReview, SubjectAccessReview: as Kubernetes' `system:node`).
 fn node_rules() -> Vec<PolicyRule> {
     vec![
         rule(
@@ -174,20 +181,42 @@ fn node_rules() -> Vec<PolicyRule> {
         rule(&EVENTS, &[LOOM], &["events"]),
         rule(&["get", "create"], &[LOOM, CORE], &["namespaces"]),
         rule(&["create"], &[CORE, LOOM], &["serviceaccounts/token"]),
+        rule(
+            &["create"],
+            &[api_types::service_account::AUTHENTICATION_GROUP],
+            &["tokenreviews"],
+        ),
+        rule(
+            &["create"],
+            &[api_types::authorization::AUTHORIZATION_GROUP],
+            &["subjectaccessreviews"],
+        ),
     ]
 }
 
 /// What a node joining with a bootstrap token, or renewing its certificate,
-/// may do with certificate requests: ask, and follow the answer (the
-/// certificate admission step refuses any request but the node's own client
-/// certificate, as Kubernetes' `system:node-bootstrapper` and
-/// `selfnodeclient` approval do).
+/// may do with certificate requests: ask (the certificate admission step
+/// refuses any request but the node's own client certificate, as
+/// Kubernetes' `system:node-bootstrapper` and `selfnodeclient` approval
+/// do). It reads the answer by name, and only its own: the authorizer
+/// decides that by the request's requester, which no rule can say.
 fn certificate_request_rules() -> Vec<PolicyRule> {
     vec![rule(
-        &["create", "get", "list", "watch"],
+        &["create"],
         &[api_types::certificates::CERTIFICATES_GROUP],
         &["certificatesigningrequests"],
     )]
+}
+
+/// The rule the roles of [`certificate_request_rules`] held before: reading
+/// every request. Taken back from a stored role that still holds it as it
+/// was made (reconciliation otherwise only adds).
+fn retired_certificate_request_rule() -> PolicyRule {
+    rule(
+        &["create", "get", "list", "watch"],
+        &[api_types::certificates::CERTIFICATES_GROUP],
+        &["certificatesigningrequests"],
+    )
 }
 
 /// The role of bootstrap tokens.
@@ -311,6 +340,15 @@ fn label(meta: &mut api_types::ObjectMeta) {
 pub async fn ensure(api: &GenericStore) {
     for role in cluster_roles() {
         reconcile(api, &role, |stored: &mut ClusterRole, wanted| {
+            let mut retired = false;
+            if [NODE_BOOTSTRAPPER_ROLE, SELF_NODE_CLIENT_ROLE]
+                .contains(&wanted.metadata.name.as_str())
+            {
+                let before = stored.rules.len();
+                let old = retired_certificate_request_rule();
+                stored.rules.retain(|rule| *rule != old);
+                retired = stored.rules.len() != before;
+            }
             let lost: Vec<PolicyRule> = wanted
                 .rules
                 .iter()
@@ -320,7 +358,7 @@ pub async fn ensure(api: &GenericStore) {
                 .cloned()
                 .collect();
             stored.rules.extend(lost.iter().cloned());
-            !lost.is_empty()
+            retired || !lost.is_empty()
         })
         .await;
     }
@@ -417,6 +455,24 @@ mod tests {
                     .iter()
                     .any(|r| r.metadata.name == binding.role_ref.name)
             );
+        }
+    }
+
+    #[test]
+    fn a_node_may_review_its_callers_and_no_more() {
+        let authn = api_types::service_account::AUTHENTICATION_GROUP;
+        let authz = api_types::authorization::AUTHORIZATION_GROUP;
+        let needed = [
+            rule(&["create"], &[authn], &["tokenreviews"]),
+            rule(&["create"], &[authz], &["subjectaccessreviews"]),
+        ];
+        assert!(super::super::rbac::uncovered(&node_rules(), &needed).is_empty());
+        for wider in [
+            rule(&["get"], &[authn], &["tokenreviews"]),
+            rule(&["create"], &[authz], &["localsubjectaccessreviews"]),
+            rule(&["create"], &[authz], &["selfsubjectrulesreviews"]),
+        ] {
+            assert!(!super::super::rbac::uncovered(&node_rules(), &[wider]).is_empty());
         }
     }
 

@@ -10,7 +10,11 @@
 //! Events; list and watch Services and Endpoints; get and
 //! create the node-lease namespace it registers into; create TokenReviews
 //! and SubjectAccessReviews (to authenticate and authorize the callers of
-//! its own server). Anything else is up to
+//! its own server); create CertificateSigningRequests (its client
+//! certificate's renewal and its serving certificate: the certificate
+//! admission step approves only those naming the node itself, and denies
+//! the rest; reading its answer back, by name and only its own, is the
+//! authorizer's own-request check). Anything else is up to
 //! RBAC, where nodes hold nothing but discovery and self reviews, so it is a
 //! 403. The authorizer decides by the request's path and the Task cache; the
 //! admission step checks what the path does not show (the name in a create's
@@ -129,6 +133,12 @@ pub fn decide(node: &str, request: &Attributes, tasks: &ServedResource) -> Decis
         // kubelet does: TokenReview, SubjectAccessReview).
         "tokenreviews" if request.api_group == "authentication.k8s.io" => verb == "create",
         "subjectaccessreviews" if request.api_group == "authorization.k8s.io" => verb == "create",
+        // What it may ask for is the certificate admission step's to say.
+        "certificatesigningrequests"
+            if request.api_group == api_types::certificates::CERTIFICATES_GROUP =>
+        {
+            verb == "create" && sub.is_empty()
+        }
         "namespaces" if core_or_loom => match verb {
             "get" => request.name == NODE_LEASE_NAMESPACE && sub.is_empty(),
             "create" => sub.is_empty(),

@@ -8,10 +8,21 @@
 //! asking for `CN=system:node:NAME, O=system:nodes`, and a node
 //! `system:node:NAME` asking for its own name again (renewal); for client
 //! authentication only, from the kubelet-client signer. Anything else such
-//! a requester asks is refused (403); anyone else's request waits for an
-//! administrator to approve it (a status write with an `Approved` condition),
-//! and is signed then. Signing happens in the write that approves, so a
-//! request is never stored approved but unsigned while this server signs.
+//! a requester asks for a client certificate is refused (403).
+//!
+//! A node's serving certificate (its endpoint's HTTPS, the kubelet-serving
+//! signer) is approved at creation only when node `NAME` itself asks for
+//! `CN=system:node:NAME, O=system:nodes`, server auth, and the one subject
+//! alternative name `DNS:NAME`: the name the API server checks when it calls
+//! the node. A node's request naming another node, an IP address (nothing
+//! proves an address is the node's: it reports its own), or anything else is
+//! stored denied, with a condition that says why, and never signed; a
+//! bootstrap token may not ask for one at all (403).
+//!
+//! Anyone else's request waits for an administrator to approve it (a status
+//! write with an `Approved` condition), and is signed then. Signing happens
+//! in the write that approves, so a request is never stored approved but
+//! unsigned while this server signs.
 //!
 //! The cluster CA's certificate is served to anyone at
 //! [`CLUSTER_CA_PATH`]: a joining node knows nothing yet, and checks what it
@@ -21,7 +32,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api_types::certificates::{
-    BOOTSTRAPPERS_GROUP, CLIENT_SIGNER, CLUSTER_CA_PATH, KUBELET_CLIENT_SIGNER, NODE_CLIENT_USAGES,
+    BOOTSTRAPPERS_GROUP, CLIENT_SIGNER, CLUSTER_CA_PATH, KUBELET_CLIENT_SIGNER,
+    KUBELET_SERVING_SIGNER, NODE_CLIENT_USAGES, NODE_SERVING_USAGES,
 };
 use api_types::{BootstrapToken, CertificateSigningRequest, FieldError, Status};
 use async_trait::async_trait;
@@ -281,35 +293,148 @@ pub fn node_client_request<'a>(
     Ok(node)
 }
 
-/// What a requester's new request gets: approval, a refusal, or neither
-/// (an administrator decides).
+/// Whether `csr` (with subject `info`) has the form of a node's serving
+/// certificate request from the kubelet-serving signer: `CN=system:node:NAME`,
+/// `O=system:nodes`, server auth with digital signature and key encipherment
+/// allowed, and only DNS names and IP addresses as alternative names. The
+/// node's name, or why not.
+pub fn node_serving_request<'a>(
+    csr: &CertificateSigningRequest,
+    info: &'a pki::RequestInfo,
+) -> Result<&'a str, String> {
+    if csr.spec.signer_name != KUBELET_SERVING_SIGNER {
+        return Err(format!("the signer must be {KUBELET_SERVING_SIGNER}"));
+    }
+    let node = info
+        .common_name
+        .strip_prefix(NODE_USER_PREFIX)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "the subject's CN must be system:node:NAME, not {:?}",
+                info.common_name
+            )
+        })?;
+    if info.organizations != [NODES_GROUP] {
+        return Err(format!(
+            "the subject's O must be {NODES_GROUP} alone, not {:?}",
+            info.organizations
+        ));
+    }
+    if info.alt_names != info.dns_names.len() + info.ip_addresses.len() {
+        return Err(
+            "a serving certificate's alternative names may only be DNS names and IP addresses"
+                .to_owned(),
+        );
+    }
+    if info.alt_names == 0 {
+        return Err("a serving certificate names at least the node (DNS:NAME)".to_owned());
+    }
+    if !csr.spec.usages.iter().any(|u| u == "server auth")
+        || csr
+            .spec
+            .usages
+            .iter()
+            .any(|u| !NODE_SERVING_USAGES.contains(&u.as_str()))
+    {
+        return Err(format!(
+            "the usages must be server auth, with digital signature and key encipherment allowed; not {:?}",
+            csr.spec.usages
+        ));
+    }
+    Ok(node)
+}
+
+/// Why node `node`'s own request for a serving certificate is not approved
+/// at once, if it is not: it must be of the form
+/// [`node_serving_request`] checks, for `node` itself, naming nothing but
+/// `DNS:NODE`. IP addresses are not approved: a node reports its own
+/// addresses, so nothing here proves one is its own, and a certificate for
+/// another node's address would pass for that node with any client that
+/// checks addresses. The API server checks the name instead.
+pub fn node_serving_refusal(
+    node: &str,
+    csr: &CertificateSigningRequest,
+    info: &pki::RequestInfo,
+) -> Option<String> {
+    let asked = match node_serving_request(csr, info) {
+        Ok(asked) => asked,
+        Err(why) => return Some(why),
+    };
+    if asked != node {
+        return Some(format!(
+            "node {node:?} may only ask for its own serving certificate, not node {asked:?}'s"
+        ));
+    }
+    if let Some(other) = info.dns_names.iter().find(|d| d.as_str() != node) {
+        return Some(format!(
+            "node {node:?} may only name itself (DNS:{node}), not {other:?}"
+        ));
+    }
+    if !info.dns_names.iter().any(|d| d == node) {
+        return Some(format!("the request must name the node: DNS:{node}"));
+    }
+    if !info.ip_addresses.is_empty() {
+        let ips: Vec<String> = info.ip_addresses.iter().map(ToString::to_string).collect();
+        return Some(format!(
+            "IP addresses ({}) are not approved automatically: nothing proves they are node {node:?}'s \
+             (the API server checks DNS:{node}); an administrator may issue such a certificate",
+            ips.join(", ")
+        ));
+    }
+    None
+}
+
+/// What a requester's new request gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Approved at once, with this message.
+    Approved(&'static str),
+    /// Stored denied, never signed, with this message.
+    Denied(String),
+    /// Refused: not stored (403), with this message.
+    Refused(String),
+    /// Left for an administrator to decide.
+    Pending,
+}
+
+/// What `user`'s new request `csr` (with subject `info`) gets.
 pub fn approval(
     user: &UserInfo,
     csr: &CertificateSigningRequest,
     info: &pki::RequestInfo,
-) -> Result<Option<&'static str>, String> {
+) -> Decision {
     let bootstrapper = user.groups.iter().any(|g| g == BOOTSTRAPPERS_GROUP);
     if bootstrapper {
-        node_client_request(csr, info).map_err(|why| {
-            format!("a bootstrap token may only ask for a node's client certificate: {why}")
-        })?;
-        return Ok(Some(
-            "Auto approving a node's client certificate requested with a bootstrap token.",
-        ));
+        return match node_client_request(csr, info) {
+            Ok(_) => Decision::Approved(
+                "Auto approving a node's client certificate requested with a bootstrap token.",
+            ),
+            Err(why) => Decision::Refused(format!(
+                "a bootstrap token may only ask for a node's client certificate: {why}"
+            )),
+        };
     }
-    if let Some(node) = node_of(user) {
-        let asked = node_client_request(csr, info)
-            .map_err(|why| format!("a node may only ask for its own client certificate: {why}"))?;
-        if asked != node {
-            return Err(format!(
-                "node {node:?} may only ask for its own client certificate, not node {asked:?}'s"
-            ));
+    let Some(node) = node_of(user) else {
+        return Decision::Pending;
+    };
+    if csr.spec.signer_name == KUBELET_SERVING_SIGNER {
+        return match node_serving_refusal(node, csr, info) {
+            None => Decision::Approved("Auto approving a node's own serving certificate."),
+            Some(why) => Decision::Denied(why),
+        };
+    }
+    match node_client_request(csr, info) {
+        Err(why) => Decision::Refused(format!(
+            "a node may only ask for its own client or serving certificate: {why}"
+        )),
+        Ok(asked) if asked != node => Decision::Refused(format!(
+            "node {node:?} may only ask for its own client certificate, not node {asked:?}'s"
+        )),
+        Ok(_) => {
+            Decision::Approved("Auto approving the renewal of a node's own client certificate.")
         }
-        return Ok(Some(
-            "Auto approving the renewal of a node's own client certificate.",
-        ));
     }
-    Ok(None)
 }
 
 /// Signs an approved request: the PEM certificate, or why it is not signed.
@@ -319,9 +444,22 @@ pub fn sign(
     pem: &str,
     info: &pki::RequestInfo,
 ) -> Result<String, String> {
+    let mut names = Vec::new();
     match csr.spec.signer_name.as_str() {
         KUBELET_CLIENT_SIGNER => {
             node_client_request(csr, info)?;
+        }
+        KUBELET_SERVING_SIGNER => {
+            let node = node_serving_request(csr, info)?;
+            // The API server calls a node by its name: a certificate of
+            // one node naming another would pass for that one.
+            if let Some(other) = info.dns_names.iter().find(|d| d.as_str() != node) {
+                return Err(format!(
+                    "the serving certificate of node {node:?} may name no other host, not {other:?}"
+                ));
+            }
+            names.extend(info.dns_names.iter().cloned());
+            names.extend(info.ip_addresses.iter().map(ToString::to_string));
         }
         CLIENT_SIGNER => {
             if info.common_name.is_empty() {
@@ -340,10 +478,16 @@ pub fn sign(
     if let Some(seconds) = csr.spec.expiration_seconds {
         validity = validity.min(Duration::from_secs(u64::try_from(seconds).unwrap_or(0)));
     }
-    let profile = pki::Profile::client(
-        &info.common_name,
-        info.organizations.first().map(String::as_str),
-    )
+    let profile = if csr.spec.signer_name == KUBELET_SERVING_SIGNER {
+        let mut profile = pki::Profile::server(&info.common_name, &names);
+        profile.organization = info.organizations.first().cloned();
+        profile
+    } else {
+        pki::Profile::client(
+            &info.common_name,
+            info.organizations.first().map(String::as_str),
+        )
+    }
     .valid_for(validity);
     signing
         .ca
@@ -436,14 +580,18 @@ impl AdmissionStep for CertificateAdmission {
             && let Some(user) = &user
         {
             match approval(user, &csr, &info) {
-                Ok(Some(message)) => {
+                Decision::Approved(message) => {
                     push_condition(
                         &mut review.object,
                         condition("Approved", "AutoApproved", message),
                     );
                 }
-                Ok(None) => {}
-                Err(why) => {
+                Decision::Denied(why) => {
+                    info!(csr = review.name, user = %user.name, reason = %why, "denied a node's certificate signing request");
+                    push_condition(&mut review.object, condition("Denied", "AutoDenied", &why));
+                }
+                Decision::Pending => {}
+                Decision::Refused(why) => {
                     return Err(ApiError::from(Status::forbidden(
                         &review.resource.group_resource(),
                         review.name,

@@ -118,7 +118,7 @@ impl GenericStore {
                 .await
                 .map_err(|e| match e {
                     store::Error::Compacted { requested, compacted } if query.continue_token.is_some() => {
-                        ApiError::from(Status::gone(format!(
+                        ApiError::from(Status::expired(format!(
                             "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results ({requested} < {compacted})"
                         )))
                     }

@@ -84,7 +84,7 @@ pub struct GenericStore {
     /// The most operations one JSON Patch may have (413 beyond).
     pub max_patch_operations: usize,
     /// How nodelets are called (task logs).
-    pub nodelet_client: reqwest::Client,
+    pub nodelet_client: crate::logs::NodeletClient,
 }
 
 impl std::fmt::Debug for GenericStore {

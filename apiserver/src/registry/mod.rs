@@ -7,6 +7,7 @@
 //! [`Strategy`], what must happen around its writes in its [`Hooks`], and paths
 //! below its objects (`tasks/{name}/binding`) in its [`Subresource`]s.
 
+pub mod conversion;
 pub mod custom;
 pub mod event;
 pub mod job;

@@ -1,4 +1,5 @@
-//! Nodes: registered by their nodelet with their status; cordoned through `spec.unschedulable`.
+//! Nodes: registered by their nodelet with their status; cordoned through `spec.unschedulable`;
+//! given a task subnet (`spec.taskCIDR`, immutable once set) by the controllers.
 
 use api_types::Node;
 use serde_json::{Value, json};
@@ -29,6 +30,13 @@ pub fn strategy() -> Typed<Node> {
             priority: 0,
             cell: |o| field(o, "status.allocatable.memory"),
         },
+        Column {
+            name: "Task-CIDR",
+            kind: "string",
+            description: "The subnet the node's tasks take their addresses from",
+            priority: 1,
+            cell: |o| field(o, "spec.taskCIDR"),
+        },
     ])
     .selectable(&["spec.unschedulable"])
     .status_on_create()
@@ -54,4 +62,26 @@ fn status(object: &Value) -> Value {
         text.push_str(",SchedulingDisabled");
     }
     json!(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Strategy;
+
+    #[test]
+    fn the_task_subnet_is_a_wide_column() {
+        let columns = strategy().columns();
+        let column = columns
+            .iter()
+            .find(|c| c.name == "Task-CIDR")
+            .unwrap_or_else(|| panic!("no Task-CIDR column"));
+        assert_eq!(column.priority, 1, "shown with -o wide only");
+        let node = json!({"metadata": {"name": "n1"}, "spec": {"taskCIDR": "10.77.3.0/24"}});
+        assert_eq!((column.cell)(&node), json!("10.77.3.0/24"));
+        assert_eq!(
+            (column.cell)(&json!({"metadata": {"name": "n2"}})),
+            json!("")
+        );
+    }
 }

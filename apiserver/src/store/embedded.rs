@@ -25,11 +25,11 @@ use rusqlite::{
     params,
 };
 use tokio::sync::{broadcast, oneshot};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{
-    Deleted, Error, Event, KeyValue, ListOptions, ListPlan, ListResult, Result, Revision, Store,
-    WatchStream, check_value_size, prefix_end,
+    Deleted, Error, Event, KeyValue, ListOptions, ListPlan, ListResult, Result, Revision, Snapshot,
+    SnapshotKind, Store, WatchStream, check_value_size, prefix_end,
 };
 
 /// How the embedded store behaves.
@@ -168,6 +168,7 @@ impl EmbeddedStore {
             })?;
         }
         let lock = lock_file(&path)?;
+        remove_stale_copies(&path);
         let conn = open_writer(&path)?;
         let revision = read_sequence(&conn)?;
         let compacted = read_meta(&conn, "compact_revision")?;
@@ -343,10 +344,282 @@ impl Store for EmbeddedStore {
     async fn current_revision(&self) -> Result<Revision> {
         Ok(self.shared.revision.load(Ordering::Acquire))
     }
+
+    async fn snapshot(&self) -> Result<Snapshot> {
+        let path = self.shared.path.clone();
+        tokio::task::spawn_blocking(move || backup(&path))
+            .await
+            .map_err(|e| Error::Backend(format!("the snapshot failed: {e}")))?
+    }
+}
+
+/// The name of a snapshot's copy while it is made, beside the store.
+const SNAPSHOT_TEMP_PREFIX: &str = ".loom-snapshot-";
+
+/// What a snapshot file of the embedded store holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The revision of its last write.
+    pub revision: Revision,
+    /// History before this revision is gone.
+    pub compacted: Revision,
+    /// Keys in it.
+    pub keys: i64,
+    /// Its format ([`FORMAT_VERSION`] or older).
+    pub format: i64,
+}
+
+/// Copies the database at `path` with SQLite's online backup into an unlinked
+/// file beside it (the data dir, not a small /tmp), while the writer goes on.
+fn backup(path: &Path) -> Result<Snapshot> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let temp = tempfile::Builder::new()
+        .prefix(SNAPSHOT_TEMP_PREFIX)
+        .tempfile_in(dir)
+        .map_err(|e| {
+            Error::Backend(format!(
+                "cannot make the snapshot's file in {}: {e}",
+                dir.display()
+            ))
+        })?;
+    let revision = {
+        let source = open_reader(path)?;
+        let mut copy = Connection::open(temp.path()).map_err(sqlite)?;
+        {
+            let backup = rusqlite::backup::Backup::new(&source, &mut copy).map_err(sqlite)?;
+            // Every page in one step: one read transaction, so one consistent
+            // state, which WAL lets the writer keep committing beside. (Smaller
+            // steps restart whenever the writer commits in between.)
+            match backup.step(-1).map_err(sqlite)? {
+                rusqlite::backup::StepResult::Done => {}
+                other => {
+                    return Err(Error::Backend(format!(
+                        "the online backup did not finish: {other:?}"
+                    )));
+                }
+            }
+        }
+        // One self-contained file: no write-ahead log beside it.
+        let _: String = copy
+            .query_row("PRAGMA journal_mode = DELETE", [], |row| row.get(0))
+            .map_err(sqlite)?;
+        let revision = read_sequence(&copy)?;
+        copy.close().map_err(|(_, e)| sqlite(e))?;
+        revision
+    };
+    let file = temp
+        .reopen()
+        .map_err(|e| Error::Backend(format!("cannot read the snapshot back: {e}")))?;
+    // The name goes now; the open file stays readable until closed.
+    temp.close()
+        .map_err(|e| Error::Backend(format!("cannot remove the snapshot's name: {e}")))?;
+    let size = file
+        .metadata()
+        .map_err(|e| Error::Backend(format!("cannot read the snapshot back: {e}")))?
+        .len();
+    debug!(revision, size, "embedded store snapshot taken");
+    Ok(Snapshot {
+        kind: SnapshotKind::Embedded,
+        revision,
+        file,
+        size,
+    })
+}
+
+/// Checks a snapshot file of the embedded store (SQLite's quick check, the
+/// tables, a format this build reads) and says what it holds.
+pub fn inspect(path: &Path) -> Result<SnapshotInfo> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| Error::Backend(format!("cannot open {}: {e}", path.display())))?;
+    let format = format_version(&conn, path)?;
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |row| row.get(0))
+        .map_err(|e| Error::Backend(format!("{} is not a sound database: {e}", path.display())))?;
+    if check != "ok" {
+        return Err(Error::Backend(format!(
+            "{} is damaged: {check}",
+            path.display()
+        )));
+    }
+    let tables: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'
+             AND name IN ('log', 'current', 'meta')",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(sqlite)?;
+    if tables != 3 {
+        return Err(Error::Backend(format!(
+            "{} is a SQLite database but not a Loom store",
+            path.display()
+        )));
+    }
+    Ok(SnapshotInfo {
+        revision: read_sequence(&conn)?,
+        compacted: read_meta(&conn, "compact_revision")?,
+        keys: conn
+            .query_row("SELECT COUNT(*) FROM current", [], |row| row.get(0))
+            .map_err(sqlite)?,
+        format,
+    })
+}
+
+/// Revisions a restore skips by default, as etcd's `--bump-revision` advice
+/// for Kubernetes: more writes than a cluster makes between a snapshot and its
+/// restore, so every resourceVersion a client still holds from the lost
+/// history is older than the restored store's first and gets 410 Gone.
+pub const DEFAULT_RESTORE_BUMP: i64 = 1_000_000_000;
+
+/// Makes the database `dest` from the snapshot file `snapshot`: the same keys
+/// at the same revisions, history before the snapshot's revision compacted,
+/// and the next write `bump` revisions past it (`etcdutl snapshot restore
+/// --bump-revision --mark-compacted`): a client's resourceVersion from after
+/// the snapshot is then older than the restored store's compaction, so its
+/// watch gets 410 Gone and it relists, rather than waiting for a revision
+/// that would mean something else now. `dest` must not exist.
+pub fn restore(snapshot: &Path, dest: &Path, bump: i64) -> Result<Restored> {
+    if bump < 0 {
+        return Err(Error::Backend(format!(
+            "the revision bump must not be negative (got {bump})"
+        )));
+    }
+    for suffix in ["", "-wal"] {
+        let mut file = dest.as_os_str().to_owned();
+        file.push(suffix);
+        if Path::new(&file).exists() {
+            return Err(Error::Backend(format!(
+                "{} already exists: restore into a new data dir, or move the old store aside first",
+                Path::new(&file).display()
+            )));
+        }
+    }
+    let info = inspect(snapshot)?;
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::Backend(format!("cannot create {}: {e}", dir.display())))?;
+    let temp = tempfile::Builder::new()
+        .prefix(".loom-restore-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::Backend(format!("cannot make a file in {}: {e}", dir.display())))?;
+    std::fs::copy(snapshot, temp.path()).map_err(|e| {
+        Error::Backend(format!(
+            "cannot copy {} to {}: {e}",
+            snapshot.display(),
+            temp.path().display()
+        ))
+    })?;
+    let start = {
+        // Migrates an older format, as opening the store would.
+        let mut conn = open_writer(temp.path())?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sqlite)?;
+        let head = read_sequence(&tx)?;
+        let scanned = read_meta(&tx, "compact_scanned")?;
+        let start = head
+            .checked_add(bump)
+            .ok_or_else(|| Error::Backend(format!("revision {head} + bump {bump} is too large")))?;
+        // The history before the snapshot's revision is compacted, as a
+        // compaction up to it would: every superseded row and every delete.
+        tx.execute(
+            "DELETE FROM log WHERE revision IN
+             (SELECT prev_revision FROM log WHERE revision > ?1 AND prev_revision > 0)",
+            [scanned],
+        )
+        .map_err(sqlite)?;
+        tx.execute(
+            "DELETE FROM log WHERE revision > ?1 AND deleted = 1",
+            [scanned],
+        )
+        .map_err(sqlite)?;
+        let updated = tx
+            .execute(
+                "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'log'",
+                [start],
+            )
+            .map_err(sqlite)?;
+        if updated == 0 {
+            tx.execute(
+                "INSERT INTO sqlite_sequence (name, seq) VALUES ('log', ?1)",
+                [start],
+            )
+            .map_err(sqlite)?;
+        }
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE name IN ('compact_revision', 'compact_scanned')",
+            [start],
+        )
+        .map_err(sqlite)?;
+        tx.commit().map_err(sqlite)?;
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .map_err(sqlite)?;
+        conn.close().map_err(|(_, e)| sqlite(e))?;
+        start
+    };
+    let file = temp
+        .persist_noclobber(dest)
+        .map_err(|e| Error::Backend(format!("cannot write {}: {}", dest.display(), e.error)))?;
+    file.sync_all()
+        .map_err(|e| Error::Backend(format!("cannot sync {}: {e}", dest.display())))?;
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    info!(
+        snapshot = %snapshot.display(),
+        store = %dest.display(),
+        revision = info.revision,
+        next = start + 1,
+        "store restored"
+    );
+    Ok(Restored {
+        snapshot: info,
+        start,
+    })
+}
+
+/// What a restore made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restored {
+    /// What the snapshot held.
+    pub snapshot: SnapshotInfo,
+    /// The restored store's revision and compaction mark: its next write is one past it.
+    pub start: Revision,
 }
 
 fn sqlite(error: rusqlite::Error) -> Error {
     Error::Backend(format!("sqlite: {error}"))
+}
+
+/// Snapshot copies a crash left beside the store (their names are unlinked
+/// as soon as a copy is complete, so any found under the lock are stale).
+fn remove_stale_copies(path: &Path) {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(SNAPSHOT_TEMP_PREFIX) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    info!(file = %entry.path().display(), "removed a snapshot copy a crash left")
+                }
+                Err(error) => {
+                    warn!(%error, file = %entry.path().display(), "cannot remove a stale snapshot copy")
+                }
+            }
+        }
+    }
 }
 
 fn lock_file(path: &Path) -> Result<File> {
@@ -370,6 +643,8 @@ fn lock_file(path: &Path) -> Result<File> {
 fn open_writer(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)
         .map_err(|e| Error::Backend(format!("cannot open the store {}: {e}", path.display())))?;
+    // Before anything is written to it: a newer Loom's file is left as it is.
+    let found = format_version(&conn, path)?;
     // auto_vacuum only takes effect before the first table exists.
     conn.execute_batch(&format!(
         "PRAGMA auto_vacuum = INCREMENTAL;
@@ -390,9 +665,90 @@ fn open_writer(path: &Path) -> Result<Connection> {
             path.display()
         )));
     }
-    conn.execute_batch(SCHEMA).map_err(sqlite)?;
+    upgrade(&conn, path, found)?;
     stable_plans(&conn)?;
     Ok(conn)
+}
+
+/// The format of the database this build reads and writes, kept in SQLite's
+/// `user_version` (in the file's header, so snapshots carry it).
+///
+/// 1: the `log`, `current` and `meta` tables. A file from before formats were
+/// recorded has 0 and the same tables.
+pub const FORMAT_VERSION: i64 = 1;
+
+/// The steps from an older format: `MIGRATIONS[v]` brings a file from format
+/// `v` to `v + 1`, inside the transaction that opens it.
+const MIGRATIONS: [&str; 1] = [
+    // 0 → 1: the same tables; only the format is new.
+    "",
+];
+const _: () = assert!(MIGRATIONS.len() as i64 == FORMAT_VERSION);
+
+/// The file's format, refusing one newer than this build's.
+fn format_version(conn: &Connection, path: &Path) -> Result<i64> {
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|e| Error::Backend(format!("cannot read the store {}: {e}", path.display())))?;
+    if found > FORMAT_VERSION {
+        return Err(Error::Backend(format!(
+            "the store {} is in format {found}, newer than format {FORMAT_VERSION} that this \
+             build of Loom reads: it was written by a newer Loom. Run that version (or a newer \
+             one), or restore a snapshot this version took",
+            path.display()
+        )));
+    }
+    if found < 0 {
+        return Err(Error::Backend(format!(
+            "the store {} has an unknown format ({found}): it is not a Loom store",
+            path.display()
+        )));
+    }
+    Ok(found)
+}
+
+/// Creates the tables of a new file, or migrates an older one to
+/// [`FORMAT_VERSION`], in one transaction: a crash leaves the old format.
+fn upgrade(conn: &Connection, path: &Path, found: i64) -> Result<()> {
+    let exists: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'log')",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(sqlite)?;
+    if exists && found == FORMAT_VERSION {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(sqlite)?;
+    let result = (|| -> Result<()> {
+        if exists {
+            let from = usize::try_from(found).unwrap_or(0);
+            for (step, migration) in MIGRATIONS.iter().enumerate().skip(from) {
+                conn.execute_batch(migration).map_err(|e| {
+                    Error::Backend(format!(
+                        "cannot migrate the store {} from format {step} to {}: {e}",
+                        path.display(),
+                        step + 1
+                    ))
+                })?;
+            }
+        }
+        conn.execute_batch(SCHEMA).map_err(sqlite)?;
+        conn.execute_batch(&format!("PRAGMA user_version = {FORMAT_VERSION}"))
+            .map_err(sqlite)
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT").map_err(sqlite)?,
+        Err(error) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(error);
+        }
+    }
+    if exists {
+        info!(path = %path.display(), from = found, to = FORMAT_VERSION, "store migrated");
+    }
+    Ok(())
 }
 
 /// Keeps each statement's query plan once compiled. SQLite otherwise marks a
@@ -1042,6 +1398,180 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn temp() -> tempfile::TempDir {
+        tempfile::tempdir().expect("a temp dir")
+    }
+
+    fn user_version(path: &Path) -> i64 {
+        Connection::open(path)
+            .and_then(|c| c.query_row("PRAGMA user_version", [], |row| row.get(0)))
+            .expect("the file's user_version")
+    }
+
+    #[tokio::test]
+    async fn a_store_from_before_formats_is_migrated() -> Result<()> {
+        let dir = temp();
+        let path = dir.path().join("loom.db");
+        {
+            // As the build before formats made it: the tables, user_version 0.
+            let conn = Connection::open(&path).map_err(sqlite)?;
+            conn.execute_batch("PRAGMA journal_mode = WAL;")
+                .map_err(sqlite)?;
+            conn.execute_batch(SCHEMA).map_err(sqlite)?;
+            conn.execute(
+                "INSERT INTO log (key, create_revision, prev_revision, deleted, value)
+                 VALUES (?1, 1, 0, 0, x'7b7d')",
+                [b"/a".as_slice()],
+            )
+            .map_err(sqlite)?;
+            conn.execute(
+                "INSERT INTO current (key, revision) VALUES (?1, 1)",
+                [b"/a".as_slice()],
+            )
+            .map_err(sqlite)?;
+        }
+        assert_eq!(user_version(&path), 0);
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&path))?;
+        let kv = store.get("/a").await?.expect("the old key");
+        assert_eq!((kv.mod_revision, &kv.value[..]), (1, &b"{}"[..]));
+        assert_eq!(
+            store
+                .create("/b", Bytes::from_static(b"{}"))
+                .await?
+                .mod_revision,
+            2
+        );
+        store.close().await;
+        assert_eq!(user_version(&path), FORMAT_VERSION);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_copy_a_crash_left_is_removed_at_open() -> Result<()> {
+        let dir = temp();
+        let stale = dir.path().join(format!("{SNAPSHOT_TEMP_PREFIX}abc123"));
+        let other = dir.path().join("notes.txt");
+        for file in [&stale, &other] {
+            std::fs::write(file, b"x").map_err(|e| Error::Backend(e.to_string()))?;
+        }
+        EmbeddedStore::open(EmbeddedOptions::new(dir.path().join("loom.db")))?
+            .close()
+            .await;
+        assert!(!stale.exists());
+        assert!(other.exists());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_newer_store_is_refused_naming_the_file_and_formats() -> Result<()> {
+        let dir = temp();
+        let path = dir.path().join("loom.db");
+        EmbeddedStore::open(EmbeddedOptions::new(&path))?
+            .close()
+            .await;
+        let newer = FORMAT_VERSION + 1;
+        Connection::open(&path)
+            .and_then(|c| c.execute_batch(&format!("PRAGMA user_version = {newer}")))
+            .map_err(sqlite)?;
+        let error = EmbeddedStore::open(EmbeddedOptions::new(&path))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains(&path.display().to_string()), "{error}");
+        assert!(
+            error.contains(&format!(
+                "format {newer}, newer than format {FORMAT_VERSION}"
+            )),
+            "{error}"
+        );
+        assert!(error.contains("newer Loom"), "{error}");
+        // Left as it was, and a snapshot of it is refused too.
+        assert_eq!(user_version(&path), newer);
+        assert!(inspect(&path).is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_restore_keeps_revisions_and_compacts_what_came_before() -> Result<()> {
+        let dir = temp();
+        let path = dir.path().join("loom.db");
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&path))?;
+        let value = || Bytes::from_static(b"{}");
+        let a = store.create("/k/a", value()).await?;
+        let b = store.create("/k/b", value()).await?;
+        let b = store.update("/k/b", value(), b.mod_revision).await?;
+        let c = store.create("/k/c", value()).await?;
+        store.delete("/k/c", Some(c.mod_revision)).await?;
+        let snapshot = store.snapshot().await?;
+        let taken_at = snapshot.revision;
+        // Written after the snapshot: not in it.
+        let late = store.create("/k/late", value()).await?;
+        assert!(late.mod_revision > taken_at);
+        let file = dir.path().join("snap.db");
+        {
+            let mut from = snapshot.file;
+            let mut to = File::create(&file).map_err(|e| Error::Backend(e.to_string()))?;
+            std::io::copy(&mut from, &mut to).map_err(|e| Error::Backend(e.to_string()))?;
+        }
+        store.close().await;
+        // Only the named copy is left beside the store.
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .map_err(|e| Error::Backend(e.to_string()))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(".loom-"))
+            .collect();
+        names.sort();
+        assert!(names.is_empty(), "{names:?}");
+        let info = inspect(&file)?;
+        assert_eq!(
+            (info.revision, info.keys, info.format),
+            (taken_at, 2, FORMAT_VERSION)
+        );
+
+        let restored_path = dir.path().join("restored/loom.db");
+        let restored = restore(&file, &restored_path, 1_000)?;
+        assert_eq!(restored.start, taken_at + 1_000);
+        assert!(
+            restore(&file, &restored_path, 1_000).is_err(),
+            "never over a store"
+        );
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&restored_path))?;
+        assert_eq!(
+            store.get("/k/a").await?.map(|kv| kv.mod_revision),
+            Some(a.mod_revision)
+        );
+        assert_eq!(
+            store.get("/k/b").await?.map(|kv| kv.mod_revision),
+            Some(b.mod_revision)
+        );
+        assert_eq!(store.get("/k/c").await?, None);
+        assert_eq!(store.get("/k/late").await?, None);
+        assert_eq!(store.current_revision().await?, taken_at + 1_000);
+        let listed = store.list("/k/", ListOptions::default()).await?;
+        assert_eq!(listed.items.len(), 2);
+        assert_eq!(listed.revision, taken_at + 1_000);
+        // A revision from the lost history (after the snapshot) is compacted.
+        let mut watch = store.watch("/k/", late.mod_revision).await?;
+        let first = futures::StreamExt::next(&mut watch).await;
+        assert!(
+            matches!(first, Some(Err(Error::Compacted { .. }))),
+            "{first:?}"
+        );
+        let old_list = ListOptions {
+            revision: Some(taken_at),
+            ..ListOptions::default()
+        };
+        assert!(matches!(
+            store.list("/k/", old_list).await,
+            Err(Error::Compacted { .. })
+        ));
+        // Writes go on after the bump.
+        let next = store.create("/k/d", value()).await?;
+        assert_eq!(next.mod_revision, taken_at + 1_001);
+        store.close().await;
+        Ok(())
+    }
 
     /// A point read reuses its compiled statement: binding another key must not
     /// make SQLite compile the query again (it would, per call, if the planner

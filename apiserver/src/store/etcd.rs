@@ -14,7 +14,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::{
     Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType,
-    GetOptions, KvClient, PutOptions, Txn, TxnOp, TxnOpResponse, WatchClient, WatchOptions,
+    GetOptions, KvClient, MaintenanceClient, PutOptions, Txn, TxnOp, TxnOpResponse, WatchClient,
+    WatchOptions,
 };
 
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -23,7 +24,7 @@ use tracing::Instrument as _;
 use super::compactor::Compactor;
 use super::{
     Deleted, Error, Event, KeyValue, ListOptions, ListPlan, ListResult, MAX_VALUE_BYTES, Result,
-    Revision, Store, WatchStream, check_value_size, prefix_end,
+    Revision, Snapshot, SnapshotKind, Store, WatchStream, check_value_size, prefix_end,
 };
 
 /// Events buffered for one watcher.
@@ -124,6 +125,7 @@ impl EtcdOptions {
 pub struct EtcdStore {
     kv: KvClient,
     watch: WatchClient,
+    maintenance: MaintenanceClient,
     prefix: String,
     /// Stops the compactor when the last clone of the store is dropped.
     _compaction: Option<Arc<DropGuard>>,
@@ -140,8 +142,15 @@ impl std::fmt::Debug for EtcdStore {
 pub(super) fn etcd(error: etcd_client::Error) -> Error {
     match error {
         // tonic's Display repeats the whole source chain; its message is the point.
+        // gRPC's DEADLINE_EXCEEDED (4) and UNAVAILABLE (14): no answer.
+        etcd_client::Error::GRpcStatus(status) if matches!(status.code() as i32, 4 | 14) => {
+            Error::Unavailable(format!("etcd: {} ({:?})", status.message(), status.code()))
+        }
         etcd_client::Error::GRpcStatus(status) => {
             Error::Backend(format!("etcd: {} ({:?})", status.message(), status.code()))
+        }
+        error @ etcd_client::Error::TransportError(_) => {
+            Error::Unavailable(format!("etcd: {error}"))
         }
         error => Error::Backend(format!("etcd: {error}")),
     }
@@ -177,6 +186,7 @@ impl EtcdStore {
             watch: client
                 .watch_client()
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            maintenance: client.maintenance_client(),
             prefix: options.prefix,
             _compaction: None,
         };
@@ -199,7 +209,7 @@ impl EtcdStore {
             }
             Ok(Err(error)) => {
                 let why = match error {
-                    Error::Backend(why) => why,
+                    Error::Backend(why) | Error::Unavailable(why) => why,
                     other => other.to_string(),
                 };
                 Err(Error::Backend(format!(
@@ -220,6 +230,47 @@ impl EtcdStore {
     /// [`EtcdOptions::compaction_interval`] is zero.
     pub fn compactor(&self, history: i64) -> Compactor {
         Compactor::new(self.kv.clone(), history)
+    }
+
+    /// etcd's own snapshot of its whole keyspace (every prefix, not only
+    /// this store's), through the maintenance API, into an unlinked temp
+    /// file; its SHA-256 trailer is checked before it is returned.
+    async fn take_snapshot(&self) -> Result<Snapshot> {
+        use tokio::io::AsyncWriteExt as _;
+        let revision = self.current_revision().await?;
+        let mut maintenance = self.maintenance.clone();
+        let mut stream = maintenance.snapshot().await.map_err(etcd)?;
+        let temp = tempfile::NamedTempFile::new()
+            .map_err(|e| Error::Backend(format!("cannot make the snapshot's temp file: {e}")))?;
+        let (file, path) = temp.into_parts();
+        let write_error =
+            |e: std::io::Error| Error::Backend(format!("cannot write the snapshot: {e}"));
+        let mut writer = tokio::io::BufWriter::new(tokio::fs::File::from_std(file));
+        let mut size = 0u64;
+        while let Some(chunk) = stream.message().await.map_err(etcd)? {
+            writer.write_all(chunk.blob()).await.map_err(write_error)?;
+            size += chunk.blob().len() as u64;
+        }
+        writer.flush().await.map_err(write_error)?;
+        let mut file = writer.into_inner().into_std().await;
+        let checked = {
+            let path = path.to_path_buf();
+            tokio::task::spawn_blocking(move || super::snapshot::check_etcd_snapshot(&path))
+                .await
+                .map_err(|e| Error::Backend(format!("cannot check the snapshot: {e}")))?
+        };
+        // The name goes either way; the open file stays readable until closed.
+        drop(path);
+        checked?;
+        std::io::Seek::rewind(&mut file)
+            .map_err(|e| Error::Backend(format!("cannot read the snapshot back: {e}")))?;
+        tracing::debug!(revision, size, "etcd snapshot taken");
+        Ok(Snapshot {
+            kind: SnapshotKind::Etcd,
+            revision,
+            file,
+            size,
+        })
     }
 
     fn full_key(&self, key: &str) -> String {
@@ -474,6 +525,10 @@ impl Store for EtcdStore {
 
     async fn compact(&self, revision: Revision) -> Result<()> {
         compact_to(&mut self.kv.clone(), revision).await
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot> {
+        self.take_snapshot().await
     }
 
     async fn current_revision(&self) -> Result<Revision> {

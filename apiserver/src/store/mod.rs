@@ -9,6 +9,7 @@
 pub mod compactor;
 pub mod embedded;
 pub mod etcd;
+pub mod snapshot;
 
 use std::pin::Pin;
 
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use compactor::{COMPACT_REV_KEY, CompactionRound, Compactor};
 pub use embedded::{EmbeddedOptions, EmbeddedStore, Health};
 pub use etcd::{EtcdOptions, EtcdStore, EtcdTls};
+pub use snapshot::{Snapshot, SnapshotKind};
 
 /// A position in the store's history: the number of the write that made it.
 pub type Revision = i64;
@@ -87,9 +89,13 @@ pub enum Error {
     /// A continue token that is malformed or belongs to another list.
     #[error("invalid continue token: {0}")]
     InvalidContinue(String),
-    /// The backend failed (I/O, network, a closed store).
+    /// The backend failed (I/O, a closed store, an answer it cannot give).
     #[error("store backend failed: {0}")]
     Backend(String),
+    /// The backend did not answer: unreachable, or out of time. A write may
+    /// or may not have happened.
+    #[error("the store did not answer: {0}")]
+    Unavailable(String),
 }
 
 /// One key at one revision.
@@ -218,6 +224,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The revision of the latest write.
     async fn current_revision(&self) -> Result<Revision>;
+
+    /// A consistent copy of the whole store, taken while it keeps serving:
+    /// SQLite's online backup of the embedded store, etcd's own snapshot of
+    /// etcd. Either keeps every key's revisions, so a store restored from it
+    /// serves the same resourceVersions ([`snapshot`]).
+    async fn snapshot(&self) -> Result<Snapshot> {
+        Err(Error::Backend(
+            "this store cannot take snapshots".to_owned(),
+        ))
+    }
 }
 
 /// Refuses values over [`MAX_VALUE_BYTES`].

@@ -392,6 +392,8 @@ pub struct Cluster {
     controllers: Option<Proc>,
     scheduler: Option<Proc>,
     nodelets: Vec<Option<Proc>>,
+    /// The bootstrap token nodes join with, and the CA hash they pin.
+    join: Option<(String, String)>,
     /// The nodes.
     pub nodes: Vec<Node>,
 }
@@ -446,6 +448,7 @@ impl Cluster {
             controllers: None,
             scheduler: None,
             nodelets: Vec::new(),
+            join: None,
             nodes,
         };
         fs::create_dir_all(cluster.logs()).expect("the log dir");
@@ -466,6 +469,7 @@ impl Cluster {
         cluster.start_controllers();
         cluster.start_scheduler();
         cluster.images();
+        cluster.join = Some(cluster.token_create());
         for n in 0..NODES {
             let proc = cluster.spawn_nodelet(n);
             cluster.nodelets.push(Some(proc));
@@ -503,7 +507,7 @@ impl Cluster {
     }
 
     /// The kubeconfig `loom certs` wrote for `name` (`admin`, `scheduler`,
-    /// `controllers`, `node-NODE`).
+    /// `controllers`).
     pub fn kubeconfig(&self, name: &str) -> String {
         self.pki()
             .join(format!("{name}.conf"))
@@ -512,8 +516,8 @@ impl Cluster {
     }
 
     /// The cluster's credentials, made as an operator would: `loom certs`
-    /// with the API servers' addresses as extra names and a credential and
-    /// kubeconfig for each node.
+    /// with the API servers' addresses as extra names. Nodes get theirs by
+    /// joining (`loom token create`).
     fn certs(&self) {
         let mut args = vec![
             "certs".to_owned(),
@@ -526,11 +530,6 @@ impl Cluster {
             args.push("--tls-san".to_owned());
             args.push(addr.ip().to_string());
         }
-        for node in &self.nodes {
-            // The node's credential, and its endpoint's serving certificate.
-            args.push("--node".to_owned());
-            args.push(format!("{}@{}", node.name, node.ip));
-        }
         let output = Command::new(&self.loom)
             .args(&args)
             .output()
@@ -540,6 +539,42 @@ impl Cluster {
             "loom certs failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+    }
+
+    /// A bootstrap token for the nodes to join with, made as an operator
+    /// would (`loom token create` against the cluster, as the administrator),
+    /// and the CA hash the join command it prints pins.
+    fn token_create(&self) -> (String, String) {
+        let output = Command::new(&self.loom)
+            .args([
+                "token",
+                "create",
+                "--ttl",
+                "2h",
+                "--description",
+                "e2e nodes",
+            ])
+            .args(["--kubeconfig", &self.kubeconfig("admin")])
+            .args(["--server", &self.servers()])
+            .env("LOOMCONFIG", self.dir().join("no-config"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("loom token create runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "loom token create failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let token = stdout.lines().next().unwrap_or_default().trim().to_owned();
+        let words: Vec<&str> = stdout.split_whitespace().collect();
+        let hash = words
+            .windows(2)
+            .find(|w| w[0] == "--ca-cert-hash")
+            .map(|w| w[1].to_owned())
+            .unwrap_or_else(|| panic!("no --ca-cert-hash in loom token create's output: {stdout}"));
+        assert!(!token.is_empty(), "no token in: {stdout}");
+        (token, hash)
     }
 
     fn network(&self) {
@@ -678,6 +713,12 @@ impl Cluster {
                 .to_string(),
             "--nodelet-certificate-authority".to_owned(),
             self.pki().join("ca.crt").display().to_string(),
+            // Nodes join by token: their certificate requests are signed
+            // with the cluster CA.
+            "--cluster-signing-cert-file".to_owned(),
+            self.pki().join("ca.crt").display().to_string(),
+            "--cluster-signing-key-file".to_owned(),
+            self.pki().join("ca.key").display().to_string(),
         ];
         self.spawn(&format!("apiserver-{i}"), &self.loom, &args)
     }
@@ -731,12 +772,18 @@ impl Cluster {
         let node = &self.nodes[n];
         std::fs::create_dir_all(self.dir().join("out")).expect("the output directory");
         let port = 7444;
+        // The node joins with the bootstrap token (its client and serving
+        // certificates are asked for, signed and kept in its state dir); a
+        // restarted node finds them there.
+        let (token, hash) = self.join.clone().expect("a bootstrap token");
         let args = vec![
             format!("--net=/run/netns/{}", node.netns),
             self.loom.display().to_string(),
             "nodelet".to_owned(),
-            "--kubeconfig".to_owned(),
-            self.kubeconfig(&format!("node-{}", node.name)),
+            "--token".to_owned(),
+            token,
+            "--ca-cert-hash".to_owned(),
+            hash,
             "--server".to_owned(),
             self.servers(),
             "--name".to_owned(),
@@ -749,18 +796,6 @@ impl Cluster {
             format!("{}:{port}", node.ip),
             "--advertise".to_owned(),
             format!("https://{}:{port}", node.ip),
-            "--tls-cert-file".to_owned(),
-            self.pki()
-                .join(format!("node-{}-serving.crt", node.name))
-                .display()
-                .to_string(),
-            "--tls-private-key-file".to_owned(),
-            self.pki()
-                .join(format!("node-{}-serving.key", node.name))
-                .display()
-                .to_string(),
-            "--client-ca-file".to_owned(),
-            self.pki().join("ca.crt").display().to_string(),
             "--stop-tasks-on-exit".to_owned(),
             // The jobs' output directories are host paths: allowed here only.
             "--allow-host-paths".to_owned(),
@@ -881,6 +916,30 @@ impl Cluster {
     /// Takes a node's link down: it can no longer reach the API servers.
     pub fn cut_link(&self, n: usize) {
         must("ip", &["link", "set", &self.nodes[n].host_veth, "down"]);
+    }
+
+    /// Brings a cut link back up (the host side's route to the node comes
+    /// back with it).
+    pub fn restore_link(&self, n: usize) {
+        must("ip", &["link", "set", &self.nodes[n].host_veth, "up"]);
+    }
+
+    /// The uids of the tasks with a run cgroup on node `n` (a container id is
+    /// `UID-N`): the runs the node still has.
+    pub fn runs_on(&self, n: usize) -> std::collections::BTreeSet<String> {
+        let mut uids = std::collections::BTreeSet::new();
+        for root in self.node_cgroups(n) {
+            for entry in fs::read_dir(&root).into_iter().flatten().flatten() {
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let id = entry.file_name().to_string_lossy().into_owned();
+                if let Some((uid, _)) = id.rsplit_once('-') {
+                    uids.insert(uid.to_owned());
+                }
+            }
+        }
+        uids
     }
 
     /// Panics if a part that should run has exited.
@@ -1014,5 +1073,134 @@ pub fn wait_for<T>(
             ),
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+// A node's crash and restart on the same state dir (a power loss, a reboot).
+impl Cluster {
+    /// Crashes node `n` as a power loss would: its nodelet, every shim of its
+    /// state dir and every process in its cgroups get SIGKILL (shims first, so
+    /// none records its task's end), until none is left. Mounts, cgroup
+    /// directories and run files stay as they were.
+    pub fn crash_node(&mut self, n: usize) {
+        if let Some(mut proc) = self.nodelets[n].take() {
+            proc.kill();
+        }
+        let mut marker = self.state_dir(n).as_os_str().as_encoded_bytes().to_vec();
+        marker.push(b'/');
+        let cgroups = self.node_cgroups(n);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut pids: Vec<i32> = fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| {
+                    fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|cmdline| contains(&cmdline, &marker))
+                })
+                .collect();
+            for root in &cgroups {
+                for dir in walk_dirs(root) {
+                    if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+                        pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+                    }
+                }
+            }
+            pids.retain(|pid| is_running(*pid));
+            if pids.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "processes of {} outlive its crash: {pids:?}",
+                self.nodes[n].name
+            );
+            for pid in pids {
+                // SAFETY: kill has no memory effects; the pids are this node's.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts node `n`'s nodelet again after [`Cluster::crash_node`], on the
+    /// same state dir.
+    pub fn restart_nodelet(&mut self, n: usize) {
+        let proc = self.spawn_nodelet(n);
+        self.nodelets[n] = Some(proc);
+    }
+
+    /// Node `n`'s cgroup directories, in every hierarchy that has one.
+    fn node_cgroups(&self, n: usize) -> Vec<PathBuf> {
+        let below = Path::new(&self.footprint.cgroup_parent).join(&self.nodes[n].name);
+        fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join(&below))
+            .filter(|d| d.is_dir())
+            .collect()
+    }
+
+    /// What runs of node `n` whose shim is dead left behind: mounts under its
+    /// state dir, cgroups and libcontainer state of their containers. Empty
+    /// once a nodelet has cleaned up after a crash.
+    pub fn dead_run_leftovers(&self, n: usize) -> Vec<String> {
+        let state = self.state_dir(n);
+        let tasks = state.join("tasks");
+        // A container id is `UID-N`, the run `tasks/UID/run-N`.
+        let run_of = |id: &str| {
+            let (uid, n) = id.rsplit_once('-')?;
+            Some(tasks.join(uid).join(format!("run-{n}")))
+        };
+        let dead = |run: &Path| {
+            let shim = fs::read_to_string(run.join("shim.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok());
+            let needle = run.as_os_str().as_encoded_bytes();
+            !shim.is_some_and(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| contains(&c, needle))
+            })
+        };
+        let mut left = Vec::new();
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for point in mountinfo.lines().filter_map(|l| l.split(' ').nth(4)) {
+            let point = Path::new(point);
+            if let Ok(rest) = point.strip_prefix(&tasks) {
+                let run: PathBuf = tasks.join(rest.iter().take(2).collect::<PathBuf>());
+                if dead(&run) {
+                    left.push(format!("mount {}", point.display()));
+                }
+            }
+        }
+        for root in self.node_cgroups(n) {
+            for entry in fs::read_dir(&root).into_iter().flatten().flatten() {
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let id = entry.file_name().to_string_lossy().into_owned();
+                if run_of(&id).is_none_or(|run| dead(&run)) {
+                    left.push(format!("cgroup {}", entry.path().display()));
+                }
+            }
+        }
+        for entry in fs::read_dir(state.join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if run_of(&id).is_none_or(|run| dead(&run)) {
+                left.push(format!("container state {}", entry.path().display()));
+            }
+        }
+        left
     }
 }
