@@ -499,6 +499,11 @@ pub struct TaskStatus {
     /// Where its log is kept on the node.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub log_path: String,
+    /// The task's address on the cluster's task network, from its node's
+    /// `spec.taskCIDR`, while a run of it has one (container tasks on nodes
+    /// with a task network; `exec` and `raw` tasks use the node's).
+    #[serde(rename = "taskIP", skip_serializing_if = "String::is_empty")]
+    pub task_ip: String,
     /// Sampled CPU and memory use.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<ResourceUsage>,
