@@ -8,9 +8,9 @@ use std::fmt;
 
 use crate::kinds::job::Indexes;
 use crate::kinds::{
-    Driver, EnvVar, Event, Job, JobInput, JobSpec, Lease, Namespace, Node, ResourceDefinition,
-    RestartPolicy, Service, ServiceStrategy, Task, TaskPhase, TaskSpec, TaskTemplate, TemplateMeta,
-    TolerationOperator,
+    Driver, EnvVar, Event, HttpGetAction, Job, JobInput, JobSpec, Lease, Namespace, Node, Probe,
+    Protocol, ResourceDefinition, RestartPolicy, Scheme, Service, ServiceStrategy, Task, TaskPhase,
+    TaskSpec, TaskTemplate, TemplateMeta, TolerationOperator,
 };
 use crate::meta::ObjectMeta;
 use crate::names;
@@ -830,6 +830,502 @@ pub fn validate_constraints(constraints: &[Requirement], path: &str) -> Vec<Fiel
     errs
 }
 
+// ---- ports and probes ----
+
+/// The longest a port's `name` may be (an IANA service name).
+pub const MAX_PORT_NAME: usize = 15;
+/// The most items of a probe's `exec.command`.
+pub const MAX_PROBE_COMMAND_ITEMS: usize = 256;
+/// The most bytes of a probe's `exec.command` together.
+pub const MAX_PROBE_COMMAND_BYTES: usize = 64 * 1024;
+/// The longest a probe's `httpGet.path` may be.
+pub const MAX_PROBE_PATH: usize = 2048;
+/// The most `httpGet.httpHeaders` of a probe.
+pub const MAX_PROBE_HEADERS: usize = 32;
+/// The longest a probe's header name may be.
+pub const MAX_PROBE_HEADER_NAME: usize = 256;
+/// The longest a probe's header value may be.
+pub const MAX_PROBE_HEADER_VALUE: usize = 4096;
+/// The longest a probe's `host` may be (a DNS name's limit).
+pub const MAX_PROBE_HOST: usize = 253;
+/// The most any of a probe's `…Seconds` may be: a day.
+pub const MAX_PROBE_SECONDS: i64 = 86_400;
+/// The most a probe's `successThreshold` or `failureThreshold` may be.
+pub const MAX_PROBE_THRESHOLD: i32 = 10_000;
+
+const PORT_RANGE_RULE: &str = "must be between 1 and 65535, inclusive";
+const PROBE_HANDLERS_RULE: &str = "must have exactly one of exec, httpGet, tcpSocket";
+
+/// Checks a port name against IANA's service-name rules (Kubernetes'
+/// `IsValidPortName`): at most 15 characters of `a-z`, `0-9` and `-`, at least one
+/// letter, no leading, trailing or consecutive `-`. Returns every rule broken.
+pub fn is_port_name(value: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if value.len() > MAX_PORT_NAME {
+        errs.push(format!("must be no more than {MAX_PORT_NAME} characters"));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        errs.push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".into());
+    }
+    if value.contains("--") {
+        errs.push("must not contain consecutive hyphens".into());
+    }
+    if !value.bytes().any(|b| b.is_ascii_lowercase()) {
+        errs.push("must contain at least one letter (a-z)".into());
+    }
+    if value.starts_with('-') || value.ends_with('-') {
+        errs.push("must not begin or end with a hyphen".into());
+    }
+    errs
+}
+
+fn port_number(errs: &mut Vec<FieldError>, field: &str, port: i32) {
+    if !(1..=65535).contains(&port) {
+        errs.push(FieldError::invalid(field, port, PORT_RANGE_RULE));
+    }
+}
+
+fn in_range(errs: &mut Vec<FieldError>, field: &str, value: Option<i64>, min: i64, max: i64) {
+    if let Some(v) = value {
+        if v < min {
+            errs.push(FieldError::invalid(
+                field,
+                v,
+                format!("must be greater than or equal to {min}"),
+            ));
+        } else if v > max {
+            errs.push(FieldError::invalid(
+                field,
+                v,
+                format!("must be less than or equal to {max}"),
+            ));
+        }
+    }
+}
+
+/// Checks a task's `ports`: names, numbers, and that no name, no
+/// `containerPort`/protocol and no `hostPort`/protocol appears twice.
+fn validate_ports(spec: &TaskSpec, path: &str, context: TaskSpecContext) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    at_most_items(&mut errs, path, spec.ports.len(), MAX_PORTS);
+    let mut names = BTreeSet::new();
+    let mut container_ports = BTreeSet::new();
+    let mut host_ports = BTreeSet::new();
+    let host_network = matches!(spec.driver, Some(Driver::Exec | Driver::Raw));
+    for (i, port) in spec.ports.iter().enumerate() {
+        let p = index(path, i);
+        if !port.name.is_empty() {
+            let name_path = child(&p, "name");
+            each_message(&mut errs, &name_path, &port.name, is_port_name(&port.name));
+            if !names.insert(port.name.as_str()) {
+                errs.push(FieldError::duplicate(name_path, &port.name));
+            }
+        }
+        let protocol = port.protocol();
+        let container_path = child(&p, "containerPort");
+        if port.container_port == 0 {
+            errs.push(FieldError::required(container_path, ""));
+        } else if !(1..=65535).contains(&port.container_port) {
+            errs.push(FieldError::invalid(
+                container_path,
+                port.container_port,
+                PORT_RANGE_RULE,
+            ));
+        } else if !container_ports.insert((port.container_port, protocol)) {
+            errs.push(FieldError::duplicate(
+                container_path,
+                format!("{}/{protocol}", port.container_port),
+            ));
+        }
+        if let Some(host_port) = port.host_port {
+            let host_path = child(&p, "hostPort");
+            if !(1..=65535).contains(&host_port) {
+                errs.push(FieldError::invalid(host_path, host_port, PORT_RANGE_RULE));
+            } else if !host_ports.insert((host_port, protocol)) {
+                errs.push(FieldError::duplicate(
+                    host_path,
+                    format!("{host_port}/{protocol}"),
+                ));
+            } else if context != TaskSpecContext::Partial
+                && host_network
+                && host_port != port.container_port
+            {
+                errs.push(FieldError::invalid(
+                    host_path,
+                    host_port,
+                    "must equal containerPort for the exec and raw drivers, which use the node's network",
+                ));
+            }
+        }
+    }
+    errs
+}
+
+/// Which of a task's probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeRole {
+    Readiness,
+    Liveness,
+    Startup,
+}
+
+/// The probes of `spec` with their field names.
+fn probes(spec: &TaskSpec) -> [(&'static str, ProbeRole, Option<&Probe>); 3] {
+    [
+        (
+            "readinessProbe",
+            ProbeRole::Readiness,
+            spec.readiness_probe.as_ref(),
+        ),
+        (
+            "livenessProbe",
+            ProbeRole::Liveness,
+            spec.liveness_probe.as_ref(),
+        ),
+        (
+            "startupProbe",
+            ProbeRole::Startup,
+            spec.startup_probe.as_ref(),
+        ),
+    ]
+}
+
+/// Every port a probe of `spec` names, with the field (relative to the spec) naming it.
+fn named_probe_ports(spec: &TaskSpec) -> Vec<(String, &str)> {
+    let mut named = Vec::new();
+    for (field, _, probe) in probes(spec) {
+        let Some(probe) = probe else { continue };
+        let ports = [
+            probe.http_get.as_ref().map(|h| ("httpGet", &h.port)),
+            probe.tcp_socket.as_ref().map(|t| ("tcpSocket", &t.port)),
+        ];
+        for (handler, port) in ports.into_iter().flatten() {
+            if let IntOrString::String(name) = port
+                && !name.is_empty()
+                && is_port_name(name).is_empty()
+            {
+                named.push((format!("{field}.{handler}.port"), name.as_str()));
+            }
+        }
+    }
+    named
+}
+
+/// Checks that each port a probe names is one of the task's TCP `ports`; `note` is
+/// added to the message.
+fn probe_ports_exist(spec: &TaskSpec, path: &str, note: &str) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    for (field, name) in named_probe_ports(spec) {
+        let field = child(path, &field);
+        match spec.ports.iter().find(|p| p.name == name) {
+            None => errs.push(FieldError::invalid(
+                field,
+                name,
+                format!("must be the name of one of the task's ports (spec.ports[].name){note}"),
+            )),
+            Some(port) if port.protocol() != Protocol::Tcp => errs.push(FieldError::invalid(
+                field,
+                name,
+                format!(
+                    "names a {} port; probes connect over TCP{note}",
+                    port.protocol()
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    errs
+}
+
+/// Checks a probe's port, without looking names up.
+fn probe_port(errs: &mut Vec<FieldError>, field: &str, port: &IntOrString) {
+    match port {
+        IntOrString::Int(0) => errs.push(FieldError::required(
+            field,
+            "a port number (1-65535) or the name of one of the task's ports",
+        )),
+        IntOrString::Int(n) => port_number(errs, field, *n),
+        IntOrString::String(name) if name.is_empty() => errs.push(FieldError::required(
+            field,
+            "a port number (1-65535) or the name of one of the task's ports",
+        )),
+        IntOrString::String(name) => each_message(errs, field, name, is_port_name(name)),
+    }
+}
+
+/// Checks a probe's `host`: an IP address or a DNS name.
+fn probe_host(errs: &mut Vec<FieldError>, field: &str, host: &str) {
+    if host.is_empty() {
+        return;
+    }
+    if host.len() > MAX_PROBE_HOST {
+        errs.push(FieldError::too_long(field, MAX_PROBE_HOST));
+    } else if host.parse::<std::net::IpAddr>().is_err()
+        && !names::is_dns1123_subdomain(host).is_empty()
+    {
+        errs.push(FieldError::invalid(
+            field,
+            host,
+            "must be an IP address or a DNS name (lower case letters, digits, '-' and '.')",
+        ));
+    }
+}
+
+/// Whether `b` may appear in a probe's path: RFC 3986 path and query characters.
+fn is_path_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+                | b'?'
+                | b'%'
+        )
+}
+
+/// Whether `name` is an HTTP header name (an RFC 9110 token).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+fn validate_http_get(errs: &mut Vec<FieldError>, http: &HttpGetAction, path: &str) {
+    let path_field = child(path, "path");
+    if !http.path.is_empty() {
+        if http.path.len() > MAX_PROBE_PATH {
+            errs.push(FieldError::too_long(path_field, MAX_PROBE_PATH));
+        } else if !http.path.starts_with('/') {
+            errs.push(FieldError::invalid(
+                path_field,
+                &http.path,
+                "must start with '/'",
+            ));
+        } else if !http.path.bytes().all(is_path_byte) {
+            errs.push(FieldError::invalid(
+                path_field,
+                &http.path,
+                "must be a URL path and query: RFC 3986 characters only (percent-encode others), no whitespace or control characters",
+            ));
+        }
+    }
+    probe_port(errs, &child(path, "port"), &http.port);
+    probe_host(errs, &child(path, "host"), &http.host);
+    if http.scheme() == Scheme::Https {
+        errs.push(FieldError {
+            field: child(path, "scheme"),
+            kind: FieldErrorKind::NotSupported,
+            value: Some(Scheme::Https.as_str().render()),
+            message: "supported values: \"HTTP\" (HTTPS probes are not supported yet)".into(),
+        });
+    }
+    let headers = child(path, "httpHeaders");
+    at_most_items(errs, &headers, http.http_headers.len(), MAX_PROBE_HEADERS);
+    for (i, header) in http.http_headers.iter().enumerate() {
+        let p = index(&headers, i);
+        let name = child(&p, "name");
+        if header.name.is_empty() {
+            errs.push(FieldError::required(name, ""));
+        } else if header.name.len() > MAX_PROBE_HEADER_NAME {
+            errs.push(FieldError::too_long(name, MAX_PROBE_HEADER_NAME));
+        } else if !is_header_name(&header.name) {
+            errs.push(FieldError::invalid(
+                name,
+                &header.name,
+                "must be a valid HTTP header name: letters, digits and !#$%&'*+-.^_`|~",
+            ));
+        }
+        let value = child(&p, "value");
+        if header.value.len() > MAX_PROBE_HEADER_VALUE {
+            errs.push(FieldError::too_long(value, MAX_PROBE_HEADER_VALUE));
+        } else if !header
+            .value
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+        {
+            errs.push(FieldError::invalid(
+                value,
+                &header.value,
+                "must be visible ASCII characters, spaces and tabs (no control characters or line breaks)",
+            ));
+        }
+    }
+}
+
+fn validate_probe(probe: &Probe, path: &str, role: ProbeRole) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let set: Vec<&str> = [
+        ("exec", probe.exec.is_some()),
+        ("httpGet", probe.http_get.is_some()),
+        ("tcpSocket", probe.tcp_socket.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    match set.len() {
+        0 => errs.push(FieldError::required(path, PROBE_HANDLERS_RULE)),
+        1 => {}
+        _ => errs.push(FieldError::forbidden(
+            path,
+            format!("{PROBE_HANDLERS_RULE}, not several ({})", set.join(", ")),
+        )),
+    }
+    if let Some(exec) = &probe.exec {
+        let command = child(&child(path, "exec"), "command");
+        if exec.command.first().is_none_or(String::is_empty) {
+            errs.push(FieldError::required(
+                index(&command, 0),
+                "the executable to run inside the task",
+            ));
+        }
+        at_most_items(
+            &mut errs,
+            &command,
+            exec.command.len(),
+            MAX_PROBE_COMMAND_ITEMS,
+        );
+        let bytes = exec
+            .command
+            .iter()
+            .fold(0usize, |sum, part| sum.saturating_add(part.len()));
+        if bytes > MAX_PROBE_COMMAND_BYTES {
+            errs.push(FieldError::too_long(&command, MAX_PROBE_COMMAND_BYTES));
+        }
+        for (i, part) in exec
+            .command
+            .iter()
+            .enumerate()
+            .take(MAX_PROBE_COMMAND_ITEMS)
+        {
+            if part.contains('\0') {
+                errs.push(FieldError::invalid(
+                    index(&command, i),
+                    part,
+                    "must not contain NUL",
+                ));
+            }
+        }
+    }
+    if let Some(http) = &probe.http_get {
+        validate_http_get(&mut errs, http, &child(path, "httpGet"));
+    }
+    if let Some(tcp) = &probe.tcp_socket {
+        let p = child(path, "tcpSocket");
+        probe_port(&mut errs, &child(&p, "port"), &tcp.port);
+        probe_host(&mut errs, &child(&p, "host"), &tcp.host);
+    }
+    let seconds = |v: Option<i32>| v.map(i64::from);
+    in_range(
+        &mut errs,
+        &child(path, "initialDelaySeconds"),
+        seconds(probe.initial_delay_seconds),
+        0,
+        MAX_PROBE_SECONDS,
+    );
+    for (field, value) in [
+        ("periodSeconds", probe.period_seconds),
+        ("timeoutSeconds", probe.timeout_seconds),
+    ] {
+        in_range(
+            &mut errs,
+            &child(path, field),
+            seconds(value),
+            1,
+            MAX_PROBE_SECONDS,
+        );
+    }
+    for (field, value) in [
+        ("successThreshold", probe.success_threshold),
+        ("failureThreshold", probe.failure_threshold),
+    ] {
+        in_range(
+            &mut errs,
+            &child(path, field),
+            seconds(value),
+            1,
+            i64::from(MAX_PROBE_THRESHOLD),
+        );
+    }
+    if role != ProbeRole::Readiness
+        && let Some(threshold) = probe.success_threshold
+        && threshold != 1
+        && threshold >= 1
+    {
+        errs.push(FieldError::invalid(
+            child(path, "successThreshold"),
+            threshold,
+            "must be 1 for liveness and startup probes",
+        ));
+    }
+    let grace = child(path, "terminationGracePeriodSeconds");
+    match (role, probe.termination_grace_period_seconds) {
+        (_, None) => {}
+        (ProbeRole::Readiness, Some(v)) => errs.push(FieldError::invalid(
+            grace,
+            v,
+            "must not be set for readiness probes",
+        )),
+        (_, Some(v)) => in_range(&mut errs, &grace, Some(v), 1, MAX_PROBE_SECONDS),
+    }
+    errs
+}
+
+/// Checks a task's `ports` and probes at `path` (the spec's path). A partial
+/// spec's probes may name ports of the spec it is laid over, so names are only
+/// looked up in whole specs.
+fn validate_ports_and_probes(
+    spec: &TaskSpec,
+    path: &str,
+    context: TaskSpecContext,
+) -> Vec<FieldError> {
+    let mut errs = validate_ports(spec, &child(path, "ports"), context);
+    for (field, role, probe) in probes(spec) {
+        if let Some(probe) = probe {
+            errs.extend(validate_probe(probe, &child(path, field), role));
+        }
+    }
+    if context != TaskSpecContext::Partial {
+        errs.extend(probe_ports_exist(spec, path, ""));
+    }
+    errs
+}
+
 /// Whether a Task spec is checked whole, as a template, or as a partial override.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskSpecContext {
@@ -1012,6 +1508,8 @@ pub fn validate_task_spec(
         }
     }
 
+    errs.extend(validate_ports_and_probes(spec, path, context));
+
     let node_path = child(path, "nodeName");
     let index_path = child(path, "index");
     match context {
@@ -1191,6 +1689,22 @@ pub fn validate_job_spec(spec: &JobSpec, job_name: &str) -> Vec<FieldError> {
             &child(&p, "spec"),
             TaskSpecContext::Partial,
         ));
+        // The override's probes may name the template's ports, and its ports
+        // replace the template's: names are looked up in the spec it makes.
+        let o_spec = &o.spec;
+        if !o_spec.ports.is_empty()
+            || o_spec.readiness_probe.is_some()
+            || o_spec.liveness_probe.is_some()
+            || o_spec.startup_probe.is_some()
+        {
+            let mut merged = spec.template.spec.clone();
+            merged.overlay(o_spec);
+            errs.extend(probe_ports_exist(
+                &merged,
+                &child(&p, "spec"),
+                " once this override is applied",
+            ));
+        }
         if !o.spec.node_name.is_empty() {
             errs.push(FieldError::forbidden(
                 child(&p, "spec.nodeName"),
@@ -2879,6 +3393,643 @@ mod tests {
         assert_has(
             &cluster.validate_update(&valid_rd()),
             "spec.scope: Invalid value: \"Cluster\": field is immutable",
+        );
+    }
+
+    // ---- ports and probes ----
+
+    fn port(name: &str, container_port: i32) -> ContainerPort {
+        ContainerPort {
+            name: name.into(),
+            container_port,
+            ..ContainerPort::default()
+        }
+    }
+
+    fn http_probe(port: IntOrString) -> Probe {
+        Probe {
+            http_get: Some(HttpGetAction {
+                path: "/healthz".into(),
+                port,
+                ..HttpGetAction::default()
+            }),
+            ..Probe::default()
+        }
+    }
+
+    fn tcp_probe(port: IntOrString) -> Probe {
+        Probe {
+            tcp_socket: Some(TcpSocketAction {
+                port,
+                ..TcpSocketAction::default()
+            }),
+            ..Probe::default()
+        }
+    }
+
+    fn task_errors(spec: TaskSpec) -> Vec<FieldError> {
+        let spec = TaskSpec {
+            image: "busybox".into(),
+            ..spec
+        };
+        validate_task_spec(&spec, "spec", TaskSpecContext::Task)
+    }
+
+    fn assert_all(errs: &[FieldError], expected: &[&str]) {
+        for text in expected {
+            assert_has(errs, text);
+        }
+        assert_eq!(errs.len(), expected.len(), "{:#?}", fields(errs));
+    }
+
+    #[test]
+    fn a_full_ports_and_probes_spec_is_valid() {
+        let spec = TaskSpec {
+            image: "nginx".into(),
+            ports: vec![
+                ContainerPort {
+                    host_port: Some(8080),
+                    ..port("http", 80)
+                },
+                ContainerPort {
+                    protocol: Some(Protocol::Udp),
+                    host_port: Some(8080),
+                    ..port("dns", 53)
+                },
+                ContainerPort {
+                    protocol: Some(Protocol::Tcp),
+                    ..port("dns-tcp", 53)
+                },
+                port("", 9090),
+            ],
+            readiness_probe: Some(Probe {
+                http_get: Some(HttpGetAction {
+                    path: "/ready?full=1&x=%20".into(),
+                    port: "http".into(),
+                    host: "10.0.0.1".into(),
+                    scheme: Some(Scheme::Http),
+                    http_headers: vec![HttpHeader {
+                        name: "X-Custom_Header".into(),
+                        value: "a value\twith tab".into(),
+                    }],
+                }),
+                initial_delay_seconds: Some(0),
+                period_seconds: Some(86_400),
+                timeout_seconds: Some(1),
+                success_threshold: Some(3),
+                failure_threshold: Some(10_000),
+                ..Probe::default()
+            }),
+            liveness_probe: Some(Probe {
+                tcp_socket: Some(TcpSocketAction {
+                    port: 9090.into(),
+                    host: "db.example.svc".into(),
+                }),
+                success_threshold: Some(1),
+                termination_grace_period_seconds: Some(5),
+                ..Probe::default()
+            }),
+            startup_probe: Some(Probe {
+                exec: Some(ExecAction {
+                    command: vec!["cat".into(), "/tmp/ready".into()],
+                }),
+                failure_threshold: Some(30),
+                ..Probe::default()
+            }),
+            ..TaskSpec::default()
+        };
+        let errs = validate_task_spec(&spec, "spec", TaskSpecContext::Task);
+        assert!(errs.is_empty(), "{:#?}", fields(&errs));
+    }
+
+    #[test]
+    fn port_names_follow_iana_service_name_rules() {
+        assert!(is_port_name("http").is_empty());
+        assert!(is_port_name("h2c-8080").is_empty());
+        assert!(is_port_name("a23456789012345").is_empty());
+        assert_eq!(
+            is_port_name("a234567890123456"),
+            ["must be no more than 15 characters"]
+        );
+        assert_eq!(
+            is_port_name("HTTP"),
+            [
+                "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)",
+                "must contain at least one letter (a-z)"
+            ]
+        );
+        assert_eq!(
+            is_port_name("8080"),
+            ["must contain at least one letter (a-z)"]
+        );
+        assert_eq!(
+            is_port_name("a--b"),
+            ["must not contain consecutive hyphens"]
+        );
+        assert_eq!(
+            is_port_name("-http"),
+            ["must not begin or end with a hyphen"]
+        );
+        assert_eq!(
+            is_port_name("http-"),
+            ["must not begin or end with a hyphen"]
+        );
+        assert_eq!(
+            is_port_name("ht tp"),
+            ["must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)"]
+        );
+        assert_eq!(
+            is_port_name("ht\u{e9}"),
+            ["must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)"]
+        );
+    }
+
+    #[test]
+    fn ports_refuse_bad_names_numbers_and_duplicates() {
+        let errs = task_errors(TaskSpec {
+            ports: vec![
+                port("web", 80),
+                port("web", 81),
+                port("Web", 82),
+                port("", 0),
+                port("", 70_000),
+                port("", 80),
+                ContainerPort {
+                    protocol: Some(Protocol::Udp),
+                    ..port("", 80)
+                },
+                ContainerPort {
+                    host_port: Some(0),
+                    ..port("", 1)
+                },
+                ContainerPort {
+                    host_port: Some(65_536),
+                    ..port("", 2)
+                },
+                ContainerPort {
+                    host_port: Some(443),
+                    ..port("", 3)
+                },
+                ContainerPort {
+                    host_port: Some(443),
+                    ..port("", 4)
+                },
+                ContainerPort {
+                    host_port: Some(443),
+                    protocol: Some(Protocol::Udp),
+                    ..port("", 5)
+                },
+            ],
+            ..TaskSpec::default()
+        });
+        assert_all(
+            &errs,
+            &[
+                "spec.ports[1].name: Duplicate value: \"web\"",
+                "spec.ports[2].name: Invalid value: \"Web\": must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)",
+                "spec.ports[3].containerPort: Required value",
+                "spec.ports[4].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive",
+                "spec.ports[5].containerPort: Duplicate value: \"80/TCP\"",
+                "spec.ports[7].hostPort: Invalid value: 0: must be between 1 and 65535, inclusive",
+                "spec.ports[8].hostPort: Invalid value: 65536: must be between 1 and 65535, inclusive",
+                "spec.ports[10].hostPort: Duplicate value: \"443/TCP\"",
+            ],
+        );
+
+        let many = TaskSpec {
+            ports: (1..=1025).map(|n| port("", n)).collect(),
+            ..TaskSpec::default()
+        };
+        assert_has(
+            &task_errors(many),
+            "spec.ports: Too many: 1025: must have at most 1024 items",
+        );
+
+        // On the node's network a host port is the task's own port.
+        let exec = TaskSpec {
+            driver: Some(Driver::Exec),
+            command: vec!["/bin/server".into()],
+            ports: vec![
+                ContainerPort {
+                    host_port: Some(8080),
+                    ..port("", 80)
+                },
+                ContainerPort {
+                    host_port: Some(9090),
+                    ..port("", 9090)
+                },
+            ],
+            ..TaskSpec::default()
+        };
+        assert_all(
+            &validate_task_spec(&exec, "spec", TaskSpecContext::Task),
+            &[
+                "spec.ports[0].hostPort: Invalid value: 8080: must equal containerPort for the exec and raw drivers, which use the node's network",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_probe_has_exactly_one_handler() {
+        let errs = task_errors(TaskSpec {
+            readiness_probe: Some(Probe::default()),
+            liveness_probe: Some(Probe {
+                exec: Some(ExecAction {
+                    command: vec!["true".into()],
+                }),
+                ..tcp_probe(80.into())
+            }),
+            startup_probe: Some(Probe {
+                exec: Some(ExecAction {
+                    command: vec!["true".into()],
+                }),
+                tcp_socket: Some(TcpSocketAction {
+                    port: 80.into(),
+                    ..TcpSocketAction::default()
+                }),
+                ..http_probe(80.into())
+            }),
+            ..TaskSpec::default()
+        });
+        assert_all(
+            &errs,
+            &[
+                "spec.readinessProbe: Required value: must have exactly one of exec, httpGet, tcpSocket",
+                "spec.livenessProbe: Forbidden: must have exactly one of exec, httpGet, tcpSocket, not several (exec, tcpSocket)",
+                "spec.startupProbe: Forbidden: must have exactly one of exec, httpGet, tcpSocket, not several (exec, httpGet, tcpSocket)",
+            ],
+        );
+    }
+
+    #[test]
+    fn exec_probe_commands_are_bounded() {
+        let exec = |command: Vec<String>| TaskSpec {
+            liveness_probe: Some(Probe {
+                exec: Some(ExecAction { command }),
+                ..Probe::default()
+            }),
+            ..TaskSpec::default()
+        };
+        assert_all(
+            &task_errors(exec(vec![])),
+            &[
+                "spec.livenessProbe.exec.command[0]: Required value: the executable to run inside the task",
+            ],
+        );
+        assert_all(
+            &task_errors(exec(vec![String::new(), "x".into()])),
+            &[
+                "spec.livenessProbe.exec.command[0]: Required value: the executable to run inside the task",
+            ],
+        );
+        assert_all(
+            &task_errors(exec(vec!["x".into(); 257])),
+            &["spec.livenessProbe.exec.command: Too many: 257: must have at most 256 items"],
+        );
+        assert_all(
+            &task_errors(exec(vec!["x".repeat(40_000), "y".repeat(40_000)])),
+            &["spec.livenessProbe.exec.command: Too long: may not be more than 65536 bytes"],
+        );
+        assert_all(
+            &task_errors(exec(vec!["cat".into(), "a\0b".into()])),
+            &["spec.livenessProbe.exec.command[1]: Invalid value: \"a\\0b\": must not contain NUL"],
+        );
+        // 256 items of 256 bytes: at both limits.
+        assert!(task_errors(exec(vec!["x".repeat(256); 256])).is_empty());
+    }
+
+    #[test]
+    fn http_probes_refuse_bad_paths_ports_hosts_schemes_and_headers() {
+        let http = |f: &dyn Fn(&mut HttpGetAction)| {
+            let mut probe = http_probe(8080.into());
+            if let Some(h) = probe.http_get.as_mut() {
+                f(h);
+            }
+            task_errors(TaskSpec {
+                readiness_probe: Some(probe),
+                ..TaskSpec::default()
+            })
+        };
+        assert!(http(&|_| {}).is_empty());
+        assert!(
+            http(&|h| h.path = String::new()).is_empty(),
+            "the default path is /"
+        );
+        assert_all(
+            &http(&|h| h.path = "healthz".into()),
+            &["spec.readinessProbe.httpGet.path: Invalid value: \"healthz\": must start with '/'"],
+        );
+        assert_all(
+            &http(&|h| h.path = format!("/{}", "a".repeat(2048))),
+            &["spec.readinessProbe.httpGet.path: Too long: may not be more than 2048 bytes"],
+        );
+        assert!(http(&|h| h.path = format!("/{}", "a".repeat(2047))).is_empty());
+        for bad in [
+            "/a b",
+            "/a\r\nHost: evil",
+            "/a\tb",
+            "/\u{7f}",
+            "/caf\u{e9}",
+            "/a\"b",
+            "/<x>",
+        ] {
+            let errs = http(&|h| h.path = bad.into());
+            assert_eq!(errs.len(), 1, "{bad:?}: {:#?}", fields(&errs));
+            assert_eq!(errs[0].field, "spec.readinessProbe.httpGet.path");
+            assert!(errs[0].message.contains("RFC 3986"), "{}", errs[0]);
+        }
+        assert_all(
+            &http(&|h| h.port = 0.into()),
+            &[
+                "spec.readinessProbe.httpGet.port: Required value: a port number (1-65535) or the name of one of the task's ports",
+            ],
+        );
+        assert_all(
+            &http(&|h| h.port = "".into()),
+            &[
+                "spec.readinessProbe.httpGet.port: Required value: a port number (1-65535) or the name of one of the task's ports",
+            ],
+        );
+        assert_all(
+            &http(&|h| h.port = (-1).into()),
+            &[
+                "spec.readinessProbe.httpGet.port: Invalid value: -1: must be between 1 and 65535, inclusive",
+            ],
+        );
+        assert_all(
+            &http(&|h| h.port = 65_536.into()),
+            &[
+                "spec.readinessProbe.httpGet.port: Invalid value: 65536: must be between 1 and 65535, inclusive",
+            ],
+        );
+        assert_all(
+            &http(&|h| h.port = "HTTP".into()),
+            &[
+                "spec.readinessProbe.httpGet.port: Invalid value: \"HTTP\": must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)",
+                "spec.readinessProbe.httpGet.port: Invalid value: \"HTTP\": must contain at least one letter (a-z)",
+            ],
+        );
+        assert_all(
+            &http(&|h| h.port = "http".into()),
+            &[
+                "spec.readinessProbe.httpGet.port: Invalid value: \"http\": must be the name of one of the task's ports (spec.ports[].name)",
+            ],
+        );
+        assert_all(
+            &http(&|h| h.host = "not a host".into()),
+            &[
+                "spec.readinessProbe.httpGet.host: Invalid value: \"not a host\": must be an IP address or a DNS name (lower case letters, digits, '-' and '.')",
+            ],
+        );
+        assert_all(
+            &http(&|h| h.host = "a".repeat(254)),
+            &["spec.readinessProbe.httpGet.host: Too long: may not be more than 253 bytes"],
+        );
+        assert!(http(&|h| h.host = "::1".into()).is_empty());
+        assert!(http(&|h| h.host = "web.default.svc".into()).is_empty());
+        assert_all(
+            &http(&|h| h.scheme = Some(Scheme::Https)),
+            &[
+                "spec.readinessProbe.httpGet.scheme: Unsupported value: \"HTTPS\": supported values: \"HTTP\" (HTTPS probes are not supported yet)",
+            ],
+        );
+        let header = |name: &str, value: &str| HttpHeader {
+            name: name.into(),
+            value: value.into(),
+        };
+        assert_all(
+            &http(&|h| h.http_headers = vec![header("X", "1"); 33]),
+            &["spec.readinessProbe.httpGet.httpHeaders: Too many: 33: must have at most 32 items"],
+        );
+        assert!(http(&|h| h.http_headers = vec![header("X", "1"); 32]).is_empty());
+        assert_all(
+            &http(&|h| {
+                h.http_headers = vec![
+                    header("", "v"),
+                    header("Bad Name", "v"),
+                    header("Bad:Name", "v"),
+                    header(&"x".repeat(257), "v"),
+                    header("X-Ok", "a\r\nInjected: 1"),
+                    header("X-Ok", "caf\u{e9}"),
+                    header("X-Ok", &"v".repeat(4097)),
+                ]
+            }),
+            &[
+                "spec.readinessProbe.httpGet.httpHeaders[0].name: Required value",
+                "spec.readinessProbe.httpGet.httpHeaders[1].name: Invalid value: \"Bad Name\": must be a valid HTTP header name: letters, digits and !#$%&'*+-.^_`|~",
+                "spec.readinessProbe.httpGet.httpHeaders[2].name: Invalid value: \"Bad:Name\": must be a valid HTTP header name: letters, digits and !#$%&'*+-.^_`|~",
+                "spec.readinessProbe.httpGet.httpHeaders[3].name: Too long: may not be more than 256 bytes",
+                "spec.readinessProbe.httpGet.httpHeaders[4].value: Invalid value: \"a\\r\\nInjected: 1\": must be visible ASCII characters, spaces and tabs (no control characters or line breaks)",
+                "spec.readinessProbe.httpGet.httpHeaders[5].value: Invalid value: \"café\": must be visible ASCII characters, spaces and tabs (no control characters or line breaks)",
+                "spec.readinessProbe.httpGet.httpHeaders[6].value: Too long: may not be more than 4096 bytes",
+            ],
+        );
+    }
+
+    #[test]
+    fn probe_ports_must_name_a_tcp_port_of_the_task() {
+        let errs = task_errors(TaskSpec {
+            ports: vec![
+                port("http", 8080),
+                ContainerPort {
+                    protocol: Some(Protocol::Udp),
+                    ..port("dns", 53)
+                },
+            ],
+            readiness_probe: Some(http_probe("http".into())),
+            liveness_probe: Some(tcp_probe("dns".into())),
+            startup_probe: Some(tcp_probe("metrics".into())),
+            ..TaskSpec::default()
+        });
+        assert_all(
+            &errs,
+            &[
+                "spec.livenessProbe.tcpSocket.port: Invalid value: \"dns\": names a UDP port; probes connect over TCP",
+                "spec.startupProbe.tcpSocket.port: Invalid value: \"metrics\": must be the name of one of the task's ports (spec.ports[].name)",
+            ],
+        );
+        assert_all(
+            &task_errors(TaskSpec {
+                startup_probe: Some(Probe {
+                    tcp_socket: Some(TcpSocketAction {
+                        port: 80.into(),
+                        host: "-bad-".into(),
+                    }),
+                    ..Probe::default()
+                }),
+                ..TaskSpec::default()
+            }),
+            &[
+                "spec.startupProbe.tcpSocket.host: Invalid value: \"-bad-\": must be an IP address or a DNS name (lower case letters, digits, '-' and '.')",
+            ],
+        );
+    }
+
+    #[test]
+    fn probe_timings_and_thresholds_are_bounded() {
+        let probe = Probe {
+            initial_delay_seconds: Some(-1),
+            period_seconds: Some(0),
+            timeout_seconds: Some(86_401),
+            success_threshold: Some(0),
+            failure_threshold: Some(10_001),
+            ..tcp_probe(80.into())
+        };
+        let errs = task_errors(TaskSpec {
+            readiness_probe: Some(probe.clone()),
+            ..TaskSpec::default()
+        });
+        assert_all(
+            &errs,
+            &[
+                "spec.readinessProbe.initialDelaySeconds: Invalid value: -1: must be greater than or equal to 0",
+                "spec.readinessProbe.periodSeconds: Invalid value: 0: must be greater than or equal to 1",
+                "spec.readinessProbe.timeoutSeconds: Invalid value: 86401: must be less than or equal to 86400",
+                "spec.readinessProbe.successThreshold: Invalid value: 0: must be greater than or equal to 1",
+                "spec.readinessProbe.failureThreshold: Invalid value: 10001: must be less than or equal to 10000",
+            ],
+        );
+        let errs = task_errors(TaskSpec {
+            readiness_probe: Some(Probe {
+                initial_delay_seconds: Some(86_401),
+                period_seconds: Some(-5),
+                timeout_seconds: Some(0),
+                failure_threshold: Some(0),
+                ..tcp_probe(80.into())
+            }),
+            ..TaskSpec::default()
+        });
+        assert_all(
+            &errs,
+            &[
+                "spec.readinessProbe.initialDelaySeconds: Invalid value: 86401: must be less than or equal to 86400",
+                "spec.readinessProbe.periodSeconds: Invalid value: -5: must be greater than or equal to 1",
+                "spec.readinessProbe.timeoutSeconds: Invalid value: 0: must be greater than or equal to 1",
+                "spec.readinessProbe.failureThreshold: Invalid value: 0: must be greater than or equal to 1",
+            ],
+        );
+    }
+
+    #[test]
+    fn liveness_and_startup_probes_need_a_success_threshold_of_one() {
+        let twice = Probe {
+            success_threshold: Some(2),
+            ..tcp_probe(80.into())
+        };
+        let errs = task_errors(TaskSpec {
+            readiness_probe: Some(twice.clone()),
+            liveness_probe: Some(twice.clone()),
+            startup_probe: Some(twice),
+            ..TaskSpec::default()
+        });
+        assert_all(
+            &errs,
+            &[
+                "spec.livenessProbe.successThreshold: Invalid value: 2: must be 1 for liveness and startup probes",
+                "spec.startupProbe.successThreshold: Invalid value: 2: must be 1 for liveness and startup probes",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_probe_grace_period_is_for_liveness_and_startup_only() {
+        let grace = |v: i64| Probe {
+            termination_grace_period_seconds: Some(v),
+            ..tcp_probe(80.into())
+        };
+        let errs = task_errors(TaskSpec {
+            readiness_probe: Some(grace(5)),
+            liveness_probe: Some(grace(0)),
+            startup_probe: Some(grace(86_401)),
+            ..TaskSpec::default()
+        });
+        assert_all(
+            &errs,
+            &[
+                "spec.readinessProbe.terminationGracePeriodSeconds: Invalid value: 5: must not be set for readiness probes",
+                "spec.livenessProbe.terminationGracePeriodSeconds: Invalid value: 0: must be greater than or equal to 1",
+                "spec.startupProbe.terminationGracePeriodSeconds: Invalid value: 86401: must be less than or equal to 86400",
+            ],
+        );
+    }
+
+    #[test]
+    fn templates_check_ports_and_probes_under_their_path() {
+        let bad = TaskSpec {
+            image: "nginx".into(),
+            ports: vec![port("http", 80), port("http", 81)],
+            readiness_probe: Some(Probe::default()),
+            liveness_probe: Some(http_probe("admin".into())),
+            ..TaskSpec::default()
+        };
+        let mut svc = Service::new(
+            "web",
+            ServiceSpec {
+                template: TaskTemplate {
+                    spec: bad.clone(),
+                    ..TaskTemplate::default()
+                },
+                ..ServiceSpec::default()
+            },
+        );
+        svc.metadata.namespace = "default".into();
+        let expected = [
+            "spec.template.spec.ports[1].name: Duplicate value: \"http\"",
+            "spec.template.spec.readinessProbe: Required value: must have exactly one of exec, httpGet, tcpSocket",
+            "spec.template.spec.livenessProbe.httpGet.port: Invalid value: \"admin\": must be the name of one of the task's ports (spec.ports[].name)",
+        ];
+        assert_all(&svc.validate(), &expected);
+        let mut job = valid_job();
+        job.spec.template.spec = bad;
+        assert_all(&job.validate(), &expected);
+    }
+
+    #[test]
+    fn job_overrides_name_ports_of_the_spec_they_make() {
+        let mut job = valid_job();
+        job.spec.template.spec.ports = vec![port("http", 8080)];
+        job.spec.overrides = vec![
+            // Names a port of the template: fine.
+            TaskOverride {
+                indexes: "0".into(),
+                spec: TaskSpec {
+                    readiness_probe: Some(http_probe("http".into())),
+                    ..TaskSpec::default()
+                },
+            },
+            // Its ports replace the template's, and its probe names a port of its own.
+            TaskOverride {
+                indexes: "1".into(),
+                spec: TaskSpec {
+                    ports: vec![port("admin", 9000)],
+                    liveness_probe: Some(tcp_probe("admin".into())),
+                    ..TaskSpec::default()
+                },
+            },
+            // Names a port of neither.
+            TaskOverride {
+                indexes: "2".into(),
+                spec: TaskSpec {
+                    startup_probe: Some(tcp_probe("grpc".into())),
+                    ..TaskSpec::default()
+                },
+            },
+        ];
+        assert_all(
+            &job.validate(),
+            &[
+                "spec.overrides[2].spec.startupProbe.tcpSocket.port: Invalid value: \"grpc\": must be the name of one of the task's ports (spec.ports[].name) once this override is applied",
+            ],
+        );
+        // A template probe whose port an override takes away.
+        job.spec.template.spec.liveness_probe = Some(tcp_probe("http".into()));
+        job.spec.overrides.truncate(2);
+        job.spec.overrides[1].spec.liveness_probe = None;
+        assert_all(
+            &job.validate(),
+            &[
+                "spec.overrides[1].spec.livenessProbe.tcpSocket.port: Invalid value: \"http\": must be the name of one of the task's ports (spec.ports[].name) once this override is applied",
+            ],
         );
     }
 }

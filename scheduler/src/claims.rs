@@ -88,6 +88,7 @@ impl Claim {
             },
             // A claimed task is never a preemption victim.
             priority: i32::MAX,
+            ports: self.ports.clone(),
             task: Arc::new(task),
         }
     }
@@ -137,6 +138,17 @@ mod tests {
         assert_eq!(back.key, "default/a");
         assert_eq!(back.demand, info.demand);
         assert_eq!(back.ports(), &[80]);
+        // A hostPort is claimed like resources.ports.
+        let mut h = task("h", "1m", "1Mi");
+        h.spec.resources.ports = vec![80];
+        h.spec.ports.push(api_types::ContainerPort {
+            container_port: 8443,
+            host_port: Some(443),
+            ..Default::default()
+        });
+        let claimed = Claim::of(&TaskInfo::new(Arc::new(h)), "s1", 1_000);
+        assert_eq!(claimed.ports, [80, 443]);
+        assert_eq!(claimed.task_info().ports(), &[80, 443]);
 
         let mut n = node("n", "1", "1Gi");
         write(&mut n.metadata.annotations, std::slice::from_ref(&claim));

@@ -219,6 +219,59 @@ mod tests {
     }
 
     #[test]
+    fn a_host_port_conflicts_with_host_ports_and_resources_ports() {
+        fn with_host_port(name: &str, container_port: i32, host_port: i32) -> Task {
+            let mut t = task(name, "1m", "1Mi");
+            t.spec.ports.push(api_types::ContainerPort {
+                name: "http".into(),
+                container_port,
+                host_port: Some(host_port),
+                protocol: None,
+            });
+            t
+        }
+        let mut info = NodeInfo::new(node("n", "1", "1Gi"));
+        info.add_task(&with_host_port("a", 80, 8080));
+        // Another task's hostPort, whatever its container port.
+        assert_eq!(
+            fits(&info, &ti(&with_host_port("b", 9000, 8080))),
+            Err(Unfit::PortTaken(8080))
+        );
+        // A resources.ports entry against a hostPort.
+        let mut old_style = task("c", "1m", "1Mi");
+        old_style.spec.resources.ports = vec![8080];
+        assert_eq!(fits(&info, &ti(&old_style)), Err(Unfit::PortTaken(8080)));
+        // A container port alone reserves nothing on the node.
+        let mut container_only = task("d", "1m", "1Mi");
+        container_only.spec.ports.push(api_types::ContainerPort {
+            container_port: 8080,
+            ..Default::default()
+        });
+        assert_eq!(fits(&info, &ti(&container_only)), Ok(()));
+        assert_eq!(fits(&info, &ti(&with_host_port("e", 80, 8081))), Ok(()));
+
+        // A hostPort against a resources.ports entry, and the port comes back on removal.
+        let mut info = NodeInfo::new(node("n", "1", "1Gi"));
+        info.add_task(&old_style);
+        assert_eq!(
+            fits(&info, &ti(&with_host_port("f", 80, 8080))),
+            Err(Unfit::PortTaken(8080))
+        );
+        info.remove_task(&old_style);
+        assert_eq!(fits(&info, &ti(&with_host_port("f", 80, 8080))), Ok(()));
+
+        // A task naming the same port both ways holds it once.
+        let mut both = with_host_port("g", 80, 8080);
+        both.spec.resources.ports = vec![8080];
+        assert_eq!(ti(&both).ports(), &[8080]);
+        let mut info = NodeInfo::new(node("n", "1", "1Gi"));
+        info.add_task(&both);
+        assert!(!info.overcommitted());
+        info.remove_task(&both);
+        assert!(info.ports.is_empty());
+    }
+
+    #[test]
     fn raw_exec_and_host_paths_go_only_where_the_operator_allows_them() {
         let mut info = NodeInfo::new(node("n", "1", "1Gi"));
         let mut raw = task("raw", "1m", "1Mi");

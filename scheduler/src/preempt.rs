@@ -236,4 +236,28 @@ mod tests {
         assert_eq!(plan.victims.len(), 1);
         assert_eq!(plan.victims[0].key, "default/holder");
     }
+
+    #[test]
+    fn a_host_port_is_freed_by_evicting_its_holder() {
+        let now = Instant::now();
+        let mut cache = Cache::new("me");
+        cache.upsert_node(Arc::new(node("a", "8", "8Gi")), now);
+        let mut holder = task("holder", "100m", "1Mi");
+        holder.spec.node_name = "a".into();
+        holder.spec.ports.push(api_types::ContainerPort {
+            container_port: 80,
+            host_port: Some(443),
+            ..Default::default()
+        });
+        cache.upsert_task(Arc::new(holder));
+        let mut other = task("other", "100m", "1Mi");
+        other.spec.node_name = "a".into();
+        cache.upsert_task(Arc::new(other));
+        let mut p = task("p", "100m", "1Mi");
+        p.spec.priority = Some(1);
+        p.spec.resources.ports = vec![443];
+        let plan = plan(&cache, &TaskInfo::new(Arc::new(p))).unwrap();
+        assert_eq!(plan.victims.len(), 1);
+        assert_eq!(plan.victims[0].key, "default/holder");
+    }
 }

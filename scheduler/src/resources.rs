@@ -90,6 +90,8 @@ pub struct TaskInfo {
     pub demand: Resources,
     /// Its priority (0 by default).
     pub priority: i32,
+    /// The host ports it needs free: `resources.ports` and `ports[].hostPort`, each once.
+    pub ports: Vec<i32>,
 }
 
 impl TaskInfo {
@@ -99,13 +101,14 @@ impl TaskInfo {
             key: key_of(&task),
             demand: Resources::of_task(&task),
             priority: task.spec.priority(),
+            ports: task.spec.host_ports(),
             task,
         }
     }
 
     /// Host ports the task needs.
     pub fn ports(&self) -> &[i32] {
-        &self.task.spec.resources.ports
+        &self.ports
     }
 }
 

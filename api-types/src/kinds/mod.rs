@@ -39,8 +39,10 @@ pub use service_account::{
     BoundObjectReference, ServiceAccount, TokenRequest, TokenRequestSpec, TokenRequestStatus,
 };
 pub use task::{
-    Driver, EnvVar, Mount, ResourceUsage, RestartPolicy, Task, TaskPhase, TaskResources, TaskSpec,
-    TaskStatus, TaskTemplate, TemplateMeta, Toleration, TolerationOperator,
+    ContainerPort, Driver, EnvVar, ExecAction, HttpGetAction, HttpHeader, Mount, Probe,
+    ProbeHandler, Protocol, ResourceUsage, RestartPolicy, Scheme, Task, TaskPhase, TaskResources,
+    TaskSpec, TaskStatus, TaskTemplate, TcpSocketAction, TemplateMeta, Toleration,
+    TolerationOperator,
 };
 
 use crate::resource::{Resource, ResourceInfo};
