@@ -733,6 +733,9 @@ async fn all_in_one(
             api_types::Format::BinarySi,
         ),
         exec_uid: 65534,
+        no_task_network: false,
+        bridge: nodelet::network::DEFAULT_BRIDGE.to_owned(),
+        node_ip: None,
     };
     let mut nodelet_config = nodelet_args.config()?;
     // The node's endpoint (task logs) serves TLS to the API server only.

@@ -90,6 +90,18 @@ pub struct NodeletArgs {
     /// it owns their work directories and writable mounts.
     #[arg(long, default_value_t = 65534)]
     pub exec_uid: u32,
+    /// Keep container tasks off the task network (only `lo` in their
+    /// namespace) even when the node has a task subnet (`spec.taskCIDR`).
+    #[arg(long)]
+    pub no_task_network: bool,
+    /// The task network's bridge on this machine.
+    #[arg(long, default_value = nodelet::network::DEFAULT_BRIDGE)]
+    pub bridge: String,
+    /// This node's address other nodes route task traffic to, reported as its
+    /// InternalIP (default: the --advertise or --listen address when it is a
+    /// routable IPv4 address).
+    #[arg(long)]
+    pub node_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// How a component reaches the API server and who it is there.
@@ -190,6 +202,20 @@ impl NodeletArgs {
             "--exec-uid 0: the exec driver's uid must not be root (the raw driver runs as root, with --allow-raw-exec)"
         );
         config.exec_uid = self.exec_uid;
+        config.task_network = !self.no_task_network;
+        nodelet::network::check_bridge_name(&self.bridge)
+            .map_err(|e| anyhow::anyhow!("--bridge {:?}: {e}", self.bridge))?;
+        config.bridge = self.bridge.clone();
+        if let Some(ip) = self.node_ip {
+            anyhow::ensure!(
+                !(ip.is_loopback()
+                    || ip.is_unspecified()
+                    || ip.is_multicast()
+                    || ip.is_broadcast()),
+                "--node-ip {ip}: must be an address other machines can route to"
+            );
+        }
+        config.node_ip = self.node_ip;
         config.shim = shim_command()?;
         Ok(config)
     }

@@ -199,6 +199,7 @@ impl Driver for ShimDriver {
                 None => Found::Running(Started {
                     pid: 0,
                     started_at: Utc::now(),
+                    task_ip: None,
                 }),
             };
         }
@@ -380,11 +381,13 @@ impl Driver for FakeDriver {
                 Ok(Started {
                     pid: 1,
                     started_at: Utc::now(),
+                    task_ip: None,
                 })
             }
             FakeOutcome::UntilSignalled { .. } => Ok(Started {
                 pid: 1,
                 started_at: Utc::now(),
+                task_ip: None,
             }),
         }
     }
@@ -398,6 +401,7 @@ impl Driver for FakeDriver {
             None if s.starts.contains(&dir.0) => Found::Running(Started {
                 pid: 1,
                 started_at: Utc::now(),
+                task_ip: None,
             }),
             None => Found::NotStarted,
         }

@@ -7,9 +7,12 @@
 pub mod cgroup;
 pub mod driver;
 pub mod image;
+pub mod ipam;
 pub mod logfile;
 pub mod metrics;
+pub mod network;
 pub mod node;
+pub mod node_network;
 pub mod permissions;
 pub mod pull;
 pub mod run;
@@ -101,6 +104,15 @@ pub struct Config {
     /// The uid and gid the confined `exec` driver runs tasks as (it owns their
     /// work directories and writable mounts); `nobody` by default.
     pub exec_uid: u32,
+    /// Whether container tasks join the node's task network once the node
+    /// has a task subnet (`spec.taskCIDR`); on by default.
+    pub task_network: bool,
+    /// The task network's bridge.
+    pub bridge: String,
+    /// The node's address other nodes route task traffic to, reported as its
+    /// `InternalIP` (default: the endpoint's address when it is a routable
+    /// IPv4 one).
+    pub node_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// The endpoint's TLS.
@@ -142,7 +154,18 @@ impl Config {
             allow_raw_exec: false,
             max_layer_bytes: image::DEFAULT_MAX_LAYER_BYTES,
             exec_uid: 65534,
+            task_network: true,
+            bridge: network::DEFAULT_BRIDGE.to_owned(),
+            node_ip: None,
         }
+    }
+}
+
+impl Config {
+    /// The node's address for task traffic: `node_ip`, else the endpoint's
+    /// address when it is a routable IPv4 one.
+    pub fn node_ip(&self, endpoint: &str) -> Option<std::net::Ipv4Addr> {
+        self.node_ip.or_else(|| node_network::endpoint_ip(endpoint))
     }
 }
 
@@ -278,6 +301,20 @@ pub async fn run_with(
         .context("cannot create the node lease")?;
     info!(node = %config.name, %endpoint, "node registered and ready");
 
+    // The task network follows the Nodes: the bridge once this node has a
+    // subnet, routes to the others'.
+    let network = Arc::new(node_network::NodeNetwork::new(
+        config.task_network,
+        &config.bridge,
+        config.state_dir.clone(),
+    ));
+    let network_follower = tokio::spawn(network.clone().follow(
+        client.clone(),
+        config.name.clone(),
+        config.node_ip(&endpoint),
+        shutdown.clone(),
+    ));
+
     let informer = Informer::start(
         Api::<Task>::all(client.clone()),
         watcher::Config {
@@ -302,6 +339,7 @@ pub async fn run_with(
         shutdown: shutdown.clone(),
         metrics: metrics::Metrics::default(),
         fence: tasks::Fence::new(config.lease_duration),
+        network: network.clone(),
     });
 
     let server_shutdown = shutdown.clone();
@@ -444,7 +482,11 @@ pub async fn run_with(
     let _ = heartbeat.await;
     let _ = refresher.await;
     let _ = server.await;
+    let _ = network_follower.await;
     if config.stop_tasks_on_exit {
+        // The node's tasks are stopped: their network goes too.
+        let network = network.clone();
+        let _ = tokio::task::spawn_blocking(move || network.teardown()).await;
         cgroup::remove_tree(&format!("/{}/{}", config.cgroup_parent, config.name));
         // The parent too, if no other node on this machine uses it.
         cgroup::remove_tree(&config.cgroup_parent);

@@ -264,10 +264,19 @@ pub async fn report_status(
             .map(|s| s.trim().to_owned())
             .unwrap_or_default(),
     };
-    let addresses = vec![NodeAddress {
+    let mut addresses = vec![NodeAddress {
         type_: "Hostname".to_owned(),
         address: hostname(),
     }];
+    if let Some(ip) = config.node_ip(endpoint) {
+        addresses.insert(
+            0,
+            NodeAddress {
+                type_: "InternalIP".to_owned(),
+                address: ip.to_string(),
+            },
+        );
+    }
     let mut patch = json!({
         "status": {
             "capacity": capacity.resources,

@@ -111,6 +111,24 @@ pub struct RunSpec {
     /// [`crate::service_account::MOUNT_PATH`].
     #[serde(default)]
     pub service_account: Option<PathBuf>,
+    /// The task's interface on the node's task network (`container` only;
+    /// without it the container has only `lo`).
+    #[serde(default)]
+    pub network: Option<crate::network::TaskNetwork>,
+    /// The files bound read-only at `/etc/hosts` and `/etc/resolv.conf`
+    /// (`container` only; the image's own otherwise).
+    #[serde(default)]
+    pub etc_files: Option<EtcFiles>,
+}
+
+/// The name-resolution files the nodelet writes for a container's run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcFiles {
+    /// Bound at `/etc/hosts`.
+    pub hosts: PathBuf,
+    /// Bound at `/etc/resolv.conf`.
+    pub resolv_conf: PathBuf,
 }
 
 /// What the shim reports once the process runs (one JSON line on its stdout).
@@ -121,6 +139,9 @@ pub struct Started {
     pub pid: i32,
     /// When it started.
     pub started_at: DateTime<Utc>,
+    /// Its address on the node's task network, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// The bytes free to an unprivileged writer on the filesystem of `path`.

@@ -113,7 +113,11 @@ fn run(dir: &RunDir, spec: &RunSpec) -> ExitRecord {
     // came while it started goes now.
     forward_stop_signals(pid, !matches!(spec.driver, DriverKind::Container));
     let started_at = Utc::now();
-    let report = Started { pid, started_at };
+    let report = Started {
+        pid,
+        started_at,
+        task_ip: spec.network.as_ref().map(|n| n.ip),
+    };
     if let Ok(line) = serde_json::to_vec(&report) {
         let _ = write_replace(&dir.started(), &line);
         let mut stdout = std::io::stdout();
@@ -224,7 +228,7 @@ fn start_container(
         .ok_or(("ImageNotFound", "the task has no image".to_owned()))?;
     // Its network namespace is made, and its `lo` brought up, on a thread while
     // the root is mounted and libcontainer builds the container.
-    let netns = NetNamespace::start()
+    let netns = NetNamespace::start(spec.network.clone())
         .map_err(|e| (REASON, format!("cannot make a network namespace: {e}")))?;
     let rootfs = dir.0.join("rootfs");
     let upper = dir.0.join("upper");
@@ -426,7 +430,7 @@ fn create(
             if let Some(netns) = netns {
                 netns
                     .finish()
-                    .map_err(|e| format!("cannot bring lo up: {e}"))?;
+                    .map_err(|e| format!("cannot set up its network: {e}"))?;
             }
             container
                 .start()
@@ -530,8 +534,8 @@ struct NetNamespace {
 }
 
 impl NetNamespace {
-    /// Starts the thread.
-    fn start() -> std::io::Result<Self> {
+    /// Starts the thread; with `network`, it plumbs the task's interface too.
+    fn start(network: Option<crate::network::TaskNetwork>) -> std::io::Result<Self> {
         use std::sync::mpsc::sync_channel;
         let (made_tx, made) = sync_channel(1);
         let (up_tx, up) = sync_channel(1);
@@ -539,6 +543,16 @@ impl NetNamespace {
         let thread = std::thread::Builder::new()
             .name("netns".to_owned())
             .spawn(move || {
+                // The host's side is plumbed through a socket opened before
+                // the thread leaves the host's namespace.
+                let host = match network.as_ref().map(|_| crate::network::Netlink::open()) {
+                    Some(Ok(host)) => Some(host),
+                    Some(Err(e)) => {
+                        let _ = made_tx.send(Err(e));
+                        return;
+                    }
+                    None => None,
+                };
                 // SAFETY: unsharing the network namespace changes only this
                 // thread's.
                 if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
@@ -547,7 +561,11 @@ impl NetNamespace {
                 }
                 // SAFETY: gettid has no preconditions.
                 let _ = made_tx.send(Ok(unsafe { libc::gettid() }));
-                let _ = up_tx.send(loopback_up());
+                let plumbed = match (host, network) {
+                    (Some(mut host), Some(network)) => plumb(&mut host, &network),
+                    _ => loopback_up(),
+                };
+                let _ = up_tx.send(plumbed);
                 let _ = released.recv();
             })?;
         Ok(NetNamespace {
@@ -587,6 +605,17 @@ impl Drop for NetNamespace {
             let _ = thread.join();
         }
     }
+}
+
+/// Plumbs the calling thread's (new) network namespace onto the node's task
+/// network through `host`, a socket in the host's namespace.
+fn plumb(
+    host: &mut crate::network::Netlink,
+    network: &crate::network::TaskNetwork,
+) -> std::io::Result<()> {
+    let netns = std::fs::File::open("/proc/thread-self/ns/net")?;
+    let mut inside = crate::network::Netlink::open()?;
+    crate::network::plumb_task(host, &mut inside, &netns, network)
 }
 
 /// Makes the container of `config` join the network namespace at `path`.

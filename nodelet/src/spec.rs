@@ -500,6 +500,10 @@ pub fn runtime_spec(run: &RunSpec) -> Result<Spec, String> {
                         true,
                     ));
                 }
+                if let Some(etc) = &run.etc_files {
+                    mounts.push(bind(&etc.hosts, Path::new("/etc/hosts"), true));
+                    mounts.push(bind(&etc.resolv_conf, Path::new("/etc/resolv.conf"), true));
+                }
             }
         }
         DriverKind::Exec | DriverKind::Raw => {
@@ -735,6 +739,8 @@ mod tests {
             grace_seconds: None,
             sandbox: None,
             service_account: Some("/var/lib/loom/tasks/u/serviceaccount".into()),
+            network: None,
+            etc_files: None,
         }
     }
 

@@ -58,6 +58,8 @@ pub struct Ctx {
     /// When the node last renewed its Lease: its tasks stop once that is
     /// longer ago than the lease's duration.
     pub fence: Fence,
+    /// The node's task network (none until the node has a task subnet).
+    pub network: Arc<crate::node_network::NodeNetwork>,
 }
 
 /// Fencing: a node that cannot renew its Lease for longer than the lease's
@@ -511,6 +513,8 @@ async fn step(
     let (step, next) = match local {
         Local::Running(running) => step_running(ctx, dir, task, running, shutting_down).await?,
         Local::Exited { n, record } => {
+            // The run is over: its address goes back (again is harmless).
+            release_address(ctx, &run_dir(dir, *n));
             step_exited(ctx, dir, task, *n, record, shutting_down).await?
         }
         Local::Idle { last, not_before } => {
@@ -614,10 +618,12 @@ async fn report_running(
     started: &Started,
 ) -> Result<Option<Task>, client::Error> {
     let status = task.status.clone().unwrap_or_default();
+    let task_ip = started.task_ip.map(|ip| ip.to_string()).unwrap_or_default();
     if status.phase == TaskPhase::Running
         && restarts_of(task) == n - 1
         && status.reason.is_empty()
         && status.start_time.is_some()
+        && status.task_ip == task_ip
     {
         return Ok(None);
     }
@@ -630,6 +636,7 @@ async fn report_running(
         "restartCount": n - 1,
         "nodeName": ctx.config.name,
         "logPath": ctx.log_path(task),
+        "taskIP": task_ip,
     });
     write_status(ctx, task, patch).await.map(Some)
 }
@@ -977,7 +984,8 @@ async fn start(ctx: &Ctx, dir: &Path, task: &Task, n: u32) -> Result<Started, Ex
         .map_err(|e| ExitRecord::failed("StartFailed", e.to_string()))?;
         pulled?;
         let service_account = service_account.transpose()?;
-        let spec = run_spec(ctx, task, n, service_account)?;
+        let mut spec = run_spec(ctx, task, n, service_account)?;
+        attach_network(ctx, task, &run, &mut spec)?;
         let bytes = serde_json::to_vec_pretty(&spec)
             .map_err(|e| ExitRecord::failed("StartFailed", e.to_string()))?;
         write_replace(&run.spec(), &bytes)
@@ -985,6 +993,7 @@ async fn start(ctx: &Ctx, dir: &Path, task: &Task, n: u32) -> Result<Started, Ex
         Ok(())
     })();
     if let Err(record) = prepared {
+        release_address(ctx, &run);
         // Remember the failure as this run's end.
         if let Ok(bytes) = serde_json::to_vec(&record) {
             let _ = write_replace(&run.exit(), &bytes);
@@ -1009,6 +1018,131 @@ async fn start(ctx: &Ctx, dir: &Path, task: &Task, n: u32) -> Result<Started, Ex
         }
     }
     result
+}
+
+/// Gives a container's run an address on the node's task network, if the
+/// node has one, and its `/etc/hosts` and `/etc/resolv.conf`.
+fn attach_network(
+    ctx: &Ctx,
+    task: &Task,
+    run: &RunDir,
+    spec: &mut RunSpec,
+) -> Result<(), ExitRecord> {
+    if spec.driver != DriverKind::Container {
+        return Ok(());
+    }
+    let Some(network) = ctx.network.current() else {
+        return Ok(());
+    };
+    let ip = network
+        .ipam
+        .allocate(&run.0, run_ended)
+        .map_err(|e| ExitRecord::failed(crate::ipam::EXHAUSTED, e.to_string()))?;
+    let written = (|| {
+        let hosts = run.0.join("hosts");
+        let resolv_conf = run.0.join("resolv.conf");
+        write_replace(&hosts, hosts_file(ip, &spec.hostname).as_bytes())?;
+        write_replace(&resolv_conf, resolv_conf_file().as_bytes())?;
+        Ok::<_, std::io::Error>(crate::run::EtcFiles { hosts, resolv_conf })
+    })();
+    let etc_files = match written {
+        Ok(files) => files,
+        Err(e) => {
+            let _ = network.ipam.release(ip, &run.0);
+            return Err(ExitRecord::failed(
+                "StartFailed",
+                format!("cannot write the task's /etc files: {e}"),
+            ));
+        }
+    };
+    debug!(task = %task.metadata.name, %ip, "task address");
+    spec.network = Some(crate::network::TaskNetwork {
+        ip,
+        prefix_len: network.subnet.prefix_len(),
+        gateway: network.gateway,
+        bridge: network.bridge.clone(),
+        host_veth: crate::network::host_veth_name(&spec.container_id),
+    });
+    spec.etc_files = Some(etc_files);
+    Ok(())
+}
+
+/// Whether the run in directory `dir` is over (its end recorded, or the
+/// directory gone): its address may be lent again.
+fn run_ended(dir: &Path) -> bool {
+    !dir.is_dir() || RunDir(dir.to_owned()).exit().exists()
+}
+
+/// Gives back the address run `run` holds, if any.
+fn release_address(ctx: &Ctx, run: &RunDir) {
+    let Some(network) = ctx.network.current() else {
+        return;
+    };
+    let ip = std::fs::read(run.spec())
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<RunSpec>(&bytes).ok())
+        .and_then(|spec| spec.network)
+        .map(|n| n.ip);
+    let released = match ip {
+        Some(ip) => network.ipam.release(ip, &run.0).map(usize::from),
+        None => network.ipam.release_owner(&run.0),
+    };
+    if let Err(error) = released {
+        warn!(run = %run.0.display(), %error, "cannot give the run's address back");
+    }
+}
+
+/// A container's `/etc/hosts`: loopback and its own name on its address.
+fn hosts_file(ip: std::net::Ipv4Addr, hostname: &str) -> String {
+    format!(
+        "# Written by the Loom nodelet.\n\
+         127.0.0.1\tlocalhost\n\
+         ::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\n\
+         ff00::0\tip6-mcastprefix\n\
+         ff02::1\tip6-allnodes\n\
+         ff02::2\tip6-allrouters\n\
+         {ip}\t{hostname}\n"
+    )
+}
+
+/// A container's `/etc/resolv.conf`: the node's name servers, but those on
+/// loopback (unreachable from the task's namespace; a local stub resolver's
+/// upstream servers are used instead), and its search domains and options.
+fn resolv_conf_file() -> String {
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut out = resolv_conf_from(&host);
+    if !out.contains("nameserver") {
+        // systemd-resolved's stub at 127.0.0.53: its upstream servers.
+        if let Ok(upstream) = std::fs::read_to_string("/run/systemd/resolve/resolv.conf") {
+            out = resolv_conf_from(&upstream);
+        }
+    }
+    format!("# Written by the Loom nodelet from the node's resolver configuration.\n{out}")
+}
+
+fn resolv_conf_from(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => {
+                let Some(server) = words.next() else { continue };
+                let loopback = server
+                    .parse::<std::net::IpAddr>()
+                    .map_or(true, |ip| ip.is_loopback());
+                if !loopback {
+                    out.push_str(&format!("nameserver {server}\n"));
+                }
+            }
+            Some("search" | "domain" | "options") => {
+                out.push_str(line.trim());
+                out.push('\n');
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -1171,6 +1305,8 @@ fn run_spec(
             .map(|s| s.max(0) as u64),
         sandbox,
         service_account,
+        network: None,
+        etc_files: None,
     })
 }
 
@@ -1350,6 +1486,7 @@ mod tests {
         let run = |pid: i32| Started {
             pid,
             started_at: stepped,
+            task_ip: None,
         };
         let young = run(child.id() as i32);
         let reason = stop_reason(&config, &fence, Some(&task(60)), &young, false);
@@ -1380,6 +1517,7 @@ mod tests {
         let started = Started {
             pid: 1,
             started_at: Utc::now(),
+            task_ip: None,
         };
         let task: Task = serde_json::from_value(json!({
             "metadata": {"name": "t", "namespace": "default"},
