@@ -564,7 +564,8 @@ pub async fn run_probes(
     exec: Arc<dyn ExecProber>,
     events: mpsc::Sender<ProbeEvent>,
 ) {
-    run_with(probes, &NetworkProber { target, exec }, events).await;
+    let prober = NetworkProber { target, exec };
+    run_with(probes, &prober, Instant::now(), events).await;
 }
 
 type Running<'a> = Pin<Box<dyn Future<Output = (ProbeKind, Instant, ProbeResult)> + Send + 'a>>;
@@ -579,12 +580,17 @@ fn next_after(scheduled: Instant, period: Duration, now: Instant) -> Instant {
     next
 }
 
-/// [`run_probes`] with any [`Prober`]. Each probe first runs `initialDelaySeconds`
-/// after the call (liveness and readiness not before the startup probe passed,
-/// then at once), then every `periodSeconds`; at most one run of each probe at a
-/// time, and the probes run concurrently.
-pub async fn run_with(probes: TaskProbes, prober: &dyn Prober, events: mpsc::Sender<ProbeEvent>) {
-    let start = Instant::now();
+/// [`run_probes`] with any [`Prober`], for a run that started at `start` (now for
+/// a new run; earlier for a run found running after a nodelet restart). Each probe
+/// first runs `initialDelaySeconds` after `start` (liveness and readiness not
+/// before the startup probe passed, then at once), then every `periodSeconds`; at
+/// most one run of each probe at a time, and the probes run concurrently.
+pub async fn run_with(
+    probes: TaskProbes,
+    prober: &dyn Prober,
+    start: Instant,
+    events: mpsc::Sender<ProbeEvent>,
+) {
     let (mut state, initial) = ProbeState::new(probes.clone());
     for event in initial {
         if events.send(event).await.is_err() {
@@ -1095,7 +1101,7 @@ mod tests {
     ) -> Vec<(u64, ProbeEvent)> {
         let (tx, mut rx) = mpsc::channel(16);
         let start = Instant::now();
-        let run = run_with(probes, script, tx);
+        let run = run_with(probes, script, start, tx);
         tokio::pin!(run);
         let mut seen = Vec::new();
         let deadline = tokio::time::sleep(limit);
@@ -1301,6 +1307,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn delays_count_from_when_the_run_started() {
+        let probes = TaskProbes {
+            readiness: Some(every(10, 30)),
+            ..TaskProbes::default()
+        };
+        let script = Script::new(&[(ProbeKind::Readiness, vec![Ok_])]);
+        // Found running 25 s after it started: the first probe is 5 s away.
+        let started = Instant::now();
+        tokio::time::advance(Duration::from_secs(25)).await;
+        let (tx, mut rx) = mpsc::channel(4);
+        let run = tokio::spawn(async move { run_with(probes, &script, started, tx).await });
+        assert_eq!(rx.recv().await, Some(ready(true, "")));
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        run.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_loop_ends_when_nobody_listens() {
         // A probe that never decides anything: only the closed channel ends the loop.
         let probes = TaskProbes {
@@ -1312,7 +1335,7 @@ mod tests {
         };
         let script = Script::new(&[(ProbeKind::Readiness, vec![fail("x")])]);
         let (tx, rx) = mpsc::channel(1);
-        let run = tokio::spawn(async move { run_with(probes, &script, tx).await });
+        let run = tokio::spawn(async move { run_with(probes, &script, Instant::now(), tx).await });
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(!run.is_finished());
         drop(rx);
