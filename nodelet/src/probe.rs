@@ -362,7 +362,8 @@ pub enum ProbeEvent {
         message: String,
     },
     /// A liveness or startup probe failed: the run must be stopped (and restarted
-    /// under the task's restart policy). The loop ends after this.
+    /// under the task's restart policy). Preceded by `Ready { ready: false }` when
+    /// the task was ready; the loop ends after this.
     Restart {
         /// The probe that failed.
         probe: ProbeKind,
