@@ -215,6 +215,47 @@ impl Netlink {
         Ok(found)
     }
 
+    /// The links of the namespace: index and name. (Not `/sys/class/net`,
+    /// which shows the namespace sysfs was mounted in, not the caller's.)
+    pub fn links(&mut self) -> io::Result<Vec<(u32, String)>> {
+        let answers = self.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
+        let mut links = Vec::new();
+        for answer in answers {
+            let RouteNetlinkMessage::NewLink(link) = answer else {
+                continue;
+            };
+            for attribute in &link.attributes {
+                if let LinkAttribute::IfName(name) = attribute {
+                    links.push((link.header.index, name.clone()));
+                }
+            }
+        }
+        Ok(links)
+    }
+
+    /// The name of the link holding address `ip`, if one does.
+    pub fn link_holding(&mut self, ip: Ipv4Addr) -> io::Result<Option<String>> {
+        let mut message = AddressMessage::default();
+        message.header.family = AddressFamily::Inet;
+        let answers = self.dump(RouteNetlinkMessage::GetAddress(message))?;
+        let index = answers.iter().find_map(|answer| match answer {
+            RouteNetlinkMessage::NewAddress(address) => address
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(local)) if *local == ip))
+                .then_some(address.header.index),
+            _ => None,
+        });
+        let Some(index) = index else {
+            return Ok(None);
+        };
+        Ok(self
+            .links()?
+            .into_iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, name)| name))
+    }
+
     /// Makes bridge `name` unless there is one.
     pub fn ensure_bridge(&mut self, name: &str) -> io::Result<u32> {
         if let Some(index) = self.link_index(name)? {

@@ -169,7 +169,7 @@ impl NodeNetwork {
         // holds this node's address.
         if let Some(ip) = wanted.node_ip
             && !wanted.peers.is_empty()
-            && let Some(link) = link_holding(&mut netlink, ip)?
+            && let Some(link) = netlink.link_holding(ip)?
         {
             network::enable_forwarding(&link)?;
         }
@@ -270,20 +270,6 @@ pub fn endpoint_ip(endpoint: &str) -> Option<Ipv4Addr> {
 
 fn routable(ip: Ipv4Addr) -> bool {
     !(ip.is_loopback() || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast())
-}
-
-/// The name of the link holding `ip`, if one does.
-fn link_holding(netlink: &mut Netlink, ip: Ipv4Addr) -> std::io::Result<Option<String>> {
-    for entry in std::fs::read_dir("/sys/class/net")?.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(index) = netlink.link_index(&name)? else {
-            continue;
-        };
-        if netlink.addresses(index)?.iter().any(|a| a.addr() == ip) {
-            return Ok(Some(name));
-        }
-    }
-    Ok(None)
 }
 
 fn nft(rules: &str) -> std::io::Result<()> {
