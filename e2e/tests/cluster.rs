@@ -37,6 +37,10 @@ fn cluster_runs_jobs_and_services_and_survives_failures() {
     eprintln!("service rollout: {:?}", step.elapsed());
 
     let step = Instant::now();
+    tasks_reach_each_other_across_nodes(&cluster);
+    eprintln!("task network: {:?}", step.elapsed());
+
+    let step = Instant::now();
     job_survives_control_plane_kills(&mut cluster);
     eprintln!("job through control-plane kills: {:?}", step.elapsed());
 
@@ -258,6 +262,128 @@ fn service_rollout(cluster: &Cluster) {
         },
     );
     assert_eq!(tasks.len(), 3);
+}
+
+/// Every node got a task subnet from the cluster's range; a task on each
+/// node serves HTTP at its address, and a task on the first node reaches all
+/// three (two through the other nodes' routes), as does the test from the
+/// root namespace, the hosts' router.
+fn tasks_reach_each_other_across_nodes(cluster: &Cluster) {
+    let range: ipnet::Ipv4Net = cluster.cluster_cidr.parse().unwrap();
+    let mut subnets = Vec::new();
+    for node in cluster.list("nodes") {
+        let subnet: ipnet::Ipv4Net = node["spec"]["taskCIDR"].as_str().unwrap().parse().unwrap();
+        assert!(range.contains(&subnet), "{subnet} outside {range}");
+        subnets.push(subnet);
+    }
+    subnets.sort();
+    subnets.dedup();
+    assert_eq!(subnets.len(), cluster.nodes.len(), "{subnets:?}");
+
+    let mut yaml = String::new();
+    for (n, node) in cluster.nodes.iter().enumerate() {
+        yaml.push_str(&format!(
+            r#"---
+apiVersion: loom.dev/v1
+kind: Task
+metadata: {{name: net-{n}}}
+spec:
+  nodeName: {node}
+  image: busybox
+  command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+  resources: {{cpu: 50m, memory: 16Mi}}
+  terminationGracePeriodSeconds: 1
+"#,
+            node = node.name
+        ));
+    }
+    cluster.apply("net-servers", &yaml);
+    let ips: Vec<String> = wait_for(
+        "the servers running with addresses",
+        Duration::from_secs(60),
+        || {
+            let mut ips = Vec::new();
+            for n in 0..cluster.nodes.len() {
+                let task: Value = serde_json::from_str(&cluster.loomctl_ok(&[
+                    "get",
+                    "task",
+                    &format!("net-{n}"),
+                    "-o",
+                    "json",
+                ]))
+                .map_err(|e| e.to_string())?;
+                let ip = task["status"]["taskIP"].as_str().unwrap_or_default();
+                if task["status"]["phase"] != "Running" || ip.is_empty() {
+                    return Err(format!("net-{n}: {}", task["status"]));
+                }
+                ips.push(ip.to_owned());
+            }
+            Ok(ips)
+        },
+    );
+    for (n, ip) in ips.iter().enumerate() {
+        let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+        let node = &cluster.nodes[n].name;
+        let own = cluster
+            .list("nodes")
+            .into_iter()
+            .find(|x| x["metadata"]["name"] == node.as_str())
+            .unwrap();
+        let subnet: ipnet::Ipv4Net = own["spec"]["taskCIDR"].as_str().unwrap().parse().unwrap();
+        assert!(
+            subnet.contains(&ip),
+            "net-{n} at {ip}, outside {node}'s {subnet}"
+        );
+        // From the root namespace, through the route to the node's subnet.
+        let body = wait_for(
+            &format!("net-{n} from the root namespace"),
+            Duration::from_secs(30),
+            || match support::http_get(std::net::SocketAddr::from((ip, 8080)), "/") {
+                Some((200, body)) => Ok(body),
+                other => Err(format!("{other:?}")),
+            },
+        );
+        assert!(body.contains(&format!("net-{n}")), "{body}");
+    }
+
+    let client = format!(
+        r#"apiVersion: loom.dev/v1
+kind: Task
+metadata: {{name: net-client}}
+spec:
+  nodeName: {node}
+  image: busybox
+  command: ["sh", "-c", "for ip in $IPS; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 $ip 8080 || echo FAILED $ip; done"]
+  env: [{{name: IPS, value: "{ips}"}}]
+  restartPolicy: Never
+"#,
+        node = cluster.nodes[0].name,
+        ips = ips.join(" "),
+    );
+    cluster.apply("net-client", &client);
+    wait_for("the client done", Duration::from_secs(60), || {
+        let task: Value =
+            serde_json::from_str(&cluster.loomctl_ok(&["get", "task", "net-client", "-o", "json"]))
+                .map_err(|e| e.to_string())?;
+        if is_terminal(&task) {
+            Ok(())
+        } else {
+            Err(task["status"].to_string())
+        }
+    });
+    let log = cluster.loomctl_ok(&["logs", "net-client"]);
+    for n in 0..cluster.nodes.len() {
+        assert!(
+            log.contains(&format!("net-{n}")),
+            "net-{n} not reached: {log}"
+        );
+    }
+    assert!(!log.contains("FAILED"), "{log}");
+    let mut names = vec!["net-client".to_owned()];
+    names.extend((0..cluster.nodes.len()).map(|n| format!("net-{n}")));
+    let mut args = vec!["delete", "task"];
+    args.extend(names.iter().map(String::as_str));
+    cluster.loomctl_ok(&args);
 }
 
 /// Kills an API server, the scheduler and the controller-manager with SIGKILL in the

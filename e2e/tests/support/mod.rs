@@ -396,6 +396,9 @@ pub struct Cluster {
     join: Option<(String, String)>,
     /// The nodes.
     pub nodes: Vec<Node>,
+    /// The cluster's task network, nodes' task subnets are given from:
+    /// `10.NET.128.0/17`, in the test's own 10.NET.0.0/16.
+    pub cluster_cidr: String,
 }
 
 impl Cluster {
@@ -450,6 +453,7 @@ impl Cluster {
             nodelets: Vec::new(),
             join: None,
             nodes,
+            cluster_cidr: format!("10.{net}.128.0/17"),
         };
         fs::create_dir_all(cluster.logs()).expect("the log dir");
         cluster.network();
@@ -475,7 +479,53 @@ impl Cluster {
             cluster.nodelets.push(Some(proc));
         }
         cluster.wait_ready_nodes(NODES, Duration::from_secs(60));
+        cluster.route_task_subnets();
         cluster
+    }
+
+    /// Routes every node's task subnet, once the controller-manager gave it
+    /// one, through the root namespace (the test's "router" between the
+    /// hosts, as an operator's network routes the node subnets): a route to
+    /// the subnet via the node's address, forwarding on the host ends only.
+    /// The nodelets route between the subnets through their default route.
+    pub fn route_task_subnets(&self) {
+        let subnets = wait_for("every node's task subnet", Duration::from_secs(30), || {
+            let nodes = self.try_list("nodes").ok_or("no node list")?;
+            let subnets: Vec<(String, String)> = nodes
+                .iter()
+                .filter_map(|n| {
+                    let cidr = n["spec"]["taskCIDR"].as_str()?;
+                    Some((n["metadata"]["name"].as_str()?.to_owned(), cidr.to_owned()))
+                })
+                .collect();
+            if subnets.len() >= self.nodes.len() {
+                Ok(subnets)
+            } else {
+                Err(format!("{subnets:?}"))
+            }
+        });
+        for node in &self.nodes {
+            let Some((_, cidr)) = subnets.iter().find(|(name, _)| *name == node.name) else {
+                panic!("node {} has no task subnet: {subnets:?}", node.name);
+            };
+            must(
+                "ip",
+                &[
+                    "route",
+                    "replace",
+                    cidr,
+                    "via",
+                    &node.ip,
+                    "dev",
+                    &node.host_veth,
+                ],
+            );
+            fs::write(
+                format!("/proc/sys/net/ipv4/conf/{}/forwarding", node.host_veth),
+                "1",
+            )
+            .expect("forwarding on a host end");
+        }
     }
 
     /// What the cluster put on the machine.
@@ -735,6 +785,8 @@ impl Cluster {
             NODE_GRACE_SECONDS.to_string(),
             "--lost-grace-seconds".to_owned(),
             LOST_GRACE_SECONDS.to_string(),
+            "--cluster-cidr".to_owned(),
+            self.cluster_cidr.clone(),
         ];
         self.controllers = Some(self.spawn("controllers", &self.loom, &args));
     }
@@ -1041,7 +1093,7 @@ fn wait_api_ready(addr: SocketAddr, ca: &Path) {
 }
 
 /// A plain HTTP GET: the status code and body, or None if nothing answered.
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(
