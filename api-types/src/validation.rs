@@ -1207,6 +1207,13 @@ fn validate_probe(probe: &Probe, path: &str, role: ProbeRole) -> Vec<FieldError>
         )),
     }
     if let Some(exec) = &probe.exec {
+        // Until commands run inside a task's container (exec), no node can
+        // run one: refused here rather than failing every probe, which would
+        // restart the task for ever.
+        errs.push(FieldError::forbidden(
+            child(path, "exec"),
+            "exec probes are not supported yet (commands inside a task come with exec); use httpGet or tcpSocket",
+        ));
         let command = child(&child(path, "exec"), "command");
         if exec.command.first().is_none_or(String::is_empty) {
             errs.push(FieldError::required(
@@ -3490,11 +3497,8 @@ mod tests {
                 ..Probe::default()
             }),
             startup_probe: Some(Probe {
-                exec: Some(ExecAction {
-                    command: vec!["cat".into(), "/tmp/ready".into()],
-                }),
                 failure_threshold: Some(30),
-                ..Probe::default()
+                ..tcp_probe("http".into())
             }),
             ..TaskSpec::default()
         };
@@ -3657,8 +3661,36 @@ mod tests {
                 "spec.readinessProbe: Required value: must have exactly one of exec, httpGet, tcpSocket",
                 "spec.livenessProbe: Forbidden: must have exactly one of exec, httpGet, tcpSocket, not several (exec, tcpSocket)",
                 "spec.startupProbe: Forbidden: must have exactly one of exec, httpGet, tcpSocket, not several (exec, httpGet, tcpSocket)",
+                EXEC_LIVENESS_REFUSED,
+                "spec.startupProbe.exec: Forbidden: exec probes are not supported yet (commands inside a task come with exec); use httpGet or tcpSocket",
             ],
         );
+    }
+
+    const EXEC_LIVENESS_REFUSED: &str = "spec.livenessProbe.exec: Forbidden: exec probes are not supported yet (commands inside a task come with exec); use httpGet or tcpSocket";
+
+    #[test]
+    fn exec_probes_are_refused_until_commands_run_inside_tasks() {
+        for role in ["readinessProbe", "livenessProbe", "startupProbe"] {
+            let probe = Some(Probe {
+                exec: Some(ExecAction {
+                    command: vec!["cat".into(), "/tmp/ready".into()],
+                }),
+                ..Probe::default()
+            });
+            let mut spec = TaskSpec::default();
+            match role {
+                "readinessProbe" => spec.readiness_probe = probe,
+                "livenessProbe" => spec.liveness_probe = probe,
+                _ => spec.startup_probe = probe,
+            }
+            assert_all(
+                &task_errors(spec),
+                &[&format!(
+                    "spec.{role}.exec: Forbidden: exec probes are not supported yet (commands inside a task come with exec); use httpGet or tcpSocket"
+                )],
+            );
+        }
     }
 
     #[test]
@@ -3670,32 +3702,48 @@ mod tests {
             }),
             ..TaskSpec::default()
         };
+        // Every exec probe is refused for now (see the test above); the
+        // bounds still hold for when they run.
         assert_all(
             &task_errors(exec(vec![])),
             &[
                 "spec.livenessProbe.exec.command[0]: Required value: the executable to run inside the task",
+                EXEC_LIVENESS_REFUSED,
             ],
         );
         assert_all(
             &task_errors(exec(vec![String::new(), "x".into()])),
             &[
                 "spec.livenessProbe.exec.command[0]: Required value: the executable to run inside the task",
+                EXEC_LIVENESS_REFUSED,
             ],
         );
         assert_all(
             &task_errors(exec(vec!["x".into(); 257])),
-            &["spec.livenessProbe.exec.command: Too many: 257: must have at most 256 items"],
+            &[
+                "spec.livenessProbe.exec.command: Too many: 257: must have at most 256 items",
+                EXEC_LIVENESS_REFUSED,
+            ],
         );
         assert_all(
             &task_errors(exec(vec!["x".repeat(40_000), "y".repeat(40_000)])),
-            &["spec.livenessProbe.exec.command: Too long: may not be more than 65536 bytes"],
+            &[
+                "spec.livenessProbe.exec.command: Too long: may not be more than 65536 bytes",
+                EXEC_LIVENESS_REFUSED,
+            ],
         );
         assert_all(
             &task_errors(exec(vec!["cat".into(), "a\0b".into()])),
-            &["spec.livenessProbe.exec.command[1]: Invalid value: \"a\\0b\": must not contain NUL"],
+            &[
+                "spec.livenessProbe.exec.command[1]: Invalid value: \"a\\0b\": must not contain NUL",
+                EXEC_LIVENESS_REFUSED,
+            ],
         );
         // 256 items of 256 bytes: at both limits.
-        assert!(task_errors(exec(vec!["x".repeat(256); 256])).is_empty());
+        assert_all(
+            &task_errors(exec(vec!["x".repeat(256); 256])),
+            &[EXEC_LIVENESS_REFUSED],
+        );
     }
 
     #[test]
