@@ -14,6 +14,7 @@ pub mod network;
 pub mod node;
 pub mod node_network;
 pub mod permissions;
+pub mod probe;
 pub mod pull;
 pub mod run;
 pub mod server;

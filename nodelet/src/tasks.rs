@@ -20,6 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api_types::event::EventType;
+use api_types::kinds::task::TASK_CONDITION_READY;
+use api_types::meta::{Condition, ConditionStatus, set_condition};
 use api_types::well_known::{REASON_NODE_FENCED, REASON_SHIM_LOST, REASON_TIME_LIMIT_EXCEEDED};
 use api_types::{ObjectReference, RestartPolicy, Task, TaskPhase};
 use chrono::{DateTime, Utc};
@@ -28,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument as _, debug, info, warn};
 
 use crate::Config;
 use crate::driver::{Driver, Found};
@@ -151,6 +153,11 @@ struct StopRecord {
     reason: String,
     message: String,
     at: DateTime<Utc>,
+    /// A stop for a failed liveness or startup probe: the run counts as
+    /// failed and restarts under the task's restart policy (otherwise the
+    /// stop ends the task, Killed).
+    #[serde(default)]
+    restart: bool,
 }
 
 /// When run `n + 1` may start, run `n` having ended as `record` says.
@@ -242,7 +249,27 @@ struct Running {
     started: Started,
     exit: oneshot::Receiver<ExitRecord>,
     stop: Option<Stopping>,
+    /// The run's probes, once started (a task without probes has none).
+    probes: Option<ProbeRun>,
+    /// Whether the run is ready, and why not: what the probes last said.
+    ready: Option<(bool, String)>,
 }
+
+/// A run's probes, running on their own task until dropped.
+struct ProbeRun {
+    handle: tokio::task::JoinHandle<()>,
+    /// What they decide; `None` once they are done.
+    events: Option<tokio::sync::mpsc::Receiver<crate::probe::ProbeEvent>>,
+}
+
+impl Drop for ProbeRun {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// The reason of the Ready condition and Event of a failing probe.
+const REASON_UNHEALTHY: &str = "Unhealthy";
 
 struct Stopping {
     kill_at: tokio::time::Instant,
@@ -302,11 +329,21 @@ pub async fn drive(ctx: Arc<Ctx>, uid: String, mut updates: watch::Receiver<Opti
                 None => std::future::pending().await,
             }
         };
-        let exited = async {
-            match &mut local {
-                Local::Running(running) => (&mut running.exit).await.ok(),
-                _ => std::future::pending().await,
+        let (exited, probed) = match &mut local {
+            Local::Running(running) => {
+                let Running { exit, probes, .. } = running;
+                (
+                    futures::future::Either::Left(async move { exit.await.ok() }),
+                    match probes.as_mut().and_then(|p| p.events.as_mut()) {
+                        Some(events) => futures::future::Either::Left(events.recv()),
+                        None => futures::future::Either::Right(std::future::pending()),
+                    },
+                )
             }
+            _ => (
+                futures::future::Either::Right(std::future::pending()),
+                futures::future::Either::Right(std::future::pending()),
+            ),
         };
         tokio::select! {
             changed = updates.changed() => {
@@ -322,6 +359,19 @@ pub async fn drive(ctx: Arc<Ctx>, uid: String, mut updates: watch::Receiver<Opti
                     let record = record.unwrap_or_else(|| ctx.driver.find(&run_dir(&dir, n)).exit_or_lost());
                     ctx.metrics.running.dec();
                     local = Local::Exited { n, record };
+                }
+            }
+            event = probed => {
+                if let Local::Running(running) = &mut local {
+                    match event {
+                        Some(event) => on_probe(&ctx, task.as_deref(), &dir, running, event).await,
+                        // The probes are done (a restart was asked for).
+                        None => {
+                            if let Some(probes) = running.probes.as_mut() {
+                                probes.events = None;
+                            }
+                        }
+                    }
                 }
             }
             _ = sleep => {}
@@ -379,6 +429,8 @@ async fn recover(ctx: &Ctx, dir: &Path) -> Local {
                 n,
                 started,
                 exit: spawn_wait(ctx, run.clone()),
+                probes: None,
+                ready: None,
                 stop: read_stop(&run).map(|s| Stopping {
                     // A stop in progress continues where it was.
                     kill_at: tokio::time::Instant::now()
@@ -561,7 +613,11 @@ async fn step_running(
     let Some(task) = task else {
         return Ok((Step::Wait(None), None));
     };
-    if let Some(written) = report_running(ctx, task, n, &running.started).await? {
+    if running.ready.is_none() {
+        start_probes(ctx, task, running);
+    }
+    let ready = running.ready.clone().unwrap_or((true, String::new()));
+    if let Some(written) = report_running(ctx, task, n, &running.started, &ready).await? {
         return Ok((Step::Wrote(Box::new(written)), None));
     }
     // Look again at its time limit or when the lease would run out, whichever
@@ -592,15 +648,30 @@ fn begin_stop(
     reason: String,
     message: String,
 ) -> Stopping {
+    begin_stop_with(ctx, task, run, reason, message, false, None)
+}
+
+/// [`begin_stop`] with the choice of restarting after it (a failed probe)
+/// and of a grace period of its own (the probe's).
+fn begin_stop_with(
+    ctx: &Ctx,
+    task: Option<&Task>,
+    run: &RunDir,
+    reason: String,
+    message: String,
+    restart: bool,
+    grace_override: Option<Duration>,
+) -> Stopping {
     let record = StopRecord {
         reason: reason.clone(),
         message,
         at: Utc::now(),
+        restart,
     };
     if let Ok(bytes) = serde_json::to_vec(&record) {
         let _ = write_replace(&run.0.join("stop.json"), &bytes);
     }
-    let grace = grace(&ctx.config, task, run);
+    let grace = grace_override.unwrap_or_else(|| grace(&ctx.config, task, run));
     info!(run = %run.0.display(), %reason, ?grace, "stopping: SIGTERM");
     ctx.driver.signal(run, libc::SIGTERM);
     Stopping {
@@ -616,14 +687,27 @@ async fn report_running(
     task: &Task,
     n: u32,
     started: &Started,
+    (ready, why_not): &(bool, String),
 ) -> Result<Option<Task>, client::Error> {
     let status = task.status.clone().unwrap_or_default();
     let task_ip = started.task_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    let (reason, message) = if *ready {
+        ("Ready", "")
+    } else if why_not.is_empty() {
+        (
+            "ProbesPending",
+            "waiting for its readiness or startup probe",
+        )
+    } else {
+        (REASON_UNHEALTHY, why_not.as_str())
+    };
+    let conditions = with_ready(task, *ready, reason, message);
     if status.phase == TaskPhase::Running
         && restarts_of(task) == n - 1
         && status.reason.is_empty()
         && status.start_time.is_some()
         && status.task_ip == task_ip
+        && conditions.is_none()
     {
         return Ok(None);
     }
@@ -637,9 +721,138 @@ async fn report_running(
         "nodeName": ctx.config.name,
         "logPath": ctx.log_path(task),
         "taskIP": task_ip,
+        "conditions": conditions,
     });
     write_status(ctx, task, patch).await.map(Some)
 }
+
+/// The task's conditions with `Ready` set as given, or `None` when it
+/// already is (a merge patch replaces the whole list: the others are kept).
+fn with_ready(task: &Task, ready: bool, reason: &str, message: &str) -> Option<Vec<Condition>> {
+    let mut conditions = task
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let status = if ready {
+        ConditionStatus::True
+    } else {
+        ConditionStatus::False
+    };
+    let condition = Condition::new(TASK_CONDITION_READY, status, reason, message);
+    set_condition(&mut conditions, condition, Utc::now()).then_some(conditions)
+}
+
+/// Starts a run's probes if its task has any, and sets whether it is ready
+/// until they say otherwise: at once without a readiness or startup probe.
+fn start_probes(ctx: &Ctx, task: &Task, running: &mut Running) {
+    let probes = crate::probe::TaskProbes::of(&task.spec);
+    let gated = probes.readiness.is_some() || probes.startup.is_some();
+    running.ready = Some((!gated, String::new()));
+    if probes == crate::probe::TaskProbes::default() || running.probes.is_some() {
+        return;
+    }
+    // A container is probed at its address; a task on the node's network
+    // (exec, raw) on the node's loopback.
+    let ip = running
+        .started
+        .task_ip
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+    let target = crate::probe::ProbeTarget::new(ip, &task.spec);
+    // Counted from when the run started: a run adopted after a nodelet
+    // restart keeps its initial delays and periods.
+    let since = (Utc::now() - running.started.started_at)
+        .to_std()
+        .unwrap_or_default();
+    let start = tokio::time::Instant::now()
+        .checked_sub(since)
+        .unwrap_or_else(tokio::time::Instant::now);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let exec: Arc<dyn crate::probe::ExecProber> = Arc::new(crate::probe::NoExec);
+    let name = format!("{}/{}", task.metadata.namespace, task.metadata.name);
+    let node = ctx.config.name.clone();
+    let handle = tokio::spawn(
+        async move {
+            let prober = crate::probe::NetworkProber { target, exec };
+            crate::probe::run_with(probes, &prober, start, tx).await;
+        }
+        .instrument(tracing::debug_span!("probes", task = %name, %node)),
+    );
+    running.probes = Some(ProbeRun {
+        handle,
+        events: Some(rx),
+    });
+}
+
+/// What a run's probes decided: its readiness (written by the next step),
+/// or a restart for a failed liveness or startup probe, with an Event.
+async fn on_probe(
+    ctx: &Ctx,
+    task: Option<&Task>,
+    dir: &Path,
+    running: &mut Running,
+    event: crate::probe::ProbeEvent,
+) {
+    use crate::probe::{ProbeEvent, ProbeKind};
+    match event {
+        ProbeEvent::Ready { ready, message } => {
+            if !ready
+                && !message.is_empty()
+                && let Some(task) = task
+            {
+                let _ = ctx
+                    .recorder
+                    .publish(
+                        &ObjectReference::to(task),
+                        EventType::Warning,
+                        REASON_UNHEALTHY,
+                        &message,
+                    )
+                    .await;
+            }
+            running.ready = Some((ready, message));
+        }
+        ProbeEvent::Restart {
+            probe,
+            message,
+            grace_period_seconds,
+        } => {
+            running.ready = Some((false, message.clone()));
+            if let Some(task) = task {
+                let _ = ctx
+                    .recorder
+                    .publish(
+                        &ObjectReference::to(task),
+                        EventType::Warning,
+                        REASON_UNHEALTHY,
+                        &format!("{message}; the task will be restarted"),
+                    )
+                    .await;
+            }
+            if running.stop.is_none() {
+                let reason = match probe {
+                    ProbeKind::Startup => REASON_STARTUP_PROBE_FAILED,
+                    _ => REASON_LIVENESS_PROBE_FAILED,
+                };
+                let grace = grace_period_seconds.map(|s| Duration::from_secs(s.max(0) as u64));
+                running.stop = Some(begin_stop_with(
+                    ctx,
+                    task,
+                    &run_dir(dir, running.n),
+                    reason.to_owned(),
+                    message,
+                    true,
+                    grace,
+                ));
+            }
+        }
+    }
+}
+
+/// The reason of a run stopped for its liveness probe.
+pub const REASON_LIVENESS_PROBE_FAILED: &str = "LivenessProbeFailed";
+/// The reason of a run stopped for its startup probe.
+pub const REASON_STARTUP_PROBE_FAILED: &str = "StartupProbeFailed";
 
 /// Run `n` ended and its end is not reported yet: report it, and decide whether
 /// the task ends or restarts after a backoff.
@@ -729,6 +942,12 @@ impl RunEnd {
             message,
         };
         if let Some(stop) = stopped {
+            if stop.restart {
+                // Stopped for a failed probe: a failure, restarted by policy.
+                let restart = matches!(policy, RestartPolicy::Always | RestartPolicy::OnFailure);
+                let terminal = (!restart || shutting_down).then_some(TaskPhase::Failed);
+                return end(terminal, stop.reason.clone(), stop.message.clone());
+            }
             return end(
                 Some(TaskPhase::Killed),
                 stop.reason.clone(),
@@ -780,6 +999,24 @@ impl RunEnd {
     /// The status patch that reports this end of run `n`.
     fn patch(&self, ctx: &Ctx, task: &Task, n: u32, record: &ExitRecord) -> Value {
         let (reason, message) = (&self.reason, &self.message);
+        // The process is gone: not ready, until a next run says so.
+        let conditions = with_ready(task, false, "RunEnded", "the task's process ended");
+        let mut patch = self.patch_without_ready(ctx, task, n, record, reason, message);
+        if let (Some(conditions), Some(map)) = (conditions, patch.as_object_mut()) {
+            map.insert("conditions".to_owned(), json!(conditions));
+        }
+        patch
+    }
+
+    fn patch_without_ready(
+        &self,
+        ctx: &Ctx,
+        task: &Task,
+        n: u32,
+        record: &ExitRecord,
+        reason: &str,
+        message: &str,
+    ) -> Value {
         match self.terminal {
             Some(phase) => json!({
                 "phase": phase,
@@ -914,6 +1151,8 @@ async fn step_idle(
             started,
             exit: spawn_wait(ctx, run_dir(dir, n)),
             stop: None,
+            probes: None,
+            ready: None,
         }),
         Err(record) => Local::Exited { n, record },
     };
@@ -1382,6 +1621,7 @@ mod tests {
             reason: "Deleted".into(),
             message: "the task was deleted".into(),
             at: Utc::now(),
+            restart: false,
         };
         assert_eq!(
             of(&exited(0), Some(&stop), RestartPolicy::Always, false),
@@ -1446,6 +1686,39 @@ mod tests {
         assert_eq!(
             of(&lost, Some(&stop), RestartPolicy::Always, false).0,
             Some(TaskPhase::Killed)
+        );
+        // A run stopped for a failed liveness probe is a failure: restarted by
+        // policy, Failed under Never or when the node shuts down.
+        let unhealthy = StopRecord {
+            reason: REASON_LIVENESS_PROBE_FAILED.into(),
+            message: "liveness probe failed 3 times in a row".into(),
+            at: Utc::now(),
+            restart: true,
+        };
+        let killed = ExitRecord {
+            exit_code: Some(143),
+            signal: Some(15),
+            ..ExitRecord::default()
+        };
+        assert_eq!(
+            of(&killed, Some(&unhealthy), RestartPolicy::Always, false),
+            (
+                None,
+                REASON_LIVENESS_PROBE_FAILED.into(),
+                "liveness probe failed 3 times in a row".into()
+            )
+        );
+        assert_eq!(
+            of(&killed, Some(&unhealthy), RestartPolicy::OnFailure, false).0,
+            None
+        );
+        assert_eq!(
+            of(&killed, Some(&unhealthy), RestartPolicy::Never, false).0,
+            Some(TaskPhase::Failed)
+        );
+        assert_eq!(
+            of(&killed, Some(&unhealthy), RestartPolicy::Always, true).0,
+            Some(TaskPhase::Failed)
         );
         let oom = ExitRecord {
             exit_code: Some(137),

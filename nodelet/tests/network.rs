@@ -276,3 +276,111 @@ async fn an_exhausted_subnet_fails_the_task_clearly() {
     assert_eq!(third.status.unwrap().task_ip, format!("10.{x}.9.2"));
     nodelet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_gate_readiness_and_restart_an_unhealthy_task() {
+    need_root!();
+    let h = Harness::new("probes").await;
+    h.import_busybox();
+    let x = free_net(40..50).unwrap().expect("a free 10.X.0.0/16");
+    let subnet = format!("10.{x}.5.0/24");
+    let bridge = format!("lp{}", std::process::id() % 10_000_000);
+    let _cleanup = Cleanup {
+        bridge: bridge.clone(),
+    };
+    let nodelet = start_with_subnet(&h, &bridge, &subnet).await;
+    let ready_of = |t: &api_types::Task| {
+        t.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| (c.is_true(), c.reason.clone()))
+    };
+
+    // Serves only after 3 s: Running at once, Ready once its probe passes.
+    h.create(json!({"metadata": {"name": "slow"}, "spec": {
+        "command": ["sh", "-c", "sleep 3; mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+    }}))
+    .await;
+    // Nothing listens on 9999: its liveness probe fails twice, it restarts.
+    h.create(json!({"metadata": {"name": "sick"}, "spec": {
+        "command": ["sleep", "600"],
+        "restartPolicy": "Always",
+        "livenessProbe": {"tcpSocket": {"port": 9999}, "periodSeconds": 1, "failureThreshold": 2},
+    }}))
+    .await;
+    // No probes: ready as soon as it runs.
+    h.create(json!({"metadata": {"name": "plain"}, "spec": {"command": ["sleep", "600"]}}))
+        .await;
+
+    let slow = h
+        .wait_for("slow", LONG, |t| {
+            phase(t) == "Running" && ready_of(t).is_some()
+        })
+        .await;
+    assert_eq!(
+        ready_of(&slow),
+        Some((false, "ProbesPending".to_owned())),
+        "running but not serving yet"
+    );
+    let slow = h
+        .wait_for("slow", LONG, |t| {
+            ready_of(t).is_some_and(|(ready, _)| ready)
+        })
+        .await;
+    let started = slow.status.as_ref().unwrap().start_time.unwrap();
+    let ready_at = slow
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .last_transition_time
+        .unwrap();
+    assert!(
+        ready_at - started >= chrono::Duration::seconds(2),
+        "ready at {ready_at}, started at {started}: before it served"
+    );
+
+    let plain = h
+        .wait_for("plain", LONG, |t| {
+            phase(t) == "Running" && ready_of(t).is_some()
+        })
+        .await;
+    assert_eq!(ready_of(&plain).map(|(r, _)| r), Some(true));
+
+    let sick = h
+        .wait_for("sick", LONG, |t| {
+            t.status.as_ref().is_some_and(|s| s.restart_count >= 1)
+        })
+        .await;
+    let status = sick.status.unwrap();
+    assert_eq!(status.phase, api_types::TaskPhase::Running);
+    // Its liveness failures are Events naming the probe and the failure.
+    let events: Api<api_types::Event> = Api::namespaced(h.client.clone(), "default");
+    let deadline = Instant::now() + LONG;
+    loop {
+        let list = events.list(&Default::default()).await.unwrap();
+        let unhealthy: Vec<String> = list
+            .items
+            .iter()
+            .filter(|e| e.involved_object.name == "sick" && e.reason == "Unhealthy")
+            .map(|e| e.message.clone())
+            .collect();
+        if unhealthy
+            .iter()
+            .any(|m| m.contains("liveness") && m.contains("9999") && m.contains("restarted"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Unhealthy event: {unhealthy:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nodelet.stop().await;
+}
