@@ -11,6 +11,7 @@
 //! (docs/perf.md).
 
 pub mod dataplane;
+pub mod dns;
 pub mod metrics;
 pub mod redirect;
 
