@@ -1874,6 +1874,30 @@ impl Validate for Service {
         if let Some(strategy) = &self.spec.strategy {
             errs.extend(validate_strategy(strategy, "spec.strategy"));
         }
+        errs.extend(crate::kinds::service::validate_network(&self.spec));
+        errs
+    }
+
+    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+        let mut errs = self.validate();
+        errs.extend(validate_object_meta_update(&self.metadata, &old.metadata));
+        errs.extend(crate::kinds::service::validate_network_update(
+            &self.spec, &old.spec,
+        ));
+        errs
+    }
+}
+
+// ---- Endpoints ----
+
+impl Validate for crate::kinds::Endpoints {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errs = validate_common::<crate::kinds::Endpoints>(
+            &self.api_version,
+            &self.kind,
+            &self.metadata,
+        );
+        errs.extend(self.validate_subsets());
         errs
     }
 
@@ -3033,6 +3057,7 @@ mod tests {
                     max_surge: Some(IntOrString::Int(0)),
                     max_unavailable: Some("0%".into()),
                 }),
+                ..ServiceSpec::default()
             },
         );
         svc.metadata.namespace = "default".into();

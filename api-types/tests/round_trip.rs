@@ -461,6 +461,13 @@ fn resource_facts() {
             ("Task".into(), "tasks".into(), s(&["t"]), true, true),
             ("Job".into(), "jobs".into(), s(&["job"]), true, true),
             ("Service".into(), "services".into(), s(&["svc"]), true, true),
+            (
+                "Endpoints".into(),
+                "endpoints".into(),
+                s(&["ep"]),
+                true,
+                false
+            ),
             ("Node".into(), "nodes".into(), s(&["no"]), false, true),
             (
                 "Namespace".into(),

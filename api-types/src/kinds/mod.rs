@@ -2,6 +2,7 @@
 
 pub mod authorization;
 pub mod certificates;
+pub mod endpoints;
 pub mod event;
 pub mod job;
 pub mod lease;
@@ -18,6 +19,7 @@ pub use certificates::{
     CertificateSigningRequestCondition, CertificateSigningRequestSpec,
     CertificateSigningRequestStatus,
 };
+pub use endpoints::{EndpointAddress, EndpointPort, EndpointSubset, EndpointTargetRef, Endpoints};
 pub use event::{Event, EventSource, EventType};
 pub use job::{Indexes, IndexesError, Job, JobInput, JobPhase, JobSpec, JobStatus, TaskOverride};
 pub use lease::{Lease, LeaseSpec};
@@ -34,7 +36,9 @@ pub use resource_definition::{
     ResourceScope, ResourceSubresources, ResourceValidation, ResourceVersionDefinition,
     StatusSubresource,
 };
-pub use service::{Service, ServiceSpec, ServiceStatus, ServiceStrategy};
+pub use service::{
+    ClusterIp, Service, ServicePort, ServiceRange, ServiceSpec, ServiceStatus, ServiceStrategy,
+};
 pub use service_account::{
     BoundObjectReference, ServiceAccount, TokenRequest, TokenRequestSpec, TokenRequestStatus,
 };
@@ -53,6 +57,7 @@ pub fn builtin_kinds() -> Vec<ResourceInfo> {
         Task::info(),
         Job::info(),
         Service::info(),
+        Endpoints::info(),
         Node::info(),
         Namespace::info(),
         Event::info(),
