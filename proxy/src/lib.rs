@@ -10,6 +10,7 @@
 //! which kernel NAT gives. Its cost per request is measured by `loom-bench`
 //! (docs/perf.md).
 
+pub mod control;
 pub mod dataplane;
 pub mod dns;
 pub mod metrics;
