@@ -114,6 +114,11 @@ pub struct Config {
     /// `InternalIP` (default: the endpoint's address when it is a routable
     /// IPv4 one).
     pub node_ip: Option<std::net::Ipv4Addr>,
+    /// Point container tasks' resolver at the node's (`loom proxy`, on the
+    /// task bridge's address), which answers the cluster's names
+    /// (`NAME.NAMESPACE.svc`) and forwards the rest; otherwise they use the
+    /// node's own resolvers.
+    pub cluster_dns: bool,
 }
 
 /// The endpoint's TLS.
@@ -158,6 +163,7 @@ impl Config {
             task_network: true,
             bridge: network::DEFAULT_BRIDGE.to_owned(),
             node_ip: None,
+            cluster_dns: false,
         }
     }
 }

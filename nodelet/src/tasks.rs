@@ -1281,7 +1281,11 @@ fn attach_network(
         let hosts = run.0.join("hosts");
         let resolv_conf = run.0.join("resolv.conf");
         write_replace(&hosts, hosts_file(ip, &spec.hostname).as_bytes())?;
-        write_replace(&resolv_conf, resolv_conf_file().as_bytes())?;
+        let resolv = match ctx.config.cluster_dns {
+            true => cluster_resolv_conf(network.gateway, &task.metadata.namespace),
+            false => resolv_conf_file(),
+        };
+        write_replace(&resolv_conf, resolv.as_bytes())?;
         Ok::<_, std::io::Error>(crate::run::EtcFiles { hosts, resolv_conf })
     })();
     let etc_files = match written {
@@ -1342,6 +1346,18 @@ fn hosts_file(ip: std::net::Ipv4Addr, hostname: &str) -> String {
          ff02::1\tip6-allnodes\n\
          ff02::2\tip6-allrouters\n\
          {ip}\t{hostname}\n"
+    )
+}
+
+/// A container's `/etc/resolv.conf` with the node's resolver (`loom proxy`
+/// on the bridge's address): the task's namespace first, so `NAME` is its
+/// namespace's Service and `NAME.NAMESPACE` any namespace's.
+fn cluster_resolv_conf(gateway: std::net::Ipv4Addr, namespace: &str) -> String {
+    format!(
+        "# Written by the Loom nodelet: the node's resolver answers the cluster's names.\n\
+         nameserver {gateway}\n\
+         search {namespace}.svc svc\n\
+         options ndots:3\n"
     )
 }
 
@@ -1818,6 +1834,20 @@ mod tests {
         fence.renewed(now);
         assert_eq!(reason(&fence), None);
         assert!(fence.expires_at() >= now + lease);
+    }
+
+    #[test]
+    fn resolver_files_search_the_namespace_and_skip_loopback_servers() {
+        let cluster = cluster_resolv_conf(std::net::Ipv4Addr::new(10, 77, 0, 1), "ml");
+        assert!(cluster.contains("nameserver 10.77.0.1\n"), "{cluster}");
+        assert!(cluster.contains("search ml.svc svc\n"), "{cluster}");
+        let host = resolv_conf_from(
+            "nameserver 127.0.0.53\nnameserver 192.0.2.53\nnameserver ::1\nsearch example.org\noptions edns0\n# x\n",
+        );
+        assert_eq!(
+            host,
+            "nameserver 192.0.2.53\nsearch example.org\noptions edns0\n"
+        );
     }
 
     #[test]
