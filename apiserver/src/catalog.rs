@@ -169,7 +169,10 @@ impl Catalog {
         });
         catalog.builtin::<Task>(registry::task::rest());
         catalog.builtin::<Job>(Rest::new(registry::job::strategy()));
-        catalog.builtin::<Service>(Rest::new(registry::service::strategy()));
+        catalog.builtin::<Service>(registry::service::rest(
+            crate::server::default_service_cidr(),
+        ));
+        catalog.builtin::<api_types::Endpoints>(Rest::new(registry::endpoints::strategy()));
         catalog.builtin::<Node>(Rest::new(registry::node::strategy()));
         catalog.builtin::<Namespace>(registry::namespace::rest());
         // kubectl creates namespaces and service accounts in the core group.
@@ -194,7 +197,8 @@ impl Catalog {
         catalog
     }
 
-    fn builtin<K: Resource + JsonSchema>(&self, rest: Rest) {
+    /// Serves the built-in kind `K` with `rest` (again, to replace how it was served).
+    pub(crate) fn builtin<K: Resource + JsonSchema>(&self, rest: Rest) {
         self.builtin_at::<K>(rest, K::GROUP, K::VERSION);
     }
 

@@ -186,6 +186,15 @@ pub struct Config {
     /// Sign approved CertificateSigningRequests with this CA, and serve its
     /// certificate to joining nodes (`None`: requests stay unsigned).
     pub cluster_signing: Option<crate::certificates::Signing>,
+    /// The range Services' virtual addresses (`spec.clusterIP`) come from
+    /// (`--service-cidr`); every API server on one store must be given the same.
+    pub service_cidr: api_types::ServiceRange,
+}
+
+/// `10.96.0.0/16`, [`api_types::kinds::service::DEFAULT_SERVICE_CIDR`].
+pub fn default_service_cidr() -> api_types::ServiceRange {
+    api_types::ServiceRange::parse(api_types::kinds::service::DEFAULT_SERVICE_CIDR)
+        .unwrap_or_else(|why| panic!("the default service range: {why}"))
 }
 
 /// The longest header read timeout allowed.
@@ -213,6 +222,7 @@ impl Default for Config {
             audit: None,
             nodelet_client: None,
             cluster_signing: None,
+            service_cidr: default_service_cidr(),
         }
     }
 }
@@ -294,6 +304,7 @@ pub async fn run(
     let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
     let caches = shutdown.child_token();
     let catalog = Catalog::new(store.clone(), config.cache.clone(), caches.clone());
+    catalog.builtin::<api_types::Service>(crate::registry::service::rest(config.service_cidr));
     catalog.follow_definitions();
     let authorizer = crate::authz::Authorizer::start(config.authorization, &catalog);
     let admission =
@@ -319,6 +330,7 @@ pub async fn run(
     ensure_namespaces(&api).await;
     crate::registry::service_account::ensure_built_in_defaults(&api).await;
     crate::registry::service_account::keep_default_accounts(api.clone(), caches.clone());
+    crate::registry::service::keep_addresses(api.clone(), config.service_cidr, caches.clone());
     let authenticator = crate::authn::Authenticator::new(
         config.authentication.clone(),
         api.catalog.clone(),

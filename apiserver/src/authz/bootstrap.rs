@@ -32,6 +32,8 @@ const WRITE: [&str; 5] = ["create", "update", "patch", "delete", "deletecollecti
 pub const SCHEDULER_USER: &str = "system:loom-scheduler";
 /// The user the controllers run as.
 pub const CONTROLLERS_USER: &str = "system:loom-controllers";
+/// The node proxies' user (`loom proxy`).
+pub const PROXY_USER: &str = "system:loom-proxy";
 /// The group of every node (`system:node:NAME`).
 pub const NODES_GROUP: &str = "system:nodes";
 /// Every authenticated user's group.
@@ -57,6 +59,7 @@ fn view_rules() -> Vec<PolicyRule> {
                 "jobs/status",
                 "services",
                 "services/status",
+                "endpoints",
                 "events",
                 "namespaces",
                 "namespaces/status",
@@ -77,7 +80,7 @@ fn edit_rules() -> Vec<PolicyRule> {
     rules.push(rule(
         &WRITE,
         &[LOOM],
-        &["tasks", "jobs", "services", "serviceaccounts"],
+        &["tasks", "jobs", "services", "endpoints", "serviceaccounts"],
     ));
     rules.push(rule(&WRITE, &[CORE], &["serviceaccounts"]));
     rules.push(rule(&["create"], &[CORE, LOOM], &["serviceaccounts/token"]));
@@ -126,14 +129,14 @@ fn scheduler_rules() -> Vec<PolicyRule> {
     ]
 }
 
-/// The controllers: jobs, services and their tasks; node lifecycle (the
+/// The controllers: jobs, services, their tasks and endpoints; node lifecycle (the
 /// nodes' Leases, their status); TTL deletion; expired bootstrap tokens'
 /// deletion; the nodes' Lease namespace;
 /// Events; their leader Lease.
 fn controllers_rules() -> Vec<PolicyRule> {
     let all: Vec<&str> = READ.iter().chain(&WRITE).copied().collect();
     vec![
-        rule(&all, &[LOOM], &["tasks", "jobs", "services"]),
+        rule(&all, &[LOOM], &["tasks", "jobs", "services", "endpoints"]),
         rule(
             &["get", "update", "patch"],
             &[LOOM],
@@ -160,10 +163,21 @@ fn controllers_rules() -> Vec<PolicyRule> {
     ]
 }
 
+/// The node proxy (Kubernetes' `system:node-proxier`): follows Services,
+/// their Endpoints, Job tasks (the resolver's names) and Nodes (its own
+/// node's task subnet), and records Events.
+fn proxy_rules() -> Vec<PolicyRule> {
+    vec![
+        rule(&READ, &[LOOM], &["services", "endpoints", "tasks", "nodes"]),
+        rule(&EVENTS, &[LOOM], &["events"]),
+    ]
+}
+
 /// A node, as RBAC would see every node: bound to no one by default (the
 /// Node authorizer grants each node what it needs of its own objects); for
 /// an operator who must grant a node more by hand: registers and updates its Node, renews its Lease, follows
-/// the tasks bound to it and writes their status, records Events, creates
+/// the tasks bound to it and writes their status, follows Services and their
+/// Endpoints (the node's proxy and resolver), records Events, creates
 /// the Lease namespace if missing, mints its tasks' service-account
 /// tokens, and asks who the callers of its own server are and what they may
 /// do (TokenReview, SubjectAccessReview: as Kubernetes' `system:node`).
@@ -176,7 +190,7 @@ fn node_rules() -> Vec<PolicyRule> {
         ),
         rule(&["get", "update", "patch"], &[LOOM], &["nodes/status"]),
         rule(&["get", "create", "update", "patch"], &[LOOM], &["leases"]),
-        rule(&READ, &[LOOM], &["tasks", "services"]),
+        rule(&READ, &[LOOM], &["tasks", "services", "endpoints"]),
         rule(&["get", "update", "patch"], &[LOOM], &["tasks/status"]),
         rule(&EVENTS, &[LOOM], &["events"]),
         rule(&["get", "create"], &[LOOM, CORE], &["namespaces"]),
@@ -271,6 +285,7 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
         ),
         ("system:loom-scheduler", scheduler_rules()),
         ("system:loom-controllers", controllers_rules()),
+        ("system:loom-proxy", proxy_rules()),
         ("system:node", node_rules()),
         (NODE_BOOTSTRAPPER_ROLE, certificate_request_rules()),
         (SELF_NODE_CLIENT_ROLE, certificate_request_rules()),
@@ -303,6 +318,7 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
             "system:loom-controllers",
             vec![Subject::user(CONTROLLERS_USER)],
         ),
+        ("system:loom-proxy", vec![Subject::user(PROXY_USER)]),
         // Nodes are authorized by the Node authorizer, each to its own
         // objects; binding this role to `system:nodes` would give every node
         // every node's rights (Kubernetes leaves it unbound too).

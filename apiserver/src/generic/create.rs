@@ -87,6 +87,7 @@ impl GenericStore {
                 created: true,
             });
         }
+        res.hooks.before_create(self, &mut object).await?;
         for attempt in 0.. {
             let name = object::name(&object).to_owned();
             match self
@@ -118,10 +119,12 @@ impl GenericStore {
                     );
                 }
                 Err(error) => {
+                    res.hooks.create_failed(self, &object).await;
                     return Err(ApiError::from_store(error, &res.group_resource(), &name));
                 }
             }
         }
+        res.hooks.create_failed(self, &object).await;
         Err(ApiError::internal("unreachable"))
     }
 }

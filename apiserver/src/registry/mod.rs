@@ -9,6 +9,7 @@
 
 pub mod conversion;
 pub mod custom;
+pub mod endpoints;
 pub mod event;
 pub mod job;
 pub mod lease;
@@ -17,6 +18,7 @@ pub mod node;
 pub mod resource_definition;
 pub mod service;
 pub mod service_account;
+pub mod service_ips;
 pub mod task;
 
 use std::collections::HashMap;
@@ -282,6 +284,20 @@ pub trait Hooks: Send + Sync + 'static {
     /// After an object was created or updated (not on a dry run): in-process
     /// state that follows the object (a definition's kind served at once).
     fn after_write(&self, store: &GenericStore, object: &Value) {
+        let _ = (store, object);
+    }
+
+    /// Before a create is written (admitted, not a dry run): what the new
+    /// object takes from state every API server shares (a Service's address),
+    /// set in it. A refusal ends the create.
+    async fn before_create(&self, store: &GenericStore, object: &mut Value) -> ApiResult<()> {
+        let _ = (store, object);
+        Ok(())
+    }
+
+    /// A create [`before_create`](Hooks::before_create) prepared was not
+    /// written: give back what it took.
+    async fn create_failed(&self, store: &GenericStore, object: &Value) {
         let _ = (store, object);
     }
 
