@@ -178,6 +178,11 @@ struct ApiserverArgs {
         default_value_t = 300
     )]
     etcd_compaction_interval_seconds: u64,
+    /// The IPv4 range Services' virtual addresses (`spec.clusterIP`) come from,
+    /// /12 to /29; its first address is kept for the `kubernetes` Service.
+    /// Every API server on one store must be given the same range.
+    #[arg(long, env = "LOOM_SERVICE_CIDR", default_value = api_types::kinds::service::DEFAULT_SERVICE_CIDR)]
+    service_cidr: api_types::ServiceRange,
     /// The memory limit given to a task that asks for none (0 or empty: none).
     #[arg(long, env = "LOOM_DEFAULT_TASK_MEMORY", default_value = "512Mi", value_parser = task_memory)]
     default_task_memory: TaskMemory,
@@ -464,6 +469,11 @@ struct UpArgs {
     /// The prefix length of each node's subnet in --cluster-cidr (8 to 30).
     #[arg(long, env = "LOOM_NODE_CIDR_MASK_SIZE", default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
     node_cidr_mask_size: u8,
+    /// The IPv4 range Services' virtual addresses (`spec.clusterIP`) come from,
+    /// /12 to /29, apart from --cluster-cidr; its first address is kept for the
+    /// `kubernetes` Service.
+    #[arg(long, env = "LOOM_SERVICE_CIDR", default_value = api_types::kinds::service::DEFAULT_SERVICE_CIDR)]
+    service_cidr: api_types::ServiceRange,
 }
 
 /// `loom up`'s cluster CIDR.
@@ -577,11 +587,26 @@ impl UpArgs {
         }
         .cluster_cidr()
     }
+
+    /// The service range, refused if it shares an address with the cluster CIDR.
+    fn service_cidr(&self) -> anyhow::Result<api_types::ServiceRange> {
+        if let Some(cluster) = self.cluster_cidr()?
+            && self.service_cidr.overlaps(&cluster.range())
+        {
+            anyhow::bail!(
+                "--service-cidr {} overlaps --cluster-cidr {}: Services' virtual addresses and tasks' addresses must come from separate ranges",
+                self.service_cidr,
+                cluster.range()
+            );
+        }
+        Ok(self.service_cidr)
+    }
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     // Refused before anything starts.
     args.cluster_cidr()?;
+    args.service_cidr()?;
     let path = args.data_dir.join("loom.db");
     let store = EmbeddedStore::open(EmbeddedOptions::new(&path))
         .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
@@ -647,6 +672,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         Err(error) => tracing::warn!(%error, "cannot write the loomctl context"),
     }
     let mut config = api_config(&args.default_task_memory, &args.limits);
+    config.service_cidr = args.service_cidr()?;
     config.tls = Some(loom_listener::tls::server_config(
         &credentials.serving.cert,
         &credentials.serving.key,
@@ -903,6 +929,7 @@ async fn apiserver_command(args: ApiserverArgs) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)
             .context("cannot open the store")?;
     let mut config = api_config(&args.default_task_memory, &args.limits);
+    config.service_cidr = args.service_cidr;
     // Every request is authorized by RBAC: there is no flag to turn it off.
     config.authorization = apiserver::authz::Authorization::Rbac;
     config.audit = audit_config(&args.audit)?;
@@ -1070,5 +1097,38 @@ mod tests {
             panic!("up");
         };
         assert_eq!(args.cluster_cidr().unwrap(), None);
+    }
+
+    #[test]
+    fn the_service_range_is_a_flag_apart_from_the_cluster_cidr() {
+        let Command::Up(args) = parse(&["up"]) else {
+            panic!("up");
+        };
+        assert_eq!(args.service_cidr().unwrap().to_string(), "10.96.0.0/16");
+        let Command::Apiserver(args) = parse(&["apiserver", "--service-cidr", "10.100.0.0/20"])
+        else {
+            panic!("apiserver");
+        };
+        assert_eq!(args.service_cidr.to_string(), "10.100.0.0/20");
+        let Command::Up(args) = parse(&["up", "--service-cidr", "10.77.128.0/20"]) else {
+            panic!("up");
+        };
+        let error = format!("{:#}", args.service_cidr().unwrap_err());
+        assert!(
+            error.contains("--service-cidr 10.77.128.0/20 overlaps --cluster-cidr 10.77.0.0/16"),
+            "{error}"
+        );
+        let Command::Up(args) =
+            parse(&["up", "--cluster-cidr", "", "--service-cidr", "10.77.0.0/16"])
+        else {
+            panic!("up");
+        };
+        assert!(args.service_cidr().is_ok(), "no cluster CIDR, no overlap");
+        for bad in ["10.96.0.1/16", "10.0.0.0/8", "fd00::/112"] {
+            assert!(
+                Cli::try_parse_from(["loom", "apiserver", "--service-cidr", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }
