@@ -7,6 +7,7 @@
 //! caches show them, so the next reconcile of the same object never acts twice on a
 //! stale view.
 
+pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod manager;

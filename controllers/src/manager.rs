@@ -5,14 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api_types::well_known::{LEASE_CONTROLLERS, NODE_LEASE_NAMESPACE};
-use api_types::{BootstrapToken, Job, Lease, Namespace, Node, ObjectMeta, Service, Task};
+use api_types::{
+    BootstrapToken, Endpoints, Job, Lease, Namespace, Node, ObjectMeta, Service, Task,
+};
 use client::controller::{self, Action, Controller};
 use client::{Api, Client, Informer, ObjectKey, PostParams, StoreBuilder, watcher};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{BY_CONTROLLER, BY_DEPENDENCY, BY_NODE, BY_OWNER, Context, Error, gc, job};
-use crate::{node_ipam, node_lifecycle, service, token_cleaner, ttl};
+use crate::{endpoints, node_ipam, node_lifecycle, service, token_cleaner, ttl};
 
 /// How the controllers run.
 #[derive(Clone, Debug)]
@@ -57,7 +59,8 @@ fn owner_uids(meta: &ObjectMeta) -> Vec<String> {
         .collect()
 }
 
-/// The task cache, indexed by controlling owner, by every owner and by node.
+/// The task cache, indexed by controlling owner, by every owner, by node and by
+/// the Services it belongs to.
 pub(crate) fn task_store() -> StoreBuilder<Task> {
     StoreBuilder::default()
         .index(BY_CONTROLLER, |t: &Task| {
@@ -74,6 +77,7 @@ pub(crate) fn task_store() -> StoreBuilder<Task> {
                 vec![t.spec.node_name.clone()]
             }
         })
+        .index(endpoints::BY_SERVICE, endpoints::service_keys)
 }
 
 /// The job cache, indexed by owner and by each job it depends on.
@@ -115,14 +119,16 @@ pub async fn run_manager(client: Client, config: Config, shutdown: CancellationT
         watch(),
     );
     let bootstrap_tokens = Informer::start(Api::<BootstrapToken>::all(client.clone()), watch());
+    let endpoints_informer = Informer::start(Api::<Endpoints>::all(client.clone()), watch());
     let watches = {
-        let (t, j, s, n, l, b) = (
+        let (t, j, s, n, l, b, e) = (
             tasks.clone(),
             jobs.clone(),
             services.clone(),
             nodes.clone(),
             leases.clone(),
             bootstrap_tokens.clone(),
+            endpoints_informer.clone(),
         );
         StopOnDrop(vec![
             Box::new(move || t.stop()),
@@ -131,6 +137,7 @@ pub async fn run_manager(client: Client, config: Config, shutdown: CancellationT
             Box::new(move || n.stop()),
             Box::new(move || l.stop()),
             Box::new(move || b.stop()),
+            Box::new(move || e.stop()),
         ])
     };
     ensure_namespace(&client, &config.node_lease_namespace).await;
@@ -162,6 +169,36 @@ pub async fn run_manager(client: Client, config: Config, shutdown: CancellationT
             service::reconcile,
             error_policy,
             ctx.clone(),
+            shutdown.clone(),
+        );
+
+    let endpoints_ctx = Arc::new(endpoints::Context {
+        client: client.clone(),
+        tasks: tasks.store(),
+        services: services.store(),
+        endpoints: endpoints_informer.store(),
+    });
+    let endpoints_controller = Controller::new(&services, settings.clone())
+        .watches(&tasks, |t: &Task| {
+            endpoints::service_keys(t)
+                .iter()
+                .filter_map(|key| key.split_once('/'))
+                .map(|(namespace, name)| ObjectKey::new(namespace, name))
+                .collect()
+        })
+        .watches(&endpoints_informer, |e: &Endpoints| vec![ObjectKey::of(e)])
+        .run(
+            endpoints::reconcile,
+            error_policy,
+            endpoints_ctx.clone(),
+            shutdown.clone(),
+        );
+    let endpoints_collector = Controller::new(&endpoints_informer, settings.clone())
+        .watches(&services, |s: &Service| vec![ObjectKey::of(s)])
+        .run(
+            endpoints::collect,
+            error_policy,
+            endpoints_ctx,
             shutdown.clone(),
         );
 
@@ -284,6 +321,8 @@ pub async fn run_manager(client: Client, config: Config, shutdown: CancellationT
     tokio::join!(
         job_controller,
         service_controller,
+        endpoints_controller,
+        endpoints_collector,
         ttl_controller,
         token_cleaner,
         node_controller,
