@@ -82,6 +82,7 @@ mod cases {
             }));
         }
         let mut given = BTreeSet::new();
+        let mut created = Vec::new();
         let mut full = 0;
         for create in creates {
             let (code, body) = create.await.unwrap();
@@ -96,6 +97,7 @@ mod cases {
                         "{ip} is a usable address of {RANGE}, not the API server's"
                     );
                     assert!(given.insert(ip.clone()), "{ip} given twice");
+                    created.push((body["metadata"]["name"].as_str().unwrap().to_owned(), ip));
                 }
                 500 => {
                     let message = body["message"].as_str().unwrap();
@@ -122,9 +124,8 @@ mod cases {
             .collect();
         assert_eq!(held, given);
         // A deleted Service's address is given back and can be given again.
-        let (_, gone) = clients[0].get(&format!("{SERVICES}/s0")).await;
-        let freed = gone["spec"]["clusterIP"].as_str().unwrap().to_owned();
-        let (code, _) = clients[0].delete(&format!("{SERVICES}/s0")).await;
+        let (gone, freed) = created[0].clone();
+        let (code, _) = clients[0].delete(&format!("{SERVICES}/{gone}")).await;
         assert_eq!(code, 200);
         assert!(!recorded(a.store.as_ref()).await.contains(&freed));
         let (code, again) = clients[1].post(SERVICES, &service("again", None)).await;

@@ -35,6 +35,9 @@ pub const REPAIR_GRACE: Duration = Duration::from_secs(10 * 60);
 /// How often each API server runs the repair pass.
 pub const REPAIR_INTERVAL: Duration = Duration::from_secs(3 * 60);
 
+/// Random addresses tried before the records are read.
+const RANDOM_TRIES: usize = 4;
+
 /// The `kubernetes` Service in `default`, which alone may hold the range's first address.
 pub const API_SERVER_SERVICE: (&str, &str) = ("default", "kubernetes");
 
@@ -230,19 +233,30 @@ impl ServiceIps {
         }
     }
 
-    /// Takes a free address for `service`: from a random place in the range,
-    /// the first address no record holds whose key this server creates first.
+    /// Takes a free address for `service`: a few random addresses first
+    /// (one write, no read, while the range is sparse), then, from a random
+    /// place in the range, the first address no record holds whose key this
+    /// server creates first.
     async fn allocate(&self, store: &dyn Store, service: &Value) -> ApiResult<Ipv4Addr> {
+        // The first address is the API server's: never given out here.
+        let usable = self.range.size() - 1;
+        let random = || (uuid::Uuid::new_v4().as_u128() % u128::from(usable)) as u32;
+        let holder = encode(&holder_of(service))?;
+        for _ in 0..RANDOM_TRIES {
+            let ip = self.range.nth(1 + random());
+            match store.create(&key(ip), holder.clone()).await {
+                Ok(_) => return Ok(ip),
+                Err(store::Error::AlreadyExists { .. }) => continue,
+                Err(error) => return Err(store_error(error)),
+            }
+        }
         let taken: BTreeSet<u32> = self
             .recorded(store)
             .await?
             .iter()
             .filter_map(|(ip, _, _)| self.range.offset(*ip))
             .collect();
-        // The first address is the API server's: never given out here.
-        let usable = self.range.size() - 1;
-        let start = (uuid::Uuid::new_v4().as_u128() % u128::from(usable)) as u32;
-        let holder = encode(&holder_of(service))?;
+        let start = random();
         for step in 0..usable {
             let offset = 1 + (start + step) % usable;
             if taken.contains(&offset) {
