@@ -229,6 +229,60 @@ mod cases {
     }
 }
 
+/// A nodePort is used by one Service at most (whatever the protocol), checked
+/// on create and on updates that change it; nothing forwards it yet.
+#[tokio::test]
+async fn a_node_port_is_one_services() {
+    let server = TestServer::embedded(config()).await.unwrap();
+    let c = JsonClient::new(&server);
+    let with_node_port = |name: &str, protocol: &str, node_port: i64| {
+        let mut svc = service(name, None);
+        svc["spec"]["ports"] = json!([
+            {"name": "web", "port": 80, "targetPort": "http"},
+            {"name": "np", "port": 81, "protocol": protocol, "nodePort": node_port},
+        ]);
+        svc
+    };
+    let (code, body) = c.post(SERVICES, &with_node_port("a", "TCP", 30080)).await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = c.post(SERVICES, &with_node_port("b", "UDP", 30080)).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(field_causes(&body), ["spec.ports[1].nodePort"]);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("already allocated: Service default/a uses it"),
+        "{body}"
+    );
+    let (code, body) = c.post(SERVICES, &with_node_port("b", "UDP", 30081)).await;
+    assert_eq!(code, 201, "{body}");
+    // An update that moves b onto a's port is refused; one that leaves the
+    // ports alone is not looked at.
+    let (code, body) = c
+        .patch(
+            &format!("{SERVICES}/b"),
+            "application/json-patch+json",
+            r#"[{"op": "replace", "path": "/spec/ports/1/nodePort", "value": 30080}]"#,
+        )
+        .await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(field_causes(&body), ["spec.ports[1].nodePort"]);
+    let (code, body) = c
+        .patch(
+            &format!("{SERVICES}/a"),
+            "application/merge-patch+json",
+            r#"{"spec": {"replicas": 2}}"#,
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    // Deleted, its port is free.
+    let (code, _) = c.delete(&format!("{SERVICES}/a")).await;
+    assert_eq!(code, 200);
+    let (code, body) = c.post(SERVICES, &with_node_port("c", "TCP", 30080)).await;
+    assert_eq!(code, 201, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn embedded_concurrent_servers_never_give_one_address_twice() {
     let (_dir, path) = temp_dir().unwrap();

@@ -70,6 +70,7 @@ impl GenericStore {
         let mut warnings = self
             .admit_write(res, Part::Main, &mut object, None, options)
             .await?;
+        res.hooks.check_write(self, &object, None).await?;
         if !options.applied {
             object::set_meta(&mut object, "managedFields", Value::Null);
             apply::record_update(

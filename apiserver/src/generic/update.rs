@@ -204,6 +204,9 @@ impl GenericStore {
             let mut warnings = self
                 .admit_write(res, part, &mut new, Some(&current.object), options)
                 .await?;
+            res.hooks
+                .check_write(self, &new, Some(&current.object))
+                .await?;
             record_generation_and_managers(res, part, options, &current.object, &mut new);
             if unchanged(&current.object, &new) {
                 if current.from_cache {

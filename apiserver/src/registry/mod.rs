@@ -287,6 +287,19 @@ pub trait Hooks: Send + Sync + 'static {
         let _ = (store, object);
     }
 
+    /// After a create or an update (`old`) was admitted, dry runs too: rules
+    /// that read other objects (no two Services on one nodePort). A refusal
+    /// ends the write.
+    async fn check_write(
+        &self,
+        store: &GenericStore,
+        object: &Value,
+        old: Option<&Value>,
+    ) -> ApiResult<()> {
+        let _ = (store, object, old);
+        Ok(())
+    }
+
     /// Before a create is written (admitted, not a dry run): what the new
     /// object takes from state every API server shares (a Service's address),
     /// set in it. A refusal ends the create.

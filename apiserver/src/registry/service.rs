@@ -2,9 +2,10 @@
 //! virtual address (`spec.clusterIP`) taken from the service range when they
 //! are created and given back when they go ([`service_ips`](super::service_ips)).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use api_types::{ClusterIp, FieldError, Resource, Service, ServiceRange};
+use api_types::{ClusterIp, FieldError, Resource, Service, ServiceRange, Status};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -12,10 +13,11 @@ use tracing::{Instrument, info_span, warn};
 
 use super::service_ips::{REPAIR_GRACE, REPAIR_INTERVAL, ServiceIps};
 use super::{Column, Hooks, Rest, Strategy, Typed};
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::generic::GenericStore;
 use crate::object;
 use crate::store::ListOptions;
+use crate::watch_cache::Filter;
 
 /// The Service strategy, without the address rules (see [`rest`]).
 pub fn strategy() -> Typed<Service> {
@@ -144,6 +146,65 @@ struct ServiceHooks {
 
 #[async_trait]
 impl Hooks for ServiceHooks {
+    async fn check_write(
+        &self,
+        store: &GenericStore,
+        object: &Value,
+        old: Option<&Value>,
+    ) -> ApiResult<()> {
+        let wanted = node_ports(object);
+        if wanted.is_empty() || old.is_some_and(|old| node_ports(old) == wanted) {
+            return Ok(());
+        }
+        let namespace = object::namespace(object);
+        let name = object::name(object);
+        let res = store.catalog.builtin_resource::<Service>();
+        let cache = &res.cache;
+        // Every write finished before this one is in the cache first. (Two
+        // Services created at once may still both take a port: nothing
+        // allocates nodePorts until something forwards them.)
+        let revision = cache
+            .store_revision()
+            .await
+            .map_err(|e| ApiError::from_store(e, &res.group_resource(), name))?;
+        if !cache.wait_for(revision, CACHE_WAIT).await {
+            return Err(ApiError::internal(format!(
+                "the Service cache did not reach revision {revision} in {CACHE_WAIT:?}: cannot check spec.ports[].nodePort"
+            )));
+        }
+        let mut after: Option<String> = None;
+        loop {
+            let page = cache.list_page(&Filter::default(), after.as_deref(), 1_000);
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after = Some(last.key.clone());
+            for other in &page {
+                if other.namespace == namespace && other.name == name {
+                    continue;
+                }
+                let taken: BTreeSet<i64> = node_ports(&other.value())
+                    .into_iter()
+                    .map(|(_, port)| port)
+                    .collect();
+                if let Some((i, port)) = wanted.iter().find(|(_, port)| taken.contains(port)) {
+                    return Err(ApiError::from(Status::invalid(
+                        &Service::info().group_kind(),
+                        name,
+                        &[FieldError::invalid(
+                            format!("spec.ports[{i}].nodePort"),
+                            *port,
+                            format!(
+                                "provided port is already allocated: Service {}/{} uses it",
+                                other.namespace, other.name
+                            ),
+                        )],
+                    )));
+                }
+            }
+        }
+    }
+
     async fn before_create(&self, store: &GenericStore, object: &mut Value) -> ApiResult<()> {
         self.ips.take(store.store.as_ref(), object).await
     }
@@ -214,6 +275,21 @@ pub async fn repair_once(
         }
     }
     Ok(ips.repair(store, &services, records, REPAIR_GRACE).await)
+}
+
+/// How long a nodePort check waits for the Service cache to catch up.
+const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The nodePorts a Service's ports ask for, with the index of each port.
+fn node_ports(object: &Value) -> Vec<(usize, i64)> {
+    object
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, p)| Some((i, p.get("nodePort")?.as_i64()?)))
+        .collect()
 }
 
 fn cluster_ip(object: &Value) -> Value {
