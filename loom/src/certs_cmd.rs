@@ -18,6 +18,8 @@ pub const MASTERS_GROUP: &str = "system:masters";
 pub const SCHEDULER_USER: &str = "system:loom-scheduler";
 /// The controllers' user name.
 pub const CONTROLLERS_USER: &str = "system:loom-controllers";
+/// The node proxies' user name (`loom proxy`).
+pub const PROXY_USER: &str = "system:loom-proxy";
 /// The group of every node.
 pub const NODES_GROUP: &str = "system:nodes";
 
@@ -36,7 +38,7 @@ pub struct CertsArgs {
     /// names), besides loopback, `localhost` and this host's name.
     #[arg(long = "tls-san", value_delimiter = ',')]
     sans: Vec<String>,
-    /// Also write `admin.conf`, `scheduler.conf` and `controllers.conf`
+    /// Also write `admin.conf`, `scheduler.conf`, `controllers.conf` and `proxy.conf`
     /// kubeconfigs for this API server URL (e.g. `https://10.0.0.1:7443`).
     #[arg(long)]
     server: Option<String>,
@@ -61,6 +63,8 @@ pub struct ClusterCredentials {
     pub scheduler: Credential,
     /// The controllers.
     pub controllers: Credential,
+    /// The node proxies.
+    pub proxy: Credential,
     /// The API server as it calls nodelets (`system:loom-apiserver`).
     pub nodelet_client: Credential,
 }
@@ -82,6 +86,7 @@ impl ClusterCredentials {
             pki.ensure_credential("scheduler", &Profile::client(SCHEDULER_USER, None))?;
         let controllers =
             pki.ensure_credential("controllers", &Profile::client(CONTROLLERS_USER, None))?;
+        let proxy = pki.ensure_credential("proxy", &Profile::client(PROXY_USER, None))?;
         let nodelet_client = pki.ensure_credential(
             "apiserver-nodelet-client",
             &Profile::client(nodelet::server::API_SERVER_USER, None),
@@ -92,6 +97,7 @@ impl ClusterCredentials {
             admin,
             scheduler,
             controllers,
+            proxy,
             nodelet_client,
         })
     }
@@ -288,6 +294,7 @@ pub fn certs(args: CertsArgs) -> anyhow::Result<()> {
             credentials.write_kubeconfig("admin", server, &credentials.admin)?,
             credentials.write_kubeconfig("scheduler", server, &credentials.scheduler)?,
             credentials.write_kubeconfig("controllers", server, &credentials.controllers)?,
+            credentials.write_kubeconfig("proxy", server, &credentials.proxy)?,
         ];
         for (node, credential) in &nodes {
             let file = format!("node-{}", node.replace('.', "-"));

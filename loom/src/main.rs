@@ -7,6 +7,7 @@
 mod certs_cmd;
 mod join;
 mod node_cmd;
+mod proxy_cmd;
 mod snapshot_cmd;
 mod token_cmd;
 
@@ -51,11 +52,15 @@ enum Command {
     ///
     /// With --cluster-cidr, every Node without a task subnet (`spec.taskCIDR`) is
     /// given the lowest free subnet of --node-cidr-mask-size in that range, once
-    /// (it never changes after). This is the first step of task networking: the
-    /// nodelet does not use the subnet yet, so tasks get no address from it.
+    /// (it never changes after); the node's container tasks get their
+    /// addresses from it.
     Controllers(ControllersArgs),
     /// Run a node agent: registers the node and runs the tasks bound to it.
     Nodelet(Box<node_cmd::NodeletArgs>),
+    /// Run the node proxy beside a nodelet: Services' virtual addresses
+    /// (`spec.clusterIP`) routed to their ready endpoints, and the cluster's
+    /// names (`NAME.NAMESPACE.svc`) answered to the node's tasks.
+    Proxy(Box<proxy_cmd::ProxyArgs>),
     /// Manage a node's image store.
     Image(node_cmd::ImageArgs),
     /// Make the cluster's certificates in a directory, once: the CA, the API
@@ -94,8 +99,8 @@ struct ControllersArgs {
 #[derive(Debug, clap::Args)]
 struct TaskCidrArgs {
     /// The IPv4 range nodes' task subnets (`spec.taskCIDR`) are given from, e.g.
-    /// 10.77.0.0/16 (unset or empty: no node is given one). Nothing uses the
-    /// subnets yet: the first step of task networking.
+    /// 10.77.0.0/16 (unset or empty: no node is given one, and tasks have no
+    /// network but `lo`).
     #[arg(long, env = "LOOM_CLUSTER_CIDR")]
     cluster_cidr: Option<String>,
     /// The prefix length of each node's subnet in --cluster-cidr (8 to 30).
@@ -461,7 +466,7 @@ struct UpArgs {
     #[arg(long, env = "LOOM_SNAPSHOT_KEEP", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_keep: u64,
     /// The IPv4 range nodes' task subnets (`spec.taskCIDR`) are given from (empty:
-    /// none). Nothing uses the subnets yet: the first step of task networking.
+    /// none: tasks have no network but `lo`).
     /// The default is a range no common container tool picks (podman takes
     /// 10.88.0.0/16, CRI-O 10.85.0.0/16, k3s 10.42.0.0/16, kind 10.244.0.0/16).
     #[arg(long, env = "LOOM_CLUSTER_CIDR", default_value = UP_CLUSTER_CIDR)]
@@ -530,6 +535,7 @@ fn main() -> ExitCode {
             Command::Up(args) => up(args).await,
             Command::Apiserver(args) => apiserver_command(*args).await,
             Command::Nodelet(args) => node_cmd::nodelet(*args).await,
+            Command::Proxy(args) => proxy_cmd::run(*args).await,
             Command::Token(args) => token_cmd::run(args).await,
             Command::Snapshot(args) => snapshot_cmd::run(args).await,
             Command::Shim { .. } | Command::Image(_) | Command::Certs(_) => Ok(()),
@@ -762,6 +768,7 @@ async fn all_in_one(
         no_task_network: false,
         bridge: nodelet::network::DEFAULT_BRIDGE.to_owned(),
         node_ip: None,
+        cluster_dns: true,
     };
     let mut nodelet_config = nodelet_args.config()?;
     // The node's endpoint (task logs) serves TLS to the API server only.
@@ -833,6 +840,24 @@ async fn all_in_one(
         scheduler_config,
         parts.clone(),
     ));
+    // The node proxy: Services' addresses and the resolver of the cluster's
+    // names. Without nftables it cannot redirect: Loom runs on without it.
+    let mut proxy_config =
+        proxy::control::Config::new(&nodelet_config.name, args.service_cidr()?.net());
+    proxy_config.listen_port = 0;
+    proxy_config.bridges = vec![nodelet_config.bridge.clone()];
+    let proxy = tokio::spawn({
+        let client = client_as(&credentials.proxy)?;
+        let shutdown = parts.clone();
+        async move {
+            if let Err(error) = proxy::control::run(client, proxy_config, shutdown).await {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "the node proxy is not running: Services' addresses will not answer"
+                );
+            }
+        }
+    });
     let node_shutdown = CancellationToken::new();
     let node_name = nodelet_config.name.clone();
     let mut node = tokio::spawn(nodelet::run(
@@ -854,6 +879,7 @@ async fn all_in_one(
     node_shutdown.cancel();
     let node_result = node.await.context("the nodelet panicked")?;
     parts.cancel();
+    proxy.await.context("the proxy panicked")?;
     controllers.await.context("the controllers panicked")?;
     scheduler.await.context("the scheduler panicked")?;
     api_shutdown.cancel();

@@ -102,6 +102,11 @@ pub struct NodeletArgs {
     /// routable IPv4 address).
     #[arg(long)]
     pub node_ip: Option<std::net::Ipv4Addr>,
+    /// Point container tasks' resolver at this node's `loom proxy` (on the
+    /// task bridge's address), which answers `NAME.NAMESPACE.svc` and
+    /// forwards other names; run `loom proxy` on the node with it.
+    #[arg(long)]
+    pub cluster_dns: bool,
 }
 
 /// How a component reaches the API server and who it is there.
@@ -216,6 +221,7 @@ impl NodeletArgs {
             );
         }
         config.node_ip = self.node_ip;
+        config.cluster_dns = self.cluster_dns;
         config.shim = shim_command()?;
         Ok(config)
     }
