@@ -41,6 +41,10 @@ fn cluster_runs_jobs_and_services_and_survives_failures() {
     eprintln!("task network: {:?}", step.elapsed());
 
     let step = Instant::now();
+    service_address_and_name_reach_ready_replicas(&cluster);
+    eprintln!("service routing: {:?}", step.elapsed());
+
+    let step = Instant::now();
     job_survives_control_plane_kills(&mut cluster);
     eprintln!("job through control-plane kills: {:?}", step.elapsed());
 
@@ -384,6 +388,107 @@ spec:
     let mut args = vec!["delete", "task"];
     args.extend(names.iter().map(String::as_str));
     cluster.loomctl_ok(&args);
+}
+
+/// A Service of three replicas gets a virtual address and Endpoints listing
+/// its ready replicas (each Ready only once its readiness probe passes); a
+/// task reaches the replicas through the address (spread over them by the
+/// proxy of its node) and by the name `echo.default.svc`, resolved by its
+/// node's resolver.
+fn service_address_and_name_reach_ready_replicas(cluster: &Cluster) {
+    cluster.apply(
+        "echo",
+        r#"
+apiVersion: loom.dev/v1
+kind: Service
+metadata: {name: echo}
+spec:
+  replicas: 3
+  ports: [{name: http, port: 80, targetPort: http}]
+  template:
+    spec:
+      image: busybox
+      command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+      ports: [{name: http, containerPort: 8080}]
+      readinessProbe: {httpGet: {path: /, port: http}, periodSeconds: 1}
+      resources: {cpu: 50m, memory: 16Mi}
+      restartPolicy: Always
+      terminationGracePeriodSeconds: 1
+"#,
+    );
+    cluster.loomctl_ok(&["rollout", "status", "service/echo", "--timeout", "60"]);
+    let service: Value =
+        serde_json::from_str(&cluster.loomctl_ok(&["get", "service", "echo", "-o", "json"]))
+            .unwrap();
+    let vip: std::net::Ipv4Addr = service["spec"]["clusterIP"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or_else(|e| panic!("no clusterIP ({e}): {service}"));
+    let range: ipnet::Ipv4Net = support::SERVICE_CIDR.parse().unwrap();
+    assert!(range.contains(&vip), "{vip} outside {range}");
+    wait_for("3 ready endpoints of echo", Duration::from_secs(30), || {
+        let endpoints: Value =
+            serde_json::from_str(&cluster.loomctl_ok(&["get", "endpoints", "echo", "-o", "json"]))
+                .map_err(|e| e.to_string())?;
+        let ready = endpoints["subsets"]
+            .as_array()
+            .map(|subsets| {
+                subsets
+                    .iter()
+                    .map(|s| s["addresses"].as_array().map_or(0, Vec::len))
+                    .sum::<usize>()
+            })
+            .unwrap_or(0);
+        if ready == 3 {
+            Ok(())
+        } else {
+            Err(endpoints.to_string())
+        }
+    });
+    let client = format!(
+        r#"apiVersion: loom.dev/v1
+kind: Task
+metadata: {{name: echo-client}}
+spec:
+  nodeName: {node}
+  image: busybox
+  command: ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9; do printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 {vip} 80 | tail -n 1 || echo FAILED; done; nslookup echo.default.svc; printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 echo 80 | tail -n 1 | sed 's/^/by-name: /' || echo FAILED by name"]
+  restartPolicy: Never
+"#,
+        node = cluster.nodes[2].name,
+    );
+    cluster.apply("echo-client", &client);
+    wait_for("the echo client done", Duration::from_secs(60), || {
+        let task: Value = serde_json::from_str(&cluster.loomctl_ok(&[
+            "get",
+            "task",
+            "echo-client",
+            "-o",
+            "json",
+        ]))
+        .map_err(|e| e.to_string())?;
+        if is_terminal(&task) {
+            Ok(())
+        } else {
+            Err(task["status"].to_string())
+        }
+    });
+    let log = cluster.loomctl_ok(&["logs", "echo-client"]);
+    assert!(!log.contains("FAILED"), "{log}");
+    let replicas: std::collections::BTreeSet<&str> =
+        log.lines().filter(|l| l.starts_with("echo-")).collect();
+    assert!(
+        replicas.len() >= 2,
+        "9 connections through {vip} reached {replicas:?}: not spread over the replicas\n{log}"
+    );
+    assert!(
+        log.contains(&vip.to_string()),
+        "nslookup did not answer {vip}: {log}"
+    );
+    assert!(log.contains("by-name: echo-"), "not reached by name: {log}");
+    cluster.loomctl_ok(&["delete", "task", "echo-client"]);
+    cluster.loomctl_ok(&["delete", "service", "echo"]);
 }
 
 /// Kills an API server, the scheduler and the controller-manager with SIGKILL in the

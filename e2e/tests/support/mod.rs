@@ -13,6 +13,9 @@ use serde_json::Value;
 
 /// Nodelets in a cluster.
 pub const NODES: usize = 3;
+/// The API servers' service range (their default), which every node's proxy
+/// serves.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 
 /// Seconds without a heartbeat before a node is NotReady (nodelets renew their
 /// Lease every 10 s), and then before its tasks are Lost.
@@ -392,6 +395,8 @@ pub struct Cluster {
     controllers: Option<Proc>,
     scheduler: Option<Proc>,
     nodelets: Vec<Option<Proc>>,
+    /// Each node's `loom proxy`, beside its nodelet.
+    proxies: Vec<Option<Proc>>,
     /// The bootstrap token nodes join with, and the CA hash they pin.
     join: Option<(String, String)>,
     /// The nodes.
@@ -451,6 +456,7 @@ impl Cluster {
             controllers: None,
             scheduler: None,
             nodelets: Vec::new(),
+            proxies: Vec::new(),
             join: None,
             nodes,
             cluster_cidr: format!("10.{net}.128.0/17"),
@@ -477,6 +483,8 @@ impl Cluster {
         for n in 0..NODES {
             let proc = cluster.spawn_nodelet(n);
             cluster.nodelets.push(Some(proc));
+            let proc = cluster.spawn_proxy(n);
+            cluster.proxies.push(Some(proc));
         }
         cluster.wait_ready_nodes(NODES, Duration::from_secs(60));
         cluster.route_task_subnets();
@@ -849,12 +857,35 @@ impl Cluster {
             "--advertise".to_owned(),
             format!("https://{}:{port}", node.ip),
             "--stop-tasks-on-exit".to_owned(),
+            // Tasks resolve the cluster's names through the node's proxy.
+            "--cluster-dns".to_owned(),
             // The jobs' output directories are host paths: allowed here only.
             "--allow-host-paths".to_owned(),
             self.dir().join("out").display().to_string(),
         ];
         let nsenter = which("nsenter").expect("nsenter");
         self.spawn(&node.name, &nsenter, &args)
+    }
+
+    /// Node `n`'s proxy: Services' addresses and the resolver for its tasks,
+    /// in the node's namespace, as its own user.
+    fn spawn_proxy(&self, n: usize) -> Proc {
+        let node = &self.nodes[n];
+        let args = vec![
+            format!("--net=/run/netns/{}", node.netns),
+            self.loom.display().to_string(),
+            "proxy".to_owned(),
+            "--kubeconfig".to_owned(),
+            self.kubeconfig("proxy"),
+            "--server".to_owned(),
+            self.servers(),
+            "--node".to_owned(),
+            node.name.clone(),
+            "--service-cidr".to_owned(),
+            SERVICE_CIDR.to_owned(),
+        ];
+        let nsenter = which("nsenter").expect("nsenter");
+        self.spawn(&format!("{}-proxy", node.name), &nsenter, &args)
     }
 
     /// Waits until `count` nodes are Ready.
@@ -1037,7 +1068,12 @@ impl Drop for Cluster {
             self.keep_logs();
         }
         // Nodelets first, so none restarts a task while the rest goes.
-        for proc in self.nodelets.iter_mut().flatten() {
+        for proc in self
+            .nodelets
+            .iter_mut()
+            .chain(self.proxies.iter_mut())
+            .flatten()
+        {
             proc.kill();
         }
         for proc in self
@@ -1138,6 +1174,9 @@ impl Cluster {
         if let Some(mut proc) = self.nodelets[n].take() {
             proc.kill();
         }
+        if let Some(mut proc) = self.proxies[n].take() {
+            proc.kill();
+        }
         let mut marker = self.state_dir(n).as_os_str().as_encoded_bytes().to_vec();
         marker.push(b'/');
         let cgroups = self.node_cgroups(n);
@@ -1184,6 +1223,10 @@ impl Cluster {
     pub fn restart_nodelet(&mut self, n: usize) {
         let proc = self.spawn_nodelet(n);
         self.nodelets[n] = Some(proc);
+        if self.proxies[n].is_none() {
+            let proc = self.spawn_proxy(n);
+            self.proxies[n] = Some(proc);
+        }
     }
 
     /// Node `n`'s cgroup directories, in every hierarchy that has one.
