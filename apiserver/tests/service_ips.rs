@@ -283,6 +283,59 @@ async fn a_node_port_is_one_services() {
     assert_eq!(code, 201, "{body}");
 }
 
+/// Hostile Services through the API: each refused with a 422 naming the
+/// field, nothing recorded, no address taken.
+#[tokio::test]
+async fn hostile_services_are_refused_and_take_nothing() {
+    let server = TestServer::embedded(config()).await.unwrap();
+    let c = JsonClient::new(&server);
+    let many: Vec<Value> = (1..=5_000)
+        .map(|i| json!({"name": format!("p{i}"), "port": i}))
+        .collect();
+    let long_ip = "1".repeat(100_000);
+    let cases = [
+        ("spec.ports", json!({"ports": many})),
+        ("spec.clusterIP", json!({"clusterIP": long_ip})),
+        ("spec.clusterIP", json!({"clusterIP": "10.123.0.5\u{0}"})),
+        ("spec.clusterIP", json!({"clusterIP": "0x0a.123.0.5"})),
+        ("spec.ports[0].port", json!({"ports": [{"port": 70000}]})),
+        (
+            "spec.ports[0].targetPort",
+            json!({"ports": [{"port": 80, "targetPort": "nope"}]}),
+        ),
+        (
+            "spec.ports[0].targetPort",
+            json!({"ports": [{"port": 80, "targetPort": -1}]}),
+        ),
+        (
+            "spec.ports[0].nodePort",
+            json!({"ports": [{"port": 80, "nodePort": 22}]}),
+        ),
+        (
+            "spec.ports[1].name",
+            json!({"ports": [{"name": "a", "port": 80}, {"port": 81}]}),
+        ),
+    ];
+    for (field, spec) in cases {
+        let mut svc = service("hostile", None);
+        for (key, value) in spec.as_object().unwrap() {
+            svc["spec"][key] = value.clone();
+        }
+        let (code, body) = c.post(SERVICES, &svc).await;
+        assert_eq!(code, 422, "{field}: {body}");
+        assert!(
+            field_causes(&body).iter().any(|f| f == field),
+            "{field} not in {:?}",
+            field_causes(&body)
+        );
+        assert!(
+            body.to_string().len() < 20_000,
+            "{field}: the refusal does not echo the input"
+        );
+    }
+    assert!(recorded(server.store.as_ref()).await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn embedded_concurrent_servers_never_give_one_address_twice() {
     let (_dir, path) = temp_dir().unwrap();
