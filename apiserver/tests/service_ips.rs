@@ -369,6 +369,41 @@ async fn etcd_requested_addresses() {
     cases::requested_addresses(TestServer::etcd(config()).await.unwrap()).await;
 }
 
+/// An API server starting over a store runs the repair pass: the address of a
+/// Service removed without giving it back (a crash between the two writes) is
+/// free again, and a Service's address that was not recorded is.
+#[tokio::test]
+async fn an_api_server_repairs_the_addresses_when_it_starts() {
+    let (_dir, path) = temp_dir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(EmbeddedOptions::new(path)).unwrap());
+    let first = TestServer::over(store.clone(), config()).await.unwrap();
+    let c = JsonClient::new(&first);
+    let (code, body) = c.post(SERVICES, &service("kept", Some("10.123.0.7"))).await;
+    assert_eq!(code, 201, "{body}");
+    drop(first);
+    store
+        .create(
+            &format!("{KEY_PREFIX}10.123.0.9"),
+            bytes::Bytes::from(
+                json!({"namespace": "default", "name": "gone", "uid": "u",
+                       "allocated": "2020-01-01T00:00:00Z"})
+                .to_string(),
+            ),
+        )
+        .await
+        .unwrap();
+    store
+        .delete(&format!("{KEY_PREFIX}10.123.0.7"), None)
+        .await
+        .unwrap();
+    let _second = TestServer::over(store.clone(), config()).await.unwrap();
+    loom_testing::eventually("the repair pass at start", || async {
+        let now = recorded(store.as_ref()).await;
+        (now == BTreeSet::from(["10.123.0.7".to_owned()])).then_some(())
+    })
+    .await;
+}
+
 /// The repair pass over a real store: an address recorded for a Service that
 /// is gone goes after the grace, not before; one a Service holds without a
 /// record is recorded; one held twice is reported.
