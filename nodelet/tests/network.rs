@@ -384,3 +384,69 @@ async fn probes_gate_readiness_and_restart_an_unhealthy_task() {
     }
     nodelet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_nodelet_keeps_running_tasks_addresses() {
+    need_root!();
+    let h = Harness::new("netkeep").await;
+    h.import_busybox();
+    let x = free_net(10..20).unwrap().expect("a free 10.X.0.0/16");
+    let subnet = format!("10.{x}.3.0/24");
+    let bridge = format!("lk{}", std::process::id() % 10_000_000);
+    let _cleanup = Cleanup {
+        bridge: bridge.clone(),
+    };
+    let nodelet = start_with_subnet(&h, &bridge, &subnet).await;
+    h.create(json!({"metadata": {"name": "server"}, "spec": {
+        "command": ["sh", "-c", "mkdir -p /www && echo still here > /www/index.html && exec httpd -f -p 8080 -h /www"],
+    }}))
+    .await;
+    let server = h
+        .wait_for("server", LONG, |t| {
+            phase(t) == "Running" && t.status.as_ref().is_some_and(|s| !s.task_ip.is_empty())
+        })
+        .await;
+    let ip = server.status.as_ref().unwrap().task_ip.clone();
+
+    // The nodelet dies (its task runs on), and a new one adopts the run.
+    nodelet.kill();
+    let mut config = h.config();
+    config.bridge = bridge.clone();
+    config.stop_tasks_on_exit = true;
+    let nodelet = h.start(config, None);
+    h.create(json!({"metadata": {"name": "second"}, "spec": {"command": ["sleep", "600"]}}))
+        .await;
+    let second = h
+        .wait_for("second", LONG, |t| {
+            phase(t) == "Running" && t.status.as_ref().is_some_and(|s| !s.task_ip.is_empty())
+        })
+        .await;
+    assert_ne!(
+        second.status.unwrap().task_ip,
+        ip,
+        "the running task's address was lent again"
+    );
+    let server = h.tasks().get("server").await.unwrap();
+    let status = server.status.unwrap();
+    assert_eq!(status.phase, api_types::TaskPhase::Running);
+    assert_eq!(status.restart_count, 0);
+    assert_eq!(status.task_ip, ip);
+    let mut lent = lent(&h.state, &subnet);
+    lent.sort();
+    assert_eq!(lent.len(), 2, "{lent:?}");
+    assert!(lent.contains(&ip), "{lent:?}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let body = http
+        .get(format!("http://{ip}:8080/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "still here\n");
+    nodelet.stop().await;
+}
