@@ -6,6 +6,7 @@ mod compare;
 mod job;
 mod measure;
 mod nodelet;
+mod proxy;
 mod report;
 mod runtime;
 mod schedule;
@@ -46,6 +47,10 @@ enum Command {
     /// The nodelet: task bound -> process running and -> Completed, beside bare
     /// libcontainer create -> exit.
     Nodelet(nodelet::NodeletArgs),
+    /// Service routing: p99 through a Service's virtual address (nftables and
+    /// the proxy) beside straight to an endpoint at a fixed rate, and the
+    /// proxy's CPU per request (root).
+    Proxy(proxy::ProxyArgs),
     /// Runs every benchmark and writes docs/perf.md and docs/perf.json.
     Report(report::ReportArgs),
     /// One Job of many exec tasks through every part, submit -> Completed.
@@ -59,6 +64,9 @@ enum Command {
     /// Bare libcontainer create -> exit (run as a child of `nodelet`).
     #[command(hide = true)]
     BareContainer(nodelet::BareArgs),
+    /// The proxy's data plane alone (run as a child of `proxy`, so its CPU is its own).
+    #[command(hide = true)]
+    ProxyServer(proxy::ServerArgs),
     /// Labels every bench task once (run as a child of `reflector`, so its CPU is not counted).
     #[command(hide = true)]
     TouchTasks(runtime::TouchArgs),
@@ -104,6 +112,17 @@ fn main() -> ExitCode {
             }
         };
     }
+    // The load runs on threads of its own and the endpoints on a runtime of
+    // their own: no runtime around them.
+    if let Command::Proxy(args) = cli.command {
+        return match proxy::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("loom-bench: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // libcontainer forks and changes the working directory: no runtime, no threads.
     if let Command::BareContainer(args) = cli.command {
         return match nodelet::bare_container(args) {
@@ -134,7 +153,11 @@ fn main() -> ExitCode {
             Command::Nodelet(args) => nodelet::run(args).await,
             Command::Job(args) => job::run(args).await,
             Command::Soak(args) => soak::run(args).await,
-            Command::BareContainer(_) | Command::Report(_) | Command::Compare(_) => Ok(()),
+            Command::ProxyServer(args) => proxy::serve(args).await,
+            Command::BareContainer(_)
+            | Command::Report(_)
+            | Command::Compare(_)
+            | Command::Proxy(_) => Ok(()),
         }
     });
     match result {
