@@ -189,6 +189,10 @@ pub struct Config {
     /// The range Services' virtual addresses (`spec.clusterIP`) come from
     /// (`--service-cidr`); every API server on one store must be given the same.
     pub service_cidr: api_types::ServiceRange,
+    /// The address tasks reach this API server at (`--advertise-address` and
+    /// the port served on): listed in the Endpoints of the `kubernetes`
+    /// Service in `default`, which is made if missing (`None`: neither).
+    pub advertise_address: Option<std::net::SocketAddr>,
 }
 
 /// `10.96.0.0/16`, [`api_types::kinds::service::DEFAULT_SERVICE_CIDR`].
@@ -223,6 +227,7 @@ impl Default for Config {
             nodelet_client: None,
             cluster_signing: None,
             service_cidr: default_service_cidr(),
+            advertise_address: None,
         }
     }
 }
@@ -331,6 +336,14 @@ pub async fn run(
     crate::registry::service_account::ensure_built_in_defaults(&api).await;
     crate::registry::service_account::keep_default_accounts(api.clone(), caches.clone());
     crate::registry::service::keep_addresses(api.clone(), config.service_cidr, caches.clone());
+    if let Some(advertise) = config.advertise_address {
+        crate::registry::kubernetes_service::keep(
+            api.clone(),
+            config.service_cidr,
+            advertise,
+            caches.clone(),
+        );
+    }
     let authenticator = crate::authn::Authenticator::new(
         config.authentication.clone(),
         api.catalog.clone(),

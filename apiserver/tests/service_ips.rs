@@ -19,6 +19,7 @@ use loom_testing::{EtcdServer, TestServer, temp_dir};
 use serde_json::{Value, json};
 
 const SERVICES: &str = "/apis/loom.dev/v1/namespaces/default/services";
+const ENDPOINTS: &str = "/apis/loom.dev/v1/namespaces/default/endpoints";
 /// 30 usable addresses: the API server's and 29 to give.
 const RANGE: &str = "10.123.0.0/27";
 
@@ -400,6 +401,61 @@ async fn an_api_server_repairs_the_addresses_when_it_starts() {
     loom_testing::eventually("the repair pass at start", || async {
         let now = recorded(store.as_ref()).await;
         (now == BTreeSet::from(["10.123.0.7".to_owned()])).then_some(())
+    })
+    .await;
+}
+
+/// Two API servers advertising their addresses: the `kubernetes` Service in
+/// `default` at the range's first address, port 443 to theirs, its
+/// Endpoints listing both; one stopping leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_kubernetes_service_lists_the_api_servers() {
+    let (_dir, path) = temp_dir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(EmbeddedOptions::new(path)).unwrap());
+    let advertising = |ip: &str| Config {
+        advertise_address: Some(format!("{ip}:7443").parse().unwrap()),
+        ..config()
+    };
+    let a = TestServer::over(store.clone(), advertising("10.1.0.1"))
+        .await
+        .unwrap();
+    let b = TestServer::over(store.clone(), advertising("10.1.0.2"))
+        .await
+        .unwrap();
+    let c = JsonClient::new(&a);
+    let endpoints_ips = |c: JsonClient| async move {
+        let (code, body) = c.get(&format!("{ENDPOINTS}/kubernetes")).await;
+        if code != 200 {
+            return None;
+        }
+        Some(
+            body["subsets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|s| {
+                    let port = s["ports"][0]["port"].as_i64().unwrap_or_default();
+                    s["addresses"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(move |a| format!("{}:{port}", a["ip"].as_str().unwrap_or_default()))
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    loom_testing::eventually("both API servers in the kubernetes endpoints", || async {
+        (endpoints_ips(c.clone()).await? == ["10.1.0.1:7443", "10.1.0.2:7443"]).then_some(())
+    })
+    .await;
+    let (code, svc) = c.get(&format!("{SERVICES}/kubernetes")).await;
+    assert_eq!(code, 200, "{svc}");
+    assert_eq!(svc["spec"]["clusterIP"], "10.123.0.1");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 443);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 7443);
+    drop(b);
+    loom_testing::eventually("a stopped API server leaves the endpoints", || async {
+        (endpoints_ips(c.clone()).await? == ["10.1.0.1:7443"]).then_some(())
     })
     .await;
 }

@@ -13,6 +13,9 @@
 //! that has none of the Service's ports is left out. The result is sorted, so
 //! the same tasks always give the same object, and written only when it changes.
 //!
+//! The `kubernetes` Service in `default` is left alone: the API servers write
+//! its Endpoints (their own addresses).
+//!
 //! The Endpoints is owned by its Service (a controller ownerReference). The
 //! garbage collector looks after Tasks, Jobs and Services only, so this module
 //! finishes the collection of Endpoints itself: one whose owning Service is
@@ -23,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use api_types::kinds::endpoints::MAX_ENDPOINT_ADDRESSES;
+use api_types::kinds::service::{API_SERVER_SERVICE_NAME, API_SERVER_SERVICE_NAMESPACE};
 use api_types::well_known::LABEL_SERVICE;
 use api_types::{
     EndpointAddress, EndpointPort, EndpointSubset, EndpointTargetRef, Endpoints, ObjectMeta,
@@ -215,9 +219,15 @@ fn up_to_date(current: &Endpoints, wanted: &Endpoints) -> bool {
 
 /// Writes the Endpoints of one Service.
 pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
-    ctx.wait_ready().await;
     let namespace = &service.metadata.namespace;
     let name = &service.metadata.name;
+    if (namespace.as_str(), name.as_str())
+        == (API_SERVER_SERVICE_NAMESPACE, API_SERVER_SERVICE_NAME)
+    {
+        // The API servers write their own Service's Endpoints.
+        return Ok(Action::await_change());
+    }
+    ctx.wait_ready().await;
     let tasks = ctx
         .tasks
         .by_index(BY_SERVICE, &format!("{namespace}/{name}"));

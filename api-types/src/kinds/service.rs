@@ -105,6 +105,13 @@ pub struct ServiceSpec {
 /// `spec.clusterIP` of a Service that asks for no address, as in Kubernetes.
 pub const CLUSTER_IP_NONE: &str = "None";
 
+/// The namespace of the Service of the API servers themselves.
+pub const API_SERVER_SERVICE_NAMESPACE: &str = "default";
+/// The name of the Service of the API servers themselves (Kubernetes'
+/// `kubernetes`): the service range's first address is kept for it, and the
+/// API servers, not the endpoints controller, write its Endpoints.
+pub const API_SERVER_SERVICE_NAME: &str = "kubernetes";
+
 /// The most ports one Service may list.
 pub const MAX_SERVICE_PORTS: usize = 100;
 

@@ -12,6 +12,7 @@ pub mod custom;
 pub mod endpoints;
 pub mod event;
 pub mod job;
+pub mod kubernetes_service;
 pub mod lease;
 pub mod namespace;
 pub mod node;

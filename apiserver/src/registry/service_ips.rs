@@ -39,7 +39,10 @@ pub const REPAIR_INTERVAL: Duration = Duration::from_secs(3 * 60);
 const RANDOM_TRIES: usize = 4;
 
 /// The `kubernetes` Service in `default`, which alone may hold the range's first address.
-pub const API_SERVER_SERVICE: (&str, &str) = ("default", "kubernetes");
+pub const API_SERVER_SERVICE: (&str, &str) = (
+    api_types::kinds::service::API_SERVER_SERVICE_NAMESPACE,
+    api_types::kinds::service::API_SERVER_SERVICE_NAME,
+);
 
 /// Who holds an address.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
