@@ -395,27 +395,34 @@ spec:
 /// task reaches the replicas through the address (spread over them by the
 /// proxy of its node) and by the name `echo.default.svc`, resolved by its
 /// node's resolver.
-fn service_address_and_name_reach_ready_replicas(cluster: &Cluster) {
-    cluster.apply(
-        "echo",
+fn echo_manifest(version: &str) -> String {
+    // On SIGTERM a replica serves on for a second (its endpoint is already
+    // gone from every proxy by then), then stops: no request is cut.
+    format!(
         r#"
 apiVersion: loom.dev/v1
 kind: Service
-metadata: {name: echo}
+metadata: {{name: echo}}
 spec:
   replicas: 3
-  ports: [{name: http, port: 80, targetPort: http}]
+  strategy: {{maxSurge: 1, maxUnavailable: 0}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
   template:
     spec:
       image: busybox
-      command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
-      ports: [{name: http, containerPort: 8080}]
-      readinessProbe: {httpGet: {path: /, port: http}, periodSeconds: 1}
-      resources: {cpu: 50m, memory: 16Mi}
+      command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && httpd -f -p 8080 -h /www & pid=$!; trap 'sleep 1; kill $pid; exit 0' TERM; wait $pid"]
+      env: [{{name: VERSION, value: "{version}"}}]
+      ports: [{{name: http, containerPort: 8080}}]
+      readinessProbe: {{httpGet: {{path: /, port: http}}, periodSeconds: 1}}
+      resources: {{cpu: 50m, memory: 16Mi}}
       restartPolicy: Always
-      terminationGracePeriodSeconds: 1
-"#,
-    );
+      terminationGracePeriodSeconds: 5
+"#
+    )
+}
+
+fn service_address_and_name_reach_ready_replicas(cluster: &Cluster) {
+    cluster.apply("echo", &echo_manifest("v1"));
     cluster.loomctl_ok(&["rollout", "status", "service/echo", "--timeout", "60"]);
     let service: Value =
         serde_json::from_str(&cluster.loomctl_ok(&["get", "service", "echo", "-o", "json"]))
@@ -488,6 +495,50 @@ spec:
     );
     assert!(log.contains("by-name: echo-"), "not reached by name: {log}");
     cluster.loomctl_ok(&["delete", "task", "echo-client"]);
+
+    // A rollout under a request loop through the address loses no request:
+    // new replicas take traffic once Ready, old ones leave the endpoints
+    // before they stop.
+    let requests = 80;
+    let looper = format!(
+        r#"apiVersion: loom.dev/v1
+kind: Task
+metadata: {{name: echo-loop}}
+spec:
+  nodeName: {node}
+  image: busybox
+  command: ["sh", "-c", "i=0; while [ $i -lt {requests} ]; do if printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 {vip} 80 | grep -q '^echo-'; then echo OK; else echo FAILED $i; fi; i=$((i+1)); sleep 0.1; done"]
+  restartPolicy: Never
+"#,
+        node = cluster.nodes[0].name,
+    );
+    cluster.apply("echo-loop", &looper);
+    wait_for("the request loop running", Duration::from_secs(30), || {
+        let task: Value =
+            serde_json::from_str(&cluster.loomctl_ok(&["get", "task", "echo-loop", "-o", "json"]))
+                .map_err(|e| e.to_string())?;
+        if task["status"]["phase"] == "Running" {
+            Ok(())
+        } else {
+            Err(task["status"].to_string())
+        }
+    });
+    cluster.apply("echo-v2", &echo_manifest("v2"));
+    cluster.loomctl_ok(&["rollout", "status", "service/echo", "--timeout", "90"]);
+    wait_for("the request loop done", Duration::from_secs(60), || {
+        let task: Value =
+            serde_json::from_str(&cluster.loomctl_ok(&["get", "task", "echo-loop", "-o", "json"]))
+                .map_err(|e| e.to_string())?;
+        if is_terminal(&task) {
+            Ok(())
+        } else {
+            Err(task["status"].to_string())
+        }
+    });
+    let log = cluster.loomctl_ok(&["logs", "echo-loop"]);
+    let ok = log.lines().filter(|l| *l == "OK").count();
+    assert_eq!(ok, requests, "requests lost during the rollout:\n{log}");
+    cluster.loomctl_ok(&["delete", "task", "echo-loop"]);
     cluster.loomctl_ok(&["delete", "service", "echo"]);
 }
 
