@@ -188,6 +188,11 @@ struct ApiserverArgs {
     /// Every API server on one store must be given the same range.
     #[arg(long, env = "LOOM_SERVICE_CIDR", default_value = api_types::kinds::service::DEFAULT_SERVICE_CIDR)]
     service_cidr: api_types::ServiceRange,
+    /// The address tasks reach this API server at (with --listen's port):
+    /// listed in the Endpoints of the `kubernetes` Service in `default`, which
+    /// is made if missing. Not a loopback or unspecified address.
+    #[arg(long, env = "LOOM_ADVERTISE_ADDRESS", value_parser = advertise_address)]
+    advertise_address: Option<std::net::IpAddr>,
     /// The memory limit given to a task that asks for none (0 or empty: none).
     #[arg(long, env = "LOOM_DEFAULT_TASK_MEMORY", default_value = "512Mi", value_parser = task_memory)]
     default_task_memory: TaskMemory,
@@ -479,6 +484,25 @@ struct UpArgs {
     /// `kubernetes` Service.
     #[arg(long, env = "LOOM_SERVICE_CIDR", default_value = api_types::kinds::service::DEFAULT_SERVICE_CIDR)]
     service_cidr: api_types::ServiceRange,
+    /// The address tasks reach the API server at (with --listen's port, so
+    /// --listen must serve on it): listed in the Endpoints of the `kubernetes`
+    /// Service in `default`, which is made if missing. Not a loopback or
+    /// unspecified address.
+    #[arg(long, env = "LOOM_ADVERTISE_ADDRESS", value_parser = advertise_address)]
+    advertise_address: Option<std::net::IpAddr>,
+}
+
+/// An API server's advertised address: one a task can reach.
+fn advertise_address(value: &str) -> Result<std::net::IpAddr, String> {
+    let ip: std::net::IpAddr = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not an IP address"))?;
+    if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+        return Err(format!(
+            "{ip} cannot be reached from tasks: give an address of this machine on the nodes' network"
+        ));
+    }
+    Ok(ip)
 }
 
 /// `loom up`'s cluster CIDR.
@@ -679,6 +703,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let mut config = api_config(&args.default_task_memory, &args.limits);
     config.service_cidr = args.service_cidr()?;
+    config.advertise_address = args
+        .advertise_address
+        .map(|ip| SocketAddr::new(ip, args.listen.port()));
     config.tls = Some(loom_listener::tls::server_config(
         &credentials.serving.cert,
         &credentials.serving.key,
@@ -956,6 +983,9 @@ async fn apiserver_command(args: ApiserverArgs) -> anyhow::Result<()> {
             .context("cannot open the store")?;
     let mut config = api_config(&args.default_task_memory, &args.limits);
     config.service_cidr = args.service_cidr;
+    config.advertise_address = args
+        .advertise_address
+        .map(|ip| SocketAddr::new(ip, args.listen.port()));
     // Every request is authorized by RBAC: there is no flag to turn it off.
     config.authorization = apiserver::authz::Authorization::Rbac;
     config.audit = audit_config(&args.audit)?;
@@ -1150,6 +1180,22 @@ mod tests {
             panic!("up");
         };
         assert!(args.service_cidr().is_ok(), "no cluster CIDR, no overlap");
+        let Command::Apiserver(args) = parse(&[
+            "apiserver",
+            "--listen",
+            "0.0.0.0:7443",
+            "--advertise-address",
+            "10.0.0.5",
+        ]) else {
+            panic!("apiserver");
+        };
+        assert_eq!(args.advertise_address, Some("10.0.0.5".parse().unwrap()));
+        for bad in ["127.0.0.1", "0.0.0.0", "::1", "host.example"] {
+            assert!(
+                Cli::try_parse_from(["loom", "apiserver", "--advertise-address", bad]).is_err(),
+                "{bad}"
+            );
+        }
         for bad in ["10.96.0.1/16", "10.0.0.0/8", "fd00::/112"] {
             assert!(
                 Cli::try_parse_from(["loom", "apiserver", "--service-cidr", bad]).is_err(),
