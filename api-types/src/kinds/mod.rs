@@ -1,6 +1,7 @@
 //! Loom's built-in kinds, one module each, and the list of them all.
 
 pub mod authorization;
+pub mod autoscaling;
 pub mod certificates;
 pub mod endpoints;
 pub mod event;
@@ -14,6 +15,7 @@ pub mod service;
 pub mod service_account;
 pub mod task;
 
+pub use autoscaling::{Scale, ScaleSpec, ScaleStatus};
 pub use certificates::{
     BootstrapToken, BootstrapTokenSpec, BootstrapTokenValue, CertificateSigningRequest,
     CertificateSigningRequestCondition, CertificateSigningRequestSpec,
