@@ -41,6 +41,38 @@ pub const DEFAULT_BRIDGE: &str = "loom0";
 /// The name of a task's interface inside its namespace.
 pub const TASK_INTERFACE: &str = "eth0";
 
+/// A port of the node forwarded to a task (`ports[].hostPort`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostPort {
+    /// The node's port.
+    pub host_port: u16,
+    /// The task's port it goes to.
+    pub container_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: HostPortProtocol,
+}
+
+/// A forwarded port's protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostPortProtocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl HostPortProtocol {
+    /// nftables' name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostPortProtocol::Tcp => "tcp",
+            HostPortProtocol::Udp => "udp",
+        }
+    }
+}
+
 /// A task's place on the node's network, in its run spec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -55,6 +87,9 @@ pub struct TaskNetwork {
     pub bridge: String,
     /// The host end's name (at most 15 bytes).
     pub host_veth: String,
+    /// The node's ports forwarded to the task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_ports: Vec<HostPort>,
 }
 
 /// Checks a bridge name: 1 to 15 bytes of lower-case letters, digits, `-`

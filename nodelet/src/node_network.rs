@@ -6,10 +6,10 @@
 //! node's address (nftables masquerade). Looked at again on every Node change
 //! and every 30 s, so a route or rule removed by hand comes back.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use api_types::Node;
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::ipam::Ipam;
-use crate::network::{self, Netlink};
+use crate::network::{self, HostPort, Netlink};
 
 /// The nftables table (family `ip`) of the masquerade of the task network
 /// on `bridge` (whose name is checked to suit).
@@ -51,6 +51,44 @@ pub struct NodeNetwork {
     bridge: String,
     state_dir: PathBuf,
     current: RwLock<Option<Arc<Current>>>,
+    /// The node's ports forwarded to tasks, by the run directory holding
+    /// them, with the task's address.
+    host_ports: Mutex<BTreeMap<PathBuf, (Ipv4Addr, Vec<HostPort>)>>,
+}
+
+/// The nftables table (family `ip`) of the ports of the node forwarded to
+/// tasks on `bridge`.
+pub fn host_port_table(bridge: &str) -> String {
+    format!("loom_hostports_{}", bridge.replace('-', "_"))
+}
+
+/// The rules forwarding `ports` (the node's port, to a task's address and
+/// port) on every local address of the node but loopback, for connections
+/// from elsewhere and from the node itself; `None` when there is none.
+pub fn host_port_rules(table: &str, ports: &[(Ipv4Addr, HostPort)]) -> String {
+    let mut rules = format!("table ip {table} {{}}\ndelete table ip {table}\n");
+    if ports.is_empty() {
+        return rules;
+    }
+    let mut prerouting = String::new();
+    let mut output = String::new();
+    for (ip, port) in ports {
+        let proto = port.protocol.as_str();
+        let (host, target) = (port.host_port, port.container_port);
+        prerouting.push_str(&format!(
+            "\t\tfib daddr type local {proto} dport {host} dnat to {ip}:{target}\n"
+        ));
+        output.push_str(&format!(
+            "\t\tip daddr != 127.0.0.0/8 fib daddr type local {proto} dport {host} dnat to {ip}:{target}\n"
+        ));
+    }
+    rules.push_str(&format!(
+        "table ip {table} {{\n\
+         \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{prerouting}\t}}\n\
+         \tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n{output}\t}}\n\
+         }}\n"
+    ));
+    rules
 }
 
 impl NodeNetwork {
@@ -62,7 +100,64 @@ impl NodeNetwork {
             bridge: bridge.to_owned(),
             state_dir,
             current: RwLock::new(None),
+            host_ports: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Forwards `ports` of the node to `ip` for run `run`. Refused, naming
+    /// the port and who holds it, when another run holds one of them.
+    pub fn claim_host_ports(
+        &self,
+        run: &Path,
+        ip: Ipv4Addr,
+        ports: &[HostPort],
+    ) -> Result<(), String> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let mut held = self.host_ports.lock().unwrap_or_else(|e| e.into_inner());
+        for port in ports {
+            let taken = held.iter().find(|(other, (_, theirs))| {
+                other.as_path() != run
+                    && theirs
+                        .iter()
+                        .any(|p| p.host_port == port.host_port && p.protocol == port.protocol)
+            });
+            if let Some((other, _)) = taken {
+                return Err(format!(
+                    "the node's port {}/{} is forwarded to another run ({})",
+                    port.host_port,
+                    port.protocol.as_str(),
+                    other.display()
+                ));
+            }
+        }
+        held.insert(run.to_owned(), (ip, ports.to_vec()));
+        self.program_host_ports(&held).map_err(|e| {
+            held.remove(run);
+            format!("cannot forward the node's ports: {e}")
+        })
+    }
+
+    /// Stops forwarding the ports of run `run`, if it had any.
+    pub fn release_host_ports(&self, run: &Path) {
+        let mut held = self.host_ports.lock().unwrap_or_else(|e| e.into_inner());
+        if held.remove(run).is_some()
+            && let Err(error) = self.program_host_ports(&held)
+        {
+            warn!(%error, "cannot update the node's forwarded ports");
+        }
+    }
+
+    fn program_host_ports(
+        &self,
+        held: &BTreeMap<PathBuf, (Ipv4Addr, Vec<HostPort>)>,
+    ) -> std::io::Result<()> {
+        let ports: Vec<(Ipv4Addr, HostPort)> = held
+            .values()
+            .flat_map(|(ip, ports)| ports.iter().map(move |p| (*ip, *p)))
+            .collect();
+        nft(&host_port_rules(&host_port_table(&self.bridge), &ports))
     }
 
     /// The task network, once the node has a subnet and its bridge is up.
@@ -202,6 +297,8 @@ impl NodeNetwork {
         };
         let _ = network::sync_routes(&mut netlink, &[]);
         let _ = remove_masquerade(&self.bridge);
+        let table = host_port_table(&self.bridge);
+        let _ = nft(&host_port_rules(&table, &[]));
         if let Ok(Some(index)) = netlink.link_index(&self.bridge) {
             let _ = netlink.delete_link(index);
         }
@@ -383,6 +480,60 @@ mod tests {
             wanted.peers,
             vec![("10.77.1.0/24".parse().unwrap(), Ipv4Addr::new(192, 0, 2, 2))]
         );
+    }
+
+    #[test]
+    fn host_port_rules_forward_local_addresses_but_loopback() {
+        let port = HostPort {
+            host_port: 18080,
+            container_port: 80,
+            protocol: network::HostPortProtocol::Tcp,
+        };
+        let rules = host_port_rules("t", &[(Ipv4Addr::new(10, 77, 0, 5), port)]);
+        assert!(
+            rules.contains("fib daddr type local tcp dport 18080 dnat to 10.77.0.5:80"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains(
+                "ip daddr != 127.0.0.0/8 fib daddr type local tcp dport 18080 dnat to 10.77.0.5:80"
+            ),
+            "{rules}"
+        );
+        assert_eq!(
+            host_port_rules("t", &[]),
+            "table ip t {}\ndelete table ip t\n"
+        );
+    }
+
+    #[test]
+    fn a_host_port_held_by_one_run_is_refused_to_another() {
+        let network = NodeNetwork::new(true, "lz-test", std::env::temp_dir());
+        // Programming the rules fails here or not (no root, no nft): the
+        // conflict is found before either.
+        let port = HostPort {
+            host_port: 18080,
+            container_port: 80,
+            protocol: network::HostPortProtocol::Tcp,
+        };
+        network.host_ports.lock().unwrap().insert(
+            PathBuf::from("/runs/a"),
+            (Ipv4Addr::new(10, 77, 0, 5), vec![port]),
+        );
+        let error = network
+            .claim_host_ports(Path::new("/runs/b"), Ipv4Addr::new(10, 77, 0, 6), &[port])
+            .unwrap_err();
+        assert!(
+            error.contains("18080/tcp") && error.contains("/runs/a"),
+            "{error}"
+        );
+        // The same port over UDP is another port.
+        let udp = HostPort {
+            protocol: network::HostPortProtocol::Udp,
+            ..port
+        };
+        let held = network.host_ports.lock().unwrap();
+        assert!(!held.values().any(|(_, ports)| ports.contains(&udp)));
     }
 
     #[test]

@@ -424,6 +424,18 @@ async fn recover(ctx: &Ctx, dir: &Path) -> Local {
     match found {
         Found::Running(started) => {
             ctx.metrics.running.inc();
+            // Its forwarded ports, as before the restart.
+            let network = std::fs::read(run.spec())
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<RunSpec>(&bytes).ok())
+                .and_then(|spec| spec.network);
+            if let Some(network) = network
+                && let Err(message) =
+                    ctx.network
+                        .claim_host_ports(&run.0, network.ip, &network.host_ports)
+            {
+                warn!(run = %run.0.display(), %message, "cannot forward an adopted run's ports");
+            }
             info!(dir = %run.0.display(), pid = started.pid, "adopting a running task");
             Local::Running(Running {
                 n,
@@ -1299,15 +1311,43 @@ fn attach_network(
         }
     };
     debug!(task = %task.metadata.name, %ip, "task address");
+    let host_ports = host_ports_of(task);
+    if let Err(message) = ctx.network.claim_host_ports(&run.0, ip, &host_ports) {
+        let _ = network.ipam.release(ip, &run.0);
+        return Err(ExitRecord::failed(REASON_HOST_PORT_CONFLICT, message));
+    }
     spec.network = Some(crate::network::TaskNetwork {
         ip,
         prefix_len: network.subnet.prefix_len(),
         gateway: network.gateway,
         bridge: network.bridge.clone(),
         host_veth: crate::network::host_veth_name(&spec.container_id),
+        host_ports,
     });
     spec.etc_files = Some(etc_files);
     Ok(())
+}
+
+/// The reason of a run refused a port of the node another run holds.
+pub const REASON_HOST_PORT_CONFLICT: &str = "HostPortConflict";
+
+/// The node's ports a task asks for (`ports[].hostPort`).
+fn host_ports_of(task: &Task) -> Vec<crate::network::HostPort> {
+    use crate::network::{HostPort, HostPortProtocol};
+    task.spec
+        .ports
+        .iter()
+        .filter_map(|p| {
+            Some(HostPort {
+                host_port: u16::try_from(p.host_port?).ok()?,
+                container_port: u16::try_from(p.container_port).ok()?,
+                protocol: match p.protocol() {
+                    api_types::Protocol::Tcp => HostPortProtocol::Tcp,
+                    api_types::Protocol::Udp => HostPortProtocol::Udp,
+                },
+            })
+        })
+        .collect()
 }
 
 /// Whether the run in directory `dir` is over (its end recorded, or the
@@ -1318,6 +1358,7 @@ fn run_ended(dir: &Path) -> bool {
 
 /// Gives back the address run `run` holds, if any.
 fn release_address(ctx: &Ctx, run: &RunDir) {
+    ctx.network.release_host_ports(&run.0);
     let Some(network) = ctx.network.current() else {
         return;
     };

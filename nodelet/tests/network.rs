@@ -41,11 +41,15 @@ impl Drop for Cleanup {
                 .args(["link", "del", &self.bridge])
                 .status();
         }
-        let table = nodelet::node_network::nat_table(&self.bridge);
-        let _ = std::process::Command::new(nft())
-            .args(["delete", "table", "ip", &table])
-            .stderr(std::process::Stdio::null())
-            .status();
+        for table in [
+            nodelet::node_network::nat_table(&self.bridge),
+            nodelet::node_network::host_port_table(&self.bridge),
+        ] {
+            let _ = std::process::Command::new(nft())
+                .args(["delete", "table", "ip", &table])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -144,8 +148,11 @@ async fn tasks_get_addresses_and_reach_each_other() {
     let nodelet = start_with_subnet(&h, &bridge, &subnet).await;
     let net: ipnet::Ipv4Net = subnet.parse().unwrap();
 
+    // A port of the node forwarded to the server.
+    let host_port = 20_000 + (std::process::id() % 10_000) as u16;
     h.create(json!({"metadata": {"name": "server"}, "spec": {
         "command": ["sh", "-c", "mkdir -p /www && echo hello from the server > /www/index.html && exec httpd -f -p 8080 -h /www"],
+        "ports": [{"name": "http", "containerPort": 8080, "hostPort": host_port}],
     }}))
     .await;
     let server = h
@@ -178,6 +185,28 @@ async fn tasks_get_addresses_and_reach_each_other() {
         }
     };
     assert_eq!(body, "hello from the server\n");
+    // Through the node's port, at one of the node's own addresses.
+    let gateway = net.hosts().next().unwrap();
+    let forwarded = http
+        .get(format!("http://{gateway}:{host_port}/"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("the node's port {host_port} is not forwarded: {e}"));
+    assert_eq!(forwarded.text().await.unwrap(), "hello from the server\n");
+    // Another task asking for the same port of the node is refused.
+    h.create(json!({"metadata": {"name": "thief"}, "spec": {
+        "command": ["true"],
+        "ports": [{"containerPort": 80, "hostPort": host_port}],
+    }}))
+    .await;
+    let thief = h.wait_for("thief", LONG, |t| phase(t) == "Failed").await;
+    let status = thief.status.unwrap();
+    assert_eq!(status.reason, nodelet::tasks::REASON_HOST_PORT_CONFLICT);
+    assert!(
+        status.message.contains(&format!("{host_port}/tcp")),
+        "{}",
+        status.message
+    );
 
     // Another task reaches it, and knows its own address and route (nc:
     // busybox-static's wget crashes in its static resolver).
@@ -224,6 +253,17 @@ async fn tasks_get_addresses_and_reach_each_other() {
         !link_exists(&server_veth)
     })
     .await;
+    let table = nodelet::node_network::host_port_table(&bridge);
+    assert!(
+        !std::process::Command::new(nft())
+            .args(["list", "table", "ip", &table])
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success(),
+        "the forwarded port outlived its task"
+    );
 
     assert!(nat_table_exists(&bridge));
     // Stopping the node's tasks with it (loom up) takes its network down.
