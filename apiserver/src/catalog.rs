@@ -169,9 +169,10 @@ impl Catalog {
         });
         catalog.builtin::<Task>(registry::task::rest());
         catalog.builtin::<Job>(Rest::new(registry::job::strategy()));
-        catalog.builtin::<Service>(registry::service::rest(
-            crate::server::default_service_cidr(),
-        ));
+        catalog.builtin::<Service>(
+            registry::service::rest(crate::server::default_service_cidr())
+                .subresource(registry::scale::ServiceScale),
+        );
         catalog.builtin::<api_types::Endpoints>(Rest::new(registry::endpoints::strategy()));
         catalog.builtin::<Node>(Rest::new(registry::node::strategy()));
         catalog.builtin::<Namespace>(registry::namespace::rest());

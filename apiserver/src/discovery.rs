@@ -95,13 +95,20 @@ pub fn resource_list(catalog: &Catalog, group: &str, version: &str) -> Option<Va
             "shortNames": r.info.short_names,
         }));
         for sub in &r.subresources {
-            resources.push(json!({
+            let mut entry = json!({
                 "name": format!("{}/{}", r.info.plural, sub.name()),
                 "singularName": "",
                 "namespaced": r.info.namespaced,
                 "kind": sub.kind().unwrap_or(&r.info.kind),
                 "verbs": sub.verbs(),
-            }));
+            });
+            // A kind of another group (a Scale) says which, as Kubernetes'
+            // `deployments/scale` does.
+            if let Some((group, version)) = sub.group_version() {
+                entry["group"] = json!(group);
+                entry["version"] = json!(version);
+            }
+            resources.push(entry);
         }
         if r.info.has_status {
             resources.push(json!({
@@ -132,9 +139,14 @@ fn aggregated_resource(r: &ServedResource) -> Value {
         .subresources
         .iter()
         .map(|sub| {
+            let mut response_kind = kind(sub.kind().unwrap_or(&r.info.kind));
+            if let Some((group, version)) = sub.group_version() {
+                response_kind["group"] = json!(group);
+                response_kind["version"] = json!(version);
+            }
             json!({
                 "subresource": sub.name(),
-                "responseKind": kind(sub.kind().unwrap_or(&r.info.kind)),
+                "responseKind": response_kind,
                 "verbs": sub.verbs(),
             })
         })

@@ -526,7 +526,7 @@ fn list_query(target: &Target, query: &HashMap<String, String>) -> ApiResult<Lis
     })
 }
 
-fn wants_table(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_table(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -938,7 +938,7 @@ async fn serve(
     }
 }
 
-fn written_response(code: StatusCode, object: Value, warnings: &[String]) -> Response {
+pub(crate) fn written_response(code: StatusCode, object: Value, warnings: &[String]) -> Response {
     let mut response = json_response(code, &object);
     for warning in warnings {
         let text = format!("299 - {:?}", warning.replace('"', "'"));

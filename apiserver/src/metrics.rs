@@ -68,7 +68,7 @@ pub struct OperationLabels {
 /// The subresources the API serves: only these become part of a `resource`
 /// label. Any other path segment is a client's choice and would add a label
 /// value (and a time series) forever.
-pub const KNOWN_SUBRESOURCES: &[&str] = &["status", "log", "binding", "finalize", "token"];
+pub const KNOWN_SUBRESOURCES: &[&str] = &["status", "log", "binding", "finalize", "token", "scale"];
 
 /// The `resource` label of a request for `plural` (a resource the catalog
 /// serves) and its subresource: `tasks`, `tasks/status`, or `tasks/unknown`

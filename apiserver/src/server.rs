@@ -309,7 +309,10 @@ pub async fn run(
     let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
     let caches = shutdown.child_token();
     let catalog = Catalog::new(store.clone(), config.cache.clone(), caches.clone());
-    catalog.builtin::<api_types::Service>(crate::registry::service::rest(config.service_cidr));
+    catalog.builtin::<api_types::Service>(
+        crate::registry::service::rest(config.service_cidr)
+            .subresource(crate::registry::scale::ServiceScale),
+    );
     catalog.follow_definitions();
     let authorizer = crate::authz::Authorizer::start(config.authorization, &catalog);
     let admission =

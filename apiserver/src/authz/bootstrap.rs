@@ -59,6 +59,7 @@ fn view_rules() -> Vec<PolicyRule> {
                 "jobs/status",
                 "services",
                 "services/status",
+                "services/scale",
                 "endpoints",
                 "events",
                 "namespaces",
@@ -84,6 +85,7 @@ fn edit_rules() -> Vec<PolicyRule> {
     ));
     rules.push(rule(&WRITE, &[CORE], &["serviceaccounts"]));
     rules.push(rule(&["create"], &[CORE, LOOM], &["serviceaccounts/token"]));
+    rules.push(rule(&["update", "patch"], &[LOOM], &["services/scale"]));
     rules
 }
 
@@ -129,7 +131,7 @@ fn scheduler_rules() -> Vec<PolicyRule> {
     ]
 }
 
-/// The controllers: jobs, services, their tasks and endpoints; node lifecycle (the
+/// The controllers: jobs, services (their scale too, for the autoscaler), their tasks and endpoints; node lifecycle (the
 /// nodes' Leases, their status); TTL deletion; expired bootstrap tokens'
 /// deletion; the nodes' Lease namespace;
 /// Events; their leader Lease.
@@ -140,7 +142,12 @@ fn controllers_rules() -> Vec<PolicyRule> {
         rule(
             &["get", "update", "patch"],
             &[LOOM],
-            &["tasks/status", "jobs/status", "services/status"],
+            &[
+                "tasks/status",
+                "jobs/status",
+                "services/status",
+                "services/scale",
+            ],
         ),
         rule(&READ, &[LOOM], &["nodes"]),
         rule(&["update", "patch"], &[LOOM], &["nodes", "nodes/status"]),

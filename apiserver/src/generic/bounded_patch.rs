@@ -5,7 +5,7 @@ use serde_json::Value;
 
 /// Why a JSON Patch was not applied.
 #[derive(Debug)]
-pub(super) enum PatchRefused {
+pub(crate) enum PatchRefused {
     /// It would build too large a document, or copy too much.
     TooLarge(String),
     /// An operation failed (a `test`, a missing path).
@@ -21,7 +21,7 @@ pub(super) enum PatchRefused {
 /// Every value the estimate walks is bounded: an added or copied value is
 /// walked only up to what is left of the limit, and a removed one was built
 /// from the document, the patch body or a bounded copy.
-pub(super) fn apply_json_patch(
+pub(crate) fn apply_json_patch(
     doc: &mut Value,
     patch: &[json_patch::PatchOperation],
     max_bytes: usize,

@@ -21,6 +21,7 @@ use api_types::{FieldError, FieldValidation, Status};
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
 
+pub(crate) use bounded_patch::{PatchRefused, apply_json_patch};
 pub use get_list::{ListPage, ListQuery};
 pub use patch::PatchKind;
 pub use watch::{watch_error_status, watch_from};

@@ -17,6 +17,7 @@ pub mod lease;
 pub mod namespace;
 pub mod node;
 pub mod resource_definition;
+pub mod scale;
 pub mod service;
 pub mod service_account;
 pub mod service_ips;
@@ -380,6 +381,12 @@ pub trait Subresource: Send + Sync + std::fmt::Debug + 'static {
 
     /// The kind its requests carry, if not the resource's own (`Binding`).
     fn kind(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The group and version of that kind, if not the resource's own
+    /// (`autoscaling`, `v1` for a Scale).
+    fn group_version(&self) -> Option<(&'static str, &'static str)> {
         None
     }
 
