@@ -1,5 +1,7 @@
 //! Which kinds the server serves, found through discovery, and how the user names them.
 
+use std::collections::BTreeSet;
+
 use anyhow::{Context as _, bail};
 use api_types::ResourceInfo;
 use client::Client;
@@ -9,6 +11,8 @@ use serde_json::Value;
 /// Every kind the server serves.
 pub(crate) struct Kinds {
     all: Vec<ResourceInfo>,
+    /// Every `GROUP/VERSION/PLURAL/SUBRESOURCE` served (`loom.dev/v1/services/scale`).
+    subresources: BTreeSet<String>,
 }
 
 impl Kinds {
@@ -21,6 +25,7 @@ impl Kinds {
                 format!("cannot reach the API server at {}", client.config().server)
             })?;
         let mut all = Vec::new();
+        let mut subresources = BTreeSet::new();
         for group in groups["groups"].as_array().into_iter().flatten() {
             let name = group["name"].as_str().unwrap_or_default();
             for version in group["versions"].as_array().into_iter().flatten() {
@@ -32,6 +37,7 @@ impl Kinds {
                 for r in &resources {
                     let plural = r["name"].as_str().unwrap_or_default();
                     if plural.contains('/') {
+                        subresources.insert(format!("{name}/{version}/{plural}"));
                         continue;
                     }
                     let kind = r["kind"].as_str().unwrap_or_default().to_owned();
@@ -56,7 +62,7 @@ impl Kinds {
                 }
             }
         }
-        Ok(Kinds { all })
+        Ok(Kinds { all, subresources })
     }
 
     /// A kind by what a user types: `tasks`, `task`, `t`, `Task`, `tasks.loom.dev`.
@@ -83,6 +89,14 @@ impl Kinds {
                     .join(", ")
             ),
         }
+    }
+
+    /// Whether the server serves `sub` below objects of `kind` (`scale`).
+    pub fn has_subresource(&self, kind: &ResourceInfo, sub: &str) -> bool {
+        self.subresources.contains(&format!(
+            "{}/{}/{}/{sub}",
+            kind.group, kind.version, kind.plural
+        ))
     }
 
     /// The kind of a manifest: by `apiVersion` and `kind`.

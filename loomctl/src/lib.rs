@@ -1,5 +1,5 @@
 //! loomctl, the command-line interface to a Loom cluster: `apply`, `diff`,
-//! `get`, `describe`, `delete`, `wait`, `kill`, `events`, `cordon`, `uncordon`,
+//! `get`, `describe`, `delete`, `wait`, `kill`, `scale`, `events`, `cordon`, `uncordon`,
 //! `config`, `auth`, `version`, `completion`.
 //!
 //! Exit codes: 0 success; 1 the command failed (an API error, a bad manifest,
@@ -15,6 +15,7 @@ mod kinds;
 mod manifest;
 mod more;
 mod nodes;
+mod scale;
 
 /// The decoders loomctl runs on what a user gives it, for loom-fuzz.
 #[doc(hidden)]
@@ -108,6 +109,9 @@ enum Command {
         #[arg(required = true)]
         args: Vec<String>,
     },
+    /// Set a service's replicas through its scale subresource:
+    /// `scale service/NAME --replicas N`.
+    Scale(scale::ScaleArgs),
     /// Mark a node unschedulable.
     Cordon {
         /// The node.
@@ -328,6 +332,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
         } => more::wait(&context(&cli)?, args, condition, *timeout).await,
         Command::Kill { args } => more::kill(&context(&cli)?, args).await,
+        Command::Scale(args) => scale::scale(&context(&cli)?, args).await,
         Command::Cordon { node } => more::cordon(&context(&cli)?, node, true).await,
         Command::Uncordon { node } => more::cordon(&context(&cli)?, node, false).await,
         Command::Diff { files, recursive } => more::diff(&context(&cli)?, files, *recursive).await,

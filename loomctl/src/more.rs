@@ -15,7 +15,10 @@ use crate::kinds::{Kinds, display_name};
 use crate::manifest;
 
 /// `KIND NAME` or `KIND/NAME`.
-fn target<'a>(kinds: &'a Kinds, args: &[String]) -> anyhow::Result<(&'a ResourceInfo, String)> {
+pub(crate) fn target<'a>(
+    kinds: &'a Kinds,
+    args: &[String],
+) -> anyhow::Result<(&'a ResourceInfo, String)> {
     match args {
         [one] if one.contains('/') => {
             let (kind, name) = one.split_once('/').unwrap_or_default();
