@@ -707,3 +707,50 @@ async fn kubectl_scale_and_get_subresource_scale() {
     assert_eq!(lines[1][..3], ["web", "4", "0"], "{stdout}");
     drop(server);
 }
+
+#[tokio::test]
+async fn a_scale_write_is_audited_as_the_subresource() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let config = apiserver::Config {
+        audit: Some(apiserver::audit::Config {
+            log: apiserver::audit::LogFile {
+                path: log.clone(),
+                max_size_bytes: 10 << 20,
+                max_backups: 1,
+            },
+            policy: apiserver::audit::Policy::parse(
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n  - level: Request\n",
+                std::path::Path::new("policy.yaml"),
+            )
+            .unwrap(),
+        }),
+        ..apiserver::Config::default()
+    };
+    let server = TestServer::embedded(config).await.unwrap();
+    let api = JsonClient::new(&server);
+    create(&api, &service("web", Some(2))).await;
+    let (code, body) = api
+        .patch(&scale_path("web"), MERGE, r#"{"spec":{"replicas":3}}"#)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let event = loom_testing::eventually("the scale patch's audit event", || async {
+        std::fs::read_to_string(&log)
+            .ok()?
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|e| e["stage"] == "ResponseComplete" && e["objectRef"]["subresource"] == "scale")
+    })
+    .await;
+    assert_eq!(event["verb"], "patch", "{event}");
+    assert_eq!(event["objectRef"]["resource"], "services", "{event}");
+    assert_eq!(event["objectRef"]["name"], "web", "{event}");
+    assert_eq!(event["objectRef"]["namespace"], "default", "{event}");
+    assert_eq!(event["responseStatus"]["code"], 200, "{event}");
+    assert_eq!(
+        event["requestObject"],
+        json!({"spec": {"replicas": 3}}),
+        "{event}"
+    );
+    drop(server);
+}
