@@ -682,8 +682,23 @@ async fn kubectl_scale_and_get_subresource_scale() {
         stderr.contains("spec.replicas") && stderr.contains("less than or equal to 100000"),
         "{stderr}"
     );
-    let (code, stdout, stderr) = kubectl(&["scale", "service/web", "--replicas=4"]).await;
+    let (code, stdout, stderr) = kubectl(&["scale", "service/web", "--replicas=2"]).await;
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+
+    // kubectl patch of the subresource: a strategic merge patch, since
+    // kubectl knows the Scale type.
+    let (code, stdout, stderr) = kubectl(&[
+        "patch",
+        "service/web",
+        "--subresource=scale",
+        "-p",
+        r#"{"spec":{"replicas":4}}"#,
+        "-v=8",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains(STRATEGIC), "{stderr}");
+    assert_eq!(get_service(&api, "web").await["spec"]["replicas"], 4);
 
     // get --subresource=scale: the Scale as JSON, and as a table.
     let (code, stdout, stderr) =
