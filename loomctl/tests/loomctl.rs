@@ -913,7 +913,7 @@ async fn explain_nodes_taint_and_drain() {
 async fn golden_tables() {
     let (server, dir) = setup().await;
     let manifests = format!(
-        "{}---\n{}---\napiVersion: loom.dev/v1\nkind: Task\nmetadata:\n  name: t-0\nspec:\n  image: busybox\n  nodeName: n1\n---\napiVersion: loom.dev/v1\nkind: Node\nmetadata:\n  name: n1\nspec:\n  unschedulable: true\n---\napiVersion: loom.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  replicas: 3\n  template:\n    spec:\n      image: busybox\n",
+        "{}---\n{}---\napiVersion: loom.dev/v1\nkind: Task\nmetadata:\n  name: t-0\nspec:\n  image: busybox\n  nodeName: n1\n---\napiVersion: loom.dev/v1\nkind: Node\nmetadata:\n  name: n1\nspec:\n  unschedulable: true\n---\napiVersion: loom.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  replicas: 3\n  clusterIP: 10.96.0.50\n  ports: [{{name: http, port: 80}}, {{name: admin, port: 9000}}]\n  template:\n    spec:\n      image: busybox\n",
         job("alpha", 2),
         job("beta-with-a-longer-name", 10)
     );
