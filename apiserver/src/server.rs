@@ -189,6 +189,9 @@ pub struct Config {
     /// The range Services' virtual addresses (`spec.clusterIP`) come from
     /// (`--service-cidr`); every API server on one store must be given the same.
     pub service_cidr: api_types::ServiceRange,
+    /// How long an Event is kept after it was last seen (Kubernetes'
+    /// `--event-ttl`, 1 h by default); zero keeps them for ever.
+    pub event_ttl: Duration,
     /// The address tasks reach this API server at (`--advertise-address` and
     /// the port served on): listed in the Endpoints of the `kubernetes`
     /// Service in `default`, which is made if missing (`None`: neither).
@@ -227,6 +230,7 @@ impl Default for Config {
             nodelet_client: None,
             cluster_signing: None,
             service_cidr: default_service_cidr(),
+            event_ttl: crate::registry::event::DEFAULT_EVENT_TTL,
             advertise_address: None,
         }
     }
@@ -339,6 +343,9 @@ pub async fn run(
     crate::registry::service_account::ensure_built_in_defaults(&api).await;
     crate::registry::service_account::keep_default_accounts(api.clone(), caches.clone());
     crate::registry::service::keep_addresses(api.clone(), config.service_cidr, caches.clone());
+    if !config.event_ttl.is_zero() {
+        crate::registry::event::keep_expiring(api.clone(), config.event_ttl, caches.clone());
+    }
     if let Some(advertise) = config.advertise_address {
         crate::registry::kubernetes_service::keep(
             api.clone(),

@@ -183,6 +183,10 @@ struct ApiserverArgs {
         default_value_t = 300
     )]
     etcd_compaction_interval_seconds: u64,
+    /// Seconds an Event is kept after it was last seen (Kubernetes'
+    /// --event-ttl, 1 h); 0 keeps Events for ever.
+    #[arg(long, env = "LOOM_EVENT_TTL_SECONDS", default_value_t = 3600)]
+    event_ttl_seconds: u64,
     /// The IPv4 range Services' virtual addresses (`spec.clusterIP`) come from,
     /// /12 to /29; its first address is kept for the `kubernetes` Service.
     /// Every API server on one store must be given the same range.
@@ -983,6 +987,7 @@ async fn apiserver_command(args: ApiserverArgs) -> anyhow::Result<()> {
             .context("cannot open the store")?;
     let mut config = api_config(&args.default_task_memory, &args.limits);
     config.service_cidr = args.service_cidr;
+    config.event_ttl = std::time::Duration::from_secs(args.event_ttl_seconds);
     config.advertise_address = args
         .advertise_address
         .map(|ip| SocketAddr::new(ip, args.listen.port()));

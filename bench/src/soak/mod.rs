@@ -843,7 +843,7 @@ fn report(
     let _ = writeln!(out, "# Reliability: the soak\n");
     let _ = writeln!(
         out,
-        "Written by `loom-bench soak --duration {} --backend {}` on {} (as root). {} API server(s) over {}, two schedulers and two controller-managers (leader-elected), {} nodelets; {} register clients, {} job submitters, one service of 3 replicas updated on a timer, two watchers, an availability prober. A fault every {} s. The controllers run with a node grace of {} s and a lost grace of {} s so partitions replace tasks.\n",
+        "Written by `loom-bench soak --duration {} --backend {}` on {} (as root). {} API server(s) over {}, two schedulers and two controller-managers (leader-elected), {} nodelets; {} register clients, {} job submitters, one service of 3 replicas updated on a timer, two watchers, an availability prober. A fault every {} s. The controllers run with a node grace of {} s and a lost grace of {} s so partitions replace tasks; the API servers keep Events {} s after they were last seen.\n",
         humanize(args.duration),
         args.backend,
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
@@ -859,6 +859,7 @@ fn report(
         fault_every.as_secs(),
         shape.node_grace.as_secs(),
         shape.lost_grace.as_secs(),
+        cluster::SOAK_EVENT_TTL_SECONDS,
     );
     let _ = writeln!(
         out,
