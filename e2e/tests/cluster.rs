@@ -365,16 +365,13 @@ spec:
         ips = ips.join(" "),
     );
     cluster.apply("net-client", &client);
-    wait_for("the client done", Duration::from_secs(60), || {
-        let task: Value =
-            serde_json::from_str(&cluster.loomctl_ok(&["get", "task", "net-client", "-o", "json"]))
-                .map_err(|e| e.to_string())?;
-        if is_terminal(&task) {
-            Ok(())
-        } else {
-            Err(task["status"].to_string())
-        }
-    });
+    wait_task(
+        cluster,
+        "net-client",
+        "the client done",
+        Duration::from_secs(60),
+        is_terminal,
+    );
     let log = cluster.loomctl_ok(&["logs", "net-client"]);
     for n in 0..cluster.nodes.len() {
         assert!(
@@ -466,21 +463,13 @@ spec:
         node = cluster.nodes[2].name,
     );
     cluster.apply("echo-client", &client);
-    wait_for("the echo client done", Duration::from_secs(60), || {
-        let task: Value = serde_json::from_str(&cluster.loomctl_ok(&[
-            "get",
-            "task",
-            "echo-client",
-            "-o",
-            "json",
-        ]))
-        .map_err(|e| e.to_string())?;
-        if is_terminal(&task) {
-            Ok(())
-        } else {
-            Err(task["status"].to_string())
-        }
-    });
+    wait_task(
+        cluster,
+        "echo-client",
+        "the echo client done",
+        Duration::from_secs(60),
+        is_terminal,
+    );
     let log = cluster.loomctl_ok(&["logs", "echo-client"]);
     assert!(!log.contains("FAILED"), "{log}");
     let replicas: std::collections::BTreeSet<&str> =
@@ -513,28 +502,22 @@ spec:
         node = cluster.nodes[0].name,
     );
     cluster.apply("echo-loop", &looper);
-    wait_for("the request loop running", Duration::from_secs(30), || {
-        let task: Value =
-            serde_json::from_str(&cluster.loomctl_ok(&["get", "task", "echo-loop", "-o", "json"]))
-                .map_err(|e| e.to_string())?;
-        if task["status"]["phase"] == "Running" {
-            Ok(())
-        } else {
-            Err(task["status"].to_string())
-        }
-    });
+    wait_task(
+        cluster,
+        "echo-loop",
+        "the request loop running",
+        Duration::from_secs(30),
+        |t| t["status"]["phase"] == "Running",
+    );
     cluster.apply("echo-v2", &echo_manifest("v2"));
     cluster.loomctl_ok(&["rollout", "status", "service/echo", "--timeout", "90"]);
-    wait_for("the request loop done", Duration::from_secs(60), || {
-        let task: Value =
-            serde_json::from_str(&cluster.loomctl_ok(&["get", "task", "echo-loop", "-o", "json"]))
-                .map_err(|e| e.to_string())?;
-        if is_terminal(&task) {
-            Ok(())
-        } else {
-            Err(task["status"].to_string())
-        }
-    });
+    wait_task(
+        cluster,
+        "echo-loop",
+        "the request loop done",
+        Duration::from_secs(60),
+        is_terminal,
+    );
     let log = cluster.loomctl_ok(&["logs", "echo-loop"]);
     let ok = log.lines().filter(|l| *l == "OK").count();
     assert_eq!(ok, requests, "requests lost during the rollout:\n{log}");
@@ -979,6 +962,27 @@ fn tasks_of_job(cluster: &Cluster, job: &str) -> Vec<Value> {
         .into_iter()
         .filter(|t| t["metadata"]["labels"][LABEL_JOB] == job)
         .collect()
+}
+
+/// Waits until task `name` satisfies `done` (read with loomctl), or panics
+/// naming `what` and its last status.
+fn wait_task(
+    cluster: &Cluster,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_for(what, timeout, || {
+        let task: Value =
+            serde_json::from_str(&cluster.loomctl_ok(&["get", "task", name, "-o", "json"]))
+                .map_err(|e| e.to_string())?;
+        if done(&task) {
+            Ok(task)
+        } else {
+            Err(task["status"].to_string())
+        }
+    })
 }
 
 fn is_terminal(task: &Value) -> bool {
